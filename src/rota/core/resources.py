@@ -1,0 +1,177 @@
+"""Resources: the machine, what a task asks for, and what it was given.
+
+Pure data and arithmetic, no I/O. GPU memory is a *ledger of declared
+reservations* per GPU, never free memory measured at launch (which races).
+A task without ``gpu_memory`` books the whole GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as rota sees it. ``index`` is what goes into CUDA_VISIBLE_DEVICES."""
+
+    index: int
+    memory_bytes: int
+    name: str = "GPU"
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Everything rota may book: GPUs, CPU slots and RAM."""
+
+    gpus: tuple[Gpu, ...]
+    cpus: int
+    memory_bytes: int
+    source: str = "declared"
+
+    def gpu(self, index: int) -> Gpu:
+        for g in self.gpus:
+            if g.index == index:
+                return g
+        raise KeyError(index)
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.gpus)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one task asks for.
+
+    ``gpu_memory_bytes`` is per GPU; ``None`` means the whole GPU.
+    ``devices`` restricts which GPU indices may be used (a resource pool).
+    """
+
+    gpus: int = 0
+    gpu_memory_bytes: int | None = None
+    cpus: int = 1
+    memory_bytes: int = 0
+    devices: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task runs: GPU indices, bytes booked on each, CPUs and RAM booked."""
+
+    task: str
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: tuple[int, ...] = ()
+    cpus: int = 1
+    memory_bytes: int = 0
+
+
+@dataclass
+class Ledger:
+    """Free resources; mutable working copy used inside one policy decision."""
+
+    gpu_free: dict[int, int]
+    gpu_total: dict[int, int]
+    cpus: int
+    memory_bytes: int
+    _order: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def for_machine(cls, machine: Machine, running: Iterable[Placement] = ()) -> Ledger:
+        led = cls(
+            gpu_free={g.index: g.memory_bytes for g in machine.gpus},
+            gpu_total={g.index: g.memory_bytes for g in machine.gpus},
+            cpus=machine.cpus,
+            memory_bytes=machine.memory_bytes,
+            _order=machine.gpu_indices,
+        )
+        for p in running:
+            led.book(p)
+        return led
+
+    def copy(self) -> Ledger:
+        return Ledger(dict(self.gpu_free), self.gpu_total, self.cpus, self.memory_bytes, self._order)
+
+    def book(self, p: Placement) -> None:
+        for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
+            self.gpu_free[idx] -= b
+        self.cpus -= p.cpus
+        self.memory_bytes -= p.memory_bytes
+
+    def release(self, p: Placement) -> None:
+        for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
+            self.gpu_free[idx] += b
+        self.cpus += p.cpus
+        self.memory_bytes += p.memory_bytes
+
+    def fit(self, task: str, req: Request, also: Ledger | None = None) -> Placement | None:
+        """Best-fit placement of ``req`` in this ledger (and in ``also`` if given), or None.
+
+        Best fit: among GPUs with enough free memory, take those with the least
+        free memory, so big holes stay open for big tasks.
+        """
+        if req.cpus > self.cpus or req.memory_bytes > self.memory_bytes:
+            return None
+        if also is not None and (req.cpus > also.cpus or req.memory_bytes > also.memory_bytes):
+            return None
+        if req.gpus == 0:
+            return Placement(task, (), (), req.cpus, req.memory_bytes)
+        allowed = self._order if req.devices is None else [i for i in self._order if i in req.devices]
+        cands: list[tuple[int, int, int]] = []
+        for idx in allowed:
+            total = self.gpu_total[idx]
+            need = total if req.gpu_memory_bytes is None else req.gpu_memory_bytes
+            if need > total:
+                continue
+            free = self.gpu_free[idx]
+            if free < need:
+                continue
+            if also is not None and also.gpu_free[idx] < need:
+                continue
+            cands.append((free, idx, need))
+        if len(cands) < req.gpus:
+            return None
+        cands.sort()
+        chosen = sorted(cands[: req.gpus], key=lambda c: c[1])
+        return Placement(
+            task,
+            tuple(c[1] for c in chosen),
+            tuple(c[2] for c in chosen),
+            req.cpus,
+            req.memory_bytes,
+        )
+
+
+def fits_machine(req: Request, machine: Machine) -> str | None:
+    """Why ``req`` can never run on ``machine`` (empty), or None if it can."""
+    if req.cpus > machine.cpus:
+        return f"asks for {req.cpus} CPUs but the machine has {machine.cpus}"
+    if req.memory_bytes > machine.memory_bytes:
+        from rota.spec.units import format_size
+
+        return (
+            f"asks for {format_size(req.memory_bytes)} RAM but the machine has "
+            f"{format_size(machine.memory_bytes)}"
+        )
+    if req.gpus == 0:
+        return None
+    pool: Sequence[Gpu] = machine.gpus
+    if req.devices is not None:
+        missing = [d for d in req.devices if d not in machine.gpu_indices]
+        if missing:
+            return f"devices {missing} are not among the machine's GPUs {list(machine.gpu_indices)}"
+        pool = [g for g in machine.gpus if g.index in req.devices]
+    if req.gpus > len(pool):
+        return f"asks for {req.gpus} GPUs but {'its devices pool' if req.devices else 'the machine'} has {len(pool)}"
+    if req.gpu_memory_bytes is not None:
+        big = [g for g in pool if g.memory_bytes >= req.gpu_memory_bytes]
+        if len(big) < req.gpus:
+            from rota.spec.units import format_size
+
+            largest = max((g.memory_bytes for g in pool), default=0)
+            return (
+                f"asks for {format_size(req.gpu_memory_bytes)} per GPU on {req.gpus} GPU(s) "
+                f"but the largest GPU has {format_size(largest)}"
+            )
+    return None
