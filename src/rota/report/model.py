@@ -1,0 +1,225 @@
+"""What a report is made of: plain, frozen data filled from the state store.
+
+The report layer never reads the store itself. The caller (``rota report``)
+builds a :class:`ReportData` from SQLite and hands it to :mod:`rota.report.stats`,
+:mod:`rota.report.render` or :mod:`rota.report.html`, which are pure functions of
+it. Times are epoch seconds in :class:`TaskRow` and :class:`GpuSample`, and
+seconds *relative to the start of the run (or plan)* in :class:`Lane` and in
+``TaskRow.planned_*``.
+
+Contracts checked at construction (a :class:`ReportError` otherwise):
+
+- ``TaskRow.state`` is one of :data:`TASK_STATES`;
+- ``end_s >= start_s`` when both are known; ``attempts >= 0``;
+- a ``Lane`` item ends no earlier than it starts.
+
+Sequences given as lists are stored as tuples, so every object is immutable
+except the ``vars``/``metrics`` dicts, which callers must not mutate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rota.errors import RotaError
+
+TASK_STATES: tuple[str, ...] = (
+    "succeeded",
+    "failed",
+    "skipped",
+    "cached",
+    "interrupted",
+    "running",
+    "pending",
+)
+"""Every state a task row may have, in the order reports list them."""
+
+FAILED_STATES: frozenset[str] = frozenset({"failed", "interrupted"})
+"""States whose log tail is shown in the failures section."""
+
+
+class ReportError(RotaError):
+    """The report cannot be built or written (bad input, missing optional package)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task of a run, as the report sees it.
+
+    ``gpus`` are the GPU indices the task held (empty for a CPU task);
+    ``gpu_memory_bytes`` is the *declared* reservation per GPU (``None``: the
+    whole GPU) and ``peak_gpu_memory_bytes`` the *measured* peak per GPU
+    (``None``: not measured). ``vars`` are the matrix variables that produced
+    the task; ``base`` is the spec task it was expanded from (``None`` when the
+    caller does not know): groups never mix two bases.
+    ``planned_start_s``/``planned_end_s`` come from the plan, in seconds
+    relative to the plan's start.
+    """
+
+    name: str
+    state: str
+    attempts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    start_s: float | None = None
+    end_s: float | None = None
+    gpus: tuple[int, ...] = ()
+    cpus: int = 0
+    gpu_memory_bytes: int | None = None
+    peak_gpu_memory_bytes: int | None = None
+    estimate_s: float | None = None
+    vars: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    log_path: str | None = None
+    log_tail: str = ""
+    planned_start_s: float | None = None
+    planned_end_s: float | None = None
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in TASK_STATES:
+            raise ReportError(
+                f"task {self.name!r}: state must be one of {', '.join(TASK_STATES)}, "
+                f"found {self.state!r}"
+            )
+        if self.attempts < 0:
+            raise ReportError(f"task {self.name!r}: attempts must be >= 0, found {self.attempts}")
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise ReportError(
+                f"task {self.name!r}: end_s ({self.end_s}) is before start_s ({self.start_s})"
+            )
+        object.__setattr__(self, "gpus", tuple(int(g) for g in self.gpus))
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time of the last run, ``None`` unless both ends are known."""
+        if self.start_s is None or self.end_s is None:
+            return None
+        return self.end_s - self.start_s
+
+    @property
+    def planned_duration_s(self) -> float | None:
+        """Planned wall time: ``planned_end_s - planned_start_s``, else ``estimate_s``."""
+        if self.planned_start_s is not None and self.planned_end_s is not None:
+            return self.planned_end_s - self.planned_start_s
+        return self.estimate_s
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One utilisation/memory reading of one GPU at epoch time ``t_s``."""
+
+    t_s: float
+    gpu: int
+    util_pct: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU of the machine; :class:`ReportData` also accepts ``(index, name, memory_bytes)``."""
+
+    index: int
+    name: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything one report shows: the run, the machine, the tasks, the samples.
+
+    ``started_at``/``ended_at`` are epoch seconds; ``ended_at`` is ``None`` while
+    the run is still going. ``gpus`` accepts ``(index, name, memory_bytes)``
+    tuples and stores :class:`GpuInfo`.
+    """
+
+    run_id: str
+    spec_path: str
+    gpus: tuple[GpuInfo, ...] = ()
+    cpus: int = 0
+    tasks: tuple[TaskRow, ...] = ()
+    gpu_samples: tuple[GpuSample, ...] = ()
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def __post_init__(self) -> None:
+        gpus = tuple(g if isinstance(g, GpuInfo) else GpuInfo(*g) for g in self.gpus)
+        object.__setattr__(self, "gpus", gpus)
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "gpu_samples", tuple(self.gpu_samples))
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ReportError(f"run {self.run_id!r}: duplicate task names {dup}")
+
+    @property
+    def origin_s(self) -> float | None:
+        """Epoch time that relative charts count from: ``started_at``, else the first start."""
+        if self.started_at is not None:
+            return self.started_at
+        starts = [t.start_s for t in self.tasks if t.start_s is not None]
+        return min(starts) if starts else None
+
+    @property
+    def horizon_s(self) -> float | None:
+        """Epoch time the run ended, or the latest time any row or sample mentions."""
+        if self.ended_at is not None:
+            return self.ended_at
+        times = [t for row in self.tasks for t in (row.start_s, row.end_s) if t is not None]
+        times += [s.t_s for s in self.gpu_samples]
+        return max(times) if times else None
+
+    def state_counts(self) -> dict[str, int]:
+        """``{state: count}`` for the states present, in :data:`TASK_STATES` order."""
+        counts = {s: 0 for s in TASK_STATES}
+        for t in self.tasks:
+            counts[t.state] += 1
+        return {s: n for s, n in counts.items() if n}
+
+
+LaneItem = tuple[str, float, float]
+"""``(label, start_s, end_s)`` in seconds relative to the chart's origin."""
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One row of a Gantt chart: a GPU (``"gpu0"``), ``"cpu"``, or anything else.
+
+    Items may overlap in time (several tasks packed on one GPU); charts stack
+    them in sub-rows. ``states`` optionally gives one state per item (same
+    length as ``items``) so charts can colour by it; empty means "no state".
+    """
+
+    name: str
+    items: tuple[LaneItem, ...] = ()
+    states: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        items = tuple((str(label), float(a), float(b)) for label, a, b in self.items)
+        for label, a, b in items:
+            if b < a:
+                raise ReportError(
+                    f"lane {self.name!r}: item {label!r} ends ({b}) before it starts ({a})"
+                )
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "states", tuple(self.states))
+        if self.states and len(self.states) != len(items):
+            raise ReportError(
+                f"lane {self.name!r}: {len(self.states)} states for {len(items)} items"
+            )
+
+
+def as_lanes(lanes: Sequence[Lane | tuple[str, Sequence[LaneItem]]]) -> list[Lane]:
+    """Accept ``Lane`` objects or ``(name, items)`` pairs; return ``Lane`` objects."""
+    out: list[Lane] = []
+    for lane in lanes:
+        if isinstance(lane, Lane):
+            out.append(lane)
+        else:
+            name, items = lane
+            out.append(Lane(name, tuple(items)))
+    return out

@@ -1,0 +1,473 @@
+"""Turn report data into JSON, CSV, rich tables and a text Gantt chart.
+
+Pure functions, no I/O. :func:`gantt_text` takes generic :class:`Lane` rows
+so that ``rota plan`` can draw simulated schedules with it too.
+
+JSON format (``to_json``, ``"format": "rota-report/1"``; additions only within /1)::
+
+    {
+      "format": "rota-report/1",
+      "run": {"run_id", "spec_path", "started_at", "ended_at", "wall_s",
+              "states": {state: count}, "gpu_busy_pct", "mean_util_pct", "n_tasks"},
+      "machine": {"gpus": [{"index", "name", "memory_bytes"}], "cpus"},
+      "by": [variable, ...],
+      "tasks": [{"name", "base", "state", "attempts", "exit_code", "reason",
+                 "start_s", "end_s", "duration_s", "gpus": [int], "cpus",
+                 "gpu_memory_bytes", "peak_gpu_memory_bytes", "estimate_s",
+                 "planned_start_s", "planned_end_s", "vars": {str: str},
+                 "metrics": {str: float|null}, "log_path", "log_tail"}],
+      "groups": [{"base", "vars": {var: value}, "metric", "n", "mean", "std",
+                  "ci_low", "ci_high", "confidence", "tasks": [name], "non_finite"}],
+      "flags": [{"task", "kind": "over"|"under", "declared_bytes", "peak_bytes",
+                 "suggested_bytes", "message"}]
+    }
+
+Times are epoch seconds, sizes bytes, durations seconds; unknown or
+non-finite numbers are ``null``. Tasks are listed by start time (never-started
+last), groups in first-appearance order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from rota.report.model import FAILED_STATES, Lane, LaneItem, ReportData, ReportError, as_lanes
+from rota.report.stats import (
+    GroupRow,
+    group_metrics,
+    memory_flags,
+    metric_names,
+    run_summary,
+    task_table,
+)
+from rota.spec.units import format_duration, format_size
+
+JSON_FORMAT = "rota-report/1"
+
+STATE_COLORS: dict[str, str] = {
+    "succeeded": "#2ca02c",
+    "failed": "#d62728",
+    "interrupted": "#ff7f0e",
+    "running": "#1f77b4",
+    "cached": "#9467bd",
+    "skipped": "#bcbd22",
+    "pending": "#7f7f7f",
+    "": "#17becf",
+}
+"""Hex colour per task state (``""``: an item without state, e.g. a planned one)."""
+
+_STATE_FILL = {"succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "cached": "."}
+
+
+# --------------------------------------------------------------- lanes
+
+
+def lanes_from_report(data: ReportData) -> list[Lane]:
+    """One lane per GPU (``gpu<i>``, machine order, then any GPU only tasks mention)
+    and a ``cpu`` lane for tasks without GPUs; times relative to ``data.origin_s``.
+
+    A task on several GPUs appears in each of their lanes. Tasks that never
+    started are left out; running ones end at ``data.horizon_s``. Items carry
+    their task state.
+    """
+    origin, horizon = data.origin_s, data.horizon_s
+    order = [g.index for g in data.gpus]
+    order += sorted({g for t in data.tasks for g in t.gpus} - set(order))
+    gpu_items: dict[int, list[tuple[LaneItem, str]]] = {i: [] for i in order}
+    cpu_items: list[tuple[LaneItem, str]] = []
+    if origin is not None and horizon is not None:
+        for t in data.tasks:
+            if t.start_s is None:
+                continue
+            end = t.end_s if t.end_s is not None else max(horizon, t.start_s)
+            item = ((t.name, t.start_s - origin, end - origin), t.state)
+            for g in t.gpus:
+                gpu_items[g].append(item)
+            if not t.gpus:
+                cpu_items.append(item)
+    lanes = [
+        Lane(f"gpu{i}", tuple(it for it, _ in v), tuple(s for _, s in v))
+        for i, v in gpu_items.items()
+    ]
+    if cpu_items or not lanes:
+        lanes.append(Lane("cpu", tuple(it for it, _ in cpu_items), tuple(s for _, s in cpu_items)))
+    return lanes
+
+
+def stack_rows(items: Sequence[tuple[float, float]]) -> list[int]:
+    """Greedy sub-row per interval so that intervals in one row never overlap.
+
+    Returns the row of each interval, in input order; touching intervals
+    (``end == next start``) share a row. Deterministic.
+    """
+    order = sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1], i))
+    row_end: list[float] = []
+    rows = [0] * len(items)
+    for i in order:
+        a, b = items[i]
+        for r, end in enumerate(row_end):
+            if end <= a:
+                row_end[r] = b
+                rows[i] = r
+                break
+        else:
+            row_end.append(b)
+            rows[i] = len(row_end) - 1
+    return rows
+
+
+def gantt_text(lanes: Sequence[Lane], width: int = 100) -> str:
+    """A Gantt chart as plain text, ``width`` characters wide (at least 30).
+
+    One line per lane, more when items overlap (packed GPU). Each item is drawn
+    as ``[label===]`` over its columns (``#`` when one column wide); the fill
+    character tells the state when lanes carry states (``=`` succeeded,
+    ``x`` failed, ``~`` interrupted, ``>`` running, ``.`` cached). The axis
+    shows durations from ``min(0, earliest start)``.
+    """
+    lanes = as_lanes(lanes)
+    if width < 30:
+        raise ReportError(f"gantt width must be at least 30 characters, found {width}")
+    if not lanes:
+        return "(no lanes)"
+    starts = [a for lane in lanes for _, a, _ in lane.items]
+    ends = [b for lane in lanes for _, _, b in lane.items]
+    t0 = min([0.0, *starts])
+    t1 = max(ends, default=t0 + 1.0)
+    span = t1 - t0 if t1 > t0 else 1.0
+    name_w = min(max(len(lane.name) for lane in lanes), 14)
+    chart_w = width - name_w - 3
+
+    def col(t: float) -> int:
+        return min(chart_w, max(0, int(round((t - t0) / span * chart_w))))
+
+    lines: list[str] = []
+    states_seen: dict[str, None] = {}
+    for lane in lanes:
+        spans = []
+        for k, (_, a, b) in enumerate(lane.items):
+            c0 = min(col(a), chart_w - 1)
+            spans.append((c0, max(col(b), c0 + 1)))
+            if lane.states:
+                states_seen.setdefault(lane.states[k], None)
+        rows = stack_rows([(float(a), float(b)) for a, b in spans])
+        grid = [[" "] * chart_w for _ in range(max(rows, default=0) + 1)]
+        for k, ((label, _, _), (c0, c1)) in enumerate(zip(lane.items, spans, strict=True)):
+            w = c1 - c0
+            fill = _STATE_FILL.get(lane.states[k], "-") if lane.states else "="
+            if w == 1:
+                cells = "#"
+            elif w == 2:
+                cells = "[]"
+            else:
+                cells = "[" + label[: w - 2].ljust(w - 2, fill) + "]"
+            grid[rows[k]][c0:c1] = list(cells)
+        for r, row in enumerate(grid):
+            name = lane.name[:name_w] if r == 0 else ""
+            lines.append(f"{name:<{name_w}} |{''.join(row)}|")
+    ticks = sorted({col(t0 + f * span) for f in (0.0, 0.25, 0.5, 0.75, 1.0)})
+    axis = ["-"] * (chart_w + 1)
+    labels = [" "] * (chart_w + 12)
+    for c in ticks:
+        axis[min(c, chart_w)] = "+"
+        text = format_duration(t0 + c / chart_w * span) if c else "0s"
+        pos = c - len(text) + 1 if c == chart_w else c
+        if all(ch == " " for ch in labels[max(0, pos - 1) : pos + len(text) + 1]):
+            labels[pos : pos + len(text)] = list(text)
+    lines.append(f"{'':<{name_w}} +{''.join(axis)}")
+    lines.append(f"{'':<{name_w}}  {''.join(labels).rstrip()}")
+    if states_seen:
+        legend = "  ".join(f"{_STATE_FILL.get(s, '-')} {s or 'planned'}" for s in states_seen)
+        lines.append(f"{'':<{name_w}}  {legend}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------- JSON / CSV
+
+
+def _num(x: float | int | None) -> float | int | None:
+    if x is None:
+        return None
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _group_json(g: GroupRow) -> dict[str, Any]:
+    s = g.summary
+    return {
+        "base": g.base,
+        "vars": dict(g.vars),
+        "metric": g.metric,
+        "n": s.n,
+        "mean": _num(s.mean),
+        "std": _num(s.std),
+        "ci_low": _num(s.ci_low),
+        "ci_high": _num(s.ci_high),
+        "confidence": s.confidence,
+        "tasks": list(g.tasks),
+        "non_finite": g.non_finite,
+    }
+
+
+def to_json(data: ReportData, by: Sequence[str]) -> dict[str, Any]:
+    """The report as a JSON-serialisable dict; format in the module docstring."""
+    summary = run_summary(data)
+    order = {row.name: k for k, row in enumerate(task_table(data.tasks))}
+    tasks = sorted(data.tasks, key=lambda t: order[t.name])
+    return {
+        "format": JSON_FORMAT,
+        "run": {
+            "run_id": data.run_id,
+            "spec_path": data.spec_path,
+            "started_at": _num(data.started_at),
+            "ended_at": _num(data.ended_at),
+            "wall_s": _num(summary.wall_s),
+            "states": summary.states,
+            "gpu_busy_pct": _num(summary.gpu_busy_pct),
+            "mean_util_pct": _num(summary.mean_util_pct),
+            "n_tasks": summary.n_tasks,
+        },
+        "machine": {
+            "gpus": [
+                {"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes}
+                for g in data.gpus
+            ],
+            "cpus": data.cpus,
+        },
+        "by": list(by),
+        "tasks": [
+            {
+                "name": t.name,
+                "base": t.base,
+                "state": t.state,
+                "attempts": t.attempts,
+                "exit_code": t.exit_code,
+                "reason": t.reason,
+                "start_s": _num(t.start_s),
+                "end_s": _num(t.end_s),
+                "duration_s": _num(t.duration_s),
+                "gpus": list(t.gpus),
+                "cpus": t.cpus,
+                "gpu_memory_bytes": t.gpu_memory_bytes,
+                "peak_gpu_memory_bytes": t.peak_gpu_memory_bytes,
+                "estimate_s": _num(t.estimate_s),
+                "planned_start_s": _num(t.planned_start_s),
+                "planned_end_s": _num(t.planned_end_s),
+                "vars": {str(k): str(v) for k, v in t.vars.items()},
+                "metrics": {str(k): _num(float(v)) for k, v in t.metrics.items()},
+                "log_path": t.log_path,
+                "log_tail": t.log_tail,
+            }
+            for t in tasks
+        ],
+        "groups": [_group_json(g) for g in group_metrics(data.tasks, by)],
+        "flags": [
+            {
+                "task": f.task,
+                "kind": f.kind,
+                "declared_bytes": f.declared_bytes,
+                "peak_bytes": f.peak_bytes,
+                "suggested_bytes": f.suggested_bytes,
+                "message": f.message,
+            }
+            for f in memory_flags(data.tasks)
+        ],
+    }
+
+
+_TASK_CSV_COLUMNS = (
+    "name", "base", "state", "attempts", "exit_code", "start_s", "end_s", "duration_s",
+    "gpus", "cpus", "gpu_memory_bytes", "peak_gpu_memory_bytes", "estimate_s",
+)  # fmt: skip
+_GROUP_CSV_COLUMNS = ("metric", "n", "mean", "std", "ci_low", "ci_high", "confidence")
+
+
+def _cell(x: object) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "" if not math.isfinite(x) else repr(x)
+    return str(x)
+
+
+def to_csv(
+    data: ReportData, by: Sequence[str], table: Literal["tasks", "groups"] | None = None
+) -> str:
+    """CSV text of the task table or of the grouped metrics.
+
+    ``table=None`` picks ``"groups"`` when ``by`` is non-empty, else ``"tasks"``.
+    Tasks columns: name, base, state, attempts, exit_code, start_s, end_s,
+    duration_s, gpus (``0;1``), cpus, gpu_memory_bytes, peak_gpu_memory_bytes,
+    estimate_s, then ``var.<name>`` and ``metric.<name>`` columns.
+    Groups columns: base, ``var.<name>`` per ``by``, metric, n, mean, std,
+    ci_low, ci_high, confidence. Empty cell: unknown.
+    """
+    kind = table or ("groups" if by else "tasks")
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    if kind == "groups":
+        w.writerow(["base", *(f"var.{v}" for v in by), *_GROUP_CSV_COLUMNS])
+        for g in group_metrics(data.tasks, by):
+            s = g.summary
+            w.writerow(
+                [_cell(g.base), *(g.vars[v] for v in by), g.metric, s.n]
+                + [_cell(x) for x in (s.mean, s.std, s.ci_low, s.ci_high, s.confidence)]
+            )
+        return out.getvalue()
+    if kind != "tasks":
+        raise ReportError(f"csv table must be 'tasks' or 'groups', found {kind!r}")
+    var_names = list({k: None for t in data.tasks for k in t.vars})
+    metrics = metric_names(data.tasks)
+    w.writerow(
+        [*_TASK_CSV_COLUMNS, *(f"var.{v}" for v in var_names), *(f"metric.{m}" for m in metrics)]
+    )
+    order = {row.name: k for k, row in enumerate(task_table(data.tasks))}
+    for t in sorted(data.tasks, key=lambda t: order[t.name]):
+        fixed: list[object] = [t.name, t.base, t.state, t.attempts, t.exit_code, t.start_s]
+        fixed += [t.end_s, t.duration_s, ";".join(map(str, t.gpus)), t.cpus]
+        fixed += [t.gpu_memory_bytes, t.peak_gpu_memory_bytes, t.estimate_s]
+        w.writerow(
+            [_cell(x) for x in fixed]
+            + [_cell(t.vars.get(v)) for v in var_names]
+            + [_cell(t.metrics.get(m)) for m in metrics]
+        )
+    return out.getvalue()
+
+
+# --------------------------------------------------------------- rich
+
+
+def fmt_value(x: float | None) -> str:
+    """A metric value with 4 significant digits; ``-`` for unknown."""
+    if x is None or not math.isfinite(x):
+        return "-" if x is None else str(x)
+    return f"{x:.4g}"
+
+
+def fmt_mean_std(mean: float, std: float | None) -> str:
+    """``0.9123 ± 0.012`` (``± -`` when the spread is unknown)."""
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g} ± -"
+
+
+def fmt_ci(low: float | None, high: float | None) -> str:
+    """``[0.88, 0.94]`` or ``-``."""
+    return "-" if low is None or high is None else f"[{low:.4g}, {high:.4g}]"
+
+
+def _mem(peak: int | None, declared: int | None) -> str:
+    p = format_size(peak) if peak is not None else "-"
+    return f"{p} / {format_size(declared)}" if declared is not None else p
+
+
+def header_lines(data: ReportData) -> list[tuple[str, str]]:
+    """``(label, value)`` pairs of the run summary, shared by terminal and HTML headers."""
+    s = run_summary(data)
+    gpus = ", ".join(f"{g.index}:{g.name} {format_size(g.memory_bytes)}" for g in data.gpus)
+    states = ", ".join(f"{n} {state}" for state, n in s.states.items()) or "no tasks"
+    lines = [
+        ("run", data.run_id),
+        ("spec", data.spec_path),
+        ("machine", f"{len(data.gpus)} GPU ({gpus or 'none'}), {data.cpus} CPU"),
+        ("tasks", f"{s.n_tasks}: {states}"),
+        ("wall time", format_duration(s.wall_s) + ("" if data.ended_at else " (still running)")),
+    ]
+    if s.gpu_busy_pct is not None:
+        lines.append(("GPU busy", f"{s.gpu_busy_pct:.0f}% of GPU-time held by tasks"))
+    if s.mean_util_pct is not None:
+        lines.append(("GPU util", f"{s.mean_util_pct:.0f}% mean sampled utilisation"))
+    return lines
+
+
+def to_rich_tables(data: ReportData, by: Sequence[str]) -> list[RenderableType]:
+    """Renderables for ``console.print(*...)``: the run header, the task table,
+    the grouped metrics (when any), GPU-memory flags (when any), and one panel
+    per failed or interrupted task with its reason and last log lines."""
+    out: list[RenderableType] = []
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for label, value in header_lines(data):
+        head.add_row(label, Text(value))
+    out.append(head)
+
+    metrics = metric_names(data.tasks)
+    tasks = Table(title="Tasks", title_justify="left")
+    tasks.add_column("task")
+    tasks.add_column("state")
+    tasks.add_column("att.", justify="right")
+    tasks.add_column("duration", justify="right")
+    tasks.add_column("GPUs")
+    tasks.add_column("peak / declared GPU mem", justify="right")
+    for m in metrics:
+        tasks.add_column(Text(m), justify="right")
+    for row in task_table(data.tasks):
+        state = Text(row.state, style=STATE_COLORS.get(row.state, ""))
+        gpus = ",".join(map(str, row.gpus)) or f"cpu x{row.cpus}"
+        tasks.add_row(
+            Text(row.name),
+            state,
+            str(row.attempts),
+            format_duration(row.duration_s),
+            gpus,
+            _mem(row.peak_gpu_memory_bytes, row.gpu_memory_bytes),
+            *(fmt_value(row.metrics.get(m)) for m in metrics),
+        )
+    out.append(tasks)
+
+    groups = group_metrics(data.tasks, by)
+    if groups:
+        with_base = any(g.base for g in groups)
+        gt = Table(title=f"Metrics by {', '.join(by) or 'task'} (95% CI)", title_justify="left")
+        if with_base:
+            gt.add_column("task")
+        for v in by:
+            gt.add_column(Text(v))
+        gt.add_column("metric")
+        gt.add_column("mean ± std", justify="right")
+        gt.add_column("n", justify="right")
+        gt.add_column("95% CI", justify="right")
+        for g in groups:
+            s = g.summary
+            gt.add_row(
+                *([Text(g.base or "-")] if with_base else []),
+                *(Text(g.vars[v]) for v in by),
+                Text(g.metric),
+                fmt_mean_std(s.mean, s.std),
+                str(s.n),
+                fmt_ci(s.ci_low, s.ci_high),
+            )
+        out.append(gt)
+
+    flags = memory_flags(data.tasks)
+    if flags:
+        ft = Table(title="GPU memory declared vs measured", title_justify="left")
+        ft.add_column("task")
+        ft.add_column("flag")
+        ft.add_column("advice")
+        for f in flags:
+            ft.add_row(Text(f.task), f.kind, Text(f.message))
+        out.append(ft)
+
+    for t in data.tasks:
+        if t.state in FAILED_STATES:
+            tail = "\n".join(t.log_tail.rstrip().splitlines()[-10:])
+            body: list[RenderableType] = [
+                Text(f"exit {t.exit_code}, {t.attempts} attempt(s): {t.reason or 'no reason'}")
+            ]
+            if t.log_path:
+                body.append(Text(f"log: {t.log_path}", style="dim"))
+            if tail:
+                body.append(Text(tail, style="dim"))
+            title = Text(f"{t.state}: {t.name}")
+            out.append(Panel(Group(*body), title=title, border_style="red"))
+    return out

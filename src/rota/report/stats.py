@@ -1,0 +1,440 @@
+"""Numbers for reports: mean, sample std and Student-t confidence intervals,
+metrics grouped by matrix variables, the task table and GPU-memory flags.
+
+Pure functions of :class:`~rota.report.model.TaskRow` sequences; no scipy at
+runtime (:func:`t_ppf` inverts the Student t CDF itself, to ~1e-12 relative).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from rota.report.model import ReportData, ReportError, TaskRow
+
+_REPLICATE_NAMES = frozenset({"seed", "seeds", "rep", "repeat", "replicate", "trial", "fold"})
+
+
+# --------------------------------------------------------------- Student t
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            return h
+    raise ReportError(f"incomplete beta did not converge (a={a}, b={b}, x={x})")  # pragma: no cover
+
+
+def betainc(a: float, b: float, x: float, y: float | None = None) -> float:
+    """Regularized incomplete beta ``I_x(a, b)`` for ``a, b > 0`` and ``0 <= x <= 1``.
+
+    ``y`` may pass ``1 - x`` computed without cancellation (for ``x`` near 1).
+    """
+    y = 1.0 - x if y is None else y
+    if not (a > 0 and b > 0 and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise ReportError(f"betainc needs a, b > 0 and 0 <= x <= 1, found a={a}, b={b}, x={x}")
+    if x == 0.0 or y == 0.0:
+        return 0.0 if x == 0.0 else 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
+    )
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, y) / b
+
+
+def _t_sf(t: float, df: float) -> float:
+    """Upper tail ``P(T > t)`` for ``t >= 0``, without cancellation."""
+    if math.isinf(t):
+        return 0.0
+    if t * t <= df:
+        denom = df + t * t
+        x, y = df / denom, t * t / denom
+    else:  # no overflow of t * t for huge t
+        r2 = (math.sqrt(df) / t) ** 2
+        x, y = r2 / (1.0 + r2), 1.0 / (1.0 + r2)
+    return 0.5 * betainc(df / 2.0, 0.5, x, y)
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student t cumulative distribution function with ``df > 0`` degrees of freedom."""
+    t, df = float(t), float(df)
+    if not df > 0:
+        raise ReportError(f"degrees of freedom must be > 0, found {df}")
+    tail = _t_sf(abs(t), df)
+    return 1.0 - tail if t > 0 else tail
+
+
+def _t_pdf(t: float, df: float) -> float:
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
+
+
+def _t_center(t: float, df: float) -> float:
+    """``P(0 < T < t)`` for ``t >= 0``, accurate for small ``t`` (no ``0.5 - tail``)."""
+    if t * t <= df:
+        denom = df + t * t
+        y, x = t * t / denom, df / denom
+    else:
+        r2 = (math.sqrt(df) / t) ** 2
+        y, x = 1.0 / (1.0 + r2), r2 / (1.0 + r2)
+    return 0.5 * betainc(0.5, df / 2.0, y, x)
+
+
+def _solve(target: float, df: float, center: bool) -> float:
+    """The ``t > 0`` with ``_t_center(t) == target`` (``center``) or ``_t_sf(t) == target``.
+
+    Newton steps on the log of the function (well behaved in the far tail too),
+    kept inside a bisection bracket; relative tolerance 1e-14.
+    """
+    fn = _t_center if center else _t_sf
+    sign = 1.0 if center else -1.0  # center grows with t, the tail shrinks
+
+    def beyond(value: float) -> bool:  # is the root below t?
+        return value > target if center else value < target
+
+    lo, hi = 0.0, 1.0
+    while not beyond(fn(hi, df)):
+        lo, hi = hi, hi * 2.0
+        if hi > 1e300:
+            return math.inf
+    t = 0.5 * (lo + hi) if lo > 0 else min(hi, target / _t_pdf(0.0, df) if center else 1.0)
+    log_target = math.log(target)
+    for _ in range(400):
+        value = fn(t, df)
+        if beyond(value):
+            hi = t
+        else:
+            lo = t
+        nxt = math.nan
+        if value > 0:
+            slope = sign * _t_pdf(t, df) / value
+            if slope != 0:
+                nxt = t - (math.log(value) - log_target) / slope
+        if not lo < nxt < hi:
+            nxt = math.sqrt(lo * hi) if lo > 0 and hi / lo > 4 else 0.5 * (lo + hi)
+        if abs(nxt - t) <= 1e-14 * abs(t) or nxt == t:
+            return nxt
+        t = nxt
+    return t  # pragma: no cover
+
+
+def t_ppf(p: float, df: float) -> float:
+    """Inverse Student t CDF: the ``t`` with ``t_cdf(t, df) == p``, for ``0 < p < 1``.
+
+    Solves on the central part ``P(0 < T < t) = |p - 0.5|`` for ``0.25 <= p <= 0.75``
+    and on the smaller tail otherwise, so no precision is lost to ``1 - p``;
+    closed forms for ``df`` 1 and 2. Relative error about 1e-12 for ``df >= 1``
+    up to 1e5 (1e-8 at 1e6, from ``lgamma`` cancellation) and ``p`` down to 1e-100.
+    """
+    p, df = float(p), float(df)
+    if not 0.0 < p < 1.0:
+        raise ReportError(f"t_ppf needs 0 < p < 1, found {p}")
+    if not df > 0:
+        raise ReportError(f"degrees of freedom must be > 0, found {df}")
+    if p == 0.5:
+        return 0.0
+    sign = 1.0 if p > 0.5 else -1.0
+    q = 1.0 - p if p > 0.5 else p  # exact (Sterbenz)
+    if df == 1:
+        return sign * math.tan(math.pi * (0.5 - q)) if q > 0.25 else sign / math.tan(math.pi * q)
+    if df == 2:
+        return sign * (1.0 - 2.0 * q) / math.sqrt(2.0 * q * (1.0 - q))
+    if q > 0.25:
+        return sign * _solve(abs(p - 0.5), df, center=True)
+    return sign * _solve(q, df, center=False)
+
+
+# --------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample standard deviation (ddof=1) and a Student-t confidence interval.
+
+    With ``n == 1`` the spread is unknown: ``std``, ``ci_low`` and ``ci_high`` are ``None``.
+    """
+
+    mean: float
+    std: float | None
+    n: int
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float = 0.95
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
+    """Summarize finite values: mean, std (ddof=1), ``confidence`` Student-t CI on the mean.
+
+    Raises :class:`ReportError` for no values, a non-finite value, or a
+    confidence outside (0, 1).
+    """
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ReportError("cannot summarize an empty set of values")
+    if not all(math.isfinite(x) for x in xs):
+        raise ReportError(
+            f"cannot summarize non-finite values: {[x for x in xs if not math.isfinite(x)]}"
+        )
+    if not 0.0 < confidence < 1.0:
+        raise ReportError(f"confidence must be between 0 and 1, found {confidence}")
+    n = len(xs)
+    mean = statistics.fmean(xs)
+    if n == 1:
+        return Summary(mean, None, 1, None, None, confidence)
+    std = statistics.stdev(xs)
+    half = t_ppf(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    return Summary(mean, std, n, mean - half, mean + half, confidence)
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """One metric aggregated over the tasks of one group.
+
+    ``vars`` are the grouping variables and their values (missing ones read
+    ``"-"``); ``tasks`` the succeeded tasks that reported the metric;
+    ``non_finite`` how many of them reported NaN/inf (left out of ``summary``).
+    """
+
+    base: str | None
+    vars: dict[str, str]
+    metric: str
+    summary: Summary
+    tasks: tuple[str, ...]
+    non_finite: int = 0
+
+
+def default_by(tasks: Sequence[TaskRow]) -> list[str]:
+    """Matrix variables to group by when the user names none: all but replicate-like
+    ones (``seed``, names containing ``seed``, ``rep``, ``repeat``, ``trial``, ``fold``)."""
+    names: dict[str, None] = {}
+    for t in tasks:
+        for k in t.vars:
+            if k.lower() not in _REPLICATE_NAMES and "seed" not in k.lower():
+                names.setdefault(k, None)
+    return list(names)
+
+
+def group_metrics(
+    tasks: Sequence[TaskRow], by: Sequence[str], confidence: float = 0.95
+) -> list[GroupRow]:
+    """Group succeeded tasks by ``(base, *by variables)`` and summarize every metric
+    over the other variables (e.g. over seeds).
+
+    Only ``succeeded`` tasks count (``cached`` ones too: their results are the
+    earlier successful run). Groups, and metrics inside a group, keep the order
+    in which they first appear in ``tasks``. A group whose metric has only
+    non-finite values is left out. ``by=[]`` aggregates each base as a whole.
+    """
+    groups: dict[tuple[str | None, tuple[str, ...]], dict[str, list[tuple[str, float]]]] = {}
+    for t in tasks:
+        if t.state not in ("succeeded", "cached"):
+            continue
+        key = (t.base, tuple(str(t.vars.get(v, "-")) for v in by))
+        metrics = groups.setdefault(key, {})
+        for name, value in t.metrics.items():
+            metrics.setdefault(name, []).append((t.name, float(value)))
+    rows: list[GroupRow] = []
+    for (base, values), metrics in groups.items():
+        for metric, pairs in metrics.items():
+            finite = [(n, v) for n, v in pairs if math.isfinite(v)]
+            if not finite:
+                continue
+            rows.append(
+                GroupRow(
+                    base=base,
+                    vars=dict(zip(by, values, strict=True)),
+                    metric=metric,
+                    summary=summarize([v for _, v in finite], confidence),
+                    tasks=tuple(n for n, _ in finite),
+                    non_finite=len(pairs) - len(finite),
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------- task table
+
+
+@dataclass(frozen=True)
+class TaskTableRow:
+    """One line of the task table; ``duration_s`` is ``None`` unless the task has both ends."""
+
+    name: str
+    state: str
+    attempts: int
+    duration_s: float | None
+    gpus: tuple[int, ...]
+    cpus: int
+    gpu_memory_bytes: int | None
+    peak_gpu_memory_bytes: int | None
+    exit_code: int | None
+    reason: str
+    metrics: dict[str, float]
+
+
+def metric_names(tasks: Sequence[TaskRow]) -> list[str]:
+    """Every metric name, in order of first appearance."""
+    names: dict[str, None] = {}
+    for t in tasks:
+        for k in t.metrics:
+            names.setdefault(k, None)
+    return list(names)
+
+
+def task_table(tasks: Sequence[TaskRow]) -> list[TaskTableRow]:
+    """Rows sorted by start time (tasks that never started last, in input order)."""
+    order = sorted(
+        range(len(tasks)),
+        key=lambda i: (tasks[i].start_s is None, tasks[i].start_s or 0.0, i),
+    )
+    return [
+        TaskTableRow(
+            name=t.name,
+            state=t.state,
+            attempts=t.attempts,
+            duration_s=t.duration_s,
+            gpus=t.gpus,
+            cpus=t.cpus,
+            gpu_memory_bytes=t.gpu_memory_bytes,
+            peak_gpu_memory_bytes=t.peak_gpu_memory_bytes,
+            exit_code=t.exit_code,
+            reason=t.reason,
+            metrics=dict(t.metrics),
+        )
+        for t in (tasks[i] for i in order)
+    ]
+
+
+# --------------------------------------------------------------- memory flags
+
+
+@dataclass(frozen=True)
+class MemoryFlag:
+    """A task whose declared ``gpu_memory`` is far from what it used.
+
+    ``kind`` is ``"over"`` (declared > ratio x peak: GPU space wasted, fewer tasks
+    packed) or ``"under"`` (peak > declared: neighbours risk OOM).
+    ``suggested_bytes`` is the peak plus 20 %, rounded up to a whole GiB.
+    """
+
+    task: str
+    kind: str
+    declared_bytes: int
+    peak_bytes: int
+    suggested_bytes: int
+    message: str
+
+
+def _gib_up(n: float) -> int:
+    return max(1, math.ceil(n / 2**30)) * 2**30
+
+
+def memory_flags(tasks: Sequence[TaskRow], ratio: float = 2.0) -> list[MemoryFlag]:
+    """Flag tasks with both a declared and a measured GPU memory that disagree.
+
+    ``ratio`` must be > 1. Tasks missing either figure are never flagged.
+    """
+    if not ratio > 1.0:
+        raise ReportError(f"memory flag ratio must be > 1, found {ratio}")
+    flags: list[MemoryFlag] = []
+    for t in tasks:
+        declared, peak = t.gpu_memory_bytes, t.peak_gpu_memory_bytes
+        if declared is None or peak is None:
+            continue
+        suggested = _gib_up(peak * 1.2)
+        gib = 2**30
+        if peak > declared:
+            kind = "under"
+            message = (
+                f"{t.name}: used {peak / gib:.1f}GB per GPU but declared "
+                f"{declared / gib:.1f}GB; set gpu_memory: {suggested // gib}GB"
+            )
+        elif declared > ratio * peak:
+            kind = "over"
+            message = (
+                f"{t.name}: declared {declared / gib:.1f}GB per GPU but used only "
+                f"{peak / gib:.1f}GB; gpu_memory: {suggested // gib}GB would pack more tasks"
+            )
+        else:
+            continue
+        flags.append(MemoryFlag(t.name, kind, declared, peak, suggested, message))
+    return flags
+
+
+# --------------------------------------------------------------- run summary
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Headline figures of a run.
+
+    ``wall_s``: from the run's origin to its horizon (see :class:`ReportData`).
+    ``gpu_busy_pct``: share of GPU-time (GPUs x wall) during which at least one
+    task held the GPU, in percent (``None`` without GPUs or wall time).
+    ``mean_util_pct``: mean of all sampled utilisations (``None`` without samples).
+    """
+
+    wall_s: float | None
+    states: dict[str, int]
+    gpu_busy_pct: float | None
+    mean_util_pct: float | None
+    n_tasks: int
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in sorted(intervals):
+        if cur_b is None or a > cur_b:
+            if cur_a is not None and cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total
+
+
+def run_summary(data: ReportData) -> RunSummary:
+    """Compute :class:`RunSummary` from the data (pure; running tasks end at the horizon)."""
+    origin, horizon = data.origin_s, data.horizon_s
+    wall = horizon - origin if origin is not None and horizon is not None else None
+    busy: float | None = None
+    indices = [g.index for g in data.gpus] or sorted({g for t in data.tasks for g in t.gpus})
+    if wall and wall > 0 and indices and horizon is not None:
+        per_gpu: dict[int, list[tuple[float, float]]] = {i: [] for i in indices}
+        for t in data.tasks:
+            if t.start_s is None:
+                continue
+            end = t.end_s if t.end_s is not None else horizon
+            for g in t.gpus:
+                per_gpu.setdefault(g, []).append((t.start_s, end))
+        used = sum(_union_length(v) for v in per_gpu.values())
+        busy = 100.0 * used / (wall * len(per_gpu))
+    samples = [s.util_pct for s in data.gpu_samples if math.isfinite(s.util_pct)]
+    util = statistics.fmean(samples) if samples else None
+    return RunSummary(wall, data.state_counts(), busy, util, len(data.tasks))
