@@ -19,6 +19,11 @@ class Gpu:
     memory_bytes: int
     name: str = "GPU"
     uuid: str | None = None
+    visible_id: str | None = None  # what goes into a task's CUDA_VISIBLE_DEVICES; default str(index)
+
+    @property
+    def cuda_id(self) -> str:
+        return self.visible_id if self.visible_id is not None else str(self.index)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,206 @@
+"""rota's public Python API; the CLI is a thin layer over it.
+
+    import rota
+    spec = rota.load_spec("rota.yaml")          # validate and expand (raises SpecError)
+    result = rota.run(spec, gpus="4x80GB")       # run to completion (or resume)
+    for t in rota.status(result.state_dir)["tasks"]:
+        print(t["name"], t["state"])
+
+Tasks can also be built in Python: ``rota.spec_from_dict({"tasks": [...]}, root=".")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rota.core.resources import Machine, fits_machine
+from rota.errors import SpecError, StateError
+from rota.spec.load import Spec, load_spec
+from rota.store import base as S
+
+STATUS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    state_dir: str
+    counts: Mapping[str, int]
+
+
+def spec_from_dict(data: Mapping[str, Any], root: str | os.PathLike[str] = ".", name: str = "rota.yaml") -> Spec:
+    """Validate a spec given as a Python mapping, as if it were ``root/name``."""
+    path = Path(root) / name
+    return load_spec(path, text=yaml.safe_dump(dict(data), sort_keys=False))
+
+
+def default_state_dir(spec: Spec) -> str:
+    return str(Path(spec.root) / ".rota")
+
+
+def check_fits(spec: Spec, machine: Machine) -> None:
+    """Raise SpecError for the first task that can never run on ``machine``."""
+    for t in spec.tasks:
+        why = fits_machine(t.request, machine)
+        if why is not None:
+            field = "gpus" if "GPU" in why else "cpus" if "CPU" in why else "memory" if "RAM" in why else "devices"
+            if "per GPU" in why:
+                field = "gpu_memory"
+            raise SpecError(f"can never run here: {why}", file=spec.path, task=t.name, field=field)
+
+
+def make_executor(backend: str, **options: Any) -> Any:
+    if backend == "local":
+        from rota.executors.local import LocalExecutor
+
+        return LocalExecutor()
+    if backend == "slurm":
+        from rota.executors import slurm
+
+        return slurm.SlurmExecutor(**options)
+    if backend == "ray":
+        from rota.executors import ray as ray_exec
+
+        return ray_exec.RayExecutor(**options)
+    raise SpecError(f"unknown backend {backend!r}; expected local, slurm or ray")
+
+
+def run(
+    spec: Spec | str | os.PathLike[str],
+    *,
+    gpus: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    machine: Machine | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    rerun: Sequence[str] = (),
+    backend: str = "local",
+    backend_options: Mapping[str, Any] | None = None,
+    ui: Any = None,
+    grace_s: float = 10.0,
+    retry_delay_s: float = 1.0,
+) -> RunResult:
+    """Run (or continue) a spec. Validation errors raise before anything is written."""
+    from rota.engine.lock import StateLock
+    from rota.engine.loop import Engine, Options
+    from rota.machine import detect_machine
+    from rota.store.sqlite import SqliteStore
+
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    executor = None
+    if backend != "local":
+        executor = make_executor(backend, **dict(backend_options or {}))
+        cap = getattr(executor, "capacity", None)
+        if machine is None and cap is not None:
+            machine = cap()
+    if machine is None:
+        machine = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    check_fits(spec, machine)
+    sd = Path(state_dir) if state_dir is not None else Path(default_state_dir(spec))
+    try:
+        sd.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StateError(f"cannot create state folder {sd}: {e.strerror}") from None
+    sd = sd.resolve()
+    hooks: list[Any] = []
+    if any(t.sweep is not None for t in spec.tasks):
+        from rota.engine.sweep import SweepHook
+
+        hooks.append(SweepHook(spec, str(sd)))
+    from rota.engine.gpu_monitor import GpuMonitor
+
+    hooks.append(GpuMonitor(machine))
+    with StateLock(sd):
+        store = SqliteStore(sd)
+        try:
+            if executor is None:
+                executor = make_executor("local")
+            engine = Engine(
+                spec, machine, store, executor,
+                options=Options(rerun=tuple(rerun), grace_s=grace_s, retry_delay_s=retry_delay_s),
+                ui=ui, hooks=hooks,
+            )
+            code = engine.run()
+            return RunResult(code, str(sd), engine.counts())
+        finally:
+            store.close()
+
+
+def _controller(state_dir: Path) -> dict[str, Any]:
+    import fcntl
+
+    lock = state_dir / "controller.lock"
+    info: dict[str, Any] = {"pid": None, "alive": False}
+    try:
+        text = lock.read_text()
+        if text:
+            info.update(json.loads(text))
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            info["alive"] = True
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
+    return {"pid": info.get("pid"), "host": info.get("host"), "alive": info["alive"]}
+
+
+def resolve_state_dir(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
+    if state_dir is not None:
+        return Path(state_dir)
+    if target is None:
+        return Path(".rota")
+    p = Path(target)
+    if p.is_file():
+        return p.resolve().parent / ".rota"
+    if (p / "state.db").exists():
+        return p
+    return p / ".rota"
+
+
+def status(target: str | os.PathLike[str] | None = None, *, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The documented ``rota status --json`` object (version 1). Read-only; safe during a run."""
+    from rota.store.sqlite import SqliteStore
+
+    sd = resolve_state_dir(target, state_dir)
+    store = SqliteStore(sd, readonly=True)
+    try:
+        metrics = store.metrics()
+        tasks = []
+        counts = {s: 0 for s in S.STATES}
+        now = time.time()
+        for r in store.tasks():
+            counts[r.state] = counts.get(r.state, 0) + 1
+            duration = None
+            if r.started_at is not None and r.state not in (S.PENDING, S.SKIPPED):
+                duration = (r.ended_at or now) - r.started_at
+            tasks.append({
+                "name": r.name, "state": r.state, "attempts": r.attempts, "exit_code": r.exit_code,
+                "reason": r.reason, "gpus": r.gpus, "cpus": r.cpus, "started_at": r.started_at,
+                "ended_at": r.ended_at, "duration_s": duration, "log_path": r.log_path, "out_dir": r.out_dir,
+                "vars": r.vars, "params": r.params, "metrics": metrics.get(r.name, {}), "group": r.grp,
+            })
+        return {
+            "version": STATUS_VERSION,
+            "run_id": store.get_meta("run_id"),
+            "spec": store.get_meta("spec_path"),
+            "state_dir": str(sd.resolve()),
+            "controller": _controller(sd),
+            "counts": counts,
+            "tasks": tasks,
+        }
+    finally:
+        store.close()

@@ -1,0 +1,221 @@
+"""The ``rota`` command: a thin click layer over :mod:`rota.api`.
+
+Exit codes: 0 all succeeded, 1 some failed or were skipped, 2 bad input,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rota.errors import RotaError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RotaError as e:
+            click.echo(f"rota: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(package_name="rota")
+def cli() -> None:
+    """rota: run a declared set of ML jobs on every GPU and CPU, crash-safe."""
+
+
+def machine_options(f: Any) -> Any:
+    f = click.option("--memory", help="RAM rota may book, e.g. 200GB (default: detected).")(f)
+    f = click.option("--cpus", type=int, help="CPU slots rota may book (default: usable CPUs).")(f)
+    f = click.option(
+        "--gpus",
+        help="'0,2' restricts to detected GPUs; '4x80GB' or '80GB,80GB,24GB' declares GPUs; 'none'.",
+    )(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("spec", type=click.Path(dir_okay=False))
+@machine_options
+@click.option("--state-dir", type=click.Path(file_okay=False), help="State folder (default: .rota beside SPEC).")
+@click.option("--rerun", multiple=True, metavar="PATTERN", help="Run these tasks again even if done (glob).")
+@click.option("--backend", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
+@click.option("--address", help="Ray cluster address (--backend ray), e.g. auto or ray://host:10001.")
+@click.option("--partition", help="SLURM partition (--backend slurm).")
+@click.option("--plain", is_flag=True, help="One line per event even on a terminal.")
+@click.option("--grace", "grace_s", type=float, default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option("--retry-delay", "retry_delay_s", type=float, default=1.0, show_default=True,
+              help="First retry delay in seconds; doubles on each retry.")
+def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state_dir: str | None,
+        rerun: tuple[str, ...], backend: str, address: str | None, partition: str | None, plain: bool,
+        grace_s: float, retry_delay_s: float) -> None:
+    """Run (or continue) every task of SPEC."""
+    from rota import api
+    from rota.spec.load import load_spec
+    from rota.ui.dashboard import LiveUI, PlainUI
+
+    loaded = load_spec(spec)
+    ui: Any = LiveUI() if sys.stdout.isatty() and not plain else PlainUI()
+    options: dict[str, Any] = {}
+    if backend == "ray":
+        options["address"] = address or "auto"
+    if backend == "slurm":
+        options.update(_slurm_options(loaded, partition, state_dir))
+    result = api.run(
+        loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, backend=backend,
+        backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
+    )
+    sys.exit(result.exit_code)
+
+
+def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> dict[str, Any]:
+    from rota import api
+
+    s = spec.file.slurm
+    opts: dict[str, Any] = {"spec_slurm": s, "state_dir": state_dir or api.default_state_dir(spec)}
+    if partition:
+        opts["partition"] = partition
+    return opts
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("target", required=False, type=click.Path())
+@click.option("--state-dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
+def status(target: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rota import api
+    from rota.spec.units import format_duration
+
+    data = api.status(target, state_dir=state_dir)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"run {data['run_id']}  ({'running, pid ' + str(data['controller']['pid']) if data['controller']['alive'] else 'no controller running'})")
+    for col in ("task", "state", "attempts", "exit", "GPUs", "duration", "log"):
+        table.add_column(col, overflow="fold")
+    styles = {"succeeded": "green", "cached": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
+              "interrupted": "magenta"}
+    for t in data["tasks"]:
+        table.add_row(t["name"], f"[{styles.get(t['state'], '')}]{t['state']}[/]" if t["state"] in styles else t["state"],
+                      str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
+                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or "")
+    Console().print(table)
+    c = data["counts"]
+    click.echo("  ".join(f"{k} {v}" for k, v in c.items() if v))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("task")
+@click.argument("target", required=False, type=click.Path())
+@click.option("--state-dir", type=click.Path(file_okay=False))
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows (until the task ends).")
+@click.option("--attempt", type=int, help="Which attempt (default: the latest).")
+def logs(task: str, target: str | None, state_dir: str | None, follow: bool, attempt: int | None) -> None:
+    """Print a task's log."""
+    from rota import api
+    from rota.errors import UsageError
+    from rota.store.sqlite import SqliteStore
+
+    sd = api.resolve_state_dir(target, state_dir)
+    store = SqliteStore(sd, readonly=True)
+    try:
+        rec = store.task(task)
+        if rec is None:
+            raise UsageError(f"no task named {task!r} in {sd}; see 'rota status'")
+        path = rec.log_path
+        if attempt is not None:
+            rows = [a for a in store.attempts(task) if a["attempt"] == attempt]
+            if not rows:
+                raise UsageError(f"task {task!r} has no attempt {attempt}")
+            path = rows[0]["log_path"]
+        if not path:
+            raise UsageError(f"task {task!r} has not started yet (state {rec.state})")
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                    continue
+                if not follow:
+                    break
+                rec = store.task(task)
+                if rec is None or rec.state not in ("running", "launching") or rec.log_path != path:
+                    rest = f.read()
+                    sys.stdout.buffer.write(rest)
+                    break
+                time.sleep(0.25)
+    except FileNotFoundError:
+        raise UsageError(f"log file of {task!r} is missing") from None
+    finally:
+        store.close()
+
+
+@cli.command(context_settings=CONTEXT)
+@machine_options
+@click.option("--json", "as_json", is_flag=True)
+def machine(gpus: str | None, cpus: int | None, memory: str | None, as_json: bool) -> None:
+    """Print what rota sees: GPUs (NVML or declared), CPUs, RAM."""
+    from rota.machine import describe, detect_machine
+
+    m = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    if as_json:
+        click.echo(json.dumps({
+            "source": m.source, "cpus": m.cpus, "memory_bytes": m.memory_bytes,
+            "gpus": [{"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes, "uuid": g.uuid,
+                      "cuda_visible_devices": g.cuda_id} for g in m.gpus],
+        }, indent=2))
+        return
+    for line in describe(m):
+        click.echo(line)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        click.echo(f"(inherited CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})")
+
+
+def _register_optional() -> None:
+    for mod in ("rota.cli.plan_cmd", "rota.cli.report_cmd"):
+        try:
+            m = __import__(mod, fromlist=["register"])
+        except ImportError:
+            continue
+        m.register(cli)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="rota", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("rota: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except RotaError as e:
+        click.echo(f"rota: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        sys.exit(1)

@@ -1,0 +1,215 @@
+"""Pure helpers for one attempt: paths, environment, fingerprints, log reading.
+
+File names derive from task names through :func:`slug`, which keeps every path
+inside the state folder whatever a name contains (``../../x``, ``/etc``, NUL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rota.core.resources import Machine
+from rota.spec.model import Task
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+METRIC_PREFIX = "ROTA_METRIC"
+_METRIC_LINE = re.compile(r"^ROTA_METRIC\s+([A-Za-z0-9_.:/-]+)\s*=\s*(\S+)\s*$")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+OOM_PATTERNS = (
+    re.compile(r"CUDA out of memory", re.I),
+    re.compile(r"torch\.(cuda\.)?OutOfMemoryError"),
+    re.compile(r"CUDA_ERROR_OUT_OF_MEMORY"),
+    re.compile(r"RESOURCE_EXHAUSTED:? *Out of memory", re.I),
+    re.compile(r"OOM when allocating tensor"),
+    re.compile(r"cudaErrorMemoryAllocation"),
+    re.compile(r"XlaRuntimeError: RESOURCE_EXHAUSTED"),
+    re.compile(r"HIP out of memory", re.I),
+)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe, collision-free, bounded form of a task name."""
+    s = _SAFE.sub("_", name).strip("._") or "task"
+    if s != name or len(s) > 80:
+        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        s = f"{s[:80]}-{digest}"
+    return s
+
+
+def fingerprint(task: Task) -> str:
+    """Identity of what a task does: command, resources, env, workdir."""
+    r = task.request
+    payload = {
+        "command": task.command,
+        "gpus": r.gpus,
+        "gpu_memory": r.gpu_memory_bytes,
+        "cpus": r.cpus,
+        "memory": r.memory_bytes,
+        "env": list(task.env),
+        "workdir": task.workdir,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_fingerprint(paths: Sequence[str]) -> str:
+    """Size and mtime of each input file (missing files count as such)."""
+    parts = []
+    for p in sorted(set(paths)):
+        try:
+            st = os.stat(p)
+            parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{p}:missing")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def outputs_exist(task: Task) -> bool:
+    return bool(task.outputs) and all(os.path.exists(p) for p in task.outputs)
+
+
+def out_dir(state_dir: str, task_name: str) -> str:
+    return os.path.join(state_dir, "out", slug(task_name))
+
+
+def log_path(state_dir: str, task_name: str, attempt: int) -> str:
+    return os.path.join(state_dir, "logs", slug(task_name), f"attempt-{attempt}.log")
+
+
+def render_command(task: Task, out: str, params: Mapping[str, object] | None = None) -> str:
+    """Fill launch-time placeholders: ``{out}`` and a sweep trial's ``{param}``."""
+    from rota.spec.expand import substitute, value_text
+
+    values = {"out": out}
+    if params:
+        values.update({k: value_text(v) for k, v in params.items()})
+    return substitute(task.command, values, quote=True)
+
+
+def task_env(
+    task: Task,
+    *,
+    machine: Machine,
+    gpus: Sequence[int],
+    run_id: str,
+    state_dir: str,
+    out: str,
+    attempt: int,
+    key: str,
+    needs_out: Mapping[str, str],
+    params: Mapping[str, object] | None = None,
+    gpu_memory_bytes: int | None = None,
+) -> dict[str, str]:
+    """rota's additions to a task's environment (on top of the inherited one)."""
+    cuda_ids = []
+    for i in gpus:
+        try:
+            cuda_ids.append(machine.gpu(i).cuda_id)
+        except KeyError:
+            cuda_ids.append(str(i))
+    threads = str(max(task.request.cpus, 1))
+    env: dict[str, str] = {
+        "CUDA_VISIBLE_DEVICES": ",".join(cuda_ids),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "ROTA_TASK": task.name,
+        "ROTA_RUN": run_id,
+        "ROTA_OUT": out,
+        "ROTA_ATTEMPT": str(attempt),
+        "ROTA_ATTEMPT_KEY": key,
+        "ROTA_STATE_DIR": state_dir,
+        "ROTA_CPUS": threads,
+        "ROTA_GPUS": ",".join(cuda_ids),
+        "ROTA_NEEDS_OUT": json.dumps(dict(needs_out)),
+    }
+    for v in THREAD_VARS:
+        env[v] = threads
+    if gpu_memory_bytes is not None:
+        env["ROTA_GPU_MEMORY_BYTES"] = str(gpu_memory_bytes)
+    for k, v in task.vars:
+        env[f"ROTA_VAR_{k.upper()}"] = v
+        if k not in os.environ and k.isidentifier():
+            env[k] = v
+    if params:
+        from rota.spec.expand import value_text
+
+        for k, v in params.items():
+            env[f"ROTA_PARAM_{k.upper()}"] = value_text(v)
+        env["ROTA_PARAMS"] = json.dumps(dict(params))
+    if task.trial is not None:
+        env["ROTA_TRIAL"] = str(task.trial)
+    if task.enforce_gpu_memory and gpu_memory_bytes is not None and gpus:
+        total = machine.gpu(gpus[0]).memory_bytes
+        frac = min(1.0, gpu_memory_bytes / total) if total else 1.0
+        env["ROTA_GPU_MEMORY_FRACTION"] = f"{frac:.4f}"
+        # Picked up by rota's sitecustomize shim (rota/_enforce) to cap PyTorch's allocator.
+        shim = str(Path(__file__).resolve().parent.parent / "_enforce")
+        env["PYTHONPATH"] = shim + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+        env["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env.update(task.env)
+    return env
+
+
+def read_metrics(log: str | None, out: str | None, max_bytes: int = 2**31) -> dict[str, float]:
+    """``ROTA_METRIC name=value`` lines from the log, then ``$ROTA_OUT/metrics.json``.
+
+    Streams the log line by line, so a 1 GB log does not grow memory.
+    """
+    metrics: dict[str, float] = {}
+    if log:
+        try:
+            with open(log, "rb") as f:
+                read = 0
+                for raw in f:
+                    read += len(raw)
+                    if read > max_bytes:
+                        break
+                    if not raw.startswith(b"ROTA_METRIC"):
+                        continue
+                    m = _METRIC_LINE.match(raw.decode("utf-8", "replace").strip())
+                    if m:
+                        try:
+                            val = float(m.group(2))
+                        except ValueError:
+                            continue
+                        if math.isfinite(val):
+                            metrics[m.group(1)] = val
+        except OSError:
+            pass
+    if out:
+        try:
+            data = json.loads(Path(out, "metrics.json").read_text())
+            if isinstance(data, dict):
+                for k, v in data.items():
+                    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                        metrics[str(k)] = float(v)
+        except (OSError, ValueError):
+            pass
+    return metrics
+
+
+def tail(path: str | None, max_bytes: int = 64 * 1024) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def is_oom(log_tail: str) -> bool:
+    return any(p.search(log_tail) for p in OOM_PATTERNS)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

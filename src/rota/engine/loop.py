@@ -1,0 +1,576 @@
+"""The engine: the one loop where the policy, the store and an executor meet.
+
+Contract: every state change is committed to the store *before* it is acted
+on (``launching`` before a process starts, the end state before dependents are
+released). A controller killed at any point leaves a state that the next
+``Engine.run()`` continues from: still-running attempts are adopted, attempts
+that vanished are run again without counting against ``retries``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rota.core.policy import Candidate, Running, schedule, sort_key
+from rota.core.resources import Machine, Placement, Request
+from rota.engine import attempt as A
+from rota.executors.base import Executor, Handle, Launch, Status
+from rota.spec.graph import critical_path_ranks
+from rota.spec.load import Spec
+from rota.spec.model import Task
+from rota.store import base as S
+from rota.store.sqlite import Change, SqliteStore
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class Options:
+    rerun: tuple[str, ...] = ()
+    grace_s: float = 10.0
+    retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
+    poll_interval_s: float = 0.5
+    use_history: bool = False
+
+
+@dataclass
+class Live:
+    """In-memory mirror of one task's row (the store is the truth)."""
+
+    task: Task
+    state: str
+    attempts: int = 0
+    free_attempts: int = 0
+    handle: Handle | None = None
+    placement: Placement | None = None
+    started_at: float | None = None
+    deadline: float | None = None
+    not_before: float = 0.0
+    gpu_override: int | None = None
+    params: dict[str, Any] | None = None
+    log_path: str | None = None
+    out: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    ended_at: float | None = None
+    unmet: int = 0
+    timed_out: bool = False
+    progress: dict[str, Any] | None = field(default=None)
+
+
+class Engine:
+    """Runs a spec to completion on one executor. Not reentrant."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        machine: Machine,
+        store: SqliteStore,
+        executor: Executor,
+        *,
+        options: Options | None = None,
+        ui: Any = None,
+        hooks: Sequence[Any] = (),
+    ) -> None:
+        self.spec = spec
+        self.machine = machine
+        self.store = store
+        self.executor = executor
+        self.opt = options or Options()
+        self.ui = ui
+        self.hooks = list(hooks)
+        self.state_dir = str(store.state_dir)
+        self.run_id = ""
+        self.live: dict[str, Live] = {}
+        self.users: dict[str, list[str]] = {}
+        self.ranks = critical_path_ranks(spec.tasks)
+        self.order = {t.name: i for i, t in enumerate(spec.tasks)}
+        self.ready: set[str] = set()
+        self.running: dict[str, Live] = {}
+        self.interrupts = 0
+        self._wake = threading.Event()
+        self.started_at = time.time()
+        self.events: list[tuple[float, str, str, str]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _sync(self) -> None:
+        """Bring the store in line with the spec; recover attempts of a dead controller."""
+        self.run_id = self.store.get_meta("run_id") or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota"})
+        existing = {r.name: r for r in self.store.tasks()}
+        rows = []
+        adopt: list[tuple[Task, Any]] = []
+        for t in self.spec.tasks:
+            fp = A.fingerprint(t)
+            rec = existing.get(t.name)
+            forced = any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)
+            lv = Live(t, S.PENDING)
+            if rec is not None and rec.state in S.ACTIVE:
+                adopt.append((t, rec))
+                lv.state = rec.state
+            elif rec is not None and rec.state in S.DONE_OK and rec.fingerprint == fp and not forced and (
+                rec.state == S.SUCCEEDED or A.outputs_exist(t)
+            ):
+                lv.state = rec.state
+                lv.attempts = rec.attempts
+                lv.exit_code, lv.reason = rec.exit_code, rec.reason
+                lv.started_at, lv.ended_at, lv.log_path = rec.started_at, rec.ended_at, rec.log_path
+            else:
+                if forced and t.outputs:
+                    lv.task = t  # --rerun beats outputs: never take the cached shortcut
+                rows.append(self._row(t, fp, S.PENDING))
+            self.live[t.name] = lv
+        if rows:
+            self.store.upsert_tasks(rows, event="sync")
+        for t, rec in adopt:
+            self._recover(t, rec)
+        self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
+        for t in self.spec.tasks:
+            for n in t.needs:
+                self.users.setdefault(n, []).append(t.name)
+        for t in self.spec.tasks:
+            lv = self.live[t.name]
+            lv.unmet = sum(1 for n in t.needs if self.live[n].state not in S.DONE_OK)
+        for t in self.spec.tasks:
+            lv = self.live[t.name]
+            if lv.state == S.PENDING and lv.unmet == 0:
+                self.ready.add(t.name)
+
+    def _row(self, t: Task, fp: str, state: str) -> dict[str, Any]:
+        return {
+            "name": t.name, "grp": t.group, "fingerprint": fp, "state": state, "attempts": 0,
+            "free_attempts": 0, "reason": "", "gpus": [], "gpu_bytes": [], "cpus": t.request.cpus,
+            "memory_bytes": t.request.memory_bytes, "vars": t.vars_dict, "estimate_s": t.estimate_s,
+            "command": t.command, "trial": t.trial,
+        }
+
+    def _recover(self, t: Task, rec: Any) -> None:
+        lv = self.live[t.name]
+        lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
+        lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
+        lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
+        if rec.handle:
+            h = Handle.from_json(rec.handle)
+            if self.executor.adopt(h):
+                lv.handle = h
+                lv.state = S.RUNNING
+                lv.placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
+                self.running[t.name] = lv
+                self._event("adopted", t.name, f"still running from a previous controller ({h.external_id})")
+                for hook in self.hooks:
+                    getattr(hook, "adopted", lambda *_: None)(self, lv)
+                return
+        else:
+            self._stop_unrecorded(t.name, rec.attempts)
+        # Vanished with the old controller: run again, not counted against retries.
+        self.store.transition(
+            t.name, expect=S.ACTIVE, event="lost", state=S.PENDING, handle=None,
+            free_attempts=rec.free_attempts + 1, reason="lost with the previous controller",
+            attempt={"attempt": rec.attempts, "state": "lost", "ended_at": time.time(), "reason": "lost"},
+        )
+        lv.state = S.PENDING
+        lv.free_attempts = rec.free_attempts + 1
+        for hook in self.hooks:
+            getattr(hook, "lost", lambda *_: None)(self, lv)
+        self._event("lost", t.name, "was starting when the previous controller died; running it again")
+
+    def _stop_unrecorded(self, name: str, attempt: int) -> None:
+        """A process may exist whose handle was never committed: find and stop it."""
+        if getattr(self.executor, "name", "") != "local":
+            return
+        from rota.executors.local import find_attempt_processes
+
+        key = f"{name}#{attempt}"
+        pids = find_attempt_processes(self.state_dir).get(key, [])
+        for pid in pids:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> int:
+        """Run until every task is final or the user interrupts. Returns the exit code."""
+        self._sync()
+        if self.ui is not None:
+            self.ui.start(self)
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        old_chld = signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
+        try:
+            for hook in self.hooks:
+                getattr(hook, "start", lambda *_: None)(self)
+            code = self._loop()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGCHLD, old_chld)
+            for hook in self.hooks:
+                getattr(hook, "stop", lambda *_: None)(self)
+            if self.ui is not None:
+                self.ui.stop(self)
+            self.executor.close()
+        return code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.interrupts += 1
+        self._wake.set()
+        if self.interrupts >= 2:
+            kill = getattr(self.executor, "kill_now", None)
+            handles = [lv.handle for lv in self.running.values() if lv.handle]
+            if kill is not None:
+                kill(handles)
+
+    def _loop(self) -> int:
+        last_ui = 0.0
+        while True:
+            if self.interrupts:
+                return self._interrupt()
+            now = time.time()
+            if self.running:
+                self._poll(now)
+            self._timeouts(now)
+            self._launch(now)
+            for hook in self.hooks:
+                getattr(hook, "tick", lambda *_: None)(self, now)
+            if not self.running and not self._pending_left():
+                break
+            if self.ui is not None and now - last_ui > 0.2:
+                self.ui.refresh(self)
+                last_ui = now
+            self._wake.wait(self._sleep_for(now))
+            self._wake.clear()
+        if self.ui is not None:
+            self.ui.refresh(self)
+        states = [lv.state for lv in self.live.values()]
+        return EXIT_OK if all(s in S.DONE_OK for s in states) else EXIT_FAILED
+
+    def _pending_left(self) -> bool:
+        return any(lv.state == S.PENDING for lv in self.live.values())
+
+    def _sleep_for(self, now: float) -> float:
+        t = self.opt.poll_interval_s
+        for lv in self.running.values():
+            if lv.deadline is not None:
+                t = min(t, max(lv.deadline - now, 0.0))
+        waits = [self.live[n].not_before - now for n in self.ready if self.live[n].not_before > now]
+        if waits:
+            t = min(t, max(min(waits), 0.0))
+        return max(t, 0.001)
+
+    # ---------------------------------------------------------------- launch
+    def request_of(self, lv: Live) -> Request:
+        r = lv.task.request
+        if lv.gpu_override is not None and r.gpus:
+            r = replace(r, gpu_memory_bytes=lv.gpu_override)
+        return r
+
+    def _launch(self, now: float) -> None:
+        ready = [self.live[n] for n in self.ready if self.live[n].not_before <= now]
+        if not ready:
+            return
+        ready = self._cache_hits(ready)
+        gates = [getattr(h, "may_launch", None) for h in self.hooks]
+        ready = [lv for lv in ready if all(g is None or g(self, lv) for g in gates)]
+        if not ready:
+            return
+        cands = [
+            Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
+                      lv.task.estimate_s, self.order[lv.task.name])
+            for lv in ready
+        ]
+        cands.sort(key=sort_key)
+        running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
+        placements = schedule(cands, self.machine, running, presorted=True)
+        if not placements:
+            return
+        self._start(placements, now)
+
+    def _remaining(self, lv: Live, now: float) -> float | None:
+        est = lv.task.estimate_s
+        if est is None or lv.started_at is None:
+            return None
+        return max(est - (now - lv.started_at), 1.0)
+
+    def _cache_hits(self, ready: list[Live]) -> list[Live]:
+        keep = []
+        for lv in ready:
+            t = lv.task
+            if t.outputs and t.name not in self.forced and A.outputs_exist(t):
+                rec = self.store.task(t.name)
+                now_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t))
+                if rec is not None and (rec.inputs_fp is None or rec.inputs_fp == now_fp):
+                    self.store.transition(t.name, expect=S.PENDING, event="cached", state=S.CACHED,
+                                          reason="outputs exist", inputs_fp=now_fp, ended_at=time.time())
+                    self._finish(lv, S.CACHED, "outputs exist; skipped")
+                    continue
+            keep.append(lv)
+        return keep
+
+    def _need_outputs(self, t: Task) -> list[str]:
+        out: list[str] = []
+        for n in t.needs:
+            out.extend(self.live[n].task.outputs)
+        return out
+
+    def _start(self, placements: Sequence[Placement], now: float) -> None:
+        launches: list[tuple[Live, Launch]] = []
+        changes = []
+        for p in placements:
+            lv = self.live[p.task]
+            t = lv.task
+            attempt = lv.attempts + 1
+            key = f"{t.name}#{attempt}"
+            out = A.out_dir(self.state_dir, t.name)
+            log = A.log_path(self.state_dir, t.name, attempt)
+            params = lv.params
+            for hook in self.hooks:
+                got = getattr(hook, "params_for", lambda *_: None)(self, lv)
+                if got is not None:
+                    params = got
+            req = self.request_of(lv)
+            needs_out = {n: A.out_dir(self.state_dir, n) for n in t.needs}
+            env = A.task_env(
+                t, machine=self.machine, gpus=p.gpus, run_id=self.run_id, state_dir=self.state_dir, out=out,
+                attempt=attempt, key=key, needs_out=needs_out, params=params,
+                gpu_memory_bytes=(p.gpu_bytes[0] if p.gpu_bytes else None),
+            )
+            command = A.render_command(t, out, params)
+            frac = 1.0
+            if p.gpus and req.gpu_memory_bytes is not None:
+                frac = min(1.0, req.gpu_memory_bytes / self.machine.gpu(p.gpus[0]).memory_bytes)
+            launch = Launch(
+                key=key, task=t.name, attempt=attempt, command=command, env=env, workdir=t.workdir,
+                log_path=log, gpus=p.gpus, gpu_count=req.gpus, gpu_memory_bytes=req.gpu_memory_bytes,
+                gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
+                estimate_s=t.estimate_s, array_group=t.group,
+            )
+            deadline = now + t.timeout_s if t.timeout_s else None
+            changes.append(Change(t.name, S.PENDING, "launching", {
+                "state": S.LAUNCHING, "attempts": attempt, "gpus": list(p.gpus), "gpu_bytes": list(p.gpu_bytes),
+                "cpus": p.cpus, "memory_bytes": p.memory_bytes, "started_at": now, "deadline": deadline,
+                "log_path": log, "out_dir": out, "params": params, "handle": None, "exit_code": None, "reason": "",
+                "ended_at": None,
+            }, {"attempt": attempt, "state": S.LAUNCHING, "gpus": list(p.gpus), "started_at": now,
+                "log_path": log, "command": t.command}))
+            lv.attempts, lv.placement, lv.started_at, lv.deadline = attempt, p, now, deadline
+            lv.log_path, lv.out, lv.params, lv.timed_out = log, out, params, False
+            launches.append((lv, launch))
+        self.store.apply(changes)
+        for lv, launch in launches:
+            os.makedirs(lv.out or ".", exist_ok=True)
+            self.ready.discard(lv.task.name)
+            lv.state = S.LAUNCHING
+            self.running[lv.task.name] = lv
+        handles = self._submit([la for _, la in launches])
+        changes = []
+        for (lv, launch), h in zip(launches, handles, strict=True):
+            if isinstance(h, Exception):
+                changes.append(Change(lv.task.name, S.LAUNCHING, "submit-failed", {
+                    "state": S.RUNNING, "handle": None}))
+                lv.handle = None
+                lv.reason = f"could not start: {h}"
+                continue
+            lv.handle = h
+            changes.append(Change(lv.task.name, S.LAUNCHING, "running", {"state": S.RUNNING, "handle": h.to_json()},
+                                  {"attempt": lv.attempts, "state": S.RUNNING, "handle": h.to_json()}))
+        self.store.apply(changes)
+        for lv, launch in launches:
+            lv.state = S.RUNNING
+            gp = f" on GPU {','.join(map(str, launch.gpus))}" if launch.gpus else ""
+            self._event("start", lv.task.name, f"attempt {lv.attempts}{gp}")
+            if lv.handle is None:
+                self._end_attempt(lv, Status("failed", None, lv.reason), time.time())
+
+    def _submit(self, launches: list[Launch]) -> list[Handle | Exception]:
+        many = getattr(self.executor, "submit_many", None)
+        if many is not None and len(launches) > 1:
+            try:
+                return list(many(launches))
+            except Exception as e:  # noqa: BLE001 - reported per task
+                return [e] * len(launches)
+        out: list[Handle | Exception] = []
+        for la in launches:
+            try:
+                out.append(self.executor.submit(la))
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
+    # ------------------------------------------------------------- finishing
+    def _poll(self, now: float) -> None:
+        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
+        if not handles:
+            return
+        statuses = self.executor.poll(handles)
+        by_key = {lv.handle.key: lv for lv in self.running.values() if lv.handle is not None}
+        for key, st in statuses.items():
+            if st.phase != "running" and key in by_key:
+                self._end_attempt(by_key[key], st, now)
+
+    def _timeouts(self, now: float) -> None:
+        for lv in list(self.running.values()):
+            if lv.deadline is not None and now >= lv.deadline and not lv.timed_out and lv.handle is not None:
+                lv.timed_out = True
+                self._event("timeout", lv.task.name, f"ran past its timeout of {lv.task.timeout_s:g}s; stopping it")
+                threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
+
+    def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
+        t = lv.task
+        self.running.pop(t.name, None)
+        metrics = A.read_metrics(lv.log_path, lv.out)
+        attempt_row: dict[str, Any] = {"attempt": lv.attempts, "ended_at": now, "exit_code": st.exit_code}
+        if st.phase == "succeeded":
+            inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
+            attempt_row.update(state=S.SUCCEEDED, reason=st.reason)
+            self.store.transition(t.name, expect=S.ACTIVE, event="succeeded", state=S.SUCCEEDED, exit_code=0,
+                                  reason="", ended_at=now, handle=None, inputs_fp=inputs_fp,
+                                  attempt=attempt_row, metrics=metrics)
+            lv.exit_code, lv.reason, lv.ended_at = 0, "", now
+            self._hook("finished", lv, S.SUCCEEDED, metrics)
+            self._finish(lv, S.SUCCEEDED, f"done in {now - (lv.started_at or now):.1f}s")
+            return
+        reason = "timeout" if lv.timed_out else (st.reason or "failed")
+        log_tail = A.tail(lv.log_path)
+        oom = A.is_oom(log_tail)
+        if oom:
+            reason = "cuda out of memory"
+        free = st.retry_free or st.phase == "lost"
+        counted = lv.attempts - lv.free_attempts - (1 if free else 0)
+        retry = free or counted <= t.retries
+        attempt_row.update(state="lost" if st.phase == "lost" else S.FAILED, reason=reason)
+        if self.interrupts:
+            retry = False
+        if retry:
+            delay = 0.0 if free else min(self.opt.retry_delay_s * 2 ** max(counted - 1, 0), 300.0)
+            override = lv.gpu_override
+            if oom and t.request.gpus:
+                override = self._bigger_booking(lv)
+            fields: dict[str, Any] = {"state": S.PENDING, "exit_code": st.exit_code, "reason": reason, "ended_at": now,
+                                      "handle": None, "not_before": now + delay, "gpu_memory_override": override}
+            if free:
+                fields["free_attempts"] = lv.free_attempts + 1
+            self.store.transition(t.name, expect=S.ACTIVE, event="retry", attempt=attempt_row, metrics=metrics, **fields)
+            lv.state, lv.handle, lv.not_before, lv.gpu_override = S.PENDING, None, now + delay, override
+            lv.exit_code, lv.reason = st.exit_code, reason
+            if free:
+                lv.free_attempts += 1
+            self._hook("finished", lv, S.FAILED, metrics)
+            self.ready.add(t.name)
+            extra = f"; booking {override / 2**30:.0f}GB per GPU" if oom and override else ""
+            self._event("retry", t.name, f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
+            return
+        self.store.transition(t.name, expect=S.ACTIVE, event="failed", state=S.FAILED, exit_code=st.exit_code,
+                              reason=reason, ended_at=now, handle=None, attempt=attempt_row, metrics=metrics)
+        lv.exit_code, lv.reason, lv.ended_at = st.exit_code, reason, now
+        self._hook("finished", lv, S.FAILED, metrics)
+        self._finish(lv, S.FAILED, f"{reason} ({lv.log_path})")
+
+    def _bigger_booking(self, lv: Live) -> int:
+        """After an OOM: double the booking, up to the largest GPU that fits the pool."""
+        req = self.request_of(lv)
+        pool = [g for g in self.machine.gpus if req.devices is None or g.index in req.devices]
+        largest = max(g.memory_bytes for g in pool)
+        current = req.gpu_memory_bytes
+        if current is None:
+            return largest
+        return min(max(current * 2, current + 2**30), largest)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            fn: Callable[..., Any] | None = getattr(hook, name, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def _finish(self, lv: Live, state: str, text: str) -> None:
+        lv.state = state
+        self.ready.discard(lv.task.name)
+        self._event(state, lv.task.name, text)
+        if state in S.DONE_OK:
+            for u in self.users.get(lv.task.name, []):
+                ul = self.live[u]
+                ul.unmet -= 1
+                if ul.unmet == 0 and ul.state == S.PENDING:
+                    self.ready.add(u)
+        else:
+            self._skip_dependents(lv.task.name)
+
+    def _skip_dependents(self, name: str) -> None:
+        stack = list(self.users.get(name, []))
+        changes = []
+        while stack:
+            u = stack.pop()
+            ul = self.live[u]
+            if ul.state != S.PENDING:
+                continue
+            ul.state = S.SKIPPED
+            ul.reason = f"needs {name}, which did not succeed"
+            self.ready.discard(u)
+            changes.append(Change(u, S.PENDING, "skipped", {"state": S.SKIPPED, "reason": ul.reason}))
+            self._event(S.SKIPPED, u, ul.reason)
+            stack.extend(self.users.get(u, []))
+        if changes:
+            self.store.apply(changes)
+
+    # ------------------------------------------------------------- interrupt
+    def _interrupt(self) -> int:
+        self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
+        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
+        if handles:
+            self.executor.cancel(handles, self.opt.grace_s)
+        now = time.time()
+        changes = [
+            Change(lv.task.name, S.ACTIVE, "interrupted", {"state": S.INTERRUPTED, "reason": "interrupted",
+                                                          "ended_at": now, "handle": None},
+                   {"attempt": lv.attempts, "state": S.INTERRUPTED, "ended_at": now, "reason": "interrupted"})
+            for lv in self.running.values()
+        ]
+        if changes:
+            self.store.apply(changes)
+        for lv in self.running.values():
+            lv.state = S.INTERRUPTED
+            self._hook("finished", lv, S.INTERRUPTED, {})
+        self.running.clear()
+        return EXIT_INTERRUPTED
+
+    def _event(self, kind: str, task: str, text: str) -> None:
+        ev = (time.time(), kind, task, text)
+        self.events.append(ev)
+        if len(self.events) > 500:
+            del self.events[:250]
+        if self.ui is not None:
+            self.ui.event(self, ev)
+
+    # --------------------------------------------------------------- queries
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in S.STATES}
+        for lv in self.live.values():
+            out[lv.state] += 1
+        return out
+
+    def eta_s(self, now: float) -> float | None:
+        """Rough ETA: remaining estimated work over the machine's parallel capacity."""
+        work = 0.0
+        known = False
+        for lv in self.live.values():
+            est = lv.task.estimate_s
+            if est is None:
+                continue
+            if lv.state == S.PENDING:
+                work += est
+                known = True
+            elif lv.state in S.ACTIVE:
+                work += max(est - (now - (lv.started_at or now)), 0.0)
+                known = True
+        if not known:
+            return None
+        slots = max(len(self.running), 1)
+        return work / slots if math.isfinite(work) else None

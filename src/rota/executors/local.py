@@ -1,0 +1,247 @@
+"""The local executor: each attempt is its own session and process group.
+
+A task runs as ``/bin/sh -c WRAP rota-task COMMAND RC_PATH``: the wrapper runs
+the command with bash and writes its exit status to ``RC_PATH``, so a
+controller that was killed and restarted can still learn how an attempt ended
+(adoption). Tasks are in their own session (``setsid``), so a terminal's
+Ctrl-C reaches only the controller, which then stops every task group itself,
+and a controller killed with SIGKILL leaves its tasks running to be adopted.
+
+Stopping an attempt signals its process group *and* every descendant found at
+that moment (a grandchild that called setsid is still a descendant):
+SIGTERM, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+from rota.executors.base import Handle, Launch, Status
+
+WRAP = 'bash -c "$1"; rc=$?; printf "%s\\n" "$rc" > "$2"; exit $rc'
+NAME = "local"
+
+
+def rc_path_for(log_path: str) -> str:
+    return log_path + ".rc"
+
+
+def _read_rc(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _status_from_code(code: int) -> Status:
+    if code == 0:
+        return Status("succeeded", 0, "exit 0")
+    if code < 0:
+        return Status("failed", 128 - code, f"signal {-code}")
+    if code > 128 and code - 128 < 65:
+        return Status("failed", code, f"exit {code} (signal {code - 128})")
+    return Status("failed", code, f"exit {code}")
+
+
+class LocalExecutor:
+    """Runs attempts as local process groups. Thread-safe for cancel()."""
+
+    name = NAME
+
+    def __init__(self, inherit_env: dict[str, str] | None = None) -> None:
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        base = dict(os.environ if inherit_env is None else inherit_env)
+        for k in [k for k in base if k.startswith("ROTA_")]:
+            del base[k]
+        self._base_env = base
+
+    def submit(self, launch: Launch) -> Handle:
+        log = Path(launch.log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        rc_path = rc_path_for(launch.log_path)
+        try:
+            os.unlink(rc_path)
+        except FileNotFoundError:
+            pass
+        env = dict(self._base_env)
+        env.update(launch.env)
+        with open(log, "ab", buffering=0) as out:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", WRAP, "rota-task", launch.command, rc_path],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=launch.workdir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._procs[launch.key] = proc
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0
+        return Handle(
+            launch.key,
+            NAME,
+            str(proc.pid),
+            {"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "rc_path": rc_path, "started_at": time.time()},
+        )
+
+    def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
+        out: dict[str, Status] = {}
+        for h in handles:
+            proc = self._procs.get(h.key)
+            if proc is not None:
+                code = proc.poll()
+                if code is None:
+                    out[h.key] = Status("running")
+                    continue
+                del self._procs[h.key]
+                rc = _read_rc(h.data["rc_path"])
+                _reap_group(int(h.data["pgid"]))
+                out[h.key] = _status_from_code(rc if rc is not None else code)
+                continue
+            if _alive(h):
+                out[h.key] = Status("running")
+                continue
+            rc = _read_rc(h.data.get("rc_path", ""))
+            _reap_group(int(h.data.get("pgid", 0) or 0))
+            if rc is None:
+                out[h.key] = Status("lost", None, "vanished (no exit status recorded)")
+            else:
+                out[h.key] = _status_from_code(rc)
+        return out
+
+    def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:
+        targets: list[tuple[int, list[psutil.Process]]] = []
+        for h in handles:
+            pgid = int(h.data.get("pgid", 0) or 0)
+            if pgid <= 1:
+                continue
+            targets.append((pgid, _tree(h)))
+        for pgid, procs in targets:
+            _signal(pgid, procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not any(_group_alive(pgid) or any(_running(p) for p in procs) for pgid, procs in targets):
+                break
+            self._reap_children()
+            time.sleep(0.02)
+        for pgid, procs in targets:
+            _signal(pgid, procs, signal.SIGKILL)
+        self._reap_children()
+
+    def kill_now(self, handles: Sequence[Handle]) -> None:
+        for h in handles:
+            pgid = int(h.data.get("pgid", 0) or 0)
+            if pgid > 1:
+                _signal(pgid, _tree(h), signal.SIGKILL)
+        self._reap_children()
+
+    def adopt(self, handle: Handle) -> bool:
+        if _alive(handle):
+            return True
+        return _read_rc(handle.data.get("rc_path", "")) is not None
+
+    def close(self) -> None:
+        self._reap_children()
+
+    def _reap_children(self) -> None:
+        for proc in list(self._procs.values()):
+            proc.poll()
+
+
+def _alive(h: Handle) -> bool:
+    pid = int(h.data.get("pid", 0) or 0)
+    if pid <= 0:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - float(h.data.get("create_time", 0))) > 0.05:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tree(h: Handle) -> list[psutil.Process]:
+    if not _alive(h):
+        # The wrapper is gone; group members (if any) are still reachable by killpg.
+        return []
+    try:
+        root = psutil.Process(int(h.data["pid"]))
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # killpg(0) succeeds while zombies remain; check for a live member.
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return False
+
+
+def _signal(pgid: int, procs: Sequence[psutil.Process], sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def _reap_group(pgid: int) -> None:
+    """Kill what a finished task left behind in its group (``sleep 1000 &``)."""
+    if pgid > 1:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def find_attempt_processes(state_dir: str) -> dict[str, list[int]]:
+    """Processes started by rota for ``state_dir``, by attempt key (from their environment).
+
+    Used after a crash between ``launching`` being committed and the handle
+    being recorded: such a process exists but its handle is unknown.
+    """
+    found: dict[str, list[int]] = {}
+    for p in psutil.process_iter(["pid"]):
+        try:
+            env = p.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("ROTA_STATE_DIR") == state_dir and "ROTA_ATTEMPT_KEY" in env:
+            found.setdefault(env["ROTA_ATTEMPT_KEY"], []).append(p.pid)
+    return found

@@ -1,0 +1,170 @@
+"""What this machine offers: GPUs (NVML or declared), usable CPUs, RAM.
+
+Detection is the only I/O here; parsing ``--gpus``/``--cpus``/``--memory`` is
+pure. Inside a SLURM allocation (or any parent that set CUDA_VISIBLE_DEVICES)
+rota sees exactly what it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import psutil
+
+from rota.core.resources import Gpu, Machine
+from rota.errors import MachineError
+from rota.spec.units import format_size, parse_size
+
+_DECL = re.compile(r"^\s*(?:(\d+)\s*[xX]\s*)?(\d+(?:\.\d+)?\s*[A-Za-z]*)\s*$")
+
+
+def detect_gpus_nvml() -> list[Gpu] | None:
+    """GPUs through NVML in PCI bus order, or None when NVML is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total
+            gpus.append(
+                Gpu(
+                    index=i,
+                    memory_bytes=int(mem),
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                )
+            )
+        return gpus
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def apply_visible_devices(gpus: list[Gpu], cvd: str | None) -> list[Gpu]:
+    """Keep the GPUs named by an inherited CUDA_VISIBLE_DEVICES (indices or UUIDs).
+
+    Tasks then get the parent's own identifiers, so nested pinning stays correct.
+    """
+    if cvd is None:
+        return gpus
+    tokens = [t.strip() for t in cvd.split(",") if t.strip()]
+    kept = []
+    for tok in tokens:
+        for g in gpus:
+            if tok == str(g.index) or (g.uuid and (tok == g.uuid or g.uuid.startswith(tok))):
+                kept.append(Gpu(g.index, g.memory_bytes, g.name, g.uuid, visible_id=tok))
+                break
+    return kept
+
+
+def parse_gpus_flag(value: str, detected: list[Gpu]) -> list[Gpu]:
+    """``none`` | ``0,2`` (restrict) | ``4x80GB`` | ``80GB,80GB,24GB`` (declare)."""
+    v = value.strip().lower()
+    if v in ("none", "0x", "", "cpu"):
+        return []
+    parts = [p.strip() for p in v.split(",")]
+    if all(p.isdigit() for p in parts):
+        wanted = [int(p) for p in parts]
+        by_index = {g.index: g for g in detected}
+        missing = [w for w in wanted if w not in by_index]
+        if missing:
+            have = ", ".join(str(g.index) for g in detected) or "none"
+            raise MachineError(
+                f"--gpus {value}: GPU(s) {missing} not detected (detected: {have}); "
+                "to declare GPUs on a machine without them use e.g. --gpus 4x80GB"
+            )
+        return [by_index[w] for w in wanted]
+    gpus: list[Gpu] = []
+    for p in parts:
+        m = _DECL.match(p)
+        if not m:
+            raise MachineError(f"--gpus {value}: expected 'none', indices like '0,2', or sizes like '4x80GB', found {p!r}")
+        count = int(m.group(1) or 1)
+        try:
+            size = parse_size(m.group(2).upper())
+        except ValueError as e:
+            raise MachineError(f"--gpus {value}: {e}") from None
+        if count > 1024 or size <= 0:
+            raise MachineError(f"--gpus {value}: expected 1-1024 GPUs of a positive size")
+        for _ in range(count):
+            gpus.append(Gpu(index=len(gpus), memory_bytes=size, name=f"declared {format_size(size)}"))
+    return gpus
+
+
+def usable_cpus(environ: Mapping[str, str]) -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    slurm = environ.get("SLURM_CPUS_ON_NODE")
+    if slurm and slurm.isdigit():
+        n = int(slurm)  # SLURM's grant is the contract, even where it claims more than nproc
+    return max(n, 1)
+
+
+def usable_memory(environ: Mapping[str, str]) -> int:
+    total = int(psutil.virtual_memory().total)
+    slurm = environ.get("SLURM_MEM_PER_NODE")
+    if slurm and slurm.isdigit():
+        return int(slurm) * 2**20
+    return total
+
+
+def detect_machine(
+    gpus: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Machine:
+    """The machine rota will book, from detection and the CLI flags."""
+    env = os.environ if environ is None else environ
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    declared = gpus is not None and not all(p.strip().isdigit() for p in gpus.split(",")) and gpus.strip().lower() != "none"
+    detected: list[Gpu] = []
+    source = "declared"
+    if not declared:
+        nvml = detect_gpus_nvml()
+        if nvml is not None:
+            detected = apply_visible_devices(nvml, cvd)
+            source = "nvml"
+        else:
+            source = "none"
+    chosen = detected if gpus is None else parse_gpus_flag(gpus, detected)
+    if cpus is not None and cpus < 1:
+        raise MachineError(f"--cpus {cpus}: expected a positive number")
+    n_cpus = cpus if cpus is not None else usable_cpus(env)
+    if memory is not None:
+        try:
+            mem = parse_size(memory)
+        except ValueError as e:
+            raise MachineError(f"--memory {memory}: {e}") from None
+    else:
+        mem = usable_memory(env)
+    return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source)
+
+
+def describe(machine: Machine) -> list[str]:
+    lines = []
+    if not machine.gpus:
+        lines.append(f"GPUs: none ({machine.source})")
+    for g in machine.gpus:
+        uuid = f" {g.uuid}" if g.uuid else ""
+        lines.append(f"GPU {g.index}: {g.name}, {format_size(g.memory_bytes)}{uuid} (CUDA_VISIBLE_DEVICES={g.cuda_id})")
+    lines.append(f"CPUs: {machine.cpus}")
+    lines.append(f"RAM: {format_size(machine.memory_bytes)}")
+    return lines

@@ -1,0 +1,167 @@
+"""Expand task templates (matrix, shards, sweeps) into concrete ``Task`` records.
+
+``{var}`` in a name is replaced by the raw value; in a command by the
+shell-quoted value, so a value with spaces, quotes or ``$`` arrives as one
+literal argument. Only known placeholders are touched, so ``${HOME}`` and awk's
+``{print $1}`` pass through. ``{out}`` (and a sweep's ``{param}``) are left for
+launch time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+
+from rota.core.resources import Request
+from rota.errors import SpecError
+from rota.spec.model import Task, TaskSpec
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+LAUNCH_VARS = frozenset({"out", "task", "run", "attempt"})
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def value_text(v: object) -> str:
+    """How a matrix value is written into names, commands and env vars."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def substitute(template: str, values: Mapping[str, str], *, quote: bool) -> str:
+    """Replace ``{name}`` for names in ``values``; leave every other brace alone."""
+
+    def repl(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            return m.group(0)
+        return shlex.quote(values[key]) if quote else values[key]
+
+    return _PLACEHOLDER.sub(repl, template)
+
+
+def _check_name(name: str, file: str, template: str) -> None:
+    if _BAD_NAME.search(name):
+        raise SpecError(
+            f"expanded task name {name!r} contains a control character (newline, NUL, ...)",
+            file=file, task=template, field="name",
+        )
+    if len(name) > 300:
+        raise SpecError(f"expanded task name is {len(name)} characters; at most 300", file=file, task=template, field="name")
+
+
+def expand_tasks(
+    specs: Sequence[tuple[TaskSpec, int | None]], *, file: str, root: str, max_tasks: int
+) -> list[Task]:
+    """Expand every template; raise SpecError on duplicates or too many tasks."""
+    out: list[Task] = []
+    seen: dict[str, str] = {}
+    for ts, _line in specs:
+        matrix = ts.matrix or {}
+        count = math.prod(len(v) for v in matrix.values()) if matrix else 1
+        count *= ts.shards or 1
+        if ts.sweep is not None:
+            count *= ts.sweep.trials
+        if len(out) + count > max_tasks:
+            raise SpecError(
+                f"expands to {len(out) + count:,} tasks, more than the limit of {max_tasks:,}; "
+                "split the spec or raise 'max_tasks:'",
+                file=file, task=ts.name, field="matrix",
+            )
+        if matrix:
+            for key in matrix:
+                if key in LAUNCH_VARS or key == "shard":
+                    raise SpecError(f"matrix variable {key!r} is reserved", file=file, task=ts.name, field="matrix")
+        keys = list(matrix)
+        combos = itertools.product(*(matrix[k] for k in keys)) if keys else [()]
+        for combo in combos:
+            values = {k: value_text(v) for k, v in zip(keys, combo, strict=True)}
+            for task in _expand_one(ts, values, root):
+                _check_name(task.name, file, ts.name)
+                if task.name in seen:
+                    raise SpecError(
+                        f"two tasks are named {task.name!r} (from {seen[task.name]!r} and {ts.name!r}); "
+                        "add a matrix variable to the name, e.g. 'train-{seed}'",
+                        file=file, task=ts.name, field="name",
+                    )
+                seen[task.name] = ts.name
+                out.append(task)
+    return out
+
+
+def _expand_one(ts: TaskSpec, values: dict[str, str], root: str) -> list[Task]:
+    base_name = substitute(ts.name, values, quote=False)
+    if values and base_name == ts.name and len(ts.matrix or {}) > 0:
+        # A matrix task whose name has no {var}: suffix the values so names stay unique.
+        base_name = ts.name + "-" + "-".join(values.values())
+    command = substitute(ts.command, values, quote=True)
+    workdir = ts.workdir or "."
+    workdir = os.path.normpath(os.path.join(root, substitute(workdir, values, quote=False)))
+    env = {k: value_text(v) for k, v in ts.env.items()}
+    common = dict(
+        request=Request(
+            gpus=ts.gpus,
+            gpu_memory_bytes=ts.gpu_memory if ts.gpus else None,
+            cpus=ts.cpus,
+            memory_bytes=ts.memory or 0,
+            devices=tuple(ts.devices) if ts.devices is not None else None,
+        ),
+        estimate_s=ts.estimate,
+        retries=ts.retries,
+        timeout_s=ts.timeout,
+        priority=ts.priority,
+        workdir=workdir,
+        outputs=tuple(os.path.normpath(os.path.join(workdir, substitute(o, values, quote=False))) for o in ts.outputs),
+        inputs=tuple(os.path.normpath(os.path.join(workdir, substitute(i, values, quote=False))) for i in ts.inputs),
+        group=ts.name,
+        enforce_gpu_memory=ts.enforce_gpu_memory,
+        needs=tuple(substitute(n, values, quote=False) for n in ts.needs),
+    )
+    results: list[Task] = []
+    shard_count = ts.shards or 0
+    shard_range = range(shard_count) if shard_count else [None]
+    for shard in shard_range:
+        name = base_name
+        cmd = command
+        vars_ = dict(values)
+        t_env = dict(env)
+        if shard is not None:
+            sv = {"shard": str(shard)}
+            if "{shard}" in ts.name:
+                name = substitute(base_name, sv, quote=False)
+            else:
+                name = f"{base_name}-{shard}"
+            cmd = substitute(cmd, sv, quote=True)
+            vars_["shard"] = str(shard)
+            t_env["ROTA_SHARD_INDEX"] = str(shard)
+            t_env["ROTA_SHARD_COUNT"] = str(shard_count)
+        if ts.sweep is not None:
+            for trial in range(ts.sweep.trials):
+                results.append(
+                    Task(
+                        name=f"{name}-trial-{trial}",
+                        command=cmd,
+                        env=tuple(sorted(t_env.items())),
+                        vars=tuple(vars_.items()),
+                        shard=(shard, shard_count) if shard is not None else None,
+                        sweep=ts.sweep,
+                        trial=trial,
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
+            continue
+        results.append(
+            Task(
+                name=name,
+                command=cmd,
+                env=tuple(sorted(t_env.items())),
+                vars=tuple(vars_.items()),
+                shard=(shard, shard_count) if shard is not None else None,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return results

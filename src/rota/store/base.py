@@ -1,0 +1,38 @@
+"""The state store contract.
+
+One store per state folder (``.rota/`` beside the spec). The controller is the
+only writer; any number of readers (``rota status``, ``rota report``) may read
+at the same time without "database is locked".
+
+Guarantees every implementation gives:
+
+- every transition is committed (durable against a process crash) before the
+  engine acts on it: ``launching`` is written before a process is started, the
+  handle right after, the end state before dependents are released;
+- every transition appends an event to an append-only log (``events``) in the
+  same transaction, so history can be replayed and audited;
+- transitions are compare-and-set: ``transition(name, expect=..., ...)`` only
+  changes a task that is in the expected state, and says whether it did;
+- the schema version is in ``PRAGMA user_version``; a database that is not
+  rota's, or from a newer rota, is refused with a clear message.
+
+Task states: ``pending``, ``launching``, ``running``, ``succeeded``, ``cached``
+(outputs already there), ``failed``, ``skipped`` (a need failed),
+``interrupted`` (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+PENDING = "pending"
+LAUNCHING = "launching"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+CACHED = "cached"
+FAILED = "failed"
+SKIPPED = "skipped"
+INTERRUPTED = "interrupted"
+
+ACTIVE = frozenset({LAUNCHING, RUNNING})
+DONE_OK = frozenset({SUCCEEDED, CACHED})
+FINAL = frozenset({SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED})
+STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED)

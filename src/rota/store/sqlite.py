@@ -1,0 +1,374 @@
+"""All of rota's SQLite in one boring place (huey/storage.py style).
+
+One ``connect()`` (WAL, busy_timeout), one ``transaction()``, the schema
+version in ``user_version``. See :mod:`rota.store.base` for the contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rota.errors import StateError
+from rota.store.base import ACTIVE
+
+SCHEMA_VERSION = 1
+APP_ID = 0x526F7461  # "Rota"
+DB_NAME = "state.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks(
+  name TEXT PRIMARY KEY,
+  grp TEXT NOT NULL DEFAULT '',
+  fingerprint TEXT NOT NULL DEFAULT '',
+  inputs_fp TEXT,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  free_attempts INTEGER NOT NULL DEFAULT 0,
+  exit_code INTEGER,
+  reason TEXT NOT NULL DEFAULT '',
+  gpus TEXT NOT NULL DEFAULT '[]',
+  gpu_bytes TEXT NOT NULL DEFAULT '[]',
+  cpus INTEGER NOT NULL DEFAULT 0,
+  memory_bytes INTEGER NOT NULL DEFAULT 0,
+  gpu_memory_override INTEGER,
+  started_at REAL,
+  ended_at REAL,
+  deadline REAL,
+  not_before REAL,
+  log_path TEXT,
+  out_dir TEXT,
+  handle TEXT,
+  vars TEXT NOT NULL DEFAULT '{}',
+  estimate_s REAL,
+  command TEXT NOT NULL DEFAULT '',
+  trial INTEGER,
+  params TEXT,
+  updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts(
+  task TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  exit_code INTEGER,
+  reason TEXT NOT NULL DEFAULT '',
+  gpus TEXT NOT NULL DEFAULT '[]',
+  started_at REAL,
+  ended_at REAL,
+  log_path TEXT,
+  handle TEXT,
+  peak_gpu_memory_bytes INTEGER,
+  command TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY(task, attempt)
+);
+CREATE TABLE IF NOT EXISTS events(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts REAL NOT NULL,
+  task TEXT,
+  kind TEXT NOT NULL,
+  data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS metrics(
+  task TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY(task, name)
+);
+CREATE TABLE IF NOT EXISTS gpu_samples(
+  ts REAL NOT NULL, gpu INTEGER NOT NULL, util_pct REAL, mem_used_bytes INTEGER, mem_total_bytes INTEGER
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+"""
+
+TASK_COLUMNS = (
+    "name", "grp", "fingerprint", "inputs_fp", "state", "attempts", "free_attempts", "exit_code",
+    "reason", "gpus", "gpu_bytes", "cpus", "memory_bytes", "gpu_memory_override", "started_at",
+    "ended_at", "deadline", "not_before", "log_path", "out_dir", "handle", "vars", "estimate_s",
+    "command", "trial", "params", "updated_at",
+)
+_JSON_COLS = {"gpus", "gpu_bytes", "handle", "vars", "params"}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One compare-and-set transition for :meth:`SqliteStore.apply`."""
+
+    name: str
+    expect: str | Sequence[str] | None
+    event: str
+    fields: Mapping[str, Any]
+    attempt: Mapping[str, Any] | None = None
+    metrics: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One row of ``tasks`` with JSON columns decoded."""
+
+    name: str
+    grp: str
+    fingerprint: str
+    inputs_fp: str | None
+    state: str
+    attempts: int
+    free_attempts: int
+    exit_code: int | None
+    reason: str
+    gpus: list[int]
+    gpu_bytes: list[int]
+    cpus: int
+    memory_bytes: int
+    gpu_memory_override: int | None
+    started_at: float | None
+    ended_at: float | None
+    deadline: float | None
+    not_before: float | None
+    log_path: str | None
+    out_dir: str | None
+    handle: dict[str, Any] | None
+    vars: dict[str, str]
+    estimate_s: float | None
+    command: str
+    trial: int | None
+    params: dict[str, Any] | None
+    updated_at: float
+
+
+def _decode(row: sqlite3.Row) -> TaskRecord:
+    d = {k: row[k] for k in TASK_COLUMNS}
+    for k in _JSON_COLS:
+        if d[k] is not None:
+            d[k] = json.loads(d[k])
+    return TaskRecord(**d)
+
+
+def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
+    """The one way rota opens its database."""
+    p = Path(path)
+    if readonly:
+        if not p.exists():
+            raise StateError(f"no rota state at {p}; run 'rota run SPEC' first")
+        uri = f"file:{p}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(p), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        _check_identity(conn, p, readonly)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StateError(
+            f"{p} is not a usable rota state database ({e}); move it away or pass another --state-dir"
+        ) from None
+    return conn
+
+
+def _check_identity(conn: sqlite3.Connection, p: Path, readonly: bool) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if version == 0 and app == 0 and tables == 0:
+        if readonly:
+            raise StateError(f"{p} is empty; run 'rota run SPEC' first")
+        with transaction(conn):
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id={APP_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return
+    if app != APP_ID:
+        raise StateError(f"{p} is a database but not rota's (application_id {app}); refusing to touch it")
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{p} was written by a newer rota (schema {version} > {SCHEMA_VERSION}); upgrade rota")
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+class SqliteStore:
+    """The controller's (read-write) or a reader's (read-only) view of one state folder."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        self.readonly = readonly
+        self.conn = connect(self.path, readonly=readonly)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta -------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, items: Mapping[str, str]) -> None:
+        with transaction(self.conn):
+            for k, v in items.items():
+                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (k, v))
+
+    # -- tasks ------------------------------------------------------------
+    def tasks(self, states: Sequence[str] | None = None) -> list[TaskRecord]:
+        if states:
+            q = f"SELECT * FROM tasks WHERE state IN ({','.join('?' * len(states))}) ORDER BY rowid"
+            rows = self.conn.execute(q, tuple(states)).fetchall()
+        else:
+            rows = self.conn.execute("SELECT * FROM tasks ORDER BY rowid").fetchall()
+        return [_decode(r) for r in rows]
+
+    def task(self, name: str) -> TaskRecord | None:
+        row = self.conn.execute("SELECT * FROM tasks WHERE name=?", (name,)).fetchone()
+        return _decode(row) if row else None
+
+    def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync") -> None:
+        """Insert or fully reset tasks (used when a spec is (re)loaded)."""
+        now = time.time()
+        with transaction(self.conn):
+            for r in rows:
+                values = {k: _enc(k, r.get(k)) for k in TASK_COLUMNS}
+                values["updated_at"] = now
+                cols = ",".join(TASK_COLUMNS)
+                marks = ",".join("?" * len(TASK_COLUMNS))
+                self.conn.execute(f"INSERT OR REPLACE INTO tasks({cols}) VALUES({marks})", tuple(values[k] for k in TASK_COLUMNS))
+            self._event(None, event, {"tasks": len(rows)}, now)
+
+    def transition(
+        self,
+        name: str,
+        *,
+        expect: str | Sequence[str] | None,
+        event: str,
+        attempt: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Compare-and-set: update ``name`` only if its state is ``expect``.
+
+        ``attempt`` (with key ``attempt``) upserts the attempts row in the same
+        transaction; ``metrics`` replace the task's metrics. Returns False (and
+        changes nothing) when the task is not in the expected state.
+        """
+        return self.apply([Change(name, expect, event, fields, attempt, metrics)])[0]
+
+    def apply(self, changes: Sequence[Change]) -> list[bool]:
+        """Several compare-and-set transitions in ONE transaction (one commit)."""
+        now = time.time()
+        results: list[bool] = []
+        with transaction(self.conn):
+            for ch in changes:
+                results.append(self._apply_one(ch, now))
+        return results
+
+    def _apply_one(self, ch: Change, now: float) -> bool:
+        fields = {**ch.fields, "updated_at": now}
+        sets = ",".join(f"{k}=?" for k in fields)
+        args: list[Any] = [_enc(k, v) for k, v in fields.items()]
+        q = f"UPDATE tasks SET {sets} WHERE name=?"
+        args.append(ch.name)
+        if ch.expect is not None:
+            exp = (ch.expect,) if isinstance(ch.expect, str) else tuple(ch.expect)
+            q += f" AND state IN ({','.join('?' * len(exp))})"
+            args.extend(exp)
+        cur = self.conn.execute(q, args)
+        if cur.rowcount != 1:
+            return False
+        if ch.attempt is not None:
+            a = dict(ch.attempt)
+            cols = list(a)
+            self.conn.execute(
+                f"INSERT INTO attempts(task,{','.join(cols)}) VALUES(?,{','.join('?' * len(cols))}) "
+                f"ON CONFLICT(task, attempt) DO UPDATE SET {','.join(f'{c}=excluded.{c}' for c in cols)}",
+                [ch.name, *(_enc(c, a[c]) for c in cols)],
+            )
+        if ch.metrics:
+            self.conn.execute("DELETE FROM metrics WHERE task=?", (ch.name,))
+            self.conn.executemany(
+                "INSERT INTO metrics(task,name,value) VALUES(?,?,?)",
+                [(ch.name, k, float(v)) for k, v in ch.metrics.items()],
+            )
+        self._event(ch.name, ch.event, {k: v for k, v in fields.items() if k in ("state", "exit_code", "reason", "attempts")}, now)
+        return True
+
+    def attempts(self, task: str | None = None) -> list[dict[str, Any]]:
+        if task is None:
+            rows = self.conn.execute("SELECT * FROM attempts ORDER BY task, attempt").fetchall()
+        else:
+            rows = self.conn.execute("SELECT * FROM attempts WHERE task=? ORDER BY attempt", (task,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            for k in ("gpus", "handle"):
+                if d.get(k) is not None:
+                    d[k] = json.loads(d[k])
+            out.append(d)
+        return out
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in self.conn.execute("SELECT task, name, value FROM metrics"):
+            out.setdefault(r[0], {})[r[1]] = r[2]
+        return out
+
+    def events(self, since_seq: int = 0) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM events WHERE seq>? ORDER BY seq", (since_seq,)).fetchall()
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    def log_event(self, task: str | None, kind: str, data: Mapping[str, Any]) -> None:
+        with transaction(self.conn):
+            self._event(task, kind, data, time.time())
+
+    def _event(self, task: str | None, kind: str, data: Mapping[str, Any], ts: float) -> None:
+        self.conn.execute(
+            "INSERT INTO events(ts, task, kind, data) VALUES(?,?,?,?)", (ts, task, kind, json.dumps(dict(data), default=str))
+        )
+
+    # -- GPU samples ------------------------------------------------------
+    def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:
+        with transaction(self.conn):
+            self.conn.executemany("INSERT INTO gpu_samples VALUES(?,?,?,?,?)", rows)
+
+    def gpu_samples(self) -> list[tuple[float, int, float | None, int | None, int | None]]:
+        return [tuple(r) for r in self.conn.execute("SELECT * FROM gpu_samples ORDER BY ts, gpu")]  # type: ignore[misc]
+
+    def history(self, command: str) -> list[dict[str, Any]]:
+        """Finished successful attempts of any task with this command (learned estimates)."""
+        rows = self.conn.execute(
+            "SELECT task, started_at, ended_at, peak_gpu_memory_bytes FROM attempts "
+            "WHERE command=? AND state='succeeded' AND ended_at IS NOT NULL",
+            (command,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def active_count(self) -> int:
+        q = f"SELECT count(*) FROM tasks WHERE state IN ({','.join('?' * len(ACTIVE))})"
+        return int(self.conn.execute(q, tuple(ACTIVE)).fetchone()[0])
+
+
+def _enc(key: str, value: Any) -> Any:
+    if key in _JSON_COLS and value is not None and not isinstance(value, str):
+        return json.dumps(value)
+    if key in ("gpus", "gpu_bytes") and value is None:
+        return "[]"
+    if key == "vars" and value is None:
+        return "{}"
+    return value

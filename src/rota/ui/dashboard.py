@@ -1,0 +1,146 @@
+"""The live terminal dashboard (rich Live) and the plain one-line-per-event printer.
+
+``render(snapshot)`` is pure: a frozen Snapshot in, a rich renderable out.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from rota.spec.units import format_duration, format_size
+from rota.store import base as S
+from rota.ui.snapshot import Snapshot, snapshot
+
+
+def _bar(used: float, total: float, width: int = 24) -> ProgressBar:
+    return ProgressBar(total=max(total, 1), completed=min(used, total), width=width)
+
+
+def render(s: Snapshot) -> Group:
+    """Everything on one screen: machine, running tasks, counts, failures."""
+    res = Table.grid(padding=(0, 1))
+    res.add_column(justify="left", no_wrap=True)
+    res.add_column()
+    res.add_column(justify="right", no_wrap=True)
+    res.add_column(overflow="ellipsis", no_wrap=True, max_width=60)
+    for g in s.gpus:
+        live = ""
+        if g.util_pct is not None:
+            live = f"  util {g.util_pct:.0f}%"
+            if g.used_bytes is not None:
+                live += f" used {format_size(g.used_bytes)}"
+        res.add_row(
+            f"GPU {g.index}", _bar(g.booked_bytes, g.total_bytes),
+            f"{format_size(g.booked_bytes)}/{format_size(g.total_bytes)}{live}", ", ".join(g.tasks) or "-",
+        )
+    res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}", "")
+    res.add_row("RAM", _bar(s.memory_booked, s.memory_total),
+                f"{format_size(s.memory_booked)}/{format_size(s.memory_total)}", "")
+    run = Table(box=None, expand=False, show_edge=False, pad_edge=False)
+    run.add_column("running", no_wrap=True, max_width=40)
+    run.add_column("GPUs", no_wrap=True)
+    run.add_column("elapsed / estimate", no_wrap=True)
+    run.add_column("progress", no_wrap=True)
+    for r in s.running[:20]:
+        prog = ""
+        if r.progress and r.progress.get("total"):
+            done, total = r.progress.get("done", 0), r.progress["total"]
+            rate = r.progress.get("items_per_s")
+            eta = r.progress.get("eta_s")
+            prog = f"{done}/{total}" + (f" {rate:.1f}/s" if rate else "") + (f" eta {format_duration(eta)}" if eta else "")
+        run.add_row(r.name, ",".join(map(str, r.gpus)) or "cpu",
+                    f"{format_duration(r.elapsed_s)} / {format_duration(r.estimate_s)}", prog)
+    if len(s.running) > 20:
+        run.add_row(f"... {len(s.running) - 20} more", "", "", "")
+    c = s.counts
+    done = c.get(S.SUCCEEDED, 0) + c.get(S.CACHED, 0)
+    finished = done + c.get(S.FAILED, 0) + c.get(S.SKIPPED, 0)
+    head = Text.assemble(
+        ("done ", "bold"), (str(done), "green"), "  ", ("failed ", "bold"), (str(c.get(S.FAILED, 0)), "red"),
+        "  ", ("skipped ", "bold"), (str(c.get(S.SKIPPED, 0)), "yellow"), "  ", ("running ", "bold"),
+        str(c.get(S.RUNNING, 0) + c.get(S.LAUNCHING, 0)), "  ", ("pending ", "bold"), str(c.get(S.PENDING, 0)),
+        f"   elapsed {format_duration(s.now - s.started_at)}  ETA {format_duration(s.eta_s)}",
+    )
+    overall = Table.grid(padding=(0, 1))
+    overall.add_row(_bar(finished, s.total, 50), f"{finished}/{s.total}")
+    parts: list[Any] = [head, overall, res, run]
+    if s.failures:
+        fail = Table(box=None, show_edge=False)
+        fail.add_column("latest failures", style="red", no_wrap=True)
+        fail.add_column("reason")
+        fail.add_column("log", overflow="fold")
+        for name, reason, log in s.failures:
+            fail.add_row(name, reason, log)
+        parts.append(fail)
+    return Group(*[Panel(Group(*parts), title="rota", border_style="blue")])
+
+
+def event_line(ev: tuple[float, str, str, str]) -> str:
+    ts, kind, task, text = ev
+    stamp = time.strftime("%H:%M:%S", time.localtime(ts))
+    return f"{stamp} {kind:<11} {task} {text}".rstrip()
+
+
+class PlainUI:
+    """One line per event, for logs and pipes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def start(self, engine: Any) -> None:
+        m = engine.machine
+        gpus = ", ".join(f"{g.index}:{format_size(g.memory_bytes)}" for g in m.gpus) or "none"
+        self.stream.write(f"rota: {len(engine.live)} tasks; GPUs {gpus}; {m.cpus} CPUs; state {engine.state_dir}\n")
+        self.stream.flush()
+
+    def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
+        self.stream.write(event_line(ev) + "\n")
+        self.stream.flush()
+
+    def refresh(self, engine: Any) -> None:
+        pass
+
+    def stop(self, engine: Any) -> None:
+        c = engine.counts()
+        self.stream.write(
+            f"rota: {c[S.SUCCEEDED]} succeeded, {c[S.CACHED]} cached, {c[S.FAILED]} failed, "
+            f"{c[S.SKIPPED]} skipped, {c[S.INTERRUPTED]} interrupted, {c[S.PENDING]} pending\n"
+        )
+        self.stream.flush()
+
+
+class LiveUI:
+    """The rich Live dashboard for a TTY."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._live: Live | None = None
+        self.gpu_live: dict[int, tuple[float, int]] = {}
+
+    def start(self, engine: Any) -> None:
+        self._live = Live(render(snapshot(engine)), console=self.console, auto_refresh=False, transient=False)
+        self._live.start()
+
+    def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
+        if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout") and self._live is not None:
+            self._live.console.print(event_line(ev))
+
+    def refresh(self, engine: Any) -> None:
+        if self._live is not None:
+            self._live.update(render(snapshot(engine, self.gpu_live)), refresh=True)
+
+    def stop(self, engine: Any) -> None:
+        if self._live is not None:
+            self._live.update(render(snapshot(engine, self.gpu_live)), refresh=True)
+            self._live.stop()
+            self._live = None
+        PlainUI(self.console.file).stop(engine)
