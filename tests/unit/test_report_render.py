@@ -1,0 +1,139 @@
+"""Report rendering without a browser: JSON format, CSV, rich tables, text Gantt."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+from rich.console import Console
+
+from rota.report.model import GpuInfo, GpuSample, Lane, ReportData, ReportError, TaskRow
+from rota.report.render import (
+    JSON_FORMAT,
+    gantt_text,
+    lanes_from_report,
+    stack_rows,
+    to_csv,
+    to_json,
+    to_rich_tables,
+)
+
+GB = 2**30
+T0 = 1_700_000_000.0
+
+
+def _data() -> ReportData:
+    tasks = [
+        TaskRow("train[model=a,seed=1]", "succeeded", 1, 0, start_s=T0, end_s=T0 + 100, gpus=(0,),
+                cpus=4, gpu_memory_bytes=20 * GB, peak_gpu_memory_bytes=5 * GB,
+                vars={"model": "a", "seed": "1"}, metrics={"acc": 0.5, "loss": math.nan},
+                base="train", planned_start_s=0.0, planned_end_s=90.0),
+        TaskRow("train[model=a,seed=2]", "succeeded", 1, 0, start_s=T0 + 10, end_s=T0 + 120,
+                gpus=(0,), vars={"model": "a", "seed": "2"}, metrics={"acc": 0.7}, base="train"),
+        TaskRow("ddp", "failed", 3, 1, "exit 1 after 3 attempts", T0 + 20, T0 + 80, gpus=(1, 2),
+                log_tail="Traceback\nRuntimeError: NCCL [boom]", base="ddp"),
+        TaskRow("prep", "succeeded", 1, 0, start_s=T0, end_s=T0 + 30, cpus=16, base="prep"),
+        TaskRow("later", "pending", base="later"),
+    ]  # fmt: skip
+    samples = [
+        GpuSample(T0 + k, g, 50.0, 4 * GB, 16 * GB) for k in range(0, 120, 10) for g in (0, 1)
+    ]
+    return ReportData("run-1", "spec.yaml", (GpuInfo(0, "T4", 16 * GB), GpuInfo(1, "T4", 16 * GB),
+                      GpuInfo(2, "T4", 16 * GB)), 32, tuple(tasks), tuple(samples), T0, T0 + 130)  # fmt: skip
+
+
+def test_json_is_strict_json_with_documented_keys() -> None:
+    out = to_json(_data(), ["model"])
+    text = json.dumps(out, allow_nan=False)  # NaN metrics became null
+    back = json.loads(text)
+    assert back["format"] == JSON_FORMAT
+    assert set(back) == {"format", "run", "machine", "by", "tasks", "groups", "flags"}
+    assert back["run"]["wall_s"] == 130.0
+    assert back["run"]["states"] == {"succeeded": 3, "failed": 1, "pending": 1}
+    assert back["machine"]["gpus"][0] == {"index": 0, "name": "T4", "memory_bytes": 16 * GB}
+    names = [t["name"] for t in back["tasks"]]
+    assert names == ["train[model=a,seed=1]", "prep", "train[model=a,seed=2]", "ddp", "later"]
+    first = back["tasks"][0]
+    assert first["metrics"] == {"acc": 0.5, "loss": None}
+    assert first["duration_s"] == 100.0 and first["gpus"] == [0]
+    acc = next(g for g in back["groups"] if g["metric"] == "acc")
+    assert acc["vars"] == {"model": "a"} and acc["n"] == 2 and acc["mean"] == pytest.approx(0.6)
+    assert acc["ci_low"] < 0.6 < acc["ci_high"]
+    assert [f["kind"] for f in back["flags"]] == ["over"]
+
+
+def test_csv_tasks_and_groups() -> None:
+    data = _data()
+    rows = list(csv.DictReader(io.StringIO(to_csv(data, []))))
+    assert rows[0]["name"] == "train[model=a,seed=1]"
+    assert rows[0]["var.model"] == "a" and rows[0]["metric.acc"] == "0.5"
+    assert rows[0]["metric.loss"] == ""  # NaN -> empty
+    assert next(r for r in rows if r["name"] == "ddp")["gpus"] == "1;2"
+    groups = list(csv.DictReader(io.StringIO(to_csv(data, ["model"]))))
+    assert [(g["base"], g["var.model"], g["metric"], g["n"]) for g in groups] == [
+        ("train", "a", "acc", "2")
+    ]
+    assert to_csv(data, ["model"], table="tasks").startswith("name,")
+    with pytest.raises(ReportError):
+        to_csv(data, [], table="nope")  # type: ignore[arg-type]
+
+
+def test_rich_tables_show_names_literally_and_failures() -> None:
+    console = Console(width=200, record=True)
+    console.print(*to_rich_tables(_data(), ["model"]))
+    text = console.export_text()
+    assert "train[model=a,seed=1]" in text  # not eaten as markup
+    assert "0.6 ± 0.14" in text
+    assert "RuntimeError: NCCL [boom]" in text
+    assert "failed: ddp" in text
+
+
+def test_lanes_from_report_multi_gpu_and_cpu() -> None:
+    lanes = {lane.name: lane for lane in lanes_from_report(_data())}
+    assert list(lanes) == ["gpu0", "gpu1", "gpu2", "cpu"]
+    assert [i[0] for i in lanes["gpu0"].items] == ["train[model=a,seed=1]", "train[model=a,seed=2]"]
+    assert lanes["gpu1"].items == lanes["gpu2"].items == (("ddp", 20.0, 80.0),)
+    assert lanes["gpu1"].states == ("failed",)
+    assert lanes["cpu"].items == (("prep", 0.0, 30.0),)
+
+
+def test_stack_rows() -> None:
+    assert stack_rows([(0, 10), (10, 20), (5, 15), (16, 30)]) == [0, 0, 1, 1]
+    assert stack_rows([(0, 10), (10, 20), (5, 15), (12, 30)]) == [0, 0, 1, 2]
+    assert stack_rows([]) == []
+
+
+def test_gantt_text_shape() -> None:
+    lanes = [
+        Lane("gpu0", (("a", 0, 50), ("b", 25, 100), ("c", 50, 60))),
+        Lane("cpu", (("prep", 0, 10),)),
+        Lane("gpu1", ()),
+    ]
+    text = gantt_text(lanes, width=60)
+    lines = text.splitlines()
+    assert all(len(line) <= 60 for line in lines)
+    assert lines[0].startswith("gpu0 |[a") and lines[1].startswith("     |")  # b stacked below a
+    assert lines[2].startswith("cpu  |[pre]")
+    assert lines[3].startswith("gpu1 |") and set(lines[3][6:-1]) == {" "}
+    assert lines[-1].split() == ["0s", "30s", "1m00s", "1m30s"]  # round ticks
+    assert gantt_text([], 60) == "(no lanes)"
+    with pytest.raises(ReportError):
+        gantt_text(lanes, width=10)
+    # (name, items) pairs work too, and tiny items stay visible
+    assert "#" in gantt_text([("x", [("tiny", 0.0, 0.001), ("long", 1.0, 1000.0)])], 40)
+
+
+def test_gantt_text_states_legend() -> None:
+    lanes = lanes_from_report(_data())
+    text = gantt_text(lanes, width=100)
+    assert "x failed" in text and "= succeeded" in text
+
+
+def test_lane_validation() -> None:
+    with pytest.raises(ReportError):
+        Lane("gpu0", (("a", 5.0, 1.0),))
+    with pytest.raises(ReportError):
+        Lane("gpu0", (("a", 0.0, 1.0),), ("succeeded", "failed"))
