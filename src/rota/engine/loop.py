@@ -338,12 +338,14 @@ class Engine:
                     params = got
             req = self.request_of(lv)
             needs_out = {n: A.out_dir(self.state_dir, n) for n in t.needs}
+            # Keys starting with "_" are hook bookkeeping (stored, never shown to the task).
+            public = {k: v for k, v in params.items() if not k.startswith("_")} if params else params
             env = A.task_env(
                 t, machine=self.machine, gpus=p.gpus, run_id=self.run_id, state_dir=self.state_dir, out=out,
-                attempt=attempt, key=key, needs_out=needs_out, params=params,
+                attempt=attempt, key=key, needs_out=needs_out, params=public,
                 gpu_memory_bytes=(p.gpu_bytes[0] if p.gpu_bytes else None),
             )
-            command = A.render_command(t, out, params)
+            command = A.render_command(t, out, public)
             frac = 1.0
             if p.gpus and req.gpu_memory_bytes is not None:
                 frac = min(1.0, req.gpu_memory_bytes / self.machine.gpu(p.gpus[0]).memory_bytes)

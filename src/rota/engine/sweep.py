@@ -1,0 +1,354 @@
+"""Sweeps: an Optuna study whose trials run as rota tasks.
+
+A task with ``sweep: {trials: N, ...}`` expands into N *slots*
+(``<name>-trial-<i>``). Each launch of a slot asks the study for one Optuna
+trial; the slot's exit and metric are told back. This module is the only place
+that imports Optuna (the ``sweep`` extra).
+
+Storage: Optuna's RDB storage on SQLite, ``<state_dir>/optuna.db``. SQLite
+commits are atomic and durable, so a controller killed with SIGKILL at any
+instant leaves either the whole ``ask``/``tell`` or none of it; the controller
+is the only writer (readers such as ``rota report`` only read).
+
+Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
+
+- ``params_for``: ``study.ask()`` with the spec's distributions; returns the
+  sampled values plus ``_optuna_trial`` (the trial number). The engine commits
+  that dict with the ``launching`` state, so the slot attempt <-> Optuna trial
+  mapping is durable; keys starting with ``_`` are never put into the command
+  or the environment. The trial also records ``rota_task``/``rota_attempt``
+  user attributes.
+- ``finished``: succeeded with the metric -> ``tell(value)``; succeeded
+  without it -> ``tell(FAIL)`` with user attribute ``rota_fail_reason`` and an
+  engine event; failed, interrupted -> ``tell(FAIL)``. A retried slot asks a
+  new trial.
+- ``lost``: the attempt vanished with the previous controller -> ``FAIL``;
+  the engine runs the slot again, which asks a new trial.
+- ``adopted``: nothing; the adopted attempt keeps its trial and tells it later.
+- ``start`` (after adoption): reconcile trials a killed controller left
+  ``RUNNING``: told from the rota store when the slot's attempt ended
+  (succeeded -> its stored metric), kept when the slot is still running,
+  ``FAIL`` otherwise (asked but never launched).
+- ``may_launch``: at most ``parallel`` running slots per sweep, lowest slot
+  numbers first.
+
+So after any crash the study holds exactly one COMPLETE-or-FAIL trial per
+finished attempt and no trial is told twice; slots that already succeeded are
+not rerun (the engine skips them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from rota.errors import RotaError, SpecError
+from rota.spec.model import ParamSpec, SweepSpec, Task
+from rota.store import base as S
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+DB_NAME = "optuna.db"
+TRIAL_KEY = "_optuna_trial"
+INSTALL_HINT = "sweeps need Optuna: pip install 'rota[sweep]'"
+
+
+def import_optuna() -> Any:
+    """Import Optuna quietly, or raise RotaError saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise RotaError(INSTALL_HINT) from None
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def storage_url(state_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{os.path.join(os.fspath(state_dir), DB_NAME)}"
+
+
+def open_storage(state_dir: str | os.PathLike[str], *, readonly: bool = False) -> Any:
+    """The RDB storage in ``state_dir``. ``readonly`` skips table creation (for reports)."""
+    optuna = import_optuna()
+    return optuna.storages.RDBStorage(
+        storage_url(state_dir),
+        engine_kwargs={"connect_args": {"timeout": 60}},
+        skip_table_creation=readonly,
+        skip_compatibility_check=readonly,
+    )
+
+
+def study_name(task: Task) -> str:
+    """The study a sweep slot belongs to: its name without ``-trial-<i>``."""
+    suffix = f"-trial-{task.trial}"
+    return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
+
+
+def check_param(name: str, p: ParamSpec) -> str | None:
+    """Why a search-space dimension is invalid, or None. Pure; needs no Optuna."""
+    if p.type == "categorical":
+        if not p.choices:
+            return "a categorical parameter needs 'choices'"
+        return None
+    if p.low is None or p.high is None:
+        return f"a {p.type} parameter needs 'low' and 'high'"
+    if p.low > p.high:
+        return f"low ({p.low:g}) is above high ({p.high:g})"
+    if p.log and p.low <= 0:
+        return "log: true needs low > 0"
+    if p.log and p.step is not None:
+        return "log and step cannot be combined"
+    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
+        return "an int parameter needs whole-number low and high"
+    if p.step is not None and p.step <= 0:
+        return "step must be > 0"
+    return None
+
+
+def distributions(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> dict[str, Any]:
+    """Optuna distributions for a sweep's ``params``. Raises SpecError on a bad dimension."""
+    optuna = import_optuna()
+    d = optuna.distributions
+    out: dict[str, Any] = {}
+    for name, p in sweep.params.items():
+        why = check_param(name, p)
+        if why is not None:
+            raise SpecError(why, file=file, task=task, field=f"sweep.params.{name}")
+        if p.type == "categorical":
+            out[name] = d.CategoricalDistribution(list(p.choices or []))
+        elif p.type == "int":
+            out[name] = d.IntDistribution(int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1))
+        else:
+            out[name] = d.FloatDistribution(float(p.low or 0.0), float(p.high or 0.0), log=p.log, step=p.step)
+    return out
+
+
+def _grid(sweep: SweepSpec, *, file: str | None, task: str | None) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, p in sweep.params.items():
+        if p.type == "categorical":
+            grid[name] = list(p.choices or [])
+        elif p.type == "int":
+            grid[name] = list(range(int(p.low or 0), int(p.high or 0) + 1, int(p.step or 1)))
+        elif p.step is not None:
+            n = int(round(((p.high or 0.0) - (p.low or 0.0)) / p.step))
+            grid[name] = [(p.low or 0.0) + i * p.step for i in range(n + 1)]
+        else:
+            raise SpecError("sampler: grid needs 'step' on float parameters (or choices)", file=file, task=task,
+                            field=f"sweep.params.{name}")
+    return grid
+
+
+def make_sampler(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> Any:
+    """The sampler the spec names (TPE by default, with a constant liar for parallel trials)."""
+    optuna = import_optuna()
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=sweep.seed)
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler(_grid(sweep, file=file, task=task), seed=sweep.seed)
+    if sweep.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise RotaError("sampler: cmaes needs the cmaes package: pip install cmaes") from None
+        return optuna.samplers.CmaEsSampler(seed=sweep.seed)
+    return optuna.samplers.TPESampler(seed=sweep.seed, constant_liar=True)
+
+
+def make_pruner(sweep: SweepSpec) -> Any:
+    optuna = import_optuna()
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner()
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+class SweepHook:
+    """Engine hook that drives one Optuna study per sweep (see the module docstring)."""
+
+    def __init__(self, spec: Any, state_dir: str) -> None:
+        self.optuna = import_optuna()
+        self.state_dir = state_dir
+        self.sweeps: dict[str, SweepSpec] = {}
+        self.dists: dict[str, dict[str, Any]] = {}
+        self.samplers: dict[str, Any] = {}
+        for t in spec.tasks:
+            if t.sweep is None:
+                continue
+            name = study_name(t)
+            if name not in self.sweeps:
+                self.sweeps[name] = t.sweep
+                self.dists[name] = distributions(t.sweep, file=spec.path, task=t.group)
+                self.samplers[name] = make_sampler(t.sweep, file=spec.path, task=t.group)
+        self._storage: Any = None
+        self._studies: dict[str, optuna.Study] = {}
+        self._allowed: dict[str, set[str]] | None = None
+
+    # -------------------------------------------------------------- studies
+    def study(self, name: str) -> optuna.Study:
+        """The study for sweep ``name``, created on first use. Raises StateError on a direction change."""
+        st = self._studies.get(name)
+        if st is not None:
+            return st
+        if self._storage is None:
+            self._storage = open_storage(self.state_dir)
+        sw = self.sweeps[name]
+        st = self.optuna.create_study(
+            study_name=name, storage=self._storage, direction=sw.direction, sampler=self.samplers[name],
+            pruner=make_pruner(sw), load_if_exists=True,
+        )
+        if st.direction.name.lower() != sw.direction:
+            from rota.errors import StateError
+
+            raise StateError(
+                f"sweep {name!r}: the study in {os.path.join(self.state_dir, DB_NAME)} was made with "
+                f"direction {st.direction.name.lower()}, the spec now says {sw.direction}; "
+                "use a new --state-dir to start a new study"
+            )
+        attrs = st.user_attrs
+        if attrs.get("rota_metric") != sw.metric:
+            st.set_user_attr("rota_metric", sw.metric)
+        self._studies[name] = st
+        return st
+
+    def _tell(self, name: str, number: int, value: float | None, reason: str = "") -> None:
+        """Tell a trial once: a value -> COMPLETE, None -> FAIL (with ``rota_fail_reason``)."""
+        st = self.study(name)
+        trial = self._trial(st, number)
+        if trial is None or trial.state.is_finished():
+            return
+        if value is None:
+            if reason:
+                st._storage.set_trial_user_attr(trial._trial_id, "rota_fail_reason", reason)
+            st.tell(number, state=self.optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            st.tell(number, value, skip_if_finished=True)
+
+    @staticmethod
+    def _trial(st: optuna.Study, number: int) -> Any:
+        try:
+            tid = st._storage.get_trial_id_from_study_id_trial_number(st._study_id, number)
+        except KeyError:
+            return None
+        return st._storage.get_trial(tid)
+
+    # ---------------------------------------------------------------- hooks
+    def start(self, engine: Any) -> None:
+        """Settle trials a killed controller left RUNNING (runs after adoption)."""
+        records = {r.name: r for r in engine.store.tasks()}
+        metrics = engine.store.metrics()
+        for name, sw in self.sweeps.items():
+            st = self.study(name)
+            owners: dict[int, Any] = {}
+            for rec in records.values():
+                n = (rec.params or {}).get(TRIAL_KEY)
+                lv = engine.live.get(rec.name)
+                if isinstance(n, int) and lv is not None and lv.task.sweep is not None and study_name(lv.task) == name:
+                    owners[n] = rec
+            running = st.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.RUNNING,))
+            for tr in running:
+                rec = owners.get(tr.number)
+                if rec is not None and rec.state in S.ACTIVE:
+                    continue  # adopted; it will be told when it ends
+                if rec is not None and rec.state == S.SUCCEEDED:
+                    value = metrics.get(rec.name, {}).get(sw.metric)
+                    why = "" if value is not None else f"succeeded without reporting metric {sw.metric!r}"
+                    self._tell(name, tr.number, value, why)
+                    continue
+                why = (f"{rec.state} ({rec.reason})" if rec is not None and rec.state in S.FINAL
+                       else "asked but never launched (controller stopped)")
+                self._tell(name, tr.number, None, why)
+
+    def tick(self, engine: Any, now: float) -> None:
+        self._allowed = None  # recompute the parallel caps on the next launch pass
+
+    def may_launch(self, engine: Any, lv: Any) -> bool:
+        sw: SweepSpec | None = lv.task.sweep
+        if sw is None or sw.parallel is None:
+            return True
+        if self._allowed is None:
+            self._allowed = self._compute_allowed(engine)
+        return lv.task.name in self._allowed.get(study_name(lv.task), set())
+
+    def _compute_allowed(self, engine: Any) -> dict[str, set[str]]:
+        """Per sweep: the lowest-numbered ready slots that fit under ``parallel``."""
+        running: dict[str, int] = {}
+        for lv in engine.running.values():
+            if lv.task.sweep is not None:
+                key = study_name(lv.task)
+                running[key] = running.get(key, 0) + 1
+        ready: dict[str, list[Any]] = {}
+        now = time.time()
+        for n in engine.ready:
+            lv = engine.live[n]
+            if lv.task.sweep is not None and lv.not_before <= now:
+                ready.setdefault(study_name(lv.task), []).append(lv)
+        out: dict[str, set[str]] = {}
+        for key, lvs in ready.items():
+            cap = (self.sweeps[key].parallel or len(lvs)) - running.get(key, 0)
+            lvs.sort(key=lambda x: x.task.trial or 0)
+            out[key] = {x.task.name for x in lvs[: max(cap, 0)]}
+        return out
+
+    def params_for(self, engine: Any, lv: Any) -> dict[str, Any] | None:
+        """Ask the study for a new trial for this slot's next attempt."""
+        if lv.task.sweep is None:
+            return None
+        name = study_name(lv.task)
+        old = (lv.params or {}).get(TRIAL_KEY)
+        if isinstance(old, int):  # never leave an earlier attempt's trial RUNNING
+            self._tell(name, old, None, "replaced by a new attempt")
+        st = self.study(name)
+        trial = st.ask(self.dists[name])
+        trial.set_user_attr("rota_task", lv.task.name)
+        trial.set_user_attr("rota_attempt", lv.attempts + 1)
+        params: dict[str, Any] = dict(trial.params)
+        params[TRIAL_KEY] = trial.number
+        return params
+
+    def finished(self, engine: Any, lv: Any, state: str, metrics: Mapping[str, float]) -> None:
+        number = self._number(lv)
+        if number is None:
+            return
+        name = study_name(lv.task)
+        sw = self.sweeps[name]
+        if state == S.SUCCEEDED:
+            value = metrics.get(sw.metric)
+            if value is not None:
+                self._tell(name, number, float(value))
+                return
+            why = f"succeeded without reporting metric {sw.metric!r} (print 'ROTA_METRIC {sw.metric}=<value>')"
+            self._tell(name, number, None, why)
+            engine._event("sweep", lv.task.name, f"Optuna trial {number} marked FAIL: {why}")
+            engine.store.log_event(lv.task.name, "sweep-missing-metric", {"trial": number, "metric": sw.metric})
+            return
+        self._tell(name, number, None, f"{state}: {lv.reason}" if lv.reason else state)
+
+    def lost(self, engine: Any, lv: Any) -> None:
+        number = self._number(lv)
+        if number is not None:
+            self._tell(study_name(lv.task), number, None, "lost with the previous controller")
+
+    def adopted(self, engine: Any, lv: Any) -> None:
+        """Nothing to do: the attempt keeps its trial and tells it when it ends."""
+
+    def stop(self, engine: Any) -> None:
+        if self._storage is not None:
+            try:
+                self._storage.engine.dispose()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    @staticmethod
+    def _number(lv: Any) -> int | None:
+        if lv.task.sweep is None:
+            return None
+        n = (lv.params or {}).get(TRIAL_KEY)
+        return n if isinstance(n, int) else None
