@@ -201,7 +201,9 @@ _register_optional()
 
 def main() -> None:
     try:
-        cli.main(prog_name="rota", standalone_mode=False)
+        rv = cli.main(prog_name="rota", standalone_mode=False)
+        if isinstance(rv, int):
+            sys.exit(rv)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

@@ -8,6 +8,7 @@ A task never needs itself through a glob.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from rota.errors import SpecError
 from rota.spec.model import Task
 
 DEFAULT_ESTIMATE_S = 60.0
+_PLACEHOLDER_PART = re.compile(r"[-_.:/]?\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def resolve_needs(tasks: Sequence[Task], *, file: str) -> list[Task]:
@@ -22,6 +24,9 @@ def resolve_needs(tasks: Sequence[Task], *, file: str) -> list[Task]:
     by_group: dict[str, list[str]] = {}
     for t in tasks:
         by_group.setdefault(t.group, []).append(t.name)
+        base = _PLACEHOLDER_PART.sub("", t.group)
+        if base and base != t.group and base not in names:
+            by_group.setdefault(base, []).append(t.name)
     ordered = [t.name for t in tasks]
     out: list[Task] = []
     cache: dict[str, list[str]] = {}

@@ -167,7 +167,7 @@ def load_spec(
         raise SpecError("spec is nested too deeply", file=file) from None
     task_specs: list[tuple[TaskSpec, int | None]] = []
     defaults = spec_file.defaults.model_dump(exclude_unset=True)
-    for i, item in enumerate(spec_file.tasks):
+    for i, item in enumerate(raw["tasks"]):
         label = f"#{i + 1}"
         if not isinstance(item, dict):
             raise SpecError(

@@ -24,7 +24,7 @@ _SIZE_UNITS = {
     "t": 2**40, "tb": 2**40, "tib": 2**40,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-_DUR_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(d|h|m|s|ms)")
+_DUR_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|d|h|m|s)")
 _DUR_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 MAX_SIZE_BYTES = 2**60

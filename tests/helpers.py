@@ -1,0 +1,76 @@
+"""Shared test helpers: run the real `rota` CLI as a subprocess, read its state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+ROTA = [sys.executable, "-m", "rota.cli"]
+
+
+def write_spec(folder: Path, text: str, name: str = "rota.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def rota(*args: str | os.PathLike[str], timeout: float = 120, check: bool = False, env: dict[str, str] | None = None,
+         cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([*ROTA, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rota {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_rota(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([*ROTA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def status(state_dir: Path) -> dict:
+    out = rota("status", "--json", "--state-dir", state_dir, check=True)
+    return json.loads(out.stdout)
+
+
+def by_name(state_dir: Path) -> dict[str, dict]:
+    return {t["name"]: t for t in status(state_dir)["tasks"]}
+
+
+def wait_for(pred, timeout: float = 30.0, interval: float = 0.05) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def processes_with_env(key: str, value: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(key) == value and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def read_records(folder: Path) -> list[dict]:
+    """Each test task appends one JSON line with what it saw."""
+    out = []
+    for f in sorted(folder.glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    return out

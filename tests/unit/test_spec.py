@@ -1,0 +1,150 @@
+"""Spec validation: each problem is one SpecError naming file, task, field (exit 2)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from rota.errors import SpecError
+from rota.spec.load import load_spec
+from tests.helpers import write_spec
+
+
+def load(tmp_path, text):
+    return load_spec(write_spec(tmp_path, text))
+
+
+def err(tmp_path, text) -> SpecError:
+    with pytest.raises(SpecError) as e:
+        load(tmp_path, text)
+    return e.value
+
+
+def test_matrix_expansion_and_quoting(tmp_path):
+    spec = load(tmp_path, """
+        tasks:
+          - name: train-{model}-{seed}
+            command: python train.py --seed {seed} --note {note} --x ${HOME} awk '{print $1}'
+            matrix: {model: [a, b], seed: [1, 2], note: ["it's a $HOME \\"x\\""]}
+    """)
+    names = [t.name for t in spec.tasks]
+    assert names == ["train-a-1", "train-a-2", "train-b-1", "train-b-2"]
+    cmd = spec.tasks[0].command
+    assert "${HOME}" in cmd and "{print $1}" in cmd
+    argv = shlex.split(cmd)
+    assert argv[argv.index("--note") + 1] == 'it\'s a $HOME "x"'
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {shlex.quote('x')} " + cmd.split("--note ")[1].split(" --x")[0]],
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[1] == 'it\'s a $HOME "x"'
+    assert spec.tasks[0].vars_dict == {"model": "a", "seed": "1", "note": 'it\'s a $HOME "x"'}
+
+
+def test_needs_globs_groups_and_defaults(tmp_path):
+    spec = load(tmp_path, """
+        defaults: {cpus: 2, retries: 1, env: {A: "1"}}
+        tasks:
+          - {name: prep, command: "true"}
+          - name: train-{seed}
+            command: "true"
+            matrix: {seed: [1, 2, 3]}
+            needs: prep
+            env: {B: "2"}
+          - {name: agg, command: "true", needs: ["train-*"]}
+          - {name: agg2, command: "true", needs: [train]}
+    """)
+    t = {x.name: x for x in spec.tasks}
+    assert t["agg"].needs == ("train-1", "train-2", "train-3")
+    assert t["agg2"].needs == ("train-1", "train-2", "train-3")
+    assert t["train-1"].request.cpus == 2 and t["train-1"].retries == 1
+    assert t["train-1"].env_dict == {"A": "1", "B": "2"}
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - name: a
+            command: "true"
+            gpu_memroy: 30GB
+    """)
+    assert "gpu_memory" in str(e) and "did you mean" in str(e)
+    assert e.task == "a" and e.line == 5 and "rota.yaml" in str(e)
+
+
+def test_duplicate_names(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - {name: "t-{s}", command: "true", matrix: {s: [1, 1]}}
+    """)
+    assert "two tasks are named 't-1'" in str(e)
+
+
+def test_cycle_is_named(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - {name: a, command: "true", needs: c}
+          - {name: b, command: "true", needs: a}
+          - {name: c, command: "true", needs: b}
+    """)
+    assert "dependency cycle" in str(e)
+    assert "->" in str(e) and all(n in str(e) for n in "abc")
+
+
+def test_needs_matching_nothing(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - {name: a, command: "true", needs: "trian-*"}
+    """)
+    assert "trian-*" in str(e) and e.field == "needs"
+
+
+@pytest.mark.parametrize(
+    "snippet,field",
+    [("gpu_memory: 30XB", "gpu_memory"), ("estimate: soon", "estimate"), ("gpus: -1", "gpus"), ("cpus: many", "cpus"),
+     ("timeout: 5 minutes", "timeout"), ("retries: 1.5", "retries")],
+)
+def test_bad_values(tmp_path, snippet, field):
+    e = err(tmp_path, f"""
+        tasks:
+          - name: a
+            command: "true"
+            {snippet}
+    """)
+    assert e.field == field and e.task == "a"
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    e = err(tmp_path, "tasks:\n  - name: a\n    command: [unclosed\n")
+    assert e.line is not None and "YAML" in str(e)
+
+
+def test_control_characters_in_names_refused(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - {name: "t-{v}", command: "true", matrix: {v: ["a\\nb"]}}
+    """)
+    assert "control character" in str(e)
+
+
+def test_too_many_tasks_refused_fast(tmp_path):
+    e = err(tmp_path, """
+        tasks:
+          - name: t-{a}-{b}-{c}
+            command: "true"
+            matrix: {a: [%s], b: [%s], c: [%s]}
+    """ % ((",".join(map(str, range(1000))),) * 3))
+    assert "limit" in str(e)
+
+
+def test_shards(tmp_path):
+    spec = load(tmp_path, """
+        tasks:
+          - {name: embed, command: "python e.py --shard {shard}", shards: 4}
+          - {name: merge, command: "true", needs: embed}
+    """)
+    names = [t.name for t in spec.tasks]
+    assert names == ["embed-0", "embed-1", "embed-2", "embed-3", "merge"]
+    assert spec.tasks[2].env_dict["ROTA_SHARD_INDEX"] == "2" and spec.tasks[2].env_dict["ROTA_SHARD_COUNT"] == "4"
+    assert spec.tasks[2].command == "python e.py --shard 2"
+    assert spec.tasks[-1].needs == tuple(names[:4])
