@@ -129,6 +129,7 @@ def test_summary_known_three_seeds() -> None:
     s = summarize([0.871, 0.879, 0.866])
     assert s.mean == pytest.approx(0.872)
     assert s.std == pytest.approx(0.0065574385, rel=1e-8)
+    assert s.ci_high is not None
     assert s.ci_high - s.mean == pytest.approx(
         4.302652729749464 * 0.0065574385 / math.sqrt(3), rel=1e-8
     )
@@ -266,5 +267,5 @@ def test_model_rejects_bad_rows() -> None:
         TaskRow(name="x", state="failed", start_s=10.0, end_s=5.0)
     with pytest.raises(ReportError):
         ReportData("r", "s", tasks=(TaskRow("x", "pending"), TaskRow("x", "failed")))
-    data = ReportData("r", "s", gpus=[(0, "H100", 80 * GB)])  # type: ignore[list-item]
+    data = ReportData("r", "s", gpus=[(0, "H100", 80 * GB)])  # type: ignore[arg-type]
     assert data.gpus == (GpuInfo(0, "H100", 80 * GB),)

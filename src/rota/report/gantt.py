@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rota.report.model import Lane, LaneItem, ReportData, ReportError, as_lanes
+from rota.report.model import Lane, LaneItem, LaneLike, ReportData, ReportError, as_lanes
 from rota.spec.units import format_duration
 
 _STATE_FILL = {"succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "cached": "."}
@@ -86,7 +86,7 @@ def nice_ticks(t0: float, t1: float, most: int = 6) -> list[float]:
     return [first + k * step for k in range(int((t1 - first) / step + 1e-9) + 1)]
 
 
-def gantt_text(lanes: Sequence[Lane], width: int = 100) -> str:
+def gantt_text(lanes: Sequence[LaneLike], width: int = 100) -> str:
     """A Gantt chart as plain text, ``width`` characters wide (at least 30).
 
     One line per lane, more when items overlap (packed GPU). Each item is drawn
@@ -95,17 +95,17 @@ def gantt_text(lanes: Sequence[Lane], width: int = 100) -> str:
     ``x`` failed, ``~`` interrupted, ``>`` running, ``.`` cached). The axis
     shows durations from ``min(0, earliest start)``.
     """
-    lanes = as_lanes(lanes)
+    lane_list = as_lanes(lanes)
     if width < 30:
         raise ReportError(f"gantt width must be at least 30 characters, found {width}")
-    if not lanes:
+    if not lane_list:
         return "(no lanes)"
-    starts = [a for lane in lanes for _, a, _ in lane.items]
-    ends = [b for lane in lanes for _, _, b in lane.items]
+    starts = [a for lane in lane_list for _, a, _ in lane.items]
+    ends = [b for lane in lane_list for _, _, b in lane.items]
     t0 = min([0.0, *starts])
     t1 = max(ends, default=t0 + 1.0)
     span = t1 - t0 if t1 > t0 else 1.0
-    name_w = min(max(len(lane.name) for lane in lanes), 14)
+    name_w = min(max(len(lane.name) for lane in lane_list), 14)
     chart_w = width - name_w - 3
 
     def col(t: float) -> int:
@@ -113,7 +113,7 @@ def gantt_text(lanes: Sequence[Lane], width: int = 100) -> str:
 
     lines: list[str] = []
     states_seen: dict[str, None] = {}
-    for lane in lanes:
+    for lane in lane_list:
         spans = []
         for k, (_, a, b) in enumerate(lane.items):
             c0 = min(col(a), chart_w - 1)

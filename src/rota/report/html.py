@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from rota.report.gantt import lanes_from_report, stack_rows
-from rota.report.model import FAILED_STATES, Lane, ReportData, ReportError, as_lanes
+from rota.report.model import (
+    FAILED_STATES,
+    TASK_STATES,
+    Lane,
+    LaneLike,
+    ReportData,
+    ReportError,
+    as_lanes,
+)
 from rota.report.render import STATE_COLORS, fmt_ci, fmt_mean_std, fmt_value, header_lines
 from rota.report.stats import group_metrics, memory_flags, run_summary, task_table
 from rota.spec.units import format_duration, format_size
@@ -59,16 +67,16 @@ def _time_unit(span_s: float) -> tuple[str, float]:
     return "s", 1.0
 
 
-def gantt_figure(lanes: Sequence[Lane], title: str = "") -> Any:
+def gantt_figure(lanes: Sequence[LaneLike], title: str = "") -> Any:
     """A plotly Gantt of lanes: one horizontal bar per item, sub-rows for overlaps,
     coloured by item state (one legend entry per state). Returns a ``go.Figure``."""
     go = _plotly()
-    lanes = as_lanes(lanes)
-    end = max((b for lane in lanes for _, _, b in lane.items), default=1.0)
+    lane_list = as_lanes(lanes)
+    end = max((b for lane in lane_list for _, _, b in lane.items), default=1.0)
     unit, scale = _time_unit(end)
     rows_order: list[str] = []
     by_state: dict[str, dict[str, list[Any]]] = {}
-    for lane in lanes:
+    for lane in lane_list:
         rows = stack_rows([(a, b) for _, a, b in lane.items])
         names = [
             lane.name if r == 0 else f"{lane.name} ({r + 1})"
@@ -87,7 +95,8 @@ def gantt_figure(lanes: Sequence[Lane], title: str = "") -> Any:
                 f"{format_duration(a)} → {format_duration(b)} ({format_duration(b - a)})"
             )
     fig = go.Figure()
-    for state, d in by_state.items():
+    rank = {s: k for k, s in enumerate(TASK_STATES)}
+    for state, d in sorted(by_state.items(), key=lambda kv: rank.get(kv[0], len(rank))):
         fig.add_trace(
             go.Bar(
                 orientation="h", y=d["y"], base=d["base"], x=d["x"], text=d["text"],
@@ -306,7 +315,9 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[Lane] | None
 # --------------------------------------------------------------- Gantt files
 
 
-def render_gantt_file(lanes: Sequence[Lane], path: str | Path, title: str = "rota plan") -> Path:
+def render_gantt_file(
+    lanes: Sequence[LaneLike], path: str | Path, title: str = "rota plan"
+) -> Path:
     """Write a Gantt chart of ``lanes`` to ``path`` and return it.
 
     ``.html``/``.htm``: plotly, self-contained. ``.png``: plotly + kaleido when
@@ -315,11 +326,11 @@ def render_gantt_file(lanes: Sequence[Lane], path: str | Path, title: str = "rot
     ReportError.
     """
     out = Path(path)
-    lanes = as_lanes(lanes)
+    lane_list = as_lanes(lanes)
     suffix = out.suffix.lower()
     try:
         if suffix in (".html", ".htm"):
-            fig = gantt_figure(lanes, title)
+            fig = gantt_figure(lane_list, title)
             out.write_text(fig.to_html(full_html=True, include_plotlyjs=True), encoding="utf-8")
             return out
         if suffix != ".png":
@@ -328,7 +339,7 @@ def render_gantt_file(lanes: Sequence[Lane], path: str | Path, title: str = "rot
         try:
             import kaleido  # noqa: F401
 
-            fig = gantt_figure(lanes, title)
+            fig = gantt_figure(lane_list, title)
             fig.write_image(str(out), width=1400, height=int(fig.layout.height or 400))
             return out
         except ImportError:
@@ -336,7 +347,7 @@ def render_gantt_file(lanes: Sequence[Lane], path: str | Path, title: str = "rot
         except (OSError, RuntimeError, ValueError) as exc:  # kaleido present but unusable
             kaleido_error = exc
         try:
-            _gantt_png_matplotlib(lanes, out, title)
+            _gantt_png_matplotlib(lane_list, out, title)
         except ImportError as exc:
             hint = f" (kaleido failed: {kaleido_error})" if kaleido_error else ""
             raise ReportError(

@@ -213,7 +213,11 @@ class Lane:
             )
 
 
-def as_lanes(lanes: Sequence[Lane | tuple[str, Sequence[LaneItem]]]) -> list[Lane]:
+LaneLike = Lane | tuple[str, Sequence[LaneItem]]
+"""A :class:`Lane`, or a ``(name, items)`` pair."""
+
+
+def as_lanes(lanes: Sequence[LaneLike]) -> list[Lane]:
     """Accept ``Lane`` objects or ``(name, items)`` pairs; return ``Lane`` objects."""
     out: list[Lane] = []
     for lane in lanes:

@@ -264,12 +264,15 @@ def _mem(peak: int | None, declared: int | None) -> str:
 def header_lines(data: ReportData) -> list[tuple[str, str]]:
     """``(label, value)`` pairs of the run summary, shared by terminal and HTML headers."""
     s = run_summary(data)
-    gpus = ", ".join(f"{g.index}:{g.name} {format_size(g.memory_bytes)}" for g in data.gpus)
+    kinds: dict[tuple[str, int], int] = {}
+    for g in data.gpus:
+        kinds[(g.name, g.memory_bytes)] = kinds.get((g.name, g.memory_bytes), 0) + 1
+    gpus = ", ".join(f"{n}x {name} {format_size(mem)}" for (name, mem), n in kinds.items())
     states = ", ".join(f"{n} {state}" for state, n in s.states.items()) or "no tasks"
     lines = [
         ("run", data.run_id),
         ("spec", data.spec_path),
-        ("machine", f"{len(data.gpus)} GPU ({gpus or 'none'}), {data.cpus} CPU"),
+        ("machine", f"{gpus or 'no GPU'}, {data.cpus} CPU"),
         ("tasks", f"{s.n_tasks}: {states}"),
         ("wall time", format_duration(s.wall_s) + ("" if data.ended_at else " (still running)")),
     ]
