@@ -14,6 +14,7 @@ from rota.report.model import GpuInfo, GpuSample, Lane, ReportData, ReportError,
 from rota.report.render import (
     JSON_FORMAT,
     gantt_text,
+    header_lines,
     lanes_from_report,
     stack_rows,
     to_csv,
@@ -137,3 +138,26 @@ def test_lane_validation() -> None:
         Lane("gpu0", (("a", 5.0, 1.0),))
     with pytest.raises(ReportError):
         Lane("gpu0", (("a", 0.0, 1.0),), ("succeeded", "failed"))
+
+
+def test_downsample_keeps_peaks_and_bounds_points() -> None:
+    from rota.report.figures import downsample
+
+    pts = [GpuSample(float(t), 0, float(t % 100), (40 if t == 5_001 else 1) * GB, 80 * GB)
+           for t in range(10_000)]  # fmt: skip
+    t, util, mem = downsample(pts, most=500)
+    assert len(t) == len(util) == len(mem) <= 500
+    assert t[0] == 0.0 and max(mem) == 40 * GB  # the one-sample spike survives
+    assert 45 < sum(util) / len(util) < 55
+    small = pts[:10]
+    assert downsample(small, most=500)[0] == [s.t_s for s in small]
+
+
+def test_launching_is_a_state_and_plan_lanes_show_in_html() -> None:
+    from rota.report.html import render_html
+
+    row = TaskRow("warm", "launching", start_s=T0 + 5, gpus=(0,))
+    data = ReportData("r", "s.yaml", (GpuInfo(0, "T4", 16 * GB),), 4, (row,), (), T0, None)
+    assert "(still running)" in "\n".join(v for _, v in header_lines(data))
+    text = render_html(data, [], plan=[("gpu0", [("warm", 0.0, 60.0)])])
+    assert "Plan (simulated)" in text and "launching" in text

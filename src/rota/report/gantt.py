@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from rota.report.model import Lane, LaneItem, LaneLike, ReportData, ReportError, as_lanes
 from rota.spec.units import format_duration
 
-_STATE_FILL = {"succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "cached": "."}
+_STATE_FILL = {
+    "succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "launching": ">",
+    "cached": ".",
+}  # fmt: skip
 
 
 def lanes_from_report(data: ReportData) -> list[Lane]:

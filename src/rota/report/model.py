@@ -31,9 +31,11 @@ TASK_STATES: tuple[str, ...] = (
     "cached",
     "interrupted",
     "running",
+    "launching",
     "pending",
 )
-"""Every state a task row may have, in the order reports list them."""
+"""Every state a task row may have, in the order reports list them
+(``launching``: the store's state between placement and the process start)."""
 
 FAILED_STATES: frozenset[str] = frozenset({"failed", "interrupted"})
 """States whose log tail is shown in the failures section."""

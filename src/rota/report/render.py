@@ -75,6 +75,7 @@ STATE_COLORS: dict[str, str] = {
     "failed": "#d62728",
     "interrupted": "#ff7f0e",
     "running": "#1f77b4",
+    "launching": "#aec7e8",
     "cached": "#9467bd",
     "skipped": "#bcbd22",
     "pending": "#7f7f7f",

@@ -1,0 +1,194 @@
+"""Plotly figures of a report: Gantt lanes, GPU samples, planned vs actual.
+
+plotly is optional (the ``report`` extra) and imported lazily: without it
+these functions raise :class:`~rota.report.model.ReportError` saying
+``pip install 'rota[report]'``. Every string from the run is HTML-escaped
+before plotly sees it (plotly renders tags such as ``<b>`` in labels).
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from rota.report.gantt import stack_rows
+from rota.report.model import (
+    TASK_STATES,
+    GpuSample,
+    LaneLike,
+    ReportData,
+    ReportError,
+    as_lanes,
+)
+from rota.report.render import STATE_COLORS
+from rota.spec.units import format_duration
+
+_INSTALL_HINT = "pip install 'rota[report]'"
+MAX_POINTS_PER_GPU = 2000
+"""GPU samples per GPU beyond which the charts average them into buckets."""
+_PLANNED_COLOR = "#9aa5b1"
+_ACTUAL_COLOR = "#1f77b4"
+_GPU_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+
+
+def plotly_go() -> Any:
+    """Import plotly lazily; a ReportError with the install hint when it is missing."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError as exc:
+        raise ReportError(f"HTML reports and Gantt files need plotly: {_INSTALL_HINT}") from exc
+    return go
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def time_unit(span_s: float) -> tuple[str, float]:
+    """Axis unit for a span: seconds, minutes or hours, and its length in seconds."""
+    if span_s > 3 * 3600:
+        return "h", 3600.0
+    if span_s > 180:
+        return "min", 60.0
+    return "s", 1.0
+
+
+def gantt_figure(lanes: Sequence[LaneLike], title: str = "") -> Any:
+    """A plotly Gantt of lanes: one horizontal bar per item, sub-rows for overlaps,
+    coloured by item state (one legend entry per state). Returns a ``go.Figure``."""
+    go = plotly_go()
+    lane_list = as_lanes(lanes)
+    end = max((b for lane in lane_list for _, _, b in lane.items), default=1.0)
+    unit, scale = time_unit(end)
+    rows_order: list[str] = []
+    by_state: dict[str, dict[str, list[Any]]] = {}
+    for lane in lane_list:
+        rows = stack_rows([(a, b) for _, a, b in lane.items])
+        names = [
+            lane.name if r == 0 else f"{lane.name} ({r + 1})"
+            for r in range(max(rows, default=0) + 1)
+        ]
+        rows_order += names
+        for k, (label, a, b) in enumerate(lane.items):
+            state = lane.states[k] if lane.states else ""
+            d = by_state.setdefault(state, {"y": [], "base": [], "x": [], "text": [], "hover": []})
+            d["y"].append(names[rows[k]])
+            d["base"].append(a / scale)
+            d["x"].append(max(b - a, 0.0) / scale)
+            d["text"].append(esc(label))
+            d["hover"].append(
+                f"{esc(label)}<br>{esc(lane.name)}, {state or 'planned'}<br>"
+                f"{format_duration(a)} → {format_duration(b)} ({format_duration(b - a)})"
+            )
+    fig = go.Figure()
+    rank = {s: k for k, s in enumerate(TASK_STATES)}
+    for state, d in sorted(by_state.items(), key=lambda kv: rank.get(kv[0], len(rank))):
+        fig.add_trace(
+            go.Bar(
+                orientation="h", y=d["y"], base=d["base"], x=d["x"], text=d["text"],
+                name=state or "planned", marker_color=STATE_COLORS.get(state, "#17becf"),
+                marker_line_color="white", marker_line_width=1, textposition="inside",
+                insidetextanchor="start", hovertext=d["hover"], hoverinfo="text",
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        title=title, barmode="overlay", height=max(260, 90 + 34 * len(rows_order)),
+        margin={"l": 90, "r": 20, "t": 50 if title else 20, "b": 40}, plot_bgcolor="white",
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
+    )  # fmt: skip
+    fig.update_yaxes(categoryorder="array", categoryarray=rows_order, autorange="reversed")
+    fig.update_xaxes(title=f"time since start ({unit})", showgrid=True, gridcolor="#eee")
+    return fig
+
+
+def gpu_figure(data: ReportData) -> Any:
+    go = plotly_go()
+    from plotly.subplots import make_subplots
+
+    origin = data.origin_s
+    if origin is None:
+        origin = min(s.t_s for s in data.gpu_samples)
+    span = max(s.t_s for s in data.gpu_samples) - origin
+    unit, scale = time_unit(span)
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+        subplot_titles=("GPU utilisation (%)", "GPU memory used (GB)"),
+    )  # fmt: skip
+    gpus = sorted({s.gpu for s in data.gpu_samples})
+    for k, g in enumerate(gpus):
+        pts = sorted((s for s in data.gpu_samples if s.gpu == g), key=lambda s: s.t_s)
+        t, util, mem = downsample(pts)
+        x = [(v - origin) / scale for v in t]
+        color = _GPU_COLORS[k % len(_GPU_COLORS)]
+        common = {"x": x, "mode": "lines", "legendgroup": f"gpu{g}", "line": {"color": color}}
+        fig.add_trace(go.Scatter(y=util, name=f"gpu{g}", **common), 1, 1)
+        gb = [m / 2**30 for m in mem]
+        fig.add_trace(go.Scatter(y=gb, name=f"gpu{g}", showlegend=False, **common), 2, 1)
+    total = max(s.memory_total_bytes for s in data.gpu_samples) / 2**30
+    fig.add_hline(y=total, line_dash="dash", line_color="#999", row=2, col=1)
+    fig.update_layout(height=520, margin={"l": 60, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
+    fig.update_yaxes(range=[0, 105], row=1, col=1, gridcolor="#eee")
+    fig.update_yaxes(range=[0, total * 1.05], row=2, col=1, gridcolor="#eee")
+    fig.update_xaxes(title=f"time since start ({unit})", row=2, col=1)
+    return fig
+
+
+def downsample(
+    samples: Sequence[GpuSample], most: int = MAX_POINTS_PER_GPU
+) -> tuple[list[float], list[float], list[float]]:
+    """``(times, util_pct, memory_used_bytes)`` of time-sorted samples of one GPU,
+    at most ``most`` points: consecutive buckets keep their first time, mean
+    utilisation and *peak* memory (so a short OOM-ish spike stays visible)."""
+    if len(samples) <= most:
+        return (
+            [s.t_s for s in samples],
+            [s.util_pct for s in samples],
+            [float(s.memory_used_bytes) for s in samples],
+        )
+    size = -(-len(samples) // most)
+    t, util, mem = [], [], []
+    for i in range(0, len(samples), size):
+        chunk = samples[i : i + size]
+        t.append(chunk[0].t_s)
+        util.append(statistics.fmean(s.util_pct for s in chunk))
+        mem.append(float(max(s.memory_used_bytes for s in chunk)))
+    return t, util, mem
+
+
+def plan_vs_actual_figure(data: ReportData) -> Any | None:
+    go = plotly_go()
+    rows = [
+        (t.name, t.planned_duration_s, t.duration_s)
+        for t in data.tasks
+        if t.planned_duration_s is not None and t.duration_s is not None
+    ]
+    if not rows:
+        return None
+    unit, scale = time_unit(max(max(p or 0.0, a or 0.0) for _, p, a in rows))
+    names = [esc(n) for n, _, _ in rows]
+    planned = [(p or 0.0) / scale for _, p, _ in rows]
+    actual = [(a or 0.0) / scale for _, _, a in rows]
+    fig = go.Figure()
+    if len(rows) <= 60:
+        fig.add_trace(
+            go.Bar(orientation="h", y=names, x=planned, name="planned", marker_color=_PLANNED_COLOR)
+        )
+        fig.add_trace(
+            go.Bar(orientation="h", y=names, x=actual, name="actual", marker_color=_ACTUAL_COLOR)
+        )
+        fig.update_layout(barmode="group", height=max(260, 80 + 30 * len(rows)))
+        fig.update_yaxes(autorange="reversed")
+        fig.update_xaxes(title=f"duration ({unit})")
+    else:
+        top = max(planned + actual)
+        fig.add_trace(go.Scatter(x=planned, y=actual, mode="markers", text=names, name="tasks"))
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="actual = planned",
+                                 line={"dash": "dash", "color": "#999"}))  # fmt: skip
+        fig.update_layout(height=520)
+        fig.update_xaxes(title=f"planned ({unit})")
+        fig.update_yaxes(title=f"actual ({unit})")
+    fig.update_layout(margin={"l": 200, "r": 20, "t": 20, "b": 40}, plot_bgcolor="white")
+    return fig
