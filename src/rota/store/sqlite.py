@@ -7,8 +7,10 @@ version in ``user_version``. See :mod:`rota.store.base` for the contract.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -160,12 +162,14 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout=30000")
+        _check_identity(conn, p, readonly)  # before any write: never touch a foreign database
         if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-        _check_identity(conn, p, readonly)
     except sqlite3.DatabaseError as e:
         conn.close()
+        if not readonly and (err := storage_error(p.parent, e)) is not None:
+            raise err from None
         raise StateError(
             f"{p} is not a usable rota state database ({e}); move it away or pass another --state-dir"
         ) from None
@@ -192,17 +196,48 @@ def _check_identity(conn: sqlite3.Connection, p: Path, readonly: bool) -> None:
         raise StateError(f"{p} was written by a newer rota (schema {version} > {SCHEMA_VERSION}); upgrade rota")
 
 
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_RO_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_error(state_dir: str | os.PathLike[str], exc: BaseException) -> StateError | None:
+    """A clear StateError when ``exc`` means the state folder cannot be written, else None.
+
+    Covers SQLite's "database or disk is full" / "attempt to write a readonly
+    database" / "disk I/O error" and OSErrors ENOSPC, EDQUOT, EROFS, EACCES.
+    Nothing that was committed is lost in these cases: the message says so.
+    """
+    text = str(exc).lower()
+    code = getattr(exc, "errno", None)
+    full = code in _FULL_ERRNOS or "full" in text
+    if not full and (code is None or isinstance(exc, sqlite3.Error)):
+        try:
+            full = shutil.disk_usage(state_dir).free < 2**20
+        except OSError:
+            pass
+    if full:
+        cause, fix = "disk full", "free space"
+    elif code in _RO_ERRNOS or "readonly" in text or "read-only" in text:
+        cause, fix = "read-only (cannot write)", "make it writable"
+    elif isinstance(exc, sqlite3.OperationalError) and ("i/o" in text or "unable to open" in text):
+        cause, fix = f"cannot be written ({exc})", "check the disk"
+    else:
+        return None
+    return StateError(f"state folder {state_dir}: {cause}; {fix} and run again: nothing is lost")
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 class SqliteStore:
