@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from rota.errors import StateLockedError
+from rota.errors import StateError, StateLockedError
 
 
 class StateLock:
@@ -20,6 +20,16 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as e:
+            from rota.store.sqlite import storage_error
+
+            raise storage_error(self.path.parent, e) or StateError(
+                f"cannot take the lock {self.path}: {e.strerror}"
+            ) from None
+
+    def _acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -34,9 +44,13 @@ class StateLock:
                 f"another rota controller ({who}) is running on {self.path.parent}; "
                 "wait for it, stop it, or use --state-dir for a separate run"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
 
     def release(self) -> None:

@@ -9,10 +9,12 @@ that vanished are run again without counting against ``retries``.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import math
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +29,11 @@ from rota.spec.graph import critical_path_ranks
 from rota.spec.load import Spec
 from rota.spec.model import Task
 from rota.store import base as S
-from rota.store.sqlite import Change, SqliteStore
+from rota.store.sqlite import Change, SqliteStore, storage_error
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+# OSErrors from writing logs/out folders that mean "the state folder cannot be written".
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass
@@ -198,7 +202,47 @@ class Engine:
 
     # ------------------------------------------------------------------- run
     def run(self) -> int:
-        """Run until every task is final or the user interrupts. Returns the exit code."""
+        """Run until every task is final or the user interrupts. Returns the exit code.
+
+        If the state folder cannot be written (disk full, read-only), launching
+        stops, running tasks are stopped (SIGTERM, grace, SIGKILL) and a
+        :class:`~rota.errors.StateError` says so; what was committed stands and
+        the next ``run()`` resumes from it (stopped attempts run again, free).
+        """
+        try:
+            return self._run()
+        except (sqlite3.OperationalError, OSError) as e:
+            err = self._storage_error(e)
+            if err is None:
+                raise
+            raise err from None
+
+    def _storage_error(self, e: BaseException) -> Exception | None:
+        if isinstance(e, OSError) and e.errno not in _STORAGE_ERRNOS:
+            return None
+        return storage_error(self.state_dir, e)
+
+    def _stop_all_for_storage(self, why: str) -> None:
+        """Stop every running attempt without writing the store; make them rerun on resume."""
+        self._event("state-error", "", f"{why}; stopping running tasks")
+        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
+        if handles:
+            self.executor.cancel(handles, self.opt.grace_s)
+        for h in handles:
+            # An attempt we stopped must not be adopted as failed: drop its exit status
+            # (kept only if it succeeded on its own) so the next run counts it as lost.
+            rc_path = h.data.get("rc_path")
+            if not rc_path:
+                continue
+            try:
+                with open(rc_path) as f:
+                    if f.read().strip() != "0":
+                        os.unlink(rc_path)
+            except OSError:
+                pass
+        self.running.clear()
+
+    def _run(self) -> int:
         self._sync()
         if self.ui is not None:
             self.ui.start(self)
@@ -209,6 +253,11 @@ class Engine:
             for hook in self.hooks:
                 getattr(hook, "start", lambda *_: None)(self)
             code = self._loop()
+        except (sqlite3.OperationalError, OSError) as e:
+            err = self._storage_error(e)
+            if err is not None:
+                self._stop_all_for_storage(str(err))
+            raise
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
@@ -373,6 +422,11 @@ class Engine:
             lv.state = S.LAUNCHING
             self.running[lv.task.name] = lv
         handles = self._submit([la for _, la in launches])
+        full = [h for h in handles if isinstance(h, OSError) and h.errno in _STORAGE_ERRNOS]
+        if full:  # a log could not be written: the state folder's problem, not the tasks'
+            for (lv, _la), h in zip(launches, handles, strict=True):
+                lv.handle = h if isinstance(h, Handle) else None
+            raise full[0]
         changes = []
         for (lv, launch), h in zip(launches, handles, strict=True):
             if isinstance(h, Exception):
