@@ -1,0 +1,232 @@
+"""The state folder under stress: disk full, read-only, corrupt or foreign databases.
+
+Disk full uses a real tmpfs (``mount -t tmpfs -o size=...``) and read-only a
+read-only bind mount; both need root. Without the permission the tests skip
+with the reason, unless ``CI`` is set (then they fail: CI must run them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    by_name,
+    processes_with_env,
+    read_records,
+    rota,
+    start_rota,
+    wait_for,
+    write_spec,
+)
+
+REC = str(Path(__file__).resolve().parent.parent / "recorder.py")
+PY = sys.executable
+
+
+def _mount(*args: str) -> None:
+    p = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        reason = f"mount {' '.join(args)} not permitted: {p.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def _umount(path: Path) -> None:
+    for _ in range(50):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros until the file system is full; returns the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        block = b"\0" * 65536
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError:
+            pass
+    with contextlib.suppress(OSError):
+        # also the last partial page
+        with open(folder / "filler2", "wb") as f:
+            for _ in range(4096):
+                f.write(b"\0" * 1024)
+                f.flush()
+    return filler
+
+
+def _spec(tmp_path: Path, rec: Path, n: int = 24, sleep: float = 0.4) -> Path:
+    return write_spec(tmp_path, f"""
+        tasks:
+          - name: t-{{i}}
+            command: {PY} {REC} {rec} t-{{i}} {sleep}
+            matrix: {{i: {list(range(n))}}}
+          - {{name: final, command: "{PY} {REC} {rec} final 0.05", needs: "t-*"}}
+    """)
+
+
+def _check_complete(rec: Path, sd: Path, n: int) -> None:
+    st = by_name(sd)
+    assert {t["state"] for t in st.values()} == {"succeeded"}, st
+    recs = read_records(rec)
+    names = [r["name"] for r in recs]
+    assert {*names} == {*(f"t-{i}" for i in range(n)), "final"}
+    # No task ran twice at once.
+    for name in {*names}:
+        mine = sorted((r["start"], r["end"]) for r in recs if r["name"] == name)
+        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
+            assert s2 >= e1, f"{name} overlapped itself"
+
+
+def test_disk_full_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = _spec(tmp_path, rec)
+    with tmpfs(tmp_path / "small", "3m") as disk:
+        sd = disk / "state"
+        proc = start_rota("run", spec, "--plain", "--cpus", "3", "--grace", "1", "--state-dir", sd)
+        wait_for(lambda: len(read_records(rec)) >= 3, timeout=60)
+        filler = fill(disk)
+        out, _ = proc.communicate(timeout=90)
+        print(out)
+        assert proc.returncode == 2, out
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("rota: error: state folder") and "disk full" in last and "nothing is lost" in last, out
+        assert "Traceback" not in out
+        assert processes_with_env("ROTA_STATE_DIR", str(sd)) == []
+        filler.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (disk / "filler2").unlink()
+        p = rota("run", spec, "--plain", "--cpus", "3", "--state-dir", sd)
+        assert p.returncode == 0, p.stdout + p.stderr
+        _check_complete(rec, sd, 24)
+
+
+def test_disk_full_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = _spec(tmp_path, rec, n=3, sleep=0.05)
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        sd = disk / "state"
+        sd.mkdir()
+        fill(disk)
+        p = rota("run", spec, "--plain", "--state-dir", sd)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "disk full" in p.stderr and "nothing is lost" in p.stderr
+        assert read_records(rec) == []
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    _mount("--bind", str(path), str(path))
+    try:
+        _mount("-o", "remount,ro,bind", str(path))
+        yield
+    finally:
+        _umount(path)
+
+
+def test_read_only_state_folder_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = _spec(tmp_path, rec, n=12, sleep=0.4)
+    sd = tmp_path / "state"
+    proc = start_rota("run", spec, "--plain", "--cpus", "3", "--grace", "1", "--state-dir", sd)
+    wait_for(lambda: len(read_records(rec)) >= 3, timeout=60)
+    with read_only(sd):
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 2, out
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("rota: error: state folder") and "read-only" in last, out
+        assert "Traceback" not in out
+        assert processes_with_env("ROTA_STATE_DIR", str(sd.resolve())) == []
+        p = rota("run", spec, "--plain", "--state-dir", sd)
+        assert p.returncode == 2 and "read-only" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        # Readers still work on a read-only state folder.
+        assert len(by_name(sd)) == 13
+    p = rota("run", spec, "--plain", "--cpus", "3", "--state-dir", sd)
+    assert p.returncode == 0, p.stdout + p.stderr
+    _check_complete(rec, sd, 12)
+
+
+# ------------------------------------------------------------ bad databases
+def _one_task_spec(tmp_path: Path) -> Path:
+    return write_spec(tmp_path, f"""
+        tasks:
+          - {{name: a, command: "touch {tmp_path / 'ran'}"}}
+    """)
+
+
+def _refused(tmp_path: Path, needle: str) -> None:
+    spec = _one_task_spec(tmp_path)
+    db = tmp_path / ".rota" / "state.db"
+    before = db.read_bytes()
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert needle in p.stderr and str(db) in p.stderr, p.stderr
+    assert not (tmp_path / "ran").exists(), "a task ran on a refused database"
+    assert db.read_bytes() == before, "a refused database was modified"
+    s = rota("status", "--json", "--state-dir", tmp_path / ".rota")
+    assert s.returncode == 2 and "Traceback" not in s.stderr and needle in s.stderr, s.stderr
+
+
+def test_garbage_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".rota").mkdir()
+    (tmp_path / ".rota" / "state.db").write_bytes(os.urandom(8192))
+    _refused(tmp_path, "not a usable rota state database")
+
+
+def test_truncated_database_is_refused(tmp_path: Path) -> None:
+    spec = _one_task_spec(tmp_path)
+    assert rota("run", spec, "--plain").returncode == 0
+    (tmp_path / "ran").unlink()
+    db = tmp_path / ".rota" / "state.db"
+    data = db.read_bytes()
+    db.write_bytes(b"SQLite format 3\x00" + os.urandom(len(data) - 16))
+    _refused(tmp_path, "not a usable rota state database")
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".rota").mkdir()
+    conn = sqlite3.connect(tmp_path / ".rota" / "state.db")
+    conn.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, amount REAL)")
+    conn.execute("INSERT INTO invoices(amount) VALUES (12.5)")
+    conn.commit()
+    conn.close()
+    _refused(tmp_path, "not rota's")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    spec = _one_task_spec(tmp_path)
+    assert rota("run", spec, "--plain").returncode == 0
+    (tmp_path / "ran").unlink()
+    conn = sqlite3.connect(tmp_path / ".rota" / "state.db")
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    _refused(tmp_path, "newer rota")
