@@ -1,0 +1,357 @@
+"""The SLURM executor: attempts become sbatch jobs; status from squeue/sacct.
+
+Construction::
+
+    SlurmExecutor(state_dir, options=SlurmOptions(partition="gpu"),
+                  gpu_memory_bytes=80 * 2**30)
+
+``state_dir`` must be on a filesystem the compute nodes see (as must each
+launch's ``log_path`` and ``workdir``); scripts go to ``<state_dir>/slurm/``.
+``capacity()`` describes the biggest node of the partition as a
+:class:`~rota.core.resources.Machine` (GPUs from ``Gres=gpu:N``, CPUs,
+RealMemory); SLURM does not know GPU memory, so every GPU gets
+``gpu_memory_bytes``.
+
+What runs: ``bash -c COMMAND`` in ``workdir`` with the launch's env exported
+on top of the submitting environment (``ROTA_*`` of the controller removed),
+except ``CUDA_VISIBLE_DEVICES``, which SLURM sets from the GPUs it granted
+(the launch's ``gpus`` are the engine's bookkeeping, not real device ids).
+stdout+stderr are appended to ``log_path``; the exit status goes to
+``<log_path>.rc``. SLURM never requeues (``--no-requeue``): rota retries.
+
+``submit_many(launches)`` turns one scheduling round into as few sbatch calls
+as possible, all or nothing (a failed sbatch cancels what this call already
+submitted and raises :class:`ExecutorError`):
+
+- memory-shared GPUs: launches with ``gpu_count == 1`` and a
+  ``gpu_memory_bytes`` below the whole GPU (``gpu_fraction < 1``) that the
+  engine placed on the same GPU index (equal ``gpus``) in this round become
+  ONE job with ``--gres=gpu:1`` that runs them concurrently (``&`` + ``wait``),
+  each with its own log and rc file; ``poll`` reports each from its rc file
+  while the others still run; ``cancel`` of some members only stops those
+  (a cancel file the job watches), of all members scancels the job. A shared
+  launch alone in its round gets a whole-GPU job of its own. SLURM's GPU is
+  not the engine's index: the engine's packing only decides who shares.
+- launches of one ``array_group`` with identical resources (GPUs, CPUs,
+  memory, time limit) become ONE ``sbatch --array=0-(n-1)``.
+- everything else: one sbatch each.
+
+``poll`` makes ONE ``squeue`` call for all handles and at most ONE ``sacct``
+call for the finished ones whose rc file is missing (killed, timed out,
+preempted). Without slurmdbd ("accounting storage is disabled") it falls back
+to ``sacct -c`` (the job-completion file), which knows array elements only by
+their raw job ids, learned from earlier squeue output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from rota.core.resources import Gpu, Machine
+from rota.errors import ExecutorError
+from rota.executors import slurm_text as T
+from rota.executors.base import Handle, Launch, Status
+
+NAME = "slurm"
+_INVALID_JOB = re.compile(r"invalid job id", re.IGNORECASE)
+
+
+def is_shared(launch: Launch) -> bool:
+    """A launch that books part of one GPU by memory."""
+    return (launch.gpu_count == 1 and launch.gpu_memory_bytes is not None and launch.gpu_fraction < 1.0
+            and len(launch.gpus) == 1)
+
+
+class SlurmExecutor:
+    """Runs attempts as SLURM jobs. ``command_counts`` counts calls per SLURM command."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        options: T.SlurmOptions | None = None,
+        gpu_memory_bytes: int = 80 * 2**30,
+        inherit_env: dict[str, str] | None = None,
+        command_timeout_s: float = 60.0,
+        poll_failure_limit_s: float = 300.0,
+    ) -> None:
+        self.dir = Path(state_dir) / "slurm"
+        self.options = options or T.SlurmOptions()
+        self.gpu_memory_bytes = gpu_memory_bytes
+        base = dict(os.environ if inherit_env is None else inherit_env)
+        for k in [k for k in base if k.startswith("ROTA_")]:
+            del base[k]
+        self._env = base
+        self._timeout = command_timeout_s
+        self._fail_limit = poll_failure_limit_s
+        self._failing_since: float | None = None
+        self._sacct_c: bool | None = None  # None: not known yet whether slurmdbd exists
+        self._raw: dict[str, str] = {}  # "123_4" -> raw job id, from squeue
+        self.command_counts: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        self.command_counts[args[0]] += 1
+        try:
+            p = subprocess.run(args, capture_output=True, text=True, env=self._env, timeout=self._timeout)
+        except FileNotFoundError as e:
+            raise ExecutorError(f"{args[0]} not found: is SLURM installed here (try scripts/slurm-up.sh)?") from e
+        except subprocess.TimeoutExpired as e:
+            raise ExecutorError(f"{args[0]} did not answer in {self._timeout:g}s") from e
+        if check and p.returncode != 0:
+            raise ExecutorError(f"{' '.join(args[:3])} failed (exit {p.returncode}): {p.stderr.strip()[:500]}")
+        return p
+
+    def _sbatch(self, script: str, tag: str) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{tag}.sbatch"
+        path.write_text(script)
+        return T.parse_sbatch_parsable(self._run(["sbatch", "--parsable", str(path)]).stdout)
+
+    @staticmethod
+    def _prepare(launch: Launch) -> None:
+        Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+        for p in (T.rc_path_for(launch.log_path), T.cancel_path_for(launch.log_path)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def _handle(self, launch: Launch, job: str, kind: str, task_id: int | None = None,
+                members: list[str] | None = None) -> Handle:
+        ext = job if task_id is None else f"{job}_{task_id}"
+        data: dict[str, object] = {
+            "job_id": job, "task_id": task_id, "kind": kind, "log_path": launch.log_path,
+            "rc_path": T.rc_path_for(launch.log_path), "submitted_at": time.time(),
+        }
+        if members is not None:
+            data["members"] = members
+        return Handle(launch.key, NAME, ext, data)
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, launch: Launch) -> Handle:
+        return self.submit_many([launch])[0]
+
+    def submit_many(self, launches: Sequence[Launch]) -> list[Handle]:
+        """Handles in the order of ``launches``; see the module docstring for the grouping."""
+        units = plan_units(launches)
+        out: dict[int, Handle] = {}
+        done_jobs: list[str] = []
+        try:
+            for kind, idxs in units:
+                group = [launches[i] for i in idxs]
+                for la in group:
+                    self._prepare(la)
+                tag = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+                if kind == "single":
+                    job = self._sbatch(T.render_single(group[0], self.options), tag)
+                    out[idxs[0]] = self._handle(group[0], job, kind)
+                elif kind == "array":
+                    links = self.dir / tag
+                    links.mkdir(parents=True)
+                    for n, la in enumerate(group):
+                        (links / str(n)).symlink_to(os.path.abspath(la.log_path))
+                    job = self._sbatch(T.render_array(group, self.options, str(links / "%a")), tag)
+                    for n, i in enumerate(idxs):
+                        out[i] = self._handle(launches[i], job, kind, n)
+                else:
+                    job = self._sbatch(T.render_shared(group, self.options, str(self.dir / f"{tag}.out")), tag)
+                    keys = [la.key for la in group]
+                    for i in idxs:
+                        out[i] = self._handle(launches[i], job, kind, members=keys)
+                done_jobs.append(job)
+        except Exception:
+            if done_jobs:
+                self._run(["scancel", *done_jobs], check=False)
+            raise
+        return [out[i] for i in range(len(launches))]
+
+    # ------------------------------------------------------------------ status
+    def _squeue(self, job_ids: Sequence[str]) -> dict[str, T.JobState] | None:
+        """One squeue call; None when SLURM did not answer (try again next poll)."""
+        if not job_ids:
+            return {}
+        try:
+            p = self._run(["squeue", "--noheader", "--array", "--states=all", f"--format={T.SQUEUE_FORMAT}",
+                           f"--jobs={','.join(sorted(set(job_ids)))}"], check=False)
+        except ExecutorError:
+            return None
+        if p.returncode != 0 and not _INVALID_JOB.search(p.stderr):
+            return None
+        rows = T.parse_squeue(p.stdout)
+        for jid, js in rows.items():
+            if js.raw_id:
+                self._raw[jid] = js.raw_id
+        return rows
+
+    def _sacct(self, handles: Sequence[Handle]) -> dict[str, T.JobState]:
+        """At most one sacct call (two the very first time, to learn about slurmdbd)."""
+        if not handles:
+            return {}
+        if self._sacct_c is not True:
+            ids = sorted({h.external_id for h in handles})
+            p = self._run(["sacct", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
+                           f"--jobs={','.join(ids)}"], check=False)
+            if "accounting storage is disabled" not in (p.stdout + p.stderr).lower():
+                self._sacct_c = False
+                return T.parse_sacct(p.stdout) if p.returncode == 0 else {}
+            self._sacct_c = True
+        # job-completion file: array elements are known by their raw ids only
+        want = {self._raw.get(h.external_id, h.external_id): h.external_id for h in handles}
+        want = {raw: ext for raw, ext in want.items() if raw.isdigit()}
+        if not want:
+            return {}
+        p = self._run(["sacct", "-c", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
+                       f"--jobs={','.join(sorted(want))}"], check=False)
+        rows = T.parse_sacct(p.stdout)
+        return {ext: rows[raw] for raw, ext in want.items() if raw in rows}
+
+    @staticmethod
+    def _rc(h: Handle) -> tuple[int, float] | None:
+        path = str(h.data.get("rc_path") or "")
+        try:
+            text = Path(path).read_text().strip()
+            return int(text), os.path.getmtime(path)
+        except (OSError, ValueError):
+            return None
+
+    def _job_key(self, h: Handle) -> str:
+        return str(h.data.get("job_id") or h.external_id.split("_")[0])
+
+    def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
+        """Status of every handle SLURM answered about (one squeue + at most one sacct)."""
+        if not handles:
+            return {}
+        sq = self._squeue([self._job_key(h) for h in handles])
+        now = time.time()
+        if sq is None:
+            self._failing_since = self._failing_since or now
+            if now - self._failing_since > self._fail_limit:
+                raise ExecutorError(f"squeue has failed for {now - self._failing_since:.0f}s")
+            return {}
+        self._failing_since = None
+        out: dict[str, Status] = {}
+        ask: list[Handle] = []
+        for h in handles:
+            js = sq.get(h.external_id)
+            started = js.start if js is not None and js.state != "PENDING" else None
+            rc = self._rc(h)
+            if rc is not None:  # the command itself ended: its own exit status is the truth
+                out[h.key] = T.status_from_rc(rc[0], started, rc[1])
+            elif js is not None and js.state in T.RUNNING_STATES:
+                out[h.key] = T.status_of(js)
+            elif h.data.get("kind") == "shared" and js is not None:
+                st = T.status_of(js)  # the shared job ended and this member wrote no rc
+                out[h.key] = st if st.phase == "failed" else Status(
+                    "failed", None, "ended without an exit status", started_at=started, ended_at=js.end)
+            else:
+                ask.append(h)
+        acct = self._sacct(ask)
+        for h in ask:
+            js = acct.get(h.external_id) or sq.get(h.external_id)
+            if js is not None:
+                out[h.key] = T.status_of(js)
+            elif now - float(h.data.get("submitted_at") or 0) < 10:
+                out[h.key] = Status("running")  # just submitted: let SLURM catch up
+            else:
+                out[h.key] = Status("lost", None, "job vanished from squeue and sacct")
+        return out
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:
+        """One scancel for all jobs; members of partly cancelled shared jobs via cancel files."""
+        if not handles:
+            return
+        whole, partial = split_cancel(handles)
+        for h in partial:
+            Path(T.cancel_path_for(str(h.data["log_path"]))).write_text("TERM\n")
+        if whole:
+            self._run(["scancel", *sorted(whole)], check=False)
+        deadline = time.time() + max(0.0, grace_s)
+        killed = False
+        while True:
+            left = self._still_running(handles)
+            if not left:
+                return
+            if time.time() >= deadline:
+                if killed:
+                    return
+                killed = True
+                deadline = time.time() + 10.0
+                for h in partial:
+                    Path(T.cancel_path_for(str(h.data["log_path"]))).write_text("KILL\n")
+                if whole:
+                    self._run(["scancel", "--signal=KILL", "--full", *sorted(whole)], check=False)
+            time.sleep(0.3)
+
+    def _still_running(self, handles: Sequence[Handle]) -> list[Handle]:
+        st = self.poll(handles)
+        return [h for h in handles if h.key not in st or st[h.key].phase == "running"]
+
+    # ------------------------------------------------------------------ adopt
+    def adopt(self, handle: Handle) -> bool:
+        """True when SLURM (squeue or sacct) or the rc file still knows the attempt."""
+        if self._rc(handle) is not None:
+            return True
+        sq = self._squeue([self._job_key(handle)])
+        if sq and handle.external_id in sq:
+            return True
+        return handle.external_id in self._sacct([handle])
+
+    def close(self) -> None:
+        """Nothing to release: jobs outlive the controller on purpose."""
+
+    # ------------------------------------------------------------------ capacity
+    def capacity(self) -> Machine:
+        """The biggest node of the partition (tasks never span nodes), GPU memory as configured."""
+        nodes = T.parse_nodes(self._run(["scontrol", "show", "node", "--oneliner"]).stdout)
+        part = self.options.partition
+        if part:
+            nodes = [n for n in nodes if part in n.partitions]
+        if not nodes:
+            raise ExecutorError(f"SLURM lists no nodes{f' in partition {part!r}' if part else ''}")
+        best = max(nodes, key=lambda n: (n.gpus, n.cpus, n.memory_mb))
+        gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="SLURM gres/gpu") for i in range(best.gpus))
+        return Machine(gpus=gpus, cpus=best.cpus, memory_bytes=best.memory_mb * 2**20, source=f"slurm:{best.name}")
+
+
+def plan_units(launches: Sequence[Launch]) -> list[tuple[str, list[int]]]:
+    """Split launches into sbatch units: ("shared"|"array"|"single", indices), in first-seen order."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, la in enumerate(launches):
+        if is_shared(la):
+            key: tuple[object, ...] = ("shared", la.gpus)
+        elif la.array_group is not None:
+            key = ("array", la.array_group, *T.resource_key(la))
+        else:
+            key = ("single", i)
+        groups.setdefault(key, []).append(i)
+    return [(str(k[0]) if len(v) > 1 else "single", v) for k, v in groups.items()]
+
+
+def split_cancel(handles: Sequence[Handle]) -> tuple[set[str], list[Handle]]:
+    """SLURM ids to scancel, and shared members to stop one by one (their job goes on)."""
+    shared_asked: dict[str, set[str]] = {}
+    whole: set[str] = set()
+    for h in handles:
+        if h.data.get("kind") == "shared":
+            shared_asked.setdefault(h.external_id, set()).add(h.key)
+        else:
+            whole.add(h.external_id)
+    partial: list[Handle] = []
+    for job, keys in shared_asked.items():
+        members = next(h.data.get("members") for h in handles if h.external_id == job)
+        if members is not None and set(members) <= keys:
+            whole.add(job)
+        else:
+            partial.extend(h for h in handles if h.external_id == job)
+    return whole, partial

@@ -1,0 +1,461 @@
+"""SLURM text in and out: sbatch scripts rendered, squeue/sacct output parsed.
+
+Pure functions, no I/O, so every line SLURM sees or says is unit-tested
+against real output saved in ``tests/data/slurm/``.
+
+Scripts. Every launch runs as ``bash -c COMMAND`` in its ``workdir`` with its
+``env`` exported (except ``CUDA_VISIBLE_DEVICES``: inside a job SLURM sets it
+from the GPUs it granted), stdout+stderr appended to its ``log_path``, and its
+exit status written to ``rc_path`` (``<log_path>.rc``) when the command ends,
+so a finished attempt's exit code is known without accounting.  Three shapes:
+
+- ``render_single``: one launch, one job (``--output`` = the launch's log).
+- ``render_array``: launches of one ``array_group`` with identical resource
+  requests, one ``sbatch --array=0-(n-1)``; element *i* picks launch *i*'s
+  command/env/workdir with ``case $SLURM_ARRAY_TASK_ID``.  ``--output`` is a
+  pattern ending in ``%a`` (the executor points ``<dir>/<i>`` at launch *i*'s
+  log with a symlink, so SLURM's own messages also land in the right log).
+- ``render_shared``: launches that share one GPU by memory, one job with
+  ``--gres=gpu:1``, the commands run concurrently (``&`` + ``wait``), each to
+  its own log and rc file.
+
+Every job gets ``--no-requeue``: rota retries attempts itself; a job that
+SLURM re-ran under the same id would race the new attempt.
+
+Parsing. ``parse_squeue`` reads ``squeue --noheader --array --format=SQUEUE_FORMAT``;
+``parse_sacct`` reads ``sacct --parsable2 --noheader --format=SACCT_FORMAT``
+(with slurmdbd: ``123_4`` ids and ``.batch``/``.extern`` step lines) and the
+``sacct -c`` (job-completion file) form of the same fields (raw job ids only,
+no steps).  ``status_of`` maps a SLURM state to a :class:`Status`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from rota.errors import ExecutorError
+from rota.executors.base import Launch, Status
+
+SQUEUE_FORMAT = "%i|%A|%T|%r|%S|%e"
+SACCT_FORMAT = "JobID,State,ExitCode,Start,End"
+SHEBANG = "#!/bin/bash"
+#: minutes added to twice a task's estimate when it has no timeout
+ESTIMATE_SLACK_MIN = 10
+
+RUNNING_STATES = frozenset({
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+    "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STOPPED",
+})
+#: failures that are the cluster's fault, not the task's: never count against retries
+RETRY_FREE = {
+    "PREEMPTED": "preempted",
+    "NODE_FAIL": "node failure",
+    "BOOT_FAIL": "node boot failure",
+    "REQUEUED": "requeued by SLURM",
+}
+FAILED_REASONS = {
+    "TIMEOUT": "timeout",
+    "CANCELLED": "cancelled",
+    "OUT_OF_MEMORY": "out of memory (SLURM)",
+    "DEADLINE": "deadline reached",
+    "REVOKED": "revoked",
+    "SPECIAL_EXIT": "special exit",
+}
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Site options added to every job.
+
+    ``extra`` holds raw sbatch options (``"--constraint=a100"``), one per item.
+    ``gpu_flag``: ``"gres"`` renders ``--gres=gpu:N``, ``"gpus"`` renders
+    ``--gpus=N`` (clusters that track GPUs as TRES).
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra: tuple[str, ...] = ()
+    gpu_flag: Literal["gres", "gpus"] = "gres"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job (or array element) as squeue or sacct printed it.
+
+    ``job_id`` is the id as printed first (``"123"``, ``"123_4"``); ``raw_id``
+    is SLURM's own id of that element when known (squeue ``%A``).
+    ``state`` is the bare state name (``"CANCELLED by 0"`` -> ``"CANCELLED"``).
+    ``exit_code``/``signal`` come from ``N:M`` (None when not printed).
+    """
+
+    job_id: str
+    state: str
+    raw_id: str | None = None
+    reason: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+# ------------------------------------------------------------------ rendering
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
+
+RUN_FUNCTION = """\
+rota_run() {  # rota_run RC_PATH WORKDIR COMMAND: the exit status lands in RC_PATH
+  local rc
+  if cd -- "$2"; then bash -c "$3"; rc=$?; else rc=1; fi
+  printf '%s\\n' "$rc" >"$1.tmp" && mv -f -- "$1.tmp" "$1"
+  return "$rc"
+}"""
+
+
+def rc_path_for(log_path: str) -> str:
+    """Where the exit status of the launch logging to ``log_path`` is written."""
+    return log_path + ".rc"
+
+
+def time_limit_minutes(launch: Launch) -> int | None:
+    """``--time`` in minutes: the timeout rounded up, else 2x the estimate + 10 min, else None."""
+    if launch.timeout_s:
+        return max(1, math.ceil(launch.timeout_s / 60))
+    if launch.estimate_s:
+        return max(1, math.ceil(2 * launch.estimate_s / 60) + ESTIMATE_SLACK_MIN)
+    return None
+
+
+def format_time(minutes: int) -> str:
+    """SLURM ``D-HH:MM:SS``."""
+    d, rest = divmod(minutes, 24 * 60)
+    h, m = divmod(rest, 60)
+    return f"{d}-{h:02d}:{m:02d}:00"
+
+
+def job_name(launch: Launch) -> str:
+    return "rota-" + (_NAME_BAD.sub("_", launch.task)[:60] or "task")
+
+
+def resource_key(launch: Launch) -> tuple[object, ...]:
+    """Launches with equal keys may share one ``sbatch --array``."""
+    return (launch.gpu_count, launch.cpus, launch.memory_bytes, time_limit_minutes(launch))
+
+
+def _directives(
+    opts: SlurmOptions, *, name: str, output: str, gpus: int, cpus: int, memory_bytes: int,
+    minutes: int | None, array: str | None = None, workdir: str | None = None,
+) -> list[str]:
+    d = [f"--job-name={name}", f"--output={output}", "--open-mode=append", "--no-requeue",
+         "--nodes=1", "--ntasks=1", f"--cpus-per-task={max(1, cpus)}"]
+    if memory_bytes > 0:  # never --mem=0: that means "all the node's memory"
+        d.append(f"--mem={max(1, math.ceil(memory_bytes / 2**20))}M")
+    if gpus > 0:
+        d.append(f"--gres=gpu:{gpus}" if opts.gpu_flag == "gres" else f"--gpus={gpus}")
+    if minutes is not None:
+        d.append(f"--time={format_time(minutes)}")
+    if array is not None:
+        d.append(f"--array={array}")
+    if workdir is not None:
+        d.append(f"--chdir={workdir}")
+    for flag, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos)):
+        if value:
+            d.append(f"--{flag}={value}")
+    d.extend(opts.extra)
+    for x in d:
+        if "\n" in x:
+            raise ExecutorError(f"sbatch option {x!r} contains a newline")
+    return [f"#SBATCH {x}" for x in d]
+
+
+def exports(env: Mapping[str, str]) -> list[str]:
+    """``export K=V`` lines for a launch's env, without CUDA_VISIBLE_DEVICES (SLURM's own)."""
+    out = []
+    for k in sorted(env):
+        if k == "CUDA_VISIBLE_DEVICES":
+            continue
+        if not _ENV_NAME.match(k):
+            raise ExecutorError(f"environment variable name {k!r} is not valid in a shell")
+        out.append(f"export {k}={shlex.quote(str(env[k]))}")
+    return out
+
+
+def _run_line(launch: Launch) -> str:
+    q = shlex.quote
+    return f"rota_run {q(rc_path_for(launch.log_path))} {q(launch.workdir)} {q(launch.command)}"
+
+
+def render_single(launch: Launch, opts: SlurmOptions) -> str:
+    """The sbatch script for one launch in one job."""
+    lines = [SHEBANG, *_directives(
+        opts, name=job_name(launch), output=launch.log_path, gpus=launch.gpu_count, cpus=launch.cpus,
+        memory_bytes=launch.memory_bytes, minutes=time_limit_minutes(launch), workdir=launch.workdir,
+    ), f"# rota launch {launch.key}", RUN_FUNCTION, *exports(launch.env), _run_line(launch)]
+    return "\n".join(lines) + "\n"
+
+
+def render_array(launches: Sequence[Launch], opts: SlurmOptions, output_pattern: str) -> str:
+    """One ``--array=0-(n-1)`` job; element i runs ``launches[i]``.
+
+    All launches must have the same :func:`resource_key`. ``output_pattern``
+    must contain ``%a`` (the array index).
+    """
+    if not launches:
+        raise ExecutorError("an array job needs at least one launch")
+    if len({resource_key(la) for la in launches}) != 1:
+        raise ExecutorError("launches of one array job must ask for the same resources")
+    if "%a" not in output_pattern:
+        raise ExecutorError(f"array output pattern {output_pattern!r} lacks %a")
+    first = launches[0]
+    lines = [SHEBANG, *_directives(
+        opts, name=job_name(first), output=output_pattern, gpus=first.gpu_count, cpus=first.cpus,
+        memory_bytes=first.memory_bytes, minutes=time_limit_minutes(first),
+        array=f"0-{len(launches) - 1}",
+    ), f"# rota array {first.array_group or ''}: {len(launches)} launches", RUN_FUNCTION,
+        'case "$SLURM_ARRAY_TASK_ID" in']
+    for i, la in enumerate(launches):
+        lines.append(f"{i})  # {la.key}")
+        lines.extend("  " + e for e in exports(la.env))
+        lines.append("  " + _run_line(la))
+        lines.append("  ;;")
+    lines += ['*) echo "rota: no launch for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def cancel_path_for(log_path: str) -> str:
+    """A file whose appearance (content: a signal name) stops one member of a shared job."""
+    return log_path + ".cancel"
+
+
+SHARED_WATCH = """\
+while :; do  # until every member has ended; signal members whose cancel file appeared
+  alive=0
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      alive=1
+      [ -s "${cancels[$i]}" ] && kill -s "$(head -c 8 "${cancels[$i]}")" -- "-${pids[$i]}" 2>/dev/null
+    elif [ -s "${cancels[$i]}" ] && [ ! -e "${rcs[$i]}" ]; then
+      printf '%s\\n' "$((128 + $(kill -l "$(head -c 8 "${cancels[$i]}")")))" >"${rcs[$i]}"
+    fi
+  done
+  [ "$alive" = 1 ] || break
+  sleep 0.5
+done
+wait
+for i in "${!pids[@]}"; do  # a member stopped by its cancel file never wrote its rc
+  if [ -s "${cancels[$i]}" ] && [ ! -e "${rcs[$i]}" ]; then
+    printf '%s\\n' "$((128 + $(kill -l "$(head -c 8 "${cancels[$i]}")")))" >"${rcs[$i]}"
+  fi
+done
+exit 0"""
+
+
+def render_shared(launches: Sequence[Launch], opts: SlurmOptions, output: str) -> str:
+    """One job on one GPU running ``launches`` side by side (memory-shared GPU).
+
+    CPUs and memory are the sums of the launches', the time limit the largest.
+    Each launch logs to its own ``log_path`` and writes its own rc file; the
+    job's own ``output`` only gets what the script itself prints. Members run
+    in their own process groups (``set -m``); writing a signal name (``TERM``,
+    ``KILL``) to a member's :func:`cancel_path_for` file stops only that
+    member (its rc file then says 128+signal), the others go on.
+    """
+    if not launches:
+        raise ExecutorError("a shared-GPU job needs at least one launch")
+    limits = [time_limit_minutes(la) for la in launches]
+    minutes = None if any(m is None for m in limits) else max(m for m in limits if m is not None)
+    q = shlex.quote
+    lines = [SHEBANG, *_directives(
+        opts, name=job_name(launches[0]) + f"+{len(launches) - 1}", output=output, gpus=1,
+        cpus=sum(max(1, la.cpus) for la in launches), memory_bytes=sum(la.memory_bytes for la in launches),
+        minutes=minutes,
+    ), f"# rota shared GPU: {' '.join(la.key for la in launches)}", RUN_FUNCTION,
+        "set -m  # each member in its own process group", "pids=(); cancels=(); rcs=()"]
+    for la in launches:
+        lines.append(f"(  # {la.key}")
+        lines.extend("  " + e for e in exports(la.env))
+        lines.append("  " + _run_line(la))
+        lines.append(f") >>{q(la.log_path)} 2>&1 &")
+        lines.append(f"pids+=($!); cancels+=({q(cancel_path_for(la.log_path))}); "
+                     f"rcs+=({q(rc_path_for(la.log_path))})")
+    lines.append(SHARED_WATCH)
+    return "\n".join(lines) + "\n"
+
+
+def parse_sbatch_parsable(text: str) -> str:
+    """``sbatch --parsable`` prints ``JOBID`` or ``JOBID;CLUSTER``."""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    job = line.split(";")[0].strip()
+    if not job.isdigit():
+        raise ExecutorError(f"sbatch printed no job id: {text.strip()[:200]!r}")
+    return job
+
+
+# ------------------------------------------------------------------ parsing
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")
+_EMPTY_TIMES = {"", "N/A", "NONE", "UNKNOWN", "NONE ASSIGNED"}
+
+
+def expand_array_id(job_id: str) -> list[str]:
+    """``"12_[0-2,5%2]"`` -> ``["12_0", "12_1", "12_2", "12_5"]``; other ids unchanged."""
+    m = _ARRAY_RANGE.match(job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m.group(2).split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        for i in range(int(lo), int(hi or lo) + 1):
+            out.append(f"{m.group(1)}_{i}")
+    return out
+
+
+def parse_time(text: str) -> float | None:
+    """SLURM timestamps are local time, ``2026-11-23T14:01:13``; N/A/None/Unknown -> None."""
+    t = text.strip()
+    if t.upper() in _EMPTY_TIMES:
+        return None
+    try:
+        return datetime.fromisoformat(t).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """``"3:0"`` -> (3, 0); ``"0:9"`` -> (0, 9); anything else -> (None, None)."""
+    code, _, sig = text.strip().partition(":")
+    try:
+        return int(code), (int(sig) if sig else 0)
+    except ValueError:
+        return None, None
+
+
+def _bare_state(text: str) -> str:
+    # "CANCELLED by 0" -> "CANCELLED"; "COMPLETED+" (sacct truncation) -> "COMPLETED"
+    return text.strip().split(" ")[0].rstrip("+*").upper()
+
+
+def parse_squeue(text: str) -> dict[str, JobState]:
+    """Rows of ``squeue --noheader [--array] --format=SQUEUE_FORMAT`` by printed job id.
+
+    Collapsed pending array ranges (``12_[3-9]``, printed without ``--array``)
+    are expanded into one entry per element.
+    """
+    out: dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        jid, raw, state = parts[0], parts[1], _bare_state(parts[2])
+        reason = parts[3] if len(parts) > 3 else ""
+        start = parse_time(parts[4]) if len(parts) > 4 else None
+        end = parse_time(parts[5]) if len(parts) > 5 and state not in RUNNING_STATES else None
+        ids = expand_array_id(jid)
+        for one in ids:
+            out[one] = JobState(one, state, raw if len(ids) == 1 else None, reason, None, None, start, end)
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, JobState]:
+    """Rows of ``sacct [-c] --parsable2 --noheader --format=SACCT_FORMAT`` by job id.
+
+    Step lines (``123.batch``, ``123.extern``, ``123.0``) are skipped; a later
+    line for the same id (a requeued job's newer record) wins.
+    """
+    out: dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0] or "." in parts[0]:
+            continue
+        jid, state = parts[0], _bare_state(parts[1])
+        code, sig = parse_exit_code(parts[2])
+        start = parse_time(parts[3]) if len(parts) > 3 else None
+        end = parse_time(parts[4]) if len(parts) > 4 and state not in RUNNING_STATES else None
+        for one in expand_array_id(jid):
+            out[one] = JobState(one, state, None, "", code, sig, start, end)
+    return out
+
+
+def status_from_rc(code: int, start: float | None = None, end: float | None = None) -> Status:
+    """The status of a launch whose rc file holds ``code`` (bash: 128+N = signal N)."""
+    if code == 0:
+        return Status("succeeded", 0, "exit 0", started_at=start, ended_at=end)
+    if 128 < code < 128 + 65:
+        return Status("failed", code, f"exit {code} (signal {code - 128})", started_at=start, ended_at=end)
+    return Status("failed", code, f"exit {code}", started_at=start, ended_at=end)
+
+
+def status_of(js: JobState) -> Status:
+    """Map one SLURM job state to rota's :class:`Status` (exit code 128+M for signal M)."""
+    s, t0, t1 = js.state, js.start, js.end
+    if s in RUNNING_STATES:
+        return Status("running", started_at=t0 if s != "PENDING" else None)
+    code: int | None = js.exit_code
+    if js.signal:
+        code = 128 + js.signal
+    if s == "COMPLETED":
+        return Status("succeeded", 0, "exit 0", started_at=t0, ended_at=t1)
+    if s in RETRY_FREE:
+        return Status("failed", code, RETRY_FREE[s], retry_free=True, started_at=t0, ended_at=t1)
+    if s in FAILED_REASONS:
+        return Status("failed", code, FAILED_REASONS[s], started_at=t0, ended_at=t1)
+    if s == "FAILED":
+        if js.signal:
+            return Status("failed", code, f"signal {js.signal}", started_at=t0, ended_at=t1)
+        if js.exit_code is not None:
+            return Status("failed", code, f"exit {js.exit_code}", started_at=t0, ended_at=t1)
+        return Status("failed", None, "failed (SLURM)", started_at=t0, ended_at=t1)
+    return Status("failed", code, f"SLURM state {s}", started_at=t0, ended_at=t1)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node from ``scontrol show node --oneliner``."""
+
+    name: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    partitions: tuple[str, ...]
+    state: str
+
+
+_GRES_GPU = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
+
+
+def gres_gpu_count(gres: str) -> int:
+    """GPUs in a ``Gres=`` value: ``gpu:4``, ``gpu:a100:2(S:0-1),gpu:v100:2`` -> 4, 4; ``(null)`` -> 0."""
+    return sum(int(n) for n in _GRES_GPU.findall(gres))
+
+
+def _field(line: str, key: str) -> str:
+    m = re.search(rf"(?:^|\s){key}=(\S*)", line)
+    return m.group(1) if m else ""
+
+
+def parse_nodes(text: str) -> list[NodeInfo]:
+    """Nodes of ``scontrol show node --oneliner`` (one node a line)."""
+    out = []
+    for line in text.splitlines():
+        name = _field(line, "NodeName")
+        if not name:
+            continue
+        cpus = _field(line, "CPUTot") or _field(line, "CPUEfctv") or "0"
+        mem = _field(line, "RealMemory") or "0"
+        parts = _field(line, "Partitions")
+        out.append(NodeInfo(
+            name=name,
+            cpus=int(cpus) if cpus.isdigit() else 0,
+            memory_mb=int(mem) if mem.isdigit() else 0,
+            gpus=gres_gpu_count(_field(line, "Gres")),
+            partitions=tuple(p for p in parts.split(",") if p and p != "(null)"),
+            state=_field(line, "State"),
+        ))
+    return out
