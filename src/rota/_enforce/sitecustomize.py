@@ -6,6 +6,10 @@ torch is imported by the task, calls
 ``torch.cuda.set_per_process_memory_fraction`` on every visible device, so a
 task exceeding its declared ``gpu_memory`` gets a CUDA out-of-memory error
 instead of eating its neighbour's share.
+
+Python imports only the first ``sitecustomize`` on the path; this one then
+runs the next one (a distribution's or a virtualenv's), so putting rota's
+folder first takes nothing away.
 """
 
 import os
@@ -45,4 +49,22 @@ def _install() -> None:
     sys.meta_path.insert(0, _Hook())
 
 
+def _chain() -> None:
+    """Run the sitecustomize this one shadows, if any."""
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # as Python itself does for a failing sitecustomize
+        print(f"Error in sitecustomize ({spec.origin}): {e!r}", file=sys.stderr)
+
+
 _install()
+_chain()

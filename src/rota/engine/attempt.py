@@ -152,7 +152,11 @@ def task_env(
         shim = str(Path(__file__).resolve().parent.parent / "_enforce")
         env["PYTHONPATH"] = shim + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
         env["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    user_path = dict(task.env).get("PYTHONPATH")
     env.update(task.env)
+    if user_path is not None and "PYTHONPATH" in env and "ROTA_GPU_MEMORY_FRACTION" in env:
+        # The spec's own PYTHONPATH must not drop the enforcement shim.
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent / "_enforce") + os.pathsep + user_path
     return env
 
 
