@@ -105,6 +105,10 @@ def test_stack_rows() -> None:
     assert stack_rows([(0, 10), (10, 20), (5, 15), (16, 30)]) == [0, 0, 1, 1]
     assert stack_rows([(0, 10), (10, 20), (5, 15), (12, 30)]) == [0, 0, 1, 2]
     assert stack_rows([]) == []
+    # back-to-back tasks whose epoch times lost a few ulps still share a row
+    t0 = 1_763_900_000.123
+    ends = [(t0 + 0.1 * k) - t0 for k in range(1, 50)]
+    assert set(stack_rows(list(zip([0.0, *ends[:-1]], ends, strict=True)))) == {0}
 
 
 def test_gantt_text_shape() -> None:
@@ -124,7 +128,9 @@ def test_gantt_text_shape() -> None:
     with pytest.raises(ReportError):
         gantt_text(lanes, width=10)
     # (name, items) pairs work too, and tiny items stay visible
-    assert "#" in gantt_text([("x", [("tiny", 0.0, 0.001), ("long", 1.0, 1000.0)])], 40)
+    assert "#" in gantt_text(
+        [("x", [("tiny", 500.0, 500.001), ("long", 1.0, 100.0), ("z", 900, 1e3)])], 40
+    )
 
 
 def test_gantt_text_states_legend() -> None:

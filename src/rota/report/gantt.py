@@ -51,11 +51,12 @@ def lanes_from_report(data: ReportData) -> list[Lane]:
     return lanes
 
 
-def stack_rows(items: Sequence[tuple[float, float]]) -> list[int]:
+def stack_rows(items: Sequence[tuple[float, float]], slack: float = 1e-3) -> list[int]:
     """Greedy sub-row per interval so that intervals in one row never overlap.
 
     Returns the row of each interval, in input order; touching intervals
-    (``end == next start``) share a row. Deterministic.
+    (``end <= next start + slack``, slack absorbing float rounding of epoch
+    times) share a row. Deterministic.
     """
     order = sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1], i))
     row_end: list[float] = []
@@ -63,7 +64,7 @@ def stack_rows(items: Sequence[tuple[float, float]]) -> list[int]:
     for i in order:
         a, b = items[i]
         for r, end in enumerate(row_end):
-            if end <= a:
+            if end <= a + slack:
                 row_end[r] = b
                 rows[i] = r
                 break
@@ -92,7 +93,8 @@ def nice_ticks(t0: float, t1: float, most: int = 6) -> list[float]:
 def gantt_text(lanes: Sequence[LaneLike], width: int = 100) -> str:
     """A Gantt chart as plain text, ``width`` characters wide (at least 30).
 
-    One line per lane, more when items overlap (packed GPU). Each item is drawn
+    One line per lane, more when items overlap in time (packed GPU); items
+    that only share a column at this scale are drawn over one another. Each item is drawn
     as ``[label===]`` over its columns (``#`` when one column wide); the fill
     character tells the state when lanes carry states (``=`` succeeded,
     ``x`` failed, ``~`` interrupted, ``>`` running, ``.`` cached). The axis
@@ -123,9 +125,12 @@ def gantt_text(lanes: Sequence[LaneLike], width: int = 100) -> str:
             spans.append((c0, max(col(b), c0 + 1)))
             if lane.states:
                 states_seen.setdefault(lane.states[k], None)
-        rows = stack_rows([(float(a), float(b)) for a, b in spans])
+        # Rows follow real concurrency; items that merely share a column at this
+        # scale stay on one row, the later one drawn over the earlier.
+        rows = stack_rows([(a, b) for _, a, b in lane.items])
         grid = [[" "] * chart_w for _ in range(max(rows, default=0) + 1)]
-        for k, ((label, _, _), (c0, c1)) in enumerate(zip(lane.items, spans, strict=True)):
+        for k in sorted(range(len(spans)), key=lambda i: (lane.items[i][1], i)):
+            label, (c0, c1) = lane.items[k][0], spans[k]
             w = c1 - c0
             fill = _STATE_FILL.get(lane.states[k], "-") if lane.states else "="
             if w == 1:
