@@ -155,7 +155,7 @@ def browser() -> str:
         found = shutil.which(name)
         if found:
             return found
-    if os.environ.get("CI"):
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
         pytest.fail(f"CI is set but no Chromium ({', '.join(BROWSERS)}) is installed")
     pytest.skip("Chromium is not installed (apt-get install -y chromium)")
 
@@ -165,7 +165,8 @@ def screenshot(page: Path, out: Path, tmp: Path, height: int = 2000) -> Path:
     profile.mkdir()
     cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+           "--disable-sync", "--hide-scrollbars", "--run-all-compositor-stages-before-draw",
+           "--virtual-time-budget=10000", f"--user-data-dir={profile}",
            f"--screenshot={out}", f"--window-size=1400,{height}", page.resolve().as_uri()]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.exists(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
