@@ -1,0 +1,177 @@
+"""SlurmExecutor against the real one-node cluster of scripts/slurm-up.sh.
+
+The session fixture ``slurm_cluster`` (tests/integration/conftest_slurm.py)
+starts the cluster once; without root and outside CI these tests skip, under
+CI=true a missing cluster fails them. The cluster has 8 CPUs and 4 fake GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from rota.executors.base import Handle, Launch, Status
+from rota.executors.slurm import SlurmExecutor
+from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401  (session fixture)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+GiB = 2**30
+
+
+def _launch(tmp_path: Path, key: str, command: str, **kw) -> Launch:
+    env = {"ROTA_TASK": key.split("#")[0], "MY_VAR": "it's \"quoted\" $HOME", "CUDA_VISIBLE_DEVICES": "7"}
+    env.update(kw.pop("env", {}))
+    return Launch(key=key, task=key.split("#")[0], attempt=1, command=command, env=env, workdir=str(tmp_path),
+                  log_path=str(tmp_path / "logs" / f"{key.replace('#', '-')}.log"), **kw)
+
+
+def _wait(ex: SlurmExecutor, handles: list[Handle], timeout_s: float = 120.0) -> dict[str, Status]:
+    done: dict[str, Status] = {}
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for k, s in ex.poll([h for h in handles if h.key not in done]).items():
+            if s.phase != "running":
+                done[k] = s
+        if len(done) == len(handles):
+            return done
+        time.sleep(0.3)
+    raise AssertionError(f"not finished in {timeout_s}s: {[h.key for h in handles if h.key not in done]}")
+
+
+@pytest.fixture
+def ex(tmp_path):
+    e = SlurmExecutor(tmp_path / "state", gpu_memory_bytes=16 * GiB)
+    yield e
+    e.close()
+
+
+def test_success_env_log_and_slurm_gpus(ex, tmp_path):
+    la = _launch(tmp_path, "ok#1", 'echo "var=$MY_VAR"; echo "cvd=$CUDA_VISIBLE_DEVICES"; pwd; echo err >&2',
+                 gpus=(3,), gpu_count=1, cpus=2, memory_bytes=GiB)
+    h = ex.submit(la)
+    assert h.executor == "slurm" and h.external_id.isdigit()
+    st = _wait(ex, [h])["ok#1"]
+    assert (st.phase, st.exit_code) == ("succeeded", 0)
+    assert st.started_at is not None and st.ended_at is not None and st.ended_at >= st.started_at
+    log = Path(la.log_path).read_text()
+    assert "var=it's \"quoted\" $HOME" in log and str(tmp_path) in log and "err" in log
+    cvd = next(line for line in log.splitlines() if line.startswith("cvd="))
+    assert cvd in {f"cvd={i}" for i in range(4)}, cvd  # granted by SLURM, not the launch's "7"
+
+
+def test_failure_reports_exit_code(ex, tmp_path):
+    h = ex.submit(_launch(tmp_path, "bad#1", "echo about to fail; exit 7"))
+    st = _wait(ex, [h])["bad#1"]
+    assert (st.phase, st.exit_code, st.reason) == ("failed", 7, "exit 7")
+
+
+def test_two_gpu_job_sees_two_devices(ex, tmp_path):
+    la = _launch(tmp_path, "ddp#1", 'echo "cvd=$CUDA_VISIBLE_DEVICES"', gpu_count=2, gpus=(0, 1))
+    _wait(ex, [ex.submit(la)])
+    ids = Path(la.log_path).read_text().split("cvd=")[1].strip().split(",")
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_array_of_20_is_one_sbatch_and_polls_are_batched(ex, tmp_path):
+    las = [_launch(tmp_path, f"m{i}#1", f'echo "item {i} on $CUDA_VISIBLE_DEVICES"; exit $(({i} % 5 == 4))',
+                   array_group="m", gpu_count=1, gpus=(i % 4,)) for i in range(20)]
+    hs = ex.submit_many(las)
+    assert ex.command_counts["sbatch"] == 1
+    assert len({h.data["job_id"] for h in hs}) == 1
+    assert [h.external_id for h in hs] == [f"{hs[0].data['job_id']}_{i}" for i in range(20)]
+    before = dict(ex.command_counts)
+    ex.poll(hs)
+    assert ex.command_counts["squeue"] - before.get("squeue", 0) == 1
+    assert ex.command_counts["sacct"] - before.get("sacct", 0) <= 1
+    res = _wait(ex, hs)
+    assert [res[f"m{i}#1"].phase for i in range(20)] == ["failed" if i % 5 == 4 else "succeeded" for i in range(20)]
+    assert res["m4#1"].exit_code == 1
+    for i, la in enumerate(las):
+        assert f"item {i} on " in Path(la.log_path).read_text()
+    assert ex.command_counts["sbatch"] == 1
+
+
+def test_submit_many_groups_by_array_and_resources(ex, tmp_path):
+    las = [_launch(tmp_path, f"g{i}#1", "true", array_group="g", cpus=1 + (i % 2)) for i in range(4)]
+    las.append(_launch(tmp_path, "solo#1", "true"))
+    hs = ex.submit_many(las)
+    assert ex.command_counts["sbatch"] == 3  # cpus=1 array, cpus=2 array, solo
+    assert [h.key for h in hs] == [la.key for la in las]
+    assert all(s.phase == "succeeded" for s in _wait(ex, hs).values())
+
+
+def test_cancel_stops_a_running_job(ex, tmp_path):
+    marker = tmp_path / "finished"
+    h = ex.submit(_launch(tmp_path, "long#1", f"echo started; sleep 60; touch {marker}"))
+    deadline = time.time() + 60
+    while not (Path(h.data["log_path"]).exists() and "started" in Path(h.data["log_path"]).read_text()):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    t0 = time.time()
+    ex.cancel([h], grace_s=5.0)
+    assert time.time() - t0 < 20
+    st = _wait(ex, [h], timeout_s=30)[h.key]
+    assert st.phase == "failed" and st.reason == "cancelled"
+    time.sleep(1)
+    assert not marker.exists()
+
+
+def test_adopt_after_controller_restart(ex, tmp_path):
+    hs = ex.submit_many([_launch(tmp_path, f"ad{i}#1", f"sleep 2; exit {i + 3}", array_group="ad") for i in range(2)])
+    hs.append(ex.submit(_launch(tmp_path, "ad_single#1", "sleep 2")))
+    saved = json.loads(json.dumps([h.to_json() for h in hs]))
+    fresh = SlurmExecutor(tmp_path / "state", gpu_memory_bytes=16 * GiB)  # a new controller
+    again = [Handle.from_json(d) for d in saved]
+    assert all(fresh.adopt(h) for h in again)
+    res = _wait(fresh, again)
+    assert (res["ad0#1"].exit_code, res["ad1#1"].exit_code, res["ad_single#1"].phase) == (3, 4, "succeeded")
+    assert fresh.adopt(Handle("nope#1", "slurm", "999999999", {"job_id": "999999999"})) is False
+
+
+def test_adopt_a_killed_job_without_rc_file(ex, tmp_path):
+    """A job that ended without its rc file (cancelled) is still found, through squeue then sacct -c."""
+    h = ex.submit(_launch(tmp_path, "gone#1", "sleep 60"))
+    ex.cancel([h], grace_s=5)
+    fresh = SlurmExecutor(tmp_path / "state", gpu_memory_bytes=16 * GiB)
+    assert fresh.adopt(Handle.from_json(h.to_json()))
+    assert fresh.poll([h])[h.key].reason == "cancelled"
+
+
+def test_memory_shared_gpu_group_is_one_job(ex, tmp_path):
+    las = [_launch(tmp_path, f"sh{i}#1", f'echo "start $(date +%s.%N) $CUDA_VISIBLE_DEVICES"; sleep 3; exit {i}',
+                   gpu_count=1, gpus=(0,), gpu_memory_bytes=4 * GiB, gpu_fraction=0.25) for i in range(3)]
+    las.append(_launch(tmp_path, "victim#1", "sleep 60; echo not stopped", gpu_count=1, gpus=(0,),
+                       gpu_memory_bytes=4 * GiB, gpu_fraction=0.25))
+    hs = ex.submit_many(las)
+    assert ex.command_counts["sbatch"] == 1 and len({h.external_id for h in hs}) == 1
+    deadline = time.time() + 60
+    while not Path(las[3].log_path).exists():
+        assert time.time() < deadline
+        time.sleep(0.2)
+    ex.cancel([hs[3]], grace_s=5)  # one member only: the others go on
+    res = _wait(ex, hs[:3])
+    assert [res[f"sh{i}#1"].exit_code for i in range(3)] == [0, 1, 2]
+    victim = ex.poll([hs[3]])[hs[3].key]
+    assert victim.phase == "failed" and victim.exit_code == 128 + 15
+    starts = [float(Path(la.log_path).read_text().split()[1]) for la in las[:3]]
+    assert max(starts) - min(starts) < 2.0  # side by side
+    devices = {Path(la.log_path).read_text().split()[2] for la in las[:3]}
+    assert len(devices) == 1  # one GPU for the group
+    assert "not stopped" not in Path(las[3].log_path).read_text()
+
+
+def test_capacity_from_the_cluster(ex):
+    m = ex.capacity()
+    assert len(m.gpus) == 4 and all(g.memory_bytes == 16 * GiB for g in m.gpus)
+    assert m.cpus == 8 and m.memory_bytes > GiB and m.source.startswith("slurm:")
+
+
+@pytest.mark.slow
+def test_slurm_time_limit_reports_timeout(ex, tmp_path):
+    """SLURM's own limit (whole minutes) as a safety net: TIMEOUT -> failed 'timeout'."""
+    h = ex.submit(_launch(tmp_path, "slow#1", "sleep 600", timeout_s=5))
+    st = _wait(ex, [h], timeout_s=200)[h.key]
+    assert st.phase == "failed" and st.reason == "timeout"
