@@ -153,17 +153,21 @@ def test_downsample_keeps_peaks_and_bounds_points() -> None:
            for t in range(10_000)]  # fmt: skip
     t, util, mem = downsample(pts, most=500)
     assert len(t) == len(util) == len(mem) <= 500
-    assert t[0] == 0.0 and max(mem) == 40 * GB  # the one-sample spike survives
-    assert 45 < sum(util) / len(util) < 55
+    assert t[0] == 0.0 and max(m or 0.0 for m in mem) == 40 * GB  # the one-sample spike survives
+    assert 45 < sum(u or 0.0 for u in util) / len(util) < 55
     small = pts[:10]
     assert downsample(small, most=500)[0] == [s.t_s for s in small]
+    gaps = [GpuSample(0.0, 0, None, None, None), GpuSample(1.0, 0, 50.0, GB, None)]
+    assert downsample(gaps, most=1) == ([0.0], [50.0], [float(GB)])
+    assert downsample(gaps) == ([0.0, 1.0], [None, 50.0], [None, float(GB)])
 
 
 def test_launching_is_a_state_and_plan_lanes_show_in_html() -> None:
     from rota.report.html import render_html
 
     row = TaskRow("warm", "launching", start_s=T0 + 5, gpus=(0,))
-    data = ReportData("r", "s.yaml", (GpuInfo(0, "T4", 16 * GB),), 4, (row,), (), T0, None)
+    nvml_gaps = (GpuSample(T0, 0, None, None, None), GpuSample(T0 + 5, 0, 30.0, GB, None))
+    data = ReportData("r", "s.yaml", (GpuInfo(0, "T4", 16 * GB),), 4, (row,), nvml_gaps, T0, None)
     assert "(still running)" in "\n".join(v for _, v in header_lines(data))
     text = render_html(data, [], plan=[("gpu0", [("warm", 0.0, 60.0)])])
     assert "Plan (simulated)" in text and "launching" in text

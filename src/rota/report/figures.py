@@ -9,6 +9,7 @@ before plotly sees it (plotly renders tags such as ``<b>`` in labels).
 from __future__ import annotations
 
 import html
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -125,10 +126,13 @@ def gpu_figure(data: ReportData) -> Any:
         color = _GPU_COLORS[k % len(_GPU_COLORS)]
         common = {"x": x, "mode": "lines", "legendgroup": f"gpu{g}", "line": {"color": color}}
         fig.add_trace(go.Scatter(y=util, name=f"gpu{g}", **common), 1, 1)
-        gb = [m / 2**30 for m in mem]
+        gb = [m / 2**30 if m is not None else None for m in mem]
         fig.add_trace(go.Scatter(y=gb, name=f"gpu{g}", showlegend=False, **common), 2, 1)
-    total = max(s.memory_total_bytes for s in data.gpu_samples) / 2**30
-    fig.add_hline(y=total, line_dash="dash", line_color="#999", row=2, col=1)
+    totals = [s.memory_total_bytes for s in data.gpu_samples if s.memory_total_bytes]
+    peak = max((m for m in (s.memory_used_bytes for s in data.gpu_samples) if m), default=2**30)
+    total = max(totals) / 2**30 if totals else peak / 2**30
+    if totals:  # the capacity line
+        fig.add_hline(y=total, line_dash="dash", line_color="#999", row=2, col=1)
     fig.update_layout(height=520, margin={"l": 60, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
     fig.update_yaxes(range=[0, 105], row=1, col=1, gridcolor="#eee")
     fig.update_yaxes(range=[0, total * 1.05], row=2, col=1, gridcolor="#eee")
@@ -138,23 +142,22 @@ def gpu_figure(data: ReportData) -> Any:
 
 def downsample(
     samples: Sequence[GpuSample], most: int = MAX_POINTS_PER_GPU
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float | None], list[float | None]]:
     """``(times, util_pct, memory_used_bytes)`` of time-sorted samples of one GPU,
     at most ``most`` points: consecutive buckets keep their first time, mean
-    utilisation and *peak* memory (so a short OOM-ish spike stays visible)."""
-    if len(samples) <= most:
-        return (
-            [s.t_s for s in samples],
-            [s.util_pct for s in samples],
-            [float(s.memory_used_bytes) for s in samples],
-        )
-    size = -(-len(samples) // most)
-    t, util, mem = [], [], []
+    utilisation and *peak* memory (so a short spike stays visible). Missing
+    readings are skipped; a bucket without any reading gives ``None`` (a gap)."""
+    size = max(1, -(-len(samples) // most))
+    t: list[float] = []
+    util: list[float | None] = []
+    mem: list[float | None] = []
     for i in range(0, len(samples), size):
         chunk = samples[i : i + size]
+        utils = [s.util_pct for s in chunk if s.util_pct is not None and math.isfinite(s.util_pct)]
+        mems = [s.memory_used_bytes for s in chunk if s.memory_used_bytes is not None]
         t.append(chunk[0].t_s)
-        util.append(statistics.fmean(s.util_pct for s in chunk))
-        mem.append(float(max(s.memory_used_bytes for s in chunk)))
+        util.append(statistics.fmean(utils) if utils else None)
+        mem.append(float(max(mems)) if mems else None)
     return t, util, mem
 
 

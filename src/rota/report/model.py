@@ -112,13 +112,16 @@ class TaskRow:
 
 @dataclass(frozen=True)
 class GpuSample:
-    """One utilisation/memory reading of one GPU at epoch time ``t_s``."""
+    """One utilisation/memory reading of one GPU at epoch time ``t_s``.
+
+    A reading NVML could not give is ``None`` (charts show a gap there).
+    """
 
     t_s: float
     gpu: int
-    util_pct: float
-    memory_used_bytes: int
-    memory_total_bytes: int
+    util_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
 
 
 @dataclass(frozen=True)

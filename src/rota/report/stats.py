@@ -303,6 +303,8 @@ def run_summary(data: ReportData) -> RunSummary:
                 per_gpu.setdefault(g, []).append((t.start_s, end))
         used = sum(_union_length(v) for v in per_gpu.values())
         busy = 100.0 * used / (wall * len(per_gpu))
-    samples = [s.util_pct for s in data.gpu_samples if math.isfinite(s.util_pct)]
+    samples = [
+        s.util_pct for s in data.gpu_samples if s.util_pct is not None and math.isfinite(s.util_pct)
+    ]
     util = statistics.fmean(samples) if samples else None
     return RunSummary(wall, data.state_counts(), busy, util, len(data.tasks))
