@@ -1,0 +1,124 @@
+"""``rota plan``: simulate a spec before running it; compare machines.
+
+Registered by :mod:`rota.cli.main` through :func:`register`. Bad input (spec,
+flags, unknown ``--machine``, a ``--gantt`` file that is neither .html nor
+.png) exits 2 with one line; nothing is run and nothing is written except the
+``--gantt`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rota.errors import UsageError
+
+GANTT_SUFFIXES = (".html", ".htm", ".png")
+
+
+def _gantt_paths(path: str, names: list[str]) -> list[Path]:
+    """One file per machine: ``plan.html`` for one, ``plan-t4.html``, ``plan-l4.html`` for several."""
+    p = Path(path)
+    if p.suffix.lower() not in GANTT_SUFFIXES:
+        raise UsageError(f"--gantt {path}: expected a file ending in .html or .png")
+    if len(names) == 1:
+        return [p]
+    safe = ["".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in n) for n in names]
+    return [p.with_name(f"{p.stem}-{s}{p.suffix}") for s in safe]
+
+
+def _duration(value: str | None) -> float:
+    from rota.plan.estimates import DEFAULT_DURATION_S
+    from rota.spec.units import parse_duration
+
+    if value is None:
+        return DEFAULT_DURATION_S
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise UsageError(f"--default-estimate {value}: {e}") from None
+    if seconds <= 0:
+        raise UsageError(f"--default-estimate {value}: expected a positive duration such as 60s or 5m")
+    return seconds
+
+
+def plan_command(
+    spec: str, gpus: str | None, cpus: int | None, memory: str | None, machines: tuple[str, ...],
+    as_json: bool, gantt: str | None, use_history: bool, state_dir: str | None, default_estimate: str | None,
+    width: int | None,
+) -> None:
+    """Simulate SPEC on a virtual clock with rota's scheduling policy (nothing runs)."""
+    from rich.console import Console
+
+    from rota.machine import detect_machine
+    from rota.plan import render
+    from rota.plan.compare import machine_options, plan, plan_json
+    from rota.plan.estimates import load_history, resolve_durations
+    from rota.spec.load import load_spec
+
+    default_s = _duration(default_estimate)
+    loaded = load_spec(spec)
+    base = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    options = machine_options(list(machines), loaded.file.machines, base)
+    paths = _gantt_paths(gantt, [o.name for o in options]) if gantt else []
+    sd = Path(state_dir) if state_dir else Path(loaded.root) / ".rota"
+    wanted = [t.command for t in loaded.tasks if use_history or t.estimate_s is None]
+    history = load_history(sd, wanted) if wanted else {}
+    durations = resolve_durations(loaded.tasks, history, use_history=use_history, default_s=default_s)
+    plans = [plan(loaded.tasks, o, durations) for o in options]
+    for p, path in zip(plans, paths, strict=False):
+        from rota.report.html import render_gantt_file
+
+        render_gantt_file(render.lanes(p), path, title=f"rota plan: {Path(loaded.path).name} on {p.option.name}")
+    if as_json:
+        click.echo(json.dumps(plan_json(loaded.path, plans, durations), indent=2))
+        return
+    w = width or min(shutil.get_terminal_size((100, 24)).columns, 140)
+    if len(plans) > 1:
+        Console(width=max(w, 150), highlight=False).print(render.comparison_table(plans))
+    for p in plans:
+        click.echo("")
+        click.echo(render.summary(p))
+        click.echo("")
+        click.echo(render.gantt(p, width=w))
+    click.echo("")
+    click.echo(render.estimates_line(durations))
+    for path in paths:
+        click.echo(f"Gantt chart written to {path}")
+    sys.stdout.flush()
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``plan`` command to ``cli``."""
+    from rota.cli.main import CONTEXT, machine_options
+
+    @cli.command("plan", context_settings=CONTEXT)
+    @click.argument("spec", type=click.Path(dir_okay=False))
+    @machine_options
+    @click.option("--machine", "machines", multiple=True, metavar="NAME",
+                  help="A machine from the spec's 'machines:' section; repeat to compare side by side.")
+    @click.option("--json", "as_json", is_flag=True, help="The documented JSON object (see rota.plan.compare).")
+    @click.option("--gantt", type=click.Path(dir_okay=False), metavar="FILE.html|FILE.png",
+                  help="Write the Gantt chart (one file per machine, named FILE-<machine>, when comparing).")
+    @click.option("--use-history", is_flag=True,
+                  help="Prefer durations of past runs (same command) over the spec's estimates.")
+    @click.option("--state-dir", type=click.Path(file_okay=False),
+                  help="Where past runs are recorded (default: .rota beside SPEC).")
+    @click.option("--default-estimate", metavar="DURATION",
+                  help="Duration assumed for tasks with no estimate and no history (default 60s).")
+    @click.option("--width", type=click.IntRange(30, 400), help="Width of the text Gantt chart.")
+    def plan(spec: str, gpus: str | None, cpus: int | None, memory: str | None, machines: tuple[str, ...],
+             as_json: bool, gantt: str | None, use_history: bool, state_dir: str | None,
+             default_estimate: str | None, width: int | None) -> Any:
+        """Simulate SPEC on a virtual clock with rota's scheduling policy (nothing runs).
+
+        Prints the makespan, sequential time, lower bound, speedup, utilisation,
+        critical path, cost and a Gantt chart; compares machines with --machine.
+        """
+        plan_command(spec, gpus, cpus, memory, machines, as_json, gantt, use_history, state_dir,
+                     default_estimate, width)

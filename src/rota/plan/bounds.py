@@ -1,0 +1,189 @@
+"""Figures around a simulated schedule: sequential time, lower bound, utilisation, cost.
+
+Pure functions over :class:`~rota.plan.simulate.Schedule` and durations.
+
+Lower bound on any schedule's makespan (no schedule on this machine can be
+shorter) = the largest of:
+
+- ``critical_path_s``: the longest chain of ``needs`` by duration;
+- ``gpu_s``: GPU work / number of GPUs, where a task's GPU work is
+  ``gpus x duration x share`` and ``share`` is the fraction of a GPU it books
+  (1 for a whole GPU; ``gpu_memory / memory`` of the largest GPU it may use,
+  since packing can never do better than that);
+- ``cpu_s``: sum of ``cpus x duration`` / CPUs;
+- ``memory_s``: sum of ``memory x duration`` / RAM.
+
+Only tasks that ran in the schedule count (unschedulable ones are reported
+elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rota.core.resources import Machine, Request
+from rota.plan.simulate import Schedule, Slot
+
+
+@dataclass(frozen=True)
+class LowerBound:
+    critical_path_s: float
+    gpu_s: float
+    cpu_s: float
+    memory_s: float
+
+    @property
+    def value_s(self) -> float:
+        return max(self.critical_path_s, self.gpu_s, self.cpu_s, self.memory_s)
+
+    @property
+    def binding(self) -> str:
+        """Which part sets the bound: ``critical path``, ``GPUs``, ``CPUs`` or ``RAM``."""
+        parts = {"critical path": self.critical_path_s, "GPUs": self.gpu_s, "CPUs": self.cpu_s, "RAM": self.memory_s}
+        return max(parts, key=lambda k: parts[k])
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """Fractions of ``capacity x makespan`` in ``[0, 1]``.
+
+    ``gpu_busy[i]``: time GPU ``i`` had at least one task; ``gpu_memory[i]``:
+    time-averaged booked memory of GPU ``i``; ``gpus``: mean of ``gpu_busy``;
+    ``cpus``/``memory``: time-averaged booked CPUs / RAM.
+    """
+
+    gpu_busy: Mapping[int, float]
+    gpu_memory: Mapping[int, float]
+    gpus: float
+    cpus: float
+    memory: float
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Prices in dollars; all default to 0 (then cost is 0)."""
+
+    per_gpu_hour: float = 0.0
+    per_cpu_hour: float = 0.0
+    per_hour: float = 0.0  # whole machine, paid for the makespan
+
+
+@dataclass(frozen=True)
+class Cost:
+    """``total_usd = gpu_hours x per_gpu_hour + cpu_hours x per_cpu_hour + machine_hours x per_hour``.
+
+    ``gpu_hours``: booked GPU time, each task ``gpus x duration x share`` (a task
+    booking 20GB of an 80GB GPU for 1 h counts 0.25 GPU-h, so packing is not
+    counted twice); ``cpu_hours``: ``cpus x duration`` summed; ``machine_hours``:
+    the makespan (whole-machine pricing).
+    """
+
+    gpu_hours: float
+    cpu_hours: float
+    machine_hours: float
+    gpu_usd: float
+    cpu_usd: float
+    machine_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.gpu_usd + self.cpu_usd + self.machine_usd
+
+
+def sequential_s(durations_s: Mapping[str, float], names: Sequence[str]) -> float:
+    """Time to run ``names`` one at a time."""
+    return float(sum(durations_s[n] for n in names))
+
+
+def gpu_share(req: Request, machine: Machine) -> float:
+    """Least fraction of one GPU the request can book on ``machine`` (1 for a whole GPU)."""
+    if req.gpus == 0 or req.gpu_memory_bytes is None:
+        return 1.0 if req.gpus else 0.0
+    pool = [g.memory_bytes for g in machine.gpus if req.devices is None or g.index in req.devices]
+    largest = max(pool, default=0)
+    return min(1.0, req.gpu_memory_bytes / largest) if largest else 1.0
+
+
+def _slot_share(s: Slot, machine: Machine) -> float:
+    if not s.gpus:
+        return 0.0
+    return sum(b / machine.gpu(i).memory_bytes for i, b in zip(s.gpus, s.gpu_bytes, strict=True))
+
+
+def lower_bound(
+    schedule: Schedule, requests: Mapping[str, Request], critical_path_s: float
+) -> LowerBound:
+    """The lower bound above for the tasks in ``schedule`` (``requests`` by task name)."""
+    m = schedule.machine
+    gpu_work = cpu_work = mem_work = 0.0
+    for s in schedule.slots:
+        req = requests[s.name]
+        d = s.duration_s
+        gpu_work += req.gpus * d * gpu_share(req, m)
+        cpu_work += s.cpus * d
+        mem_work += s.memory_bytes * d
+    return LowerBound(
+        critical_path_s=critical_path_s,
+        gpu_s=gpu_work / len(m.gpus) if m.gpus else 0.0,
+        cpu_s=cpu_work / m.cpus if m.cpus else 0.0,
+        memory_s=mem_work / m.memory_bytes if m.memory_bytes else 0.0,
+    )
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in sorted(intervals):
+        if cur_b is None or a > cur_b:
+            if cur_b is not None and cur_a is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total
+
+
+def utilization(schedule: Schedule) -> Utilization:
+    """Utilisation of each resource over the schedule's makespan (0 when it is 0)."""
+    m = schedule.machine
+    span = schedule.makespan_s
+    busy: dict[int, list[tuple[float, float]]] = {g.index: [] for g in m.gpus}
+    mem_time: dict[int, float] = {g.index: 0.0 for g in m.gpus}
+    cpu_time = ram_time = 0.0
+    for s in schedule.slots:
+        d = s.duration_s
+        for i, b in zip(s.gpus, s.gpu_bytes, strict=True):
+            busy[i].append((s.start_s, s.end_s))
+            mem_time[i] += b * d
+        cpu_time += s.cpus * d
+        ram_time += s.memory_bytes * d
+    if span <= 0:
+        zero = {g.index: 0.0 for g in m.gpus}
+        return Utilization(zero, dict(zero), 0.0, 0.0, 0.0)
+    gpu_busy = {i: _union_length(v) / span for i, v in busy.items()}
+    gpu_mem = {g.index: mem_time[g.index] / (g.memory_bytes * span) for g in m.gpus}
+    return Utilization(
+        gpu_busy=gpu_busy,
+        gpu_memory=gpu_mem,
+        gpus=sum(gpu_busy.values()) / len(gpu_busy) if gpu_busy else 0.0,
+        cpus=cpu_time / (m.cpus * span) if m.cpus else 0.0,
+        memory=ram_time / (m.memory_bytes * span) if m.memory_bytes else 0.0,
+    )
+
+
+def cost(schedule: Schedule, prices: Prices) -> Cost:
+    """What the schedule costs at ``prices`` (see :class:`Cost`)."""
+    m = schedule.machine
+    gpu_h = sum(_slot_share(s, m) * s.duration_s for s in schedule.slots) / 3600.0
+    cpu_h = sum(s.cpus * s.duration_s for s in schedule.slots) / 3600.0
+    mach_h = schedule.makespan_s / 3600.0
+    return Cost(
+        gpu_hours=gpu_h,
+        cpu_hours=cpu_h,
+        machine_hours=mach_h,
+        gpu_usd=gpu_h * prices.per_gpu_hour,
+        cpu_usd=cpu_h * prices.per_cpu_hour,
+        machine_usd=mach_h * prices.per_hour,
+    )

@@ -1,0 +1,313 @@
+"""Simulate a run on a virtual clock with the policy ``rota run`` uses.
+
+Pure: no processes, no sleeping, no I/O. :func:`simulate` replays the engine's
+loop (``rota.engine.loop.Engine._launch``) event by event:
+
+- at time 0 and after every batch of task ends, the ready tasks are offered to
+  :func:`rota.core.policy.schedule` as :class:`Candidate` records (priority,
+  longest remaining critical path, estimate, file order) together with the
+  running tasks as :class:`Running` records whose ``remaining_s`` is
+  ``max(end - now, 1.0)``, exactly as the engine's ``_remaining`` computes it;
+- every placement it returns starts at once and ends ``duration`` later.
+
+Differences from a real run, by design: tasks take exactly their duration; the
+figures the policy sees (estimates, ranks) are the *durations given here*
+(estimate, history or default, scaled by the machine's speed), where the
+engine sees the spec's ``estimate`` (default 60 s for ranks); the policy is
+called only at event times, which is equivalent because between events nothing
+the policy looks at changes except ``remaining_s``, and shrinking it only
+shrinks the backfill window.
+
+Scaling: the engine hands the policy every ready task each round. Here the
+ready tasks are kept sorted incrementally (a sorted front list over a heap)
+and the policy gets only a *prefix* of them with ``presorted=True``. The
+prefix is grown (x4) until no request class left outside it fits the ledger
+that remains after the prefix's placements; since the policy places a task
+only where it fits and the ledger only shrinks within one call, the tasks
+left out could not have been placed, so the placements are exactly those of
+the full call (``tests/unit/test_plan_simulate.py`` checks this against a
+reference that passes the full list).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rota.core.policy import Candidate, Running, schedule, sort_key
+from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
+from rota.spec.model import Task
+
+REMAINING_FLOOR_S = 1.0  # the engine's floor on a running task's remaining estimate
+
+PolicyFn = Callable[..., list[Placement]]
+KeyFn = Callable[[Candidate], tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One task's simulated run: when, and what it booked."""
+
+    name: str
+    start_s: float
+    end_s: float
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: tuple[int, ...] = ()
+    cpus: int = 1
+    memory_bytes: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A simulated run.
+
+    ``slots`` holds every task that ran, in start order (ties: file order).
+    ``unschedulable`` are ``(task, reason)`` pairs for tasks whose request can
+    never fit the machine; ``blocked`` are ``(task, need)`` pairs for tasks that
+    (transitively) need one of those. ``makespan_s`` covers the slots only.
+    """
+
+    machine: Machine
+    slots: tuple[Slot, ...]
+    makespan_s: float
+    unschedulable: tuple[tuple[str, str], ...] = ()
+    blocked: tuple[tuple[str, str], ...] = ()
+    policy_calls: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.unschedulable and not self.blocked
+
+
+def scaled_durations(
+    tasks: Sequence[Task], durations_s: Mapping[str, float], gpu_speed: float = 1.0, cpu_speed: float = 1.0
+) -> dict[str, float]:
+    """Durations on a machine whose GPUs run ``gpu_speed`` times (CPUs ``cpu_speed`` times)
+    as fast as the reference the figures were measured on. GPU tasks scale by
+    ``gpu_speed``, CPU-only tasks by ``cpu_speed``."""
+    if gpu_speed <= 0 or cpu_speed <= 0:
+        raise ValueError("speed factors must be positive")
+    return {
+        t.name: durations_s[t.name] / (gpu_speed if t.request.gpus else cpu_speed) for t in tasks
+    }
+
+
+def remaining_ranks_s(tasks: Sequence[Task], durations_s: Mapping[str, float]) -> list[float]:
+    """Longest path (by ``durations_s``) from the start of each task to the end of the DAG,
+    by task index. Tasks must be acyclic with resolved ``needs``. O(tasks + edges)."""
+    index = {t.name: i for i, t in enumerate(tasks)}
+    n = len(tasks)
+    users: list[list[int]] = [[] for _ in range(n)]
+    outdeg = [0] * n
+    for i, t in enumerate(tasks):
+        for need in t.needs:
+            users[index[need]].append(i)
+    for i in range(n):
+        outdeg[i] = len(users[i])
+    needs_idx = [[index[x] for x in t.needs] for t in tasks]
+    rank = [0.0] * n
+    stack = [i for i in range(n) if outdeg[i] == 0]
+    left = list(outdeg)
+    while stack:
+        i = stack.pop()
+        rank[i] = durations_s[tasks[i].name] + max((rank[u] for u in users[i]), default=0.0)
+        for j in needs_idx[i]:
+            left[j] -= 1
+            if left[j] == 0:
+                stack.append(j)
+    return rank
+
+
+class _Ready:
+    """Ready tasks in policy order: a sorted front list over a heap.
+
+    Items are positions in the global policy order (ints compare fast).
+    Invariant: every item of ``front`` sorts before every item of ``back``.
+    """
+
+    _SPILL = 256
+
+    def __init__(self) -> None:
+        self.front: list[int] = []
+        self.back: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.front) + len(self.back)
+
+    def add(self, item: int) -> None:
+        if self.front and item < self.front[-1]:
+            insort(self.front, item)
+        else:
+            heapq.heappush(self.back, item)
+
+    def prefix(self, k: int) -> list[int]:
+        while len(self.front) < k and self.back:
+            self.front.append(heapq.heappop(self.back))
+        return self.front[:k]
+
+    def remove(self, done: set[int]) -> None:
+        self.front = [x for x in self.front if x not in done]
+        if len(self.front) > self._SPILL * 2:
+            for x in self.front[self._SPILL:]:
+                heapq.heappush(self.back, x)
+            del self.front[self._SPILL:]
+
+
+def _fits_any(ledger: Ledger, counts: Sequence[int], reqs: Sequence[Request]) -> bool:
+    return any(n > 0 and ledger.fit("?", reqs[c]) is not None for c, n in enumerate(counts))
+
+
+def simulate(
+    tasks: Sequence[Task],
+    machine: Machine,
+    durations_s: Mapping[str, float],
+    *,
+    gpu_speed: float = 1.0,
+    cpu_speed: float = 1.0,
+    policy: PolicyFn = schedule,
+    key: KeyFn = sort_key,
+) -> Schedule:
+    """Simulate running ``tasks`` (resolved, acyclic, file order) on ``machine``.
+
+    ``durations_s`` gives every task's duration on the reference machine
+    (speed 1); GPU tasks are divided by ``gpu_speed``, CPU-only ones by
+    ``cpu_speed``. ``policy``/``key`` default to rota's policy and its order
+    (benchmarks pass others); ``policy`` must place a task only where it fits
+    the free ledger and must accept ``presorted=True``.
+
+    Guarantees: never oversubscribes (the policy's contract); a task starts no
+    earlier than the end of each of its ``needs``; every task that can fit the
+    machine and does not need an unschedulable one gets a slot.
+    """
+    dur = scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
+    n = len(tasks)
+    index = {t.name: i for i, t in enumerate(tasks)}
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(tasks):
+        for need in t.needs:
+            users[index[need]].append(i)
+
+    class_of: dict[Request, int] = {}
+    cls = [class_of.setdefault(t.request, len(class_of)) for t in tasks]
+    reqs = list(class_of)
+    why_not = [fits_machine(r, machine) for r in reqs]
+    unschedulable: list[tuple[str, str]] = []
+    dead = [False] * n
+    for i, t in enumerate(tasks):
+        why = why_not[cls[i]]
+        if why is not None:
+            unschedulable.append((t.name, why))
+            dead[i] = True
+    blocked: list[tuple[str, str]] = []
+    if unschedulable:
+        stack = [index[name] for name, _ in unschedulable]
+        while stack:
+            i = stack.pop()
+            for u in users[i]:
+                if not dead[u]:
+                    dead[u] = True
+                    blocked.append((tasks[u].name, tasks[i].name))
+                    stack.append(u)
+
+    ranks = remaining_ranks_s(tasks, dur)
+    cands = [
+        Candidate(t.name, t.request, t.priority, ranks[i], dur[t.name], i) for i, t in enumerate(tasks)
+    ]
+    by_pos = sorted(range(n), key=lambda i: key(cands[i]))  # keys are static: sort once
+    pos = [0] * n
+    for p_, i in enumerate(by_pos):
+        pos[i] = p_
+    unmet = [len(t.needs) for t in tasks]
+    ready = _Ready()
+    classes = [0] * len(reqs)  # ready tasks per request class
+    for i in range(n):
+        if not dead[i] and unmet[i] == 0:
+            ready.add(pos[i])
+            classes[cls[i]] += 1
+
+    running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
+    ends: list[tuple[float, int]] = []
+    slots: list[Slot] = []
+    now = 0.0
+    calls = 0
+    freed = 1
+    while True:
+        placed, c = _decide(ready, classes, reqs, cls, by_pos, machine, running, now, cands, policy, freed)
+        calls += c
+        if placed:
+            done = set()
+            for p in placed:
+                i = index[p.task]
+                done.add(pos[i])
+                classes[cls[i]] -= 1
+                end = now + dur[p.task]
+                running[i] = (p, end)
+                heapq.heappush(ends, (end, i))
+                slots.append(Slot(p.task, now, end, p.gpus, p.gpu_bytes, p.cpus, p.memory_bytes))
+            ready.remove(done)
+        if not ends:
+            break
+        now = ends[0][0]
+        freed = 0
+        while ends and ends[0][0] <= now:
+            _, i = heapq.heappop(ends)
+            freed += 1
+            del running[i]
+            for u in users[i]:
+                unmet[u] -= 1
+                if unmet[u] == 0 and not dead[u]:
+                    ready.add(pos[u])
+                    classes[cls[u]] += 1
+    if len(ready):
+        # Cannot happen with a policy that keeps its contract: everything left fits an idle machine.
+        stuck = [tasks[by_pos[x]].name for x in ready.prefix(len(ready))]
+        raise RuntimeError(f"simulation stalled with {len(stuck)} ready tasks, e.g. {stuck[:3]}")
+    makespan = max((s.end_s for s in slots), default=0.0)
+    return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls)
+
+
+def _decide(
+    ready: _Ready,
+    classes: Sequence[int],
+    reqs: Sequence[Request],
+    cls: Sequence[int],
+    by_pos: Sequence[int],
+    machine: Machine,
+    running: Mapping[int, tuple[Placement, float]],
+    now: float,
+    cands: Sequence[Candidate],
+    policy: PolicyFn,
+    first_k: int,
+) -> tuple[list[Placement], int]:
+    """The placements the policy makes now for *all* ready tasks, and how many calls it took."""
+    if not len(ready):
+        return [], 0
+    busy = [p for p, _ in running.values()]
+    free = Ledger.for_machine(machine, busy)
+    if not _fits_any(free, classes, reqs):
+        return [], 0
+    run = [Running(p, max(end - now, REMAINING_FLOOR_S)) for p, end in running.values()]
+    k = max(first_k, 1)
+    calls = 0
+    while True:
+        prefix = ready.prefix(k)
+        calls += 1
+        placed = policy([cands[by_pos[x]] for x in prefix], machine, run, presorted=True)
+        if len(prefix) >= len(ready):
+            return placed, calls
+        left = free.copy()
+        for p in placed:
+            left.book(p)
+        tail = list(classes)
+        for x in prefix:
+            tail[cls[by_pos[x]]] -= 1
+        if not _fits_any(left, tail, reqs):
+            return placed, calls
+        k = max(k * 4, 4)
+
