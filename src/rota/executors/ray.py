@@ -21,14 +21,20 @@ Contract (see :mod:`rota.executors.base`), as Ray does it:
   (asked from the supervisor), then SIGKILL; tasks still there after the grace
   get ``ray.cancel(ref, force=True)``.
 - ``adopt``: task refs die with their owner, so the owner is not the driver but
-  a detached named actor (``rota-supervisor-v1`` in namespace ``rota``, pinned
-  to the head node, 0 CPUs). A new controller finds it with ``ray.get_actor``
-  and asks for the attempt by id (``Handle.external_id``); results are kept by
-  the supervisor and in ``<log>.rc``.
+  a detached named actor, one per controller (``rota-supervisor-<uuid>`` in
+  namespace ``rota``, pinned to the head node, 0 CPUs; its name is in every
+  handle). A new controller finds it with ``ray.get_actor`` and asks for the
+  attempt by id (``Handle.external_id``); results are kept by the supervisor
+  and in ``<log>.rc``. A supervisor ends itself once none of its tasks runs
+  and nobody has called it for ``supervisor_idle_s`` (its controller calls it
+  every second while alive); later adoption reads the rc files.
 
-Why one supervisor rather than one detached actor per attempt: an actor is a
+Why a supervisor rather than one detached actor per attempt: an actor is a
 dedicated worker process (seconds to start, ~100 MB), tasks reuse pooled
-workers; 1,000 short tasks would cost 1,000 process starts.
+workers; 1,000 short tasks would cost 1,000 process starts. Why one per
+controller rather than one for the cluster: Ray pools workers per job, and
+the tasks a detached actor submits belong to the job that created it; once
+that driver is gone every task would start a fresh worker process.
 
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ
@@ -38,6 +44,7 @@ running); ``ray stop`` forgets every attempt (they are reported ``lost``).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -64,8 +71,8 @@ except ImportError:  # pragma: no cover - exercised where ray is absent
     rex = None
 
 NAME = "ray"
-SUPERVISOR = "rota-supervisor-v1"
-DEFAULT_GPU_MEMORY = 80 * 10**9  # per GPU when the constructor is not told (Ray knows counts, not sizes)
+SUPERVISOR_PREFIX = "rota-supervisor-"
+DEFAULT_GPU_MEMORY = 80 * 2**30  # "80GB" as rota reads sizes; per GPU (Ray knows GPU counts, not sizes)
 DEFAULT_GRACE_S = 10.0
 KEEP_RESULTS_S = 7 * 24 * 3600.0
 
@@ -211,18 +218,36 @@ class Supervisor:
     ``poll`` and ``submit`` go on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_exit_s: float = 1800.0) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._seq = 0
         self._recs: dict[str, dict[str, Any]] = {}
+        self._last_call = time.time()
+        self._idle_exit_s = idle_exit_s
+        threading.Thread(target=self._reaper, name="rota-supervisor-reaper", daemon=True).start()
 
     def ping(self) -> int:
+        self._last_call = time.time()
         return os.getpid()
+
+    def _reaper(self) -> None:
+        """End this actor once no task runs and no controller has called for ``idle_exit_s``."""
+        while True:
+            time.sleep(min(10.0, max(self._idle_exit_s / 4, 0.5)))
+            if time.time() - self._last_call < self._idle_exit_s:
+                continue
+            with self._lock:
+                ids = [t for t, r in self._recs.items() if r["result"] is None]
+            if any(v is not None and v.get("running") for v in self.poll(ids, touch=False).values()):
+                continue
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return
 
     def submit(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Start one task per item; an id already known is not started again."""
         fn = _task_fn()
+        self._last_call = time.time()
         with self._lock:
             self._prune()
             for it in items:
@@ -241,14 +266,23 @@ class Supervisor:
             self._seq += 1
             self._changed.notify_all()
 
+    def nudge(self) -> None:
+        """Wake every ``wait_change`` caller (a controller closing its watcher)."""
+        with self._changed:
+            self._seq += 1
+            self._changed.notify_all()
+
     def wait_change(self, seq: int, timeout_s: float) -> int:
         """Block until an attempt finished after ``seq`` (or the timeout); return the new seq."""
+        self._last_call = time.time()
         with self._changed:
             self._changed.wait_for(lambda: self._seq != seq, timeout=timeout_s)
             return self._seq
 
-    def poll(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    def poll(self, ids: Sequence[str], touch: bool = True) -> dict[str, dict[str, Any] | None]:
         """Outcome per id: None unknown, {"running": True}, or the finished task's result."""
+        if touch:
+            self._last_call = time.time()
         with self._lock:
             recs = {tid: self._recs.get(tid) for tid in ids}
         waiting = {tid: r for tid, r in recs.items() if r is not None and r["result"] is None}
@@ -265,6 +299,7 @@ class Supervisor:
         return out
 
     def known(self, tid: str, key: str) -> bool:
+        self._last_call = time.time()
         with self._lock:
             rec = self._recs.get(tid)
             return rec is not None and rec["key"] == key
@@ -280,6 +315,7 @@ class Supervisor:
 
     def cancel(self, ids: Sequence[str], grace_s: float) -> None:
         """Interrupt each task (it stops its own group within ``grace_s``); force after that."""
+        self._last_call = time.time()
         with self._lock:
             recs = [self._recs[t] for t in ids if t in self._recs and self._recs[t]["result"] is None]
             for r in recs:
@@ -309,24 +345,28 @@ class RayExecutor:
     """Runs attempts on a Ray cluster (``address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``).
 
     ``gpu_memory_bytes`` (int or ``"80GB"``) is each GPU's memory for rota's
-    ledger; Ray reports GPU counts only, so it defaults to 80 GB.
+    ledger; Ray reports GPU counts only, so it defaults to 80 GB. ``waker`` is
+    called from a thread as soon as an attempt ends (default: SIGCHLD to this
+    process, which wakes the engine's loop as a local task's exit does).
     """
 
     name = NAME
 
     def __init__(self, address: str = "auto", gpu_memory_bytes: int | str | None = None, namespace: str = "rota",
-                 supervisor: str = SUPERVISOR, waker: Callable[[], None] | None = _sigchld) -> None:
+                 supervisor: str | None = None, supervisor_idle_s: float = 1800.0,
+                 waker: Callable[[], None] | None = _sigchld) -> None:
         _need_ray()
         if isinstance(gpu_memory_bytes, str):
             from rota.spec.units import parse_size
 
             gpu_memory_bytes = parse_size(gpu_memory_bytes)
         self.gpu_memory_bytes = int(gpu_memory_bytes or DEFAULT_GPU_MEMORY)
-        self.address, self.namespace, self.supervisor_name = address, namespace, supervisor
-        self._waker = waker
         self._token = uuid.uuid4().hex[:12]
+        self.address, self.namespace = address, namespace
+        self.supervisor_name = supervisor or SUPERVISOR_PREFIX + self._token
+        self._waker = waker
+        self._others: dict[tuple[str, str], Any] = {}
         self._closed = threading.Event()
-        self._watcher: threading.Thread | None = None
         if not ray.is_initialized():
             try:
                 ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR,
@@ -336,12 +376,15 @@ class RayExecutor:
                                     "'ray start --head' or pass --address HOST:PORT") from None
         try:
             self._sup = ray.remote(Supervisor).options(
-                name=supervisor, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
+                name=self.supervisor_name, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
                 max_concurrency=64, resources={"node:__internal_head__": 0.001}, max_restarts=0,
-            ).remote()
+            ).remote(supervisor_idle_s)
             ray.get(self._sup.ping.remote(), timeout=120)
         except rex.RayError as e:
             raise ExecutorError(f"cannot start rota's supervisor actor on Ray: {e}") from None
+        self._watcher = threading.Thread(target=self._watch_loop, name="rota-ray-watch", daemon=True)
+        self._watcher.start()  # also the heartbeat that keeps the supervisor alive
+        atexit.register(self.close)  # before Ray's own exit handler (atexit runs last-in first-out)
 
     # ------------------------------------------------------------ contract
     def capacity(self) -> Machine:
@@ -359,7 +402,6 @@ class RayExecutor:
             ray.get(self._sup.submit.remote(items), timeout=120)
         except rex.RayError as e:
             raise ExecutorError(f"Ray refused the tasks: {e}") from None
-        self._watch()
         return [Handle(la.key, NAME, it["id"], {"supervisor": self.supervisor_name, "namespace": self.namespace,
                                                  "rc_path": it["spec"]["rc_path"], "submitted_at": time.time()})
                 for la, it in zip(launches, items, strict=True)]
@@ -394,7 +436,6 @@ class RayExecutor:
         if sup is not None:
             try:
                 if ray.get(sup.known.remote(handle.external_id, handle.key), timeout=60):
-                    self._watch()
                     return True
             except rex.RayError:
                 pass
@@ -402,15 +443,34 @@ class RayExecutor:
 
     def stop_unrecorded(self, state_dir: str, key: str) -> None:
         """Cancel an attempt whose handle a dead controller never committed (same state folder and key)."""
-        try:
-            ids = ray.get(self._sup.find.remote(state_dir, key), timeout=60)
-            if ids:
-                ray.get(self._sup.cancel.remote(ids, 0.0), timeout=60)
-        except rex.RayError:
-            pass
+        from ray.util import list_named_actors
+
+        for name in list_named_actors(all_namespaces=True):
+            if isinstance(name, dict):
+                if name.get("namespace") != self.namespace:
+                    continue
+                name = name.get("name", "")
+            if not str(name).startswith(SUPERVISOR_PREFIX):
+                continue
+            try:
+                sup = ray.get_actor(name, namespace=self.namespace)
+                ids = ray.get(sup.find.remote(state_dir, key), timeout=60)
+                if ids:
+                    ray.get(sup.cancel.remote(ids, 0.0), timeout=60)
+            except (ValueError, rex.RayError):
+                continue
 
     def close(self) -> None:
+        """Stop the watcher thread (a Ray call in flight at interpreter exit makes it exit 1)."""
+        if self._closed.is_set():
+            return
         self._closed.set()
+        try:
+            self._sup.nudge.remote()
+        except Exception:  # noqa: BLE001 - already disconnected
+            pass
+        if self._watcher.is_alive() and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5.0)
 
     # ------------------------------------------------------------- helpers
     def _item(self, la: Launch) -> dict[str, Any]:
@@ -435,10 +495,12 @@ class RayExecutor:
         ns = str(h.data.get("namespace", self.namespace))
         if (name, ns) == (self.supervisor_name, self.namespace):
             return self._sup
-        try:
-            return ray.get_actor(name, namespace=ns)
-        except ValueError:
-            return None
+        if (name, ns) not in self._others:
+            try:
+                self._others[(name, ns)] = ray.get_actor(name, namespace=ns)
+            except ValueError:
+                return None
+        return self._others[(name, ns)]
 
     def _by_supervisor(self, handles: Sequence[Handle]) -> dict[Any, list[Handle]]:
         groups: dict[tuple[str, str], list[Handle]] = {}
@@ -466,14 +528,8 @@ class RayExecutor:
             return Status("failed", code, "cancelled", False, start, end)
         return Status(st.phase, st.exit_code, st.reason, False, start, end)
 
-    def _watch(self) -> None:
-        """Start the thread that wakes the engine as soon as any attempt finishes."""
-        if self._waker is None or (self._watcher is not None and self._watcher.is_alive()):
-            return
-        self._watcher = threading.Thread(target=self._watch_loop, name="rota-ray-watch", daemon=True)
-        self._watcher.start()
-
     def _watch_loop(self) -> None:
+        """Wake the engine as soon as one of this supervisor's attempts ends."""
         seq = -1
         while not self._closed.is_set():
             try:

@@ -1,0 +1,138 @@
+"""`rota run --backend ray` end to end: the real CLI against a real local Ray cluster.
+
+The cluster (tests/ray_cluster.py) declares 4 CPUs and 4 GPUs; rota's machine
+comes from ``RayExecutor.capacity()`` (4 GPUs of 80 GB by default).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import by_name, read_records, rota, start_rota, wait_for, write_spec
+from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
+
+pytestmark = pytest.mark.ray
+
+REC = str(Path(__file__).resolve().parent.parent / "recorder.py")
+PY = sys.executable
+
+
+def ray_run(spec: Path, address: str, state: Path, *extra: str, timeout: float = 240):
+    return rota("run", spec, "--backend", "ray", "--address", address, "--plain", "--state-dir", state,
+                *extra, timeout=timeout)
+
+
+def test_memory_shared_gpu_tasks_pack_on_ray(tmp_path, ray_cluster):  # noqa: F811
+    """8 tasks of 40GB on 4 declared 80GB GPUs: Ray gets num_gpus=0.5, two share a GPU at once."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: shard-{{i}}
+            command: {PY} {REC} {rec} shard-{{i}} 4.0
+            matrix: {{i: [0, 1, 2, 3, 4, 5, 6, 7]}}
+            gpus: 1
+            gpu_memory: 40GB
+            cpus: 0
+          - name: cpu-side
+            command: {PY} {REC} {rec} cpu-side 0.2
+            cpus: 2
+    """)
+    p = ray_run(spec, ray_cluster, tmp_path / "st")
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = {r["name"]: r for r in read_records(rec)}
+    assert len(recs) == 9
+    shards = [recs[f"shard-{i}"] for i in range(8)]
+    # Ray's CUDA_VISIBLE_DEVICES (one fake id each), never rota's: at most 2 tasks per GPU.
+    per_gpu: dict[str, int] = {}
+    for r in shards:
+        assert r["cvd"] in ("0", "1", "2", "3"), r
+        per_gpu[r["cvd"]] = per_gpu.get(r["cvd"], 0) + 1
+    events = sorted([(r["start"], 1, r["cvd"]) for r in shards] + [(r["end"], -1, r["cvd"]) for r in shards],
+                    key=lambda e: (e[0], e[1]))
+    load: dict[str, int] = {}
+    peak = 0
+    for _, kind, g in events:
+        load[g] = load.get(g, 0) + kind
+        assert load[g] <= 2, "more than two 40GB tasks on one 80GB GPU"
+        peak = max(peak, sum(load.values()))
+    assert max(load.get(g, 0) for g in load) == 0
+    assert any(n == 2 for n in per_gpu.values()), per_gpu
+    assert peak >= 5, f"memory-shared tasks did not run side by side (peak {peak})"
+    assert recs["cpu-side"]["cvd"] == ""
+    assert all(t["state"] == "succeeded" for t in by_name(tmp_path / "st").values())
+
+
+def test_failures_and_retries_on_ray(tmp_path, ray_cluster):  # noqa: F811
+    count = tmp_path / "count"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: flaky
+            command: n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}; echo "try $n"; [ "$n" -ge 2 ]
+            retries: 2
+          - name: bad
+            command: echo failing; exit 3
+            retries: 1
+          - name: after-bad
+            command: "true"
+            needs: [bad]
+    """)
+    p = ray_run(spec, ray_cluster, tmp_path / "st", "--retry-delay", "0.1")
+    assert p.returncode == 1, p.stdout + p.stderr
+    st = by_name(tmp_path / "st")
+    assert st["flaky"]["state"] == "succeeded" and st["flaky"]["attempts"] == 3
+    assert "try 2" in Path(st["flaky"]["log_path"]).read_text()
+    assert st["bad"]["state"] == "failed" and st["bad"]["attempts"] == 2 and st["bad"]["exit_code"] == 3
+    assert Path(st["bad"]["log_path"] + ".rc").read_text().strip() == "3"
+    assert st["after-bad"]["state"] == "skipped"
+
+
+def test_controller_killed_then_rerun_adopts(tmp_path, ray_cluster):  # noqa: F811
+    """kill -9 of `rota run` while tasks run on Ray: the rerun adopts them, reruns nothing."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    line = 'echo "start $(date +%s.%N)" >> {rec}/$ROTA_TASK; sleep {s}; echo "end $(date +%s.%N)" >> {rec}/$ROTA_TASK'
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: quick-{{i}}
+            matrix: {{i: [0, 1, 2, 3]}}
+            command: {line.format(rec=rec, s=0.5)}
+          - name: slow-{{i}}
+            matrix: {{i: [0, 1, 2, 3]}}
+            needs: [quick-0, quick-1, quick-2, quick-3]
+            command: {line.format(rec=rec, s=8)}
+          - name: final
+            needs: [slow-0, slow-1, slow-2, slow-3]
+            command: {line.format(rec=rec, s=0)}
+    """)
+    state = tmp_path / "st"
+    ctl = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state)
+    try:
+        def slow_running() -> bool:
+            if not (state / "state.db").exists():
+                return False
+            st = by_name(state)
+            return all(st[f"slow-{i}"]["state"] == "running" for i in range(4))
+
+        wait_for(slow_running, timeout=120, interval=0.2)
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait(timeout=30)
+    finally:
+        if ctl.poll() is None:
+            os.kill(ctl.pid, signal.SIGKILL)
+    first = by_name(state)
+    assert all(first[f"quick-{i}"]["state"] == "succeeded" for i in range(4))
+    p = ray_run(spec, ray_cluster, state)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "adopted" in p.stdout
+    st = by_name(state)
+    assert all(t["state"] == "succeeded" for t in st.values()), st
+    assert all(t["attempts"] == 1 for t in st.values()), {n: t["attempts"] for n, t in st.items()}
+    for name in [f"quick-{i}" for i in range(4)] + [f"slow-{i}" for i in range(4)] + ["final"]:
+        lines = (rec / name).read_text().split()
+        assert lines.count("start") == 1 and lines.count("end") == 1, (name, lines)
