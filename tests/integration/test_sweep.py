@@ -256,3 +256,48 @@ def test_missing_optuna_says_how_to_install(tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr
     assert "pip install 'rota[sweep]'" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_pruner_stops_bad_trial(tmp_path):
+    """pruner: median. Slots 0-4 report 1.0 per step; slot 5 reports 5.0 and is pruned early:
+    Optuna says PRUNED, the slot is final (not retried, the run succeeds), the trial did not run to its end."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    stepper = tmp_path / "stepper.py"
+    stepper.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        slot = int(os.environ["ROTA_TRIAL"])
+        bad = slot == 5
+        value = 5.0 if bad else (0.5 if slot == 6 else 1.0)
+        for step in range(20 if bad else 4):
+            time.sleep(0.25 if bad else 0.05)
+            print(f"ROTA_REPORT step={{step}} value={{value + 0.001 * step}}", flush=True)
+        open(os.path.join({str(rec)!r}, f"done-{{slot}}"), "w").close()
+        print(f"ROTA_METRIC loss={{value}}")
+    """))
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: p
+            command: {PY} {stepper} {{x}}
+            retries: 2
+            sweep:
+              trials: 7
+              parallel: 1
+              metric: loss
+              pruner: median
+              params:
+                x: {{type: float, low: 0.0, high: 1.0}}
+    """)
+    sd = tmp_path / "st"
+    p = rota("run", spec, "--cpus", "2", "--plain", "--state-dir", sd)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "pruned" in p.stdout
+    trials = {t.user_attrs["rota_task"]: t for t in _study(sd, "p").trials}
+    assert len(trials) == 7
+    assert trials["p-trial-5"].state == optuna.trial.TrialState.PRUNED
+    assert "rota_pruned_at" in trials["p-trial-5"].user_attrs
+    others = [t for name, t in trials.items() if name != "p-trial-5"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in others)
+    assert not (rec / "done-5").exists()  # stopped before its last step
+    st = by_name(sd)
+    assert st["p-trial-5"]["state"] == "succeeded" and st["p-trial-5"]["attempts"] == 1

@@ -481,6 +481,8 @@ class Engine:
 
     def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
         t = lv.task
+        for hook in self.hooks:  # a hook may reinterpret the end (a sweep trial stopped by its pruner)
+            st = getattr(hook, "outcome", lambda *_: None)(self, lv, st) or st
         self.running.pop(t.name, None)
         metrics = A.read_metrics(lv.log_path, lv.out)
         attempt_row: dict[str, Any] = {"attempt": lv.attempts, "ended_at": now, "exit_code": st.exit_code}

@@ -31,6 +31,12 @@ Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
   ``FAIL`` otherwise (asked but never launched).
 - ``may_launch``: at most ``parallel`` running slots per sweep, lowest slot
   numbers first.
+- Pruning (``pruner: median|hyperband``): ``tick`` reads new
+  ``ROTA_REPORT step=<int> value=<float>`` lines from running trials' logs,
+  reports them to Optuna and, when the pruner says so, records
+  ``rota_pruned_at`` on the trial (durable) and stops the attempt;
+  ``outcome`` turns that stopped attempt into a final success of the slot
+  (no retry, no failed run) and ``finished`` tells ``PRUNED``.
 
 So after any crash the study holds exactly one COMPLETE-or-FAIL trial per
 finished attempt and no trial is told twice; slots that already succeeded are
@@ -41,13 +47,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rota.engine.sweep_prune import ReportReader
+from rota.engine.sweep_space import check_param, grid_values, study_name
 from rota.errors import RotaError, SpecError
-from rota.spec.model import ParamSpec, SweepSpec, Task
+from rota.executors.base import Status
+from rota.spec.model import SweepSpec
 from rota.store import base as S
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,33 +94,6 @@ def open_storage(state_dir: str | os.PathLike[str], *, readonly: bool = False) -
     )
 
 
-def study_name(task: Task) -> str:
-    """The study a sweep slot belongs to: its name without ``-trial-<i>``."""
-    suffix = f"-trial-{task.trial}"
-    return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
-
-
-def check_param(name: str, p: ParamSpec) -> str | None:
-    """Why a search-space dimension is invalid, or None. Pure; needs no Optuna."""
-    if p.type == "categorical":
-        if not p.choices:
-            return "a categorical parameter needs 'choices'"
-        return None
-    if p.low is None or p.high is None:
-        return f"a {p.type} parameter needs 'low' and 'high'"
-    if p.low > p.high:
-        return f"low ({p.low:g}) is above high ({p.high:g})"
-    if p.log and p.low <= 0:
-        return "log: true needs low > 0"
-    if p.log and p.step is not None:
-        return "log and step cannot be combined"
-    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
-        return "an int parameter needs whole-number low and high"
-    if p.step is not None and p.step <= 0:
-        return "step must be > 0"
-    return None
-
-
 def distributions(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> dict[str, Any]:
     """Optuna distributions for a sweep's ``params``. Raises SpecError on a bad dimension."""
     optuna = import_optuna()
@@ -129,29 +112,13 @@ def distributions(sweep: SweepSpec, *, file: str | None = None, task: str | None
     return out
 
 
-def _grid(sweep: SweepSpec, *, file: str | None, task: str | None) -> dict[str, list[Any]]:
-    grid: dict[str, list[Any]] = {}
-    for name, p in sweep.params.items():
-        if p.type == "categorical":
-            grid[name] = list(p.choices or [])
-        elif p.type == "int":
-            grid[name] = list(range(int(p.low or 0), int(p.high or 0) + 1, int(p.step or 1)))
-        elif p.step is not None:
-            n = int(round(((p.high or 0.0) - (p.low or 0.0)) / p.step))
-            grid[name] = [(p.low or 0.0) + i * p.step for i in range(n + 1)]
-        else:
-            raise SpecError("sampler: grid needs 'step' on float parameters (or choices)", file=file, task=task,
-                            field=f"sweep.params.{name}")
-    return grid
-
-
 def make_sampler(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> Any:
     """The sampler the spec names (TPE by default, with a constant liar for parallel trials)."""
     optuna = import_optuna()
     if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=sweep.seed)
     if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler(_grid(sweep, file=file, task=task), seed=sweep.seed)
+        return optuna.samplers.GridSampler(grid_values(sweep, file=file, task=task), seed=sweep.seed)
     if sweep.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -190,6 +157,9 @@ class SweepHook:
         self._storage: Any = None
         self._studies: dict[str, optuna.Study] = {}
         self._allowed: dict[str, set[str]] | None = None
+        self._reports = ReportReader()
+        self._pruned: set[str] = set()  # attempt keys stopped by the pruner
+        self._last_scan = 0.0
 
     # -------------------------------------------------------------- studies
     def study(self, name: str) -> optuna.Study:
@@ -268,6 +238,59 @@ class SweepHook:
 
     def tick(self, engine: Any, now: float) -> None:
         self._allowed = None  # recompute the parallel caps on the next launch pass
+        if now - self._last_scan >= 0.5 and any(sw.pruner != "none" for sw in self.sweeps.values()):
+            self._last_scan = now
+            for lv in list(engine.running.values()):
+                self._scan_reports(engine, lv)
+
+    def _scan_reports(self, engine: Any, lv: Any) -> None:
+        """Report a running trial's new intermediate values; stop it if the pruner says so."""
+        number = self._number(lv)
+        if number is None or lv.handle is None:
+            return
+        name = study_name(lv.task)
+        key = f"{lv.task.name}#{lv.attempts}"
+        if self.sweeps[name].pruner == "none" or key in self._pruned:
+            return
+        trial = self._record_reports(lv, name, number)
+        st = self.study(name)
+        if trial is None or not st.pruner.prune(st, trial):
+            return
+        storage = st._storage
+        step = trial.last_step
+        storage.set_trial_user_attr(trial._trial_id, "rota_pruned_at", step)
+        self._pruned.add(key)
+        engine._event("pruned", lv.task.name, f"Optuna trial {number} pruned at step {step}; stopping it")
+        threading.Thread(target=engine.executor.cancel, args=([lv.handle], engine.opt.grace_s), daemon=True).start()
+
+    def _record_reports(self, lv: Any, name: str, number: int) -> Any:
+        """Store the attempt's new intermediate values; the updated running trial, or None if nothing new."""
+        reports = self._reports.new_reports(f"{lv.task.name}#{lv.attempts}", lv.log_path)
+        if not reports:
+            return None
+        st = self.study(name)
+        trial = self._trial(st, number)
+        if trial is None or trial.state.is_finished():
+            return None
+        for step, value in reports:
+            st._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        return st._storage.get_trial(trial._trial_id)
+
+    def outcome(self, engine: Any, lv: Any, status: Status) -> Status | None:
+        """A pruned trial's stopped attempt is a final success of its slot, not a failure."""
+        if status.phase == "succeeded" or not self._was_pruned(lv):
+            return None
+        return Status("succeeded", status.exit_code, "pruned", started_at=status.started_at,
+                      ended_at=status.ended_at)
+
+    def _was_pruned(self, lv: Any) -> bool:
+        number = self._number(lv)
+        if number is None or self.sweeps[study_name(lv.task)].pruner == "none":
+            return False
+        if f"{lv.task.name}#{lv.attempts}" in self._pruned:
+            return True
+        trial = self._trial(self.study(study_name(lv.task)), number)  # decided by a previous controller?
+        return trial is not None and "rota_pruned_at" in trial.user_attrs
 
     def may_launch(self, engine: Any, lv: Any) -> bool:
         sw: SweepSpec | None = lv.task.sweep
@@ -319,6 +342,14 @@ class SweepHook:
             return
         name = study_name(lv.task)
         sw = self.sweeps[name]
+        key = f"{lv.task.name}#{lv.attempts}"
+        if sw.pruner != "none":
+            self._record_reports(lv, name, number)  # the last values, so later trials compare against them
+        self._reports.forget(key)
+        if sw.pruner != "none" and self._was_pruned(lv):
+            self._pruned.discard(key)
+            self.study(name).tell(number, state=self.optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+            return
         if state == S.SUCCEEDED:
             value = metrics.get(sw.metric)
             if value is not None:

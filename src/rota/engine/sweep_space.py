@@ -1,0 +1,56 @@
+"""A sweep's search space and naming, without Optuna (validation runs before any import).
+
+``study_name`` maps a slot task (``<name>-trial-<i>``) to its study;
+``check_param`` says why one ``params:`` entry is invalid; ``grid_values``
+lists the points ``sampler: grid`` walks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rota.errors import SpecError
+from rota.spec.model import ParamSpec, SweepSpec, Task
+
+
+def study_name(task: Task) -> str:
+    """The study a sweep slot belongs to: its name without ``-trial-<i>``."""
+    suffix = f"-trial-{task.trial}"
+    return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
+
+
+def check_param(name: str, p: ParamSpec) -> str | None:
+    """Why a search-space dimension is invalid, or None. Pure; needs no Optuna."""
+    if p.type == "categorical":
+        if not p.choices:
+            return "a categorical parameter needs 'choices'"
+        return None
+    if p.low is None or p.high is None:
+        return f"a {p.type} parameter needs 'low' and 'high'"
+    if p.low > p.high:
+        return f"low ({p.low:g}) is above high ({p.high:g})"
+    if p.log and p.low <= 0:
+        return "log: true needs low > 0"
+    if p.log and p.step is not None:
+        return "log and step cannot be combined"
+    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
+        return "an int parameter needs whole-number low and high"
+    if p.step is not None and p.step <= 0:
+        return "step must be > 0"
+    return None
+
+
+def grid_values(sweep: SweepSpec, *, file: str | None, task: str | None) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, p in sweep.params.items():
+        if p.type == "categorical":
+            grid[name] = list(p.choices or [])
+        elif p.type == "int":
+            grid[name] = list(range(int(p.low or 0), int(p.high or 0) + 1, int(p.step or 1)))
+        elif p.step is not None:
+            n = int(round(((p.high or 0.0) - (p.low or 0.0)) / p.step))
+            grid[name] = [(p.low or 0.0) + i * p.step for i in range(n + 1)]
+        else:
+            raise SpecError("sampler: grid needs 'step' on float parameters (or choices)", file=file, task=task,
+                            field=f"sweep.params.{name}")
+    return grid
