@@ -86,7 +86,7 @@ def test_packing_small_tasks_and_booked_gpu_hours():
     ts = [task(f"s{i}", gpus=1, gpu_gb=20, est=60) for i in range(8)]
     s = simulate(ts, mach((80,), cpus=8), durations(ts))
     assert s.makespan_s == 120  # four at a time on one 80GB GPU
-    assert cost(s, Prices(per_gpu_hour=1.0)).gpu_hours == pytest.approx(8 * 60 * 0.25 / 3600)
+    assert cost(s, Prices(per_gpu_hour=1.0)).gpu_hours == pytest.approx(120 / 3600)  # packed: not 4x
     assert utilization(s).gpu_memory[0] == pytest.approx(1.0)
     lb = lower_bound(s, {t.name: t.request for t in ts}, 60)
     assert lb.gpu_s == pytest.approx(120)

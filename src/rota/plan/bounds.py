@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rota.core.resources import Machine, Request
-from rota.plan.simulate import Schedule, Slot
+from rota.plan.simulate import Schedule
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ class Prices:
 class Cost:
     """``total_usd = gpu_hours x per_gpu_hour + cpu_hours x per_cpu_hour + machine_hours x per_hour``.
 
-    ``gpu_hours``: booked GPU time, each task ``gpus x duration x share`` (a task
-    booking 20GB of an 80GB GPU for 1 h counts 0.25 GPU-h, so packing is not
-    counted twice); ``cpu_hours``: ``cpus x duration`` summed; ``machine_hours``:
+    ``gpu_hours``: booked GPU time, summed over GPUs, of the time each GPU holds
+    at least one task (a GPU is paid while anything runs on it, however little
+    memory it books; tasks packed on one GPU are not counted twice); ``cpu_hours``: ``cpus x duration`` summed; ``machine_hours``:
     the makespan (whole-machine pricing).
     """
 
@@ -103,12 +103,6 @@ def gpu_share(req: Request, machine: Machine) -> float:
     pool = [g.memory_bytes for g in machine.gpus if req.devices is None or g.index in req.devices]
     largest = max(pool, default=0)
     return min(1.0, req.gpu_memory_bytes / largest) if largest else 1.0
-
-
-def _slot_share(s: Slot, machine: Machine) -> float:
-    if not s.gpus:
-        return 0.0
-    return sum(b / machine.gpu(i).memory_bytes for i, b in zip(s.gpus, s.gpu_bytes, strict=True))
 
 
 def lower_bound(
@@ -175,8 +169,11 @@ def utilization(schedule: Schedule) -> Utilization:
 
 def cost(schedule: Schedule, prices: Prices) -> Cost:
     """What the schedule costs at ``prices`` (see :class:`Cost`)."""
-    m = schedule.machine
-    gpu_h = sum(_slot_share(s, m) * s.duration_s for s in schedule.slots) / 3600.0
+    busy: dict[int, list[tuple[float, float]]] = {}
+    for s in schedule.slots:
+        for i in s.gpus:
+            busy.setdefault(i, []).append((s.start_s, s.end_s))
+    gpu_h = sum(_union_length(v) for v in busy.values()) / 3600.0
     cpu_h = sum(s.cpus * s.duration_s for s in schedule.slots) / 3600.0
     mach_h = schedule.makespan_s / 3600.0
     return Cost(

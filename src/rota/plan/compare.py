@@ -38,8 +38,9 @@ machine from the CLI flags) into :class:`MachineOption` records;
     }
 
 Cost: ``gpu_hours x price_per_gpu_hour + cpu_hours x price_per_cpu_hour +
-machine_hours x price_per_hour`` where GPU-hours are *booked* (a task booking a
-quarter of a GPU for an hour counts 0.25), CPU-hours are ``cpus x duration``
+machine_hours x price_per_hour`` where GPU-hours are *booked*: per GPU, the time it
+holds at least one task (packed tasks are not counted twice; a GPU is paid in
+full while anything runs on it), CPU-hours are ``cpus x duration``
 and machine-hours are the makespan (whole-machine pricing). Tasks' times are
 seconds from the start of the plan, on that machine (durations divided by its
 ``speed`` for GPU tasks and ``cpu_speed`` for CPU-only tasks).
