@@ -24,6 +24,7 @@ from typing import Any
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Machine, Placement, Request
 from rota.engine import attempt as A
+from rota.engine.wake import Waker
 from rota.executors.base import Executor, Handle, Launch, Status
 from rota.spec.graph import critical_path_ranks
 from rota.spec.load import Spec
@@ -100,7 +101,7 @@ class Engine:
         self.ready: set[str] = set()
         self.running: dict[str, Live] = {}
         self.interrupts = 0
-        self._wake = threading.Event()
+        self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
 
