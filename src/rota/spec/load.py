@@ -90,8 +90,11 @@ def parse_yaml(text: str, file: str) -> Any:
         line = mark.line + 1 if mark else None
         problem = (e.problem or str(e)).strip()
         raise SpecError(f"YAML syntax error: {problem}", file=file, line=line) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise SpecError(f"character #x{e.character:04x} is not allowed in YAML", file=file, line=line) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"YAML error: {e}", file=file) from None
+        raise SpecError("YAML error: " + " ".join(str(e).split()), file=file) from None
     except RecursionError:
         raise SpecError("YAML is nested too deeply", file=file) from None
 
