@@ -175,3 +175,45 @@ def test_slurm_time_limit_reports_timeout(ex, tmp_path):
     h = ex.submit(_launch(tmp_path, "slow#1", "sleep 600", timeout_s=5))
     st = _wait(ex, [h], timeout_s=200)[h.key]
     assert st.phase == "failed" and st.reason == "timeout"
+
+
+def test_sbatch_refusal_is_an_executor_error(tmp_path):
+    from rota.errors import ExecutorError
+    from rota.executors.slurm_text import SlurmOptions
+
+    ex = SlurmExecutor(tmp_path / "state", options=SlurmOptions(partition="no-such-partition"))
+    with pytest.raises(ExecutorError, match="partition"):
+        ex.submit(_launch(tmp_path, "x#1", "true"))
+
+
+def test_rota_run_backend_slurm_end_to_end(tmp_path):
+    """The real engine and CLI on SLURM: a dependency, a matrix, memory-shared GPUs, a retry."""
+    from tests.helpers import rota, write_spec
+
+    spec = write_spec(tmp_path, """
+        slurm:
+          gpu_memory: 16GB
+        tasks:
+          - name: prep
+            command: echo prep
+          - name: train-{i}
+            command: echo "train {i} cvd=$CUDA_VISIBLE_DEVICES"
+            matrix: {i: [0, 1, 2, 3, 4, 5]}
+            gpus: 1
+            needs: [prep]
+          - name: small-{i}
+            command: echo small {i}; sleep 1
+            matrix: {i: [0, 1, 2]}
+            gpus: 1
+            gpu_memory: 4GB
+          - name: flaky
+            command: exit 3
+            retries: 1
+    """)
+    p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", tmp_path / "st", timeout=240)
+    assert p.returncode != 0  # flaky fails twice
+    assert "10 succeeded" in p.stdout and "1 failed" in p.stdout, p.stdout + p.stderr
+    for i in range(6):
+        log = (tmp_path / "st" / "logs" / f"train-{i}" / "attempt-1.log").read_text()
+        assert f"train {i} cvd=" in log
+    assert (tmp_path / "st" / "logs" / "flaky" / "attempt-2.log").exists()

@@ -67,6 +67,7 @@ def test_squeue_while_running():
     # array elements: running ones have their own raw id, pending ones share the array's
     assert rows["16_0"].raw_id == "20" and rows["16_0"].state == "RUNNING"
     assert [rows[f"16_{i}"].state for i in range(4, 10)] == ["PENDING"] * 6
+    assert rows["16_4"].raw_id is None  # squeue prints the array's id for elements not started yet
     assert rows["18"].reason == "JobHeldUser"
     assert all(status_of(rows[k]).phase == "running" for k in ("16_4", "17", "18", "19"))
     assert status_of(rows["16_4"]).started_at is None

@@ -45,6 +45,7 @@ their raw job ids, learned from earlier squeue output.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -53,6 +54,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
@@ -60,6 +62,7 @@ from rota.executors import slurm_text as T
 from rota.executors.base import Handle, Launch, Status
 
 NAME = "slurm"
+DEFAULT_GPU_MEMORY = 80 * 2**30
 _INVALID_JOB = re.compile(r"invalid job id", re.IGNORECASE)
 
 
@@ -79,14 +82,31 @@ class SlurmExecutor:
         state_dir: str | os.PathLike[str],
         *,
         options: T.SlurmOptions | None = None,
-        gpu_memory_bytes: int = 80 * 2**30,
+        gpu_memory_bytes: int | None = None,
+        spec_slurm: Any = None,
+        partition: str | None = None,
         inherit_env: dict[str, str] | None = None,
         command_timeout_s: float = 60.0,
         poll_failure_limit_s: float = 300.0,
     ) -> None:
+        """``spec_slurm`` (the spec's ``slurm:`` section: partition, account, qos,
+        extra, gpu_flag, gpu_memory) fills ``options``/``gpu_memory_bytes`` when
+        those are not given; ``partition`` (``--partition`` on the CLI) wins over both.
+        GPU memory defaults to 80 GiB per GPU.
+        """
         self.dir = Path(state_dir) / "slurm"
-        self.options = options or T.SlurmOptions()
-        self.gpu_memory_bytes = gpu_memory_bytes
+        if options is None and spec_slurm is not None:
+            options = T.SlurmOptions(
+                partition=spec_slurm.partition, account=spec_slurm.account, qos=spec_slurm.qos,
+                extra=tuple(spec_slurm.extra or ()), gpu_flag=spec_slurm.gpu_flag,
+            )
+        options = options or T.SlurmOptions()
+        if partition:
+            options = dataclasses.replace(options, partition=partition)
+        self.options = options
+        if gpu_memory_bytes is None and spec_slurm is not None:
+            gpu_memory_bytes = spec_slurm.gpu_memory
+        self.gpu_memory_bytes = int(gpu_memory_bytes or DEFAULT_GPU_MEMORY)
         base = dict(os.environ if inherit_env is None else inherit_env)
         for k in [k for k in base if k.startswith("ROTA_")]:
             del base[k]

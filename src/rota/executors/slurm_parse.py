@@ -125,8 +125,10 @@ def parse_squeue(text: str) -> dict[str, JobState]:
         start = parse_time(parts[4]) if len(parts) > 4 else None
         end = parse_time(parts[5]) if len(parts) > 5 and state not in RUNNING_STATES else None
         ids = expand_array_id(jid)
+        # a pending array element shows its array's id, not its own (it has none yet)
+        own_raw = raw if len(ids) == 1 and not (state == "PENDING" and "_" in jid) else None
         for one in ids:
-            out[one] = JobState(one, state, raw if len(ids) == 1 else None, reason, None, None, start, end)
+            out[one] = JobState(one, state, own_raw, reason, None, None, start, end)
     return out
 
 
