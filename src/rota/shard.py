@@ -171,15 +171,16 @@ def range(n_items: int, index: int | None = None, count: int | None = None) -> b
 # ---------------------------------------------------------------------- atomic io
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, rename over it."""
+def _atomic_write(path: Path, write: Any, *, fsync: bool = True) -> None:
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync (optional), rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -189,9 +190,9 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
+def _atomic_json(path: Path, obj: Any, *, fsync: bool = True) -> None:
     data = json.dumps(obj, indent=None, sort_keys=True).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    _atomic_write(path, lambda f: f.write(data), fsync=fsync)
 
 
 # ----------------------------------------------------------------------- progress
@@ -208,6 +209,7 @@ class _Progress:
         self.t0: float | None = None
         self.done0 = 0
         self.started_at = time.time()
+        self.last_write = 0.0
 
     def update(self, done: int, **extra: Any) -> dict[str, Any]:
         now = time.time()
@@ -234,19 +236,29 @@ class _Progress:
             **self.extra,
             **extra,
         }
-        _atomic_json(self.path, record)
+        _atomic_json(self.path, record, fsync=False)  # informational: atomic, not durable
+        self.last_write = now
         return record
 
 
 _reporters: dict[tuple[str, int, str], _Progress] = {}
 
 
-def progress(done: int, total: int, *, unit: str = "items", out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def progress(
+    done: int,
+    total: int,
+    *,
+    unit: str = "items",
+    out_dir: str | os.PathLike[str] | None = None,
+    min_interval_s: float = 0.5,
+) -> dict[str, Any] | None:
     """Report progress for code that does not use :func:`chunks`.
 
     Atomically rewrites ``<out_dir or $ROTA_OUT>/.rota/progress.json`` (see the
     module docstring for the format); the rate is measured from this process's
-    first call with the same ``total``. Returns the record written.
+    first call with the same ``total``. Cheap to call in a tight loop: writes
+    at most every ``min_interval_s`` seconds, but always the first call and
+    ``done == total``. Returns the record written, or None when throttled.
     """
     if done < 0 or total < 0:
         raise ShardError(f"progress needs done >= 0 and total >= 0, found done={done}, total={total}")
@@ -255,6 +267,8 @@ def progress(done: int, total: int, *, unit: str = "items", out_dir: str | os.Pa
     rep = _reporters.get(key)
     if rep is None:
         rep = _reporters[key] = _Progress(out, total, unit, {"shard": index(), "count": count()})
+    elif done < total and time.time() - rep.last_write < min_interval_s:
+        return None
     return rep.update(done)
 
 

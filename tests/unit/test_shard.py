@@ -147,10 +147,12 @@ def test_progress_without_chunks(tmp_path: Path) -> None:
     rec = shard.progress(0, 100, out_dir=tmp_path)
     assert rec["eta_s"] is None and rec["items_per_s"] == 0.0
     time.sleep(0.05)
-    rec = shard.progress(50, 100, out_dir=tmp_path)
+    assert shard.progress(10, 100, out_dir=tmp_path) is None  # throttled
+    rec = shard.progress(50, 100, out_dir=tmp_path, min_interval_s=0)
     assert rec["items_per_s"] > 0 and rec["eta_s"] is not None and rec["eta_s"] > 0
     on_disk = json.loads((tmp_path / ".rota" / "progress.json").read_text())
     assert {k: on_disk[k] for k in ("done", "total", "unit")} == {"done": 50, "total": 100, "unit": "items"}
+    assert shard.progress(100, 100, out_dir=tmp_path)["eta_s"] == 0.0  # the last one is never throttled
 
 
 # ---------------------------------------------------------- kill -9 and resume
