@@ -167,6 +167,8 @@ def test_capacity_from_the_cluster(ex):
     m = ex.capacity()
     assert len(m.gpus) == 4 and all(g.memory_bytes == 16 * GiB for g in m.gpus)
     assert m.cpus == 8 and m.memory_bytes > GiB and m.source.startswith("slurm:")
+    total = ex.total_capacity()  # one node: the same
+    assert (len(total.gpus), total.cpus, total.memory_bytes) == (4, 8, m.memory_bytes)
 
 
 @pytest.mark.slow

@@ -343,6 +343,25 @@ class SlurmExecutor:
         gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="SLURM gres/gpu") for i in range(best.gpus))
         return Machine(gpus=gpus, cpus=best.cpus, memory_bytes=best.memory_mb * 2**20, source=f"slurm:{best.name}")
 
+    def total_capacity(self) -> Machine:
+        """All nodes of the partition summed (GPUs numbered across nodes).
+
+        For an engine that wants to keep more than one node busy: book against
+        this, but check that each task fits :meth:`capacity` (one node), since
+        a job never spans nodes. Down/drained nodes are left out.
+        """
+        nodes = T.parse_nodes(self._run(["scontrol", "show", "node", "--oneliner"]).stdout)
+        part = self.options.partition
+        nodes = [n for n in nodes if (not part or part in n.partitions)
+                 and not n.state.upper().startswith(("DOWN", "DRAIN", "FAIL"))]
+        if not nodes:
+            raise ExecutorError(f"SLURM lists no usable nodes{f' in partition {part!r}' if part else ''}")
+        n_gpus = sum(n.gpus for n in nodes)
+        gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="SLURM gres/gpu") for i in range(n_gpus))
+        return Machine(gpus=gpus, cpus=sum(n.cpus for n in nodes),
+                       memory_bytes=sum(n.memory_mb for n in nodes) * 2**20,
+                       source=f"slurm:{len(nodes)} nodes")
+
 
 def plan_units(launches: Sequence[Launch]) -> list[tuple[str, list[int]]]:
     """Split launches into sbatch units: ("shared"|"array"|"single", indices), in first-seen order."""
