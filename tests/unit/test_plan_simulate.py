@@ -92,6 +92,18 @@ def test_packing_small_tasks_and_booked_gpu_hours():
     assert lb.gpu_s == pytest.approx(120)
 
 
+def test_a_task_nothing_can_share_a_gpu_with_counts_as_a_whole_gpu_in_the_bound():
+    """70GB on 80GB leaves 10GB; the other task books 20GB: neither can ever share the GPU."""
+    ts = [task("big", gpus=1, gpu_gb=70, est=100), task("small", gpus=1, gpu_gb=20, est=100)]
+    o = machine_options([], {}, mach((80,), cpus=8))[0]
+    p = plan(ts, o, resolve_durations(ts, {}))
+    assert p.makespan_s == 200
+    assert p.bound.gpu_s == pytest.approx(200)  # and small leaves 60GB < 70GB: both block the GPU
+    ts2 = [task("big", gpus=1, gpu_gb=60, est=100), task("small", gpus=1, gpu_gb=20, est=100)]
+    p2 = plan(ts2, o, resolve_durations(ts2, {}))
+    assert p2.makespan_s == 100 and p2.bound.gpu_s == pytest.approx(100)
+
+
 def test_priority_beats_critical_path():
     ts = [task("long", gpus=1, est=100), task("urgent", gpus=1, est=10, prio=5)]
     s = simulate(ts, mach((80,)), durations(ts))
@@ -244,6 +256,11 @@ def test_simulation_invariants_and_equivalence_with_full_policy_calls(w):
             assert sum(b for x in live for i, b in zip(x.gpus, x.gpu_bytes, strict=True) if i == g.index) <= g.memory_bytes
         for x in live:
             assert len(set(x.gpus)) == len(x.gpus) == by_name[x.name].request.gpus
+    # The lower bound holds for this (feasible) schedule.
+    o = machine_options([], {}, m)[0]
+    p = plan(tasks, o, resolve_durations(tasks, {}))
+    assert p.bound.value_s <= p.makespan_s + 1e-6
+    assert p.makespan_s == s.makespan_s and p.sequential_s + 1e-6 >= p.makespan_s
     # Same placements as handing the policy every ready task each round.
     ref = reference_simulate(tasks, m, dur)
     assert {n: (x.start_s, x.end_s, x.gpus) for n, x in slots.items()} == ref

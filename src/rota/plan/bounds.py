@@ -7,9 +7,12 @@ shorter) = the largest of:
 
 - ``critical_path_s``: the longest chain of ``needs`` by duration;
 - ``gpu_s``: GPU work / number of GPUs, where a task's GPU work is
-  ``gpus x duration x share`` and ``share`` is the fraction of a GPU it books
-  (1 for a whole GPU; ``gpu_memory / memory`` of the largest GPU it may use,
-  since packing can never do better than that);
+  ``gpus x duration x share`` and ``share`` is the least fraction of a GPU it
+  can occupy: 1 for a whole GPU; 1 too when the memory it leaves free on the
+  largest GPU it may use is less than the smallest booking of any other GPU
+  task (nothing can ever share its GPU); else ``gpu_memory / memory`` of that
+  largest GPU (packing can never do better). At any instant the shares on one
+  GPU add up to at most 1, so the bound holds;
 - ``cpu_s``: sum of ``cpus x duration`` / CPUs;
 - ``memory_s``: sum of ``memory x duration`` / RAM.
 
@@ -23,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rota.core.resources import Machine, Request
-from rota.plan.simulate import Schedule
+from rota.plan.simulate import Schedule, remaining_ranks_s
+from rota.spec.model import Task
 
 
 @dataclass(frozen=True)
@@ -91,18 +95,52 @@ class Cost:
         return self.gpu_usd + self.cpu_usd + self.machine_usd
 
 
+def critical_path(tasks: Sequence[Task], durations_s: Mapping[str, float]) -> tuple[str, ...]:
+    """Names along the longest chain of ``needs`` by ``durations_s``, first to last (ties:
+    file order). ``tasks`` resolved and acyclic, every need among them. O(tasks + edges)."""
+    if not tasks:
+        return ()
+    rank = remaining_ranks_s(tasks, durations_s)
+    index = {t.name: i for i, t in enumerate(tasks)}
+    users: list[list[int]] = [[] for _ in tasks]
+    for i, t in enumerate(tasks):
+        for n in t.needs:
+            users[index[n]].append(i)
+    i = max(range(len(tasks)), key=lambda k: (rank[k], -k))
+    path = [tasks[i].name]
+    while users[i]:
+        i = max(users[i], key=lambda k: (rank[k], -k))
+        path.append(tasks[i].name)
+    return tuple(path)
+
+
 def sequential_s(durations_s: Mapping[str, float], names: Sequence[str]) -> float:
     """Time to run ``names`` one at a time."""
     return float(sum(durations_s[n] for n in names))
 
 
-def gpu_share(req: Request, machine: Machine) -> float:
-    """Least fraction of one GPU the request can book on ``machine`` (1 for a whole GPU)."""
+def gpu_share(req: Request, machine: Machine, smallest_other_bytes: float = 0.0) -> float:
+    """Least fraction of one GPU the request can occupy on ``machine`` (see the module doc);
+    ``smallest_other_bytes``: the smallest per-GPU booking of any *other* GPU task."""
     if req.gpus == 0 or req.gpu_memory_bytes is None:
         return 1.0 if req.gpus else 0.0
     pool = [g.memory_bytes for g in machine.gpus if req.devices is None or g.index in req.devices]
     largest = max(pool, default=0)
-    return min(1.0, req.gpu_memory_bytes / largest) if largest else 1.0
+    if not largest or largest - req.gpu_memory_bytes < smallest_other_bytes:
+        return 1.0
+    return min(1.0, req.gpu_memory_bytes / largest)
+
+
+def _bookings(requests: Sequence[Request], machine: Machine) -> list[float]:
+    """Least per-GPU booking of each GPU request (a whole GPU: the smallest GPU of its pool)."""
+    out = []
+    for r in requests:
+        if r.gpu_memory_bytes is not None:
+            out.append(float(r.gpu_memory_bytes))
+        else:
+            pool = [g.memory_bytes for g in machine.gpus if r.devices is None or g.index in r.devices]
+            out.append(float(min(pool, default=0)))
+    return out
 
 
 def lower_bound(
@@ -110,11 +148,21 @@ def lower_bound(
 ) -> LowerBound:
     """The lower bound above for the tasks in ``schedule`` (``requests`` by task name)."""
     m = schedule.machine
+    gpu_reqs = [requests[s.name] for s in schedule.slots if requests[s.name].gpus]
+    books = sorted(_bookings(gpu_reqs, m))
+    lowest, second = (books + [float("inf")] * 2)[:2]
+    share: dict[tuple[Request, float], float] = {}
     gpu_work = cpu_work = mem_work = 0.0
     for s in schedule.slots:
         req = requests[s.name]
         d = s.duration_s
-        gpu_work += req.gpus * d * gpu_share(req, m)
+        if req.gpus:
+            own = _bookings([req], m)[0] if req.gpu_memory_bytes is None else float(req.gpu_memory_bytes)
+            other = second if own == lowest else lowest  # the smallest booking of another task
+            k = (req, other)
+            if k not in share:
+                share[k] = gpu_share(req, m, other if other != float("inf") else 0.0)
+            gpu_work += req.gpus * d * share[k]
         cpu_work += s.cpus * d
         mem_work += s.memory_bytes * d
     return LowerBound(

@@ -60,13 +60,13 @@ from rota.plan.bounds import (
     Prices,
     Utilization,
     cost,
+    critical_path,
     lower_bound,
     sequential_s,
     utilization,
 )
 from rota.plan.estimates import Durations
 from rota.plan.simulate import Schedule, scaled_durations, simulate
-from rota.spec.graph import critical_path
 from rota.spec.model import MachineSpec, Task
 
 JSON_VERSION = 1
@@ -149,7 +149,7 @@ def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> 
     scaled = scaled_durations(tasks, durations.seconds, option.speed, option.cpu_speed)
     ran = {s.name for s in sched.slots}
     live = [t for t in tasks if t.name in ran]
-    path = tuple(critical_path(live, scaled)) if live else ()
+    path = critical_path(live, scaled)
     return Plan(
         option=option,
         schedule=sched,
