@@ -3,7 +3,8 @@
 Reads ``<data>/combined.pkl``; writes ``<data>/features.pkl`` with, per series and
 week: weekly sales/price/promo, lags 1-2, 4-week rolling mean and std, and the
 target (next week's sales). The worker count is ``$ROTA_CPUS`` (rota sets it, and
-OMP_NUM_THREADS, to the task's ``cpus:``), else ``--workers``, else 1.
+OMP_NUM_THREADS, to the task's ``cpus:``), else ``--workers``, else 1, capped at
+the number of cores this process may run on.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def main() -> None:
     ap.add_argument("--data", default="data")
     ap.add_argument("--workers", type=int, default=None, help="default: $ROTA_CPUS, else 1")
     args = ap.parse_args()
-    n_workers = args.workers or workers_from_env(1)
+    booked = args.workers or workers_from_env(1)
+    # Never more processes than cores this process may use (a declared --cpus can exceed them).
+    n_workers = max(1, min(booked, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else booked))
     t0 = time.time()
     df = pd.read_pickle(os.path.join(args.data, "combined.pkl"))
     keys = df[["store", "product"]].drop_duplicates().to_numpy()
@@ -69,6 +72,7 @@ def main() -> None:
     print(f"{len(df):,} rows -> {len(feats):,} weekly rows with {n_workers} workers in {secs:.1f}s", flush=True)
     print(f"ROTA_METRIC weekly_rows={len(feats)}", flush=True)
     print(f"ROTA_METRIC workers={n_workers}", flush=True)
+    print(f"ROTA_METRIC booked_cpus={booked}", flush=True)
     print(f"ROTA_METRIC seconds={secs:.3f}", flush=True)
 
 
