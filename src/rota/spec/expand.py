@@ -58,20 +58,24 @@ def expand_tasks(
     specs: Sequence[tuple[TaskSpec, int | None]], *, file: str, root: str, max_tasks: int
 ) -> list[Task]:
     """Expand every template; raise SpecError on duplicates or too many tasks."""
-    out: list[Task] = []
-    seen: dict[str, str] = {}
-    for ts, _line in specs:
+    total = 0
+    for ts, _line in specs:  # count everything before expanding anything: refuse in O(templates)
         matrix = ts.matrix or {}
         count = math.prod(len(v) for v in matrix.values()) if matrix else 1
         count *= ts.shards or 1
         if ts.sweep is not None:
             count *= ts.sweep.trials
-        if len(out) + count > max_tasks:
+        total += count
+        if total > max_tasks:
             raise SpecError(
-                f"expands to {len(out) + count:,} tasks, more than the limit of {max_tasks:,}; "
+                f"expands to {total:,} tasks, more than the limit of {max_tasks:,}; "
                 "split the spec or raise 'max_tasks:'",
                 file=file, task=ts.name, field="matrix",
             )
+    out: list[Task] = []
+    seen: dict[str, str] = {}
+    for ts, _line in specs:
+        matrix = ts.matrix or {}
         if matrix:
             for key in matrix:
                 if key in LAUNCH_VARS or key == "shard":
