@@ -12,6 +12,8 @@ a handful run ``python -m rota.cli`` for real.
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -37,6 +40,16 @@ TASK_KEYS = ["name", "command", "needs", "gpus", "gpu_memory", "cpus", "memory",
              "env", "priority", "workdir", "outputs", "inputs", "devices", "enforce_gpu_memory", "matrix", "shards",
              "sweep"]
 TOP_KEYS = ["name", "defaults", "tasks", "machines", "slurm", "max_tasks"]
+OUTCOMES: collections.Counter[str] = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary() -> object:
+    """With ROTA_FUZZ_SUMMARY=path, write the exit codes seen (for bench/reliability.py)."""
+    yield
+    path = os.environ.get("ROTA_FUZZ_SUMMARY")
+    if path:
+        Path(path).write_text(json.dumps(dict(OUTCOMES)))
 
 
 class Sandbox:
@@ -70,6 +83,7 @@ def cli_run(box: Sandbox, *extra: str) -> tuple[int, str, str]:
 
 
 def check(box: Sandbox, code: int, out: str, err: str) -> None:
+    OUTCOMES[f"exit {code}"] += 1
     assert "Traceback" not in err and "Traceback" not in out, err
     assert code in (0, 1, 2), (code, out, err)
     if code == 2:
@@ -259,3 +273,52 @@ def test_random_path_like_names_stay_inside(names: list[str]) -> None:
         check(box, *cli_run(box))
     finally:
         box.close()
+
+
+# ------------------------------------------------------------ millions of tasks
+def _matrix_spec(name: str, matrix: dict[str, int], head: str = "", extra: str = "") -> str:
+    values = ", ".join(f"{k}: {list(range(n))}" for k, n in matrix.items())
+    return f"{head}tasks:\n  - name: {name}\n    command: touch SENTINEL\n{extra}    matrix: {{{values}}}\n"
+
+
+MILLIONS = {
+    "8M by matrix": _matrix_spec("t-{a}-{b}-{c}", {"a": 200, "b": 200, "c": 200}),
+    "100M by shards x matrix": _matrix_spec("s-{a}", {"a": 1000}, extra="    shards: 100000\n"),
+    "10M+1 with max_tasks raised": _matrix_spec("t-{a}-{b}", {"a": 10001, "b": 1000}, head="max_tasks: 10000000\n"),
+    "1000 templates of 1000": "tasks:\n" + "".join(
+        f"  - name: g{k}-{{a}}\n    command: touch SENTINEL\n    matrix: {{a: *v}}\n" if k else
+        f"  - name: g{k}-{{a}}\n    command: touch SENTINEL\n    matrix: {{a: &v {list(range(1000))}}}\n"
+        for k in range(1000)),
+}
+
+
+@pytest.mark.parametrize("label", list(MILLIONS))
+def test_millions_of_tasks_refused_quickly_in_bounded_memory(label: str) -> None:
+    """Real subprocess; wall time and the child's own peak RSS (wait4) are bounded."""
+    box = Sandbox()
+    try:
+        box.spec.write_text(MILLIONS[label].replace("SENTINEL", str(box.sentinel)))
+        code, out, err, wall, rss_mb = run_measured(
+            [sys.executable, "-m", "rota.cli", "run", str(box.spec), "--plain", *MACHINE], box.root)
+        check(box, code, out, err)
+        assert code == 2 and "more than the limit" in err, err
+        print(f"{label}: refused in {wall:.2f}s, peak RSS {rss_mb:.0f} MB: {err.strip()}")
+        assert wall < 10, wall
+        assert rss_mb < 300, rss_mb
+    finally:
+        box.close()
+
+
+def run_measured(argv: list[str], folder: Path) -> tuple[int, str, str, float, float]:
+    """Run argv; (exit code, stdout, stderr, wall seconds, the child's peak RSS in MB)."""
+    out_p, err_p = folder / "stdout", folder / "stderr"
+    t0 = time.perf_counter()
+    with open(out_p, "w") as o, open(err_p, "w") as e:
+        proc = subprocess.Popen(argv, stdout=o, stderr=e)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out, err = out_p.read_text(), err_p.read_text()
+    out_p.unlink()
+    err_p.unlink()
+    return proc.returncode, out, err, wall, usage.ru_maxrss / 1024
