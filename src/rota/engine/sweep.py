@@ -45,17 +45,20 @@ not rerun (the engine skips them).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rota.engine.sweep_prune import ReportReader
-from rota.engine.sweep_space import check_param, grid_values, study_name
-from rota.errors import RotaError, SpecError
+from rota.engine.sweep_space import distributions, make_pruner, make_sampler, study_name
+from rota.errors import RotaError
 from rota.executors.base import Status
 from rota.spec.model import SweepSpec
 from rota.store import base as S
@@ -79,6 +82,47 @@ def import_optuna() -> Any:
     return optuna
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def storage_errors(state_dir: str) -> Iterator[None]:
+    """Turn Optuna/SQLAlchemy storage failures into what the engine understands.
+
+    A SQLite error underneath (disk full, read-only) is re-raised as the
+    ``sqlite3.OperationalError`` itself, so the engine stops cleanly with its
+    "nothing is lost" StateError; anything else becomes a StateError naming
+    ``optuna.db``.
+    """
+    try:
+        yield
+    except RotaError:
+        raise
+    except Exception as e:
+        optuna = import_optuna()
+        import sqlalchemy.exc
+
+        if not isinstance(e, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError):
+            raise
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, sqlite3.OperationalError):
+                raise cause from None
+            cause = getattr(cause, "orig", None) or cause.__cause__ or cause.__context__
+        from rota.errors import StateError
+
+        raise StateError(f"sweep studies in {os.path.join(state_dir, DB_NAME)}: {e}") from None
+
+
+def _guarded(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(self: SweepHook, *args: Any, **kwargs: Any) -> Any:
+        with storage_errors(self.state_dir):
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def storage_url(state_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{os.path.join(os.fspath(state_dir), DB_NAME)}"
 
@@ -92,49 +136,6 @@ def open_storage(state_dir: str | os.PathLike[str], *, readonly: bool = False) -
         skip_table_creation=readonly,
         skip_compatibility_check=readonly,
     )
-
-
-def distributions(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> dict[str, Any]:
-    """Optuna distributions for a sweep's ``params``. Raises SpecError on a bad dimension."""
-    optuna = import_optuna()
-    d = optuna.distributions
-    out: dict[str, Any] = {}
-    for name, p in sweep.params.items():
-        why = check_param(name, p)
-        if why is not None:
-            raise SpecError(why, file=file, task=task, field=f"sweep.params.{name}")
-        if p.type == "categorical":
-            out[name] = d.CategoricalDistribution(list(p.choices or []))
-        elif p.type == "int":
-            out[name] = d.IntDistribution(int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1))
-        else:
-            out[name] = d.FloatDistribution(float(p.low or 0.0), float(p.high or 0.0), log=p.log, step=p.step)
-    return out
-
-
-def make_sampler(sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> Any:
-    """The sampler the spec names (TPE by default, with a constant liar for parallel trials)."""
-    optuna = import_optuna()
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_values(sweep, file=file, task=task), seed=sweep.seed)
-    if sweep.sampler == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise RotaError("sampler: cmaes needs the cmaes package: pip install cmaes") from None
-        return optuna.samplers.CmaEsSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed, constant_liar=True)
-
-
-def make_pruner(sweep: SweepSpec) -> Any:
-    optuna = import_optuna()
-    if sweep.pruner == "median":
-        return optuna.pruners.MedianPruner()
-    if sweep.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
 
 
 class SweepHook:
@@ -152,8 +153,8 @@ class SweepHook:
             name = study_name(t)
             if name not in self.sweeps:
                 self.sweeps[name] = t.sweep
-                self.dists[name] = distributions(t.sweep, file=spec.path, task=t.group)
-                self.samplers[name] = make_sampler(t.sweep, file=spec.path, task=t.group)
+                self.dists[name] = distributions(self.optuna, t.sweep, file=spec.path, task=t.group)
+                self.samplers[name] = make_sampler(self.optuna, t.sweep, file=spec.path, task=t.group)
         self._storage: Any = None
         self._studies: dict[str, optuna.Study] = {}
         self._allowed: dict[str, set[str]] | None = None
@@ -172,7 +173,7 @@ class SweepHook:
         sw = self.sweeps[name]
         st = self.optuna.create_study(
             study_name=name, storage=self._storage, direction=sw.direction, sampler=self.samplers[name],
-            pruner=make_pruner(sw), load_if_exists=True,
+            pruner=make_pruner(self.optuna, sw), load_if_exists=True,
         )
         if st.direction.name.lower() != sw.direction:
             from rota.errors import StateError
@@ -210,6 +211,7 @@ class SweepHook:
         return st._storage.get_trial(tid)
 
     # ---------------------------------------------------------------- hooks
+    @_guarded
     def start(self, engine: Any) -> None:
         """Settle trials a killed controller left RUNNING (runs after adoption)."""
         records = {r.name: r for r in engine.store.tasks()}
@@ -236,6 +238,7 @@ class SweepHook:
                        else "asked but never launched (controller stopped)")
                 self._tell(name, tr.number, None, why)
 
+    @_guarded
     def tick(self, engine: Any, now: float) -> None:
         self._allowed = None  # recompute the parallel caps on the next launch pass
         if now - self._last_scan >= 0.5 and any(sw.pruner != "none" for sw in self.sweeps.values()):
@@ -276,6 +279,7 @@ class SweepHook:
             st._storage.set_trial_intermediate_value(trial._trial_id, step, value)
         return st._storage.get_trial(trial._trial_id)
 
+    @_guarded
     def outcome(self, engine: Any, lv: Any, status: Status) -> Status | None:
         """A pruned trial's stopped attempt is a final success of its slot, not a failure."""
         if status.phase == "succeeded" or not self._was_pruned(lv):
@@ -320,6 +324,7 @@ class SweepHook:
             out[key] = {x.task.name for x in lvs[: max(cap, 0)]}
         return out
 
+    @_guarded
     def params_for(self, engine: Any, lv: Any) -> dict[str, Any] | None:
         """Ask the study for a new trial for this slot's next attempt."""
         if lv.task.sweep is None:
@@ -336,6 +341,7 @@ class SweepHook:
         params[TRIAL_KEY] = trial.number
         return params
 
+    @_guarded
     def finished(self, engine: Any, lv: Any, state: str, metrics: Mapping[str, float]) -> None:
         number = self._number(lv)
         if number is None:
@@ -362,6 +368,7 @@ class SweepHook:
             return
         self._tell(name, number, None, f"{state}: {lv.reason}" if lv.reason else state)
 
+    @_guarded
     def lost(self, engine: Any, lv: Any) -> None:
         number = self._number(lv)
         if number is not None:
