@@ -99,6 +99,10 @@ class Engine:
         self.ranks = critical_path_ranks(spec.tasks)
         self.order = {t.name: i for i, t in enumerate(spec.tasks)}
         self.ready: set[str] = set()
+        self.delayed: set[str] = set()  # ready but waiting for a retry back-off
+        self._sorted: list[Candidate] = []  # candidates of ready tasks, in policy order
+        self._sorted_names: set[str] = set()
+        self._dirty = True  # something changed since the policy was last asked
         self.running: dict[str, Live] = {}
         self.interrupts = 0
         self._wake = Waker()  # set() from signal handlers: must not take a lock
@@ -147,7 +151,7 @@ class Engine:
         for t in self.spec.tasks:
             lv = self.live[t.name]
             if lv.state == S.PENDING and lv.unmet == 0:
-                self.ready.add(t.name)
+                self._make_ready(t.name)
 
     def _row(self, t: Task, fp: str, state: str) -> dict[str, Any]:
         return {
@@ -304,16 +308,17 @@ class Engine:
         return EXIT_OK if all(s in S.DONE_OK for s in states) else EXIT_FAILED
 
     def _pending_left(self) -> bool:
-        return any(lv.state == S.PENDING for lv in self.live.values())
+        # Pending tasks are either ready (possibly delayed by a retry back-off) or waiting on
+        # needs that are running or pending; when nothing runs and nothing is ready, none can start.
+        return bool(self.ready)
 
     def _sleep_for(self, now: float) -> float:
         t = self.opt.poll_interval_s
         for lv in self.running.values():
             if lv.deadline is not None:
                 t = min(t, max(lv.deadline - now, 0.0))
-        waits = [self.live[n].not_before - now for n in self.ready if self.live[n].not_before > now]
-        if waits:
-            t = min(t, max(min(waits), 0.0))
+        if self.delayed:
+            t = min(t, max(min(self.live[n].not_before for n in self.delayed) - now, 0.0))
         return max(t, 0.001)
 
     # ---------------------------------------------------------------- launch
@@ -323,26 +328,56 @@ class Engine:
             r = replace(r, gpu_memory_bytes=lv.gpu_override)
         return r
 
+    def _candidate(self, lv: Live) -> Candidate:
+        return Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
+                         lv.task.estimate_s, self.order[lv.task.name])
+
     def _launch(self, now: float) -> None:
-        ready = [self.live[n] for n in self.ready if self.live[n].not_before <= now]
-        if not ready:
+        """Ask the policy for placements, only when something changed since the last ask."""
+        if self.delayed and any(self.live[n].not_before <= now for n in self.delayed):
+            self.delayed = {n for n in self.delayed if self.live[n].not_before > now}
+            self._dirty = True
+        if not self._dirty or not self.ready:
             return
-        ready = self._cache_hits(ready)
-        gates = [getattr(h, "may_launch", None) for h in self.hooks]
-        ready = [lv for lv in ready if all(g is None or g(self, lv) for g in gates)]
-        if not ready:
+        self._dirty = False
+        fresh = [self.live[n] for n in self.ready if n not in self._sorted_names and n not in self.delayed]
+        if fresh:
+            fresh = self._cache_hits(fresh)
+            self._sorted.extend(self._candidate(lv) for lv in fresh)
+            self._sorted.sort(key=sort_key)
+            self._sorted_names.update(lv.task.name for lv in fresh)
+        gates = [g for g in (getattr(h, "may_launch", None) for h in self.hooks) if g is not None]
+        cands = [c for c in self._sorted if c.name not in self.delayed]
+        if gates:
+            cands = [c for c in cands if all(g(self, self.live[c.name]) for g in gates)]
+        if not cands:
             return
-        cands = [
-            Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
-                      lv.task.estimate_s, self.order[lv.task.name])
-            for lv in ready
-        ]
-        cands.sort(key=sort_key)
         running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
         placements = schedule(cands, self.machine, running, presorted=True)
         if not placements:
             return
+        started = {p.task for p in placements}
+        self._sorted = [c for c in self._sorted if c.name not in started]
+        self._sorted_names -= started
         self._start(placements, now)
+
+    def _make_ready(self, name: str, delay_until: float = 0.0) -> None:
+        self.ready.add(name)
+        self._dirty = True
+        lv = self.live[name]
+        lv.not_before = delay_until
+        if name in self._sorted_names:  # its request may have changed (OOM re-booking)
+            self._sorted = [c for c in self._sorted if c.name != name]
+            self._sorted_names.discard(name)
+        if delay_until > time.time():
+            self.delayed.add(name)
+
+    def _unready(self, name: str) -> None:
+        self.ready.discard(name)
+        self.delayed.discard(name)
+        if name in self._sorted_names:
+            self._sorted = [c for c in self._sorted if c.name != name]
+            self._sorted_names.discard(name)
 
     def _remaining(self, lv: Live, now: float) -> float | None:
         est = lv.task.estimate_s
@@ -420,6 +455,7 @@ class Engine:
         for lv, launch in launches:
             os.makedirs(lv.out or ".", exist_ok=True)
             self.ready.discard(lv.task.name)
+            self.delayed.discard(lv.task.name)
             lv.state = S.LAUNCHING
             self.running[lv.task.name] = lv
         handles = self._submit([la for _, la in launches])
@@ -518,12 +554,12 @@ class Engine:
             if free:
                 fields["free_attempts"] = lv.free_attempts + 1
             self.store.transition(t.name, expect=S.ACTIVE, event="retry", attempt=attempt_row, metrics=metrics, **fields)
-            lv.state, lv.handle, lv.not_before, lv.gpu_override = S.PENDING, None, now + delay, override
+            lv.state, lv.handle, lv.gpu_override = S.PENDING, None, override
             lv.exit_code, lv.reason = st.exit_code, reason
             if free:
                 lv.free_attempts += 1
             self._hook("finished", lv, S.FAILED, metrics)
-            self.ready.add(t.name)
+            self._make_ready(t.name, now + delay)
             extra = f"; booking {override / 2**30:.0f}GB per GPU" if oom and override else ""
             self._event("retry", t.name, f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
             return
@@ -551,14 +587,15 @@ class Engine:
 
     def _finish(self, lv: Live, state: str, text: str) -> None:
         lv.state = state
-        self.ready.discard(lv.task.name)
+        self._unready(lv.task.name)
+        self._dirty = True
         self._event(state, lv.task.name, text)
         if state in S.DONE_OK:
             for u in self.users.get(lv.task.name, []):
                 ul = self.live[u]
                 ul.unmet -= 1
                 if ul.unmet == 0 and ul.state == S.PENDING:
-                    self.ready.add(u)
+                    self._make_ready(u)
         else:
             self._skip_dependents(lv.task.name)
 
@@ -572,7 +609,7 @@ class Engine:
                 continue
             ul.state = S.SKIPPED
             ul.reason = f"needs {name}, which did not succeed"
-            self.ready.discard(u)
+            self._unready(u)
             changes.append(Change(u, S.PENDING, "skipped", {"state": S.SKIPPED, "reason": ul.reason}))
             self._event(S.SKIPPED, u, ul.reason)
             stack.extend(self.users.get(u, []))
