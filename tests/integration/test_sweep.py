@@ -85,7 +85,7 @@ def _complete(study) -> list:
 
 def test_sweep_runs_study_and_reports_best(tmp_path):
     """8 trials through `rota run`: 8 COMPLETE trials, params in {x} and env, best trial reported."""
-    from rota.report.sweeps import best_trials
+    from rota.report.sweeps import best_trials, best_trials_text
 
     rec, obj = _setup(tmp_path)
     spec = _sweep_spec(tmp_path, rec, obj, trials=8, sleep=0.0, parallel=2)
@@ -125,6 +125,8 @@ def test_sweep_runs_study_and_reports_best(tmp_path):
     assert best[0]["value"] <= best[1]["value"] <= best[2]["value"]
     assert best[0]["task"] == min(recs, key=lambda r: r["loss"])["task"]
     assert set(best[0]["params"]) == {"x", "depth", "booster"}
+    text = best_trials_text(report)
+    assert text.startswith("sweep hpo: best loss (minimize); 8 complete") and best[0]["task"] in text
 
 
 @pytest.mark.parametrize("mode", ["adopt", "lost"])
@@ -301,3 +303,35 @@ def test_pruner_stops_bad_trial(tmp_path):
     assert not (rec / "done-5").exists()  # stopped before its last step
     st = by_name(sd)
     assert st["p-trial-5"]["state"] == "succeeded" and st["p-trial-5"]["attempts"] == 1
+
+
+def test_matrix_of_sweeps_makes_one_study_each(tmp_path):
+    """Scenario 4's '8 datasets': a matrix over a sweep gives one study per combination."""
+    from rota.report.sweeps import best_trials
+
+    rec, obj = _setup(tmp_path)
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: hpo-{{ds}}
+            matrix: {{ds: [iris, wine]}}
+            command: {PY} {obj} {rec} {{x}} 0
+            sweep:
+              trials: 3
+              parallel: 1
+              metric: loss
+              params:
+                x: {{type: float, low: 0.0, high: 3.0}}
+    """)
+    sd = tmp_path / "st"
+    p = rota("run", spec, "--cpus", "4", "--plain", "--state-dir", sd)
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = best_trials(sd, top=5)
+    assert [r["sweep"] for r in report] == ["hpo-iris", "hpo-wine"]
+    for r in report:
+        assert r["counts"]["complete"] == 3 and len(r["best"]) == 3
+        assert all(b["task"].startswith(r["sweep"] + "-trial-") for b in r["best"])
+    # parallel is per study: at most one trial of each dataset at a time, so at most two at once.
+    recs = _records(rec)
+    for r in recs:
+        same = [o for o in recs if o is not r and o["task"].rsplit("-trial-", 1)[0] == r["task"].rsplit("-trial-", 1)[0]]
+        assert not any(o["start"] < r["start"] < o["end"] for o in same)
