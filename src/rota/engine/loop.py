@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import math
 import os
 import signal
@@ -113,7 +114,13 @@ class Engine:
     def _sync(self) -> None:
         """Bring the store in line with the spec; recover attempts of a dead controller."""
         self.run_id = self.store.get_meta("run_id") or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota"})
+        m = self.machine
+        machine_json = json.dumps({
+            "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
+            "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source,
+            "executor": getattr(self.executor, "name", "?"),
+        })
+        self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})
         existing = {r.name: r for r in self.store.tasks()}
         rows = []
         adopt: list[tuple[Task, Any]] = []

@@ -1,0 +1,99 @@
+"""Build a :class:`ReportData` from a state folder (read-only; safe during a run).
+
+Planned times come from simulating the spec (if it still loads) on the machine
+the run used, with the same policy, so "planned vs actual" compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rota.core.resources import Gpu, Machine
+from rota.engine.attempt import tail
+from rota.report.model import FAILED_STATES, GpuInfo, GpuSample, ReportData, TaskRow
+from rota.store.sqlite import SqliteStore
+
+
+def machine_from_meta(text: str | None) -> Machine | None:
+    if not text:
+        return None
+    try:
+        d = json.loads(text)
+        return Machine(
+            tuple(Gpu(g["index"], g["memory_bytes"], g.get("name", "GPU"), g.get("uuid")) for g in d["gpus"]),
+            int(d["cpus"]), int(d["memory_bytes"]), d.get("source", "declared"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _planned(spec_path: str | None, machine: Machine | None) -> dict[str, tuple[float, float]]:
+    if not spec_path or machine is None or not os.path.exists(spec_path):
+        return {}
+    try:
+        from rota.plan.compare import MachineOption, plan
+        from rota.plan.estimates import resolve_durations
+        from rota.spec.load import load_spec
+
+        spec = load_spec(spec_path)
+        durations = resolve_durations(spec.tasks, {})
+        p = plan(spec.tasks, MachineOption("run", machine), durations)
+        return {s.name: (s.start_s, s.end_s) for s in p.schedule.slots}
+    except Exception:  # noqa: BLE001 - a report must not fail because the spec changed since
+        return {}
+
+
+def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
+    store = SqliteStore(Path(state_dir), readonly=True)
+    try:
+        machine = machine_from_meta(store.get_meta("machine"))
+        spec_path = store.get_meta("spec_path")
+        planned = _planned(spec_path, machine)
+        metrics = store.metrics()
+        peaks: dict[str, int] = {}
+        for a in store.attempts():
+            if a.get("peak_gpu_memory_bytes"):
+                peaks[a["task"]] = max(peaks.get(a["task"], 0), int(a["peak_gpu_memory_bytes"]))
+        rows = []
+        for r in store.tasks():
+            declared: int | None = r.gpu_memory_override
+            if declared is None and r.gpu_bytes:
+                declared = r.gpu_bytes[0]
+            if machine is not None and r.gpus and declared is not None:
+                try:
+                    if declared >= machine.gpu(r.gpus[0]).memory_bytes:
+                        declared = None  # a whole GPU
+                except KeyError:
+                    pass
+            start, end = r.started_at, r.ended_at
+            if start is not None and end is not None and end < start:
+                end = start
+            if r.state in ("pending", "skipped"):
+                start = end = None
+            p = planned.get(r.name)
+            rows.append(TaskRow(
+                name=r.name, state=r.state, attempts=r.attempts, exit_code=r.exit_code, reason=r.reason,
+                start_s=start, end_s=end if r.state not in ("running", "launching") else None,
+                gpus=tuple(r.gpus), cpus=r.cpus, gpu_memory_bytes=declared, peak_gpu_memory_bytes=peaks.get(r.name),
+                estimate_s=r.estimate_s, vars=r.vars or {}, metrics=metrics.get(r.name, {}), log_path=r.log_path,
+                log_tail=_last_lines(tail(r.log_path, 8192), 30) if r.state in FAILED_STATES else "",
+                planned_start_s=p[0] if p else None, planned_end_s=p[1] if p else None, base=r.grp or None,
+            ))
+        samples = [GpuSample(ts, gpu, util, used, total) for ts, gpu, util, used, total in store.gpu_samples()]
+        starts = [t.start_s for t in rows if t.start_s is not None]
+        ends = [t.end_s for t in rows if t.end_s is not None]
+        gpus: Any = tuple(GpuInfo(g.index, g.name, g.memory_bytes) for g in machine.gpus) if machine else ()
+        return ReportData(
+            run_id=store.get_meta("run_id") or "?", spec_path=spec_path or "", gpus=gpus,
+            cpus=machine.cpus if machine else 0, tasks=tuple(rows), gpu_samples=tuple(samples),
+            started_at=min(starts) if starts else None, ended_at=max(ends) if ends else None,
+        )
+    finally:
+        store.close()
+
+
+def _last_lines(text: str, n: int) -> str:
+    return "\n".join(text.splitlines()[-n:])
