@@ -1,0 +1,96 @@
+"""The Python API under the CLI, `rota machine`, `rota logs -f`, the dashboard render."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+
+import rota
+from rota.core.resources import Gpu
+from rota.machine import apply_visible_devices, detect_machine, parse_gpus_flag
+from tests.helpers import rota as rota_cli
+from tests.helpers import start_rota, wait_for, write_spec
+
+
+def test_python_api_builds_runs_and_reads_status(tmp_path):
+    spec = rota.spec_from_dict(
+        {"tasks": [
+            {"name": "a-{x}", "command": "echo ROTA_METRIC v={x}", "matrix": {"x": [1, 2]}},
+            {"name": "b", "command": "echo done", "needs": ["a-*"]},
+        ]},
+        root=tmp_path,
+    )
+    assert [t.name for t in spec.tasks] == ["a-1", "a-2", "b"]
+    result = rota.run(spec, gpus="none", state_dir=tmp_path / "st")
+    assert result.exit_code == 0 and result.counts["succeeded"] == 3
+    st = rota.status(state_dir=result.state_dir)
+    assert st["version"] == 1
+    assert {t["name"]: t["metrics"] for t in st["tasks"]}["a-2"] == {"v": 2.0}
+
+
+def test_spec_error_from_api(tmp_path):
+    try:
+        rota.spec_from_dict({"tasks": [{"name": "a", "command": "x", "gpus": "two"}]}, root=tmp_path)
+    except rota.SpecError as e:
+        assert e.task == "a" and e.field == "gpus"
+    else:
+        raise AssertionError("expected SpecError")
+
+
+def test_machine_command_and_flags():
+    out = rota_cli("machine", "--gpus", "2x80GB,24GB", "--cpus", "6", "--memory", "100GB", "--json", check=True)
+    m = json.loads(out.stdout)
+    assert [g["memory_bytes"] for g in m["gpus"]] == [80 * 2**30, 80 * 2**30, 24 * 2**30]
+    assert m["cpus"] == 6 and m["memory_bytes"] == 100 * 2**30
+    bad = rota_cli("machine", "--gpus", "4xBANANA")
+    assert bad.returncode == 2 and "--gpus" in bad.stderr and "Traceback" not in bad.stderr
+    none = rota_cli("machine", "--gpus", "0,2")  # no NVML here: restricting to undetected GPUs is an error
+    assert none.returncode == 2 and "not detected" in none.stderr
+
+
+def test_inherited_cuda_visible_devices_is_respected():
+    detected = [Gpu(i, 80 * 2**30, "H100", f"GPU-{i}aaaa") for i in range(4)]
+    kept = apply_visible_devices(detected, "2,GPU-3aaaa")
+    assert [g.index for g in kept] == [2, 3]
+    assert [g.cuda_id for g in kept] == ["2", "GPU-3aaaa"]
+    assert apply_visible_devices(detected, "") == []
+    assert [g.index for g in parse_gpus_flag("0,2", detected)] == [0, 2]
+
+
+def test_slurm_allocation_environment_is_respected():
+    m = detect_machine(gpus="2x80GB", environ={"SLURM_CPUS_ON_NODE": "12", "SLURM_MEM_PER_NODE": "65536"})
+    assert m.cpus == 12 and m.memory_bytes == 64 * 2**30
+
+
+def test_logs_follow_streams_until_the_task_ends(tmp_path):
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: talk, command: "for i in 1 2 3; do echo line $i; sleep 0.4; done"}
+    """)
+    proc = start_rota("run", spec, "--plain")
+    wait_for(lambda: (tmp_path / ".rota" / "logs" / "talk" / "attempt-1.log").exists(), timeout=30)
+    out = rota_cli("logs", "talk", spec, "-f", timeout=60)
+    assert out.stdout.split() == ["line", "1", "line", "2", "line", "3"]
+    proc.communicate(timeout=30)
+
+
+def test_dashboard_render_is_pure_and_complete(tmp_path):
+    from rota.ui.dashboard import render
+    from rota.ui.snapshot import GpuView, Snapshot, TaskView
+
+    snap = Snapshot(
+        now=time.time(), started_at=time.time() - 65,
+        gpus=(GpuView(0, "H100", 80 * 2**30, 60 * 2**30, ("train-a", "train-b")), GpuView(1, "H100", 80 * 2**30, 0, ())),
+        cpus_total=16, cpus_booked=4, memory_total=64 * 2**30, memory_booked=8 * 2**30,
+        running=(TaskView("train-a", (0,), 30.0, 120.0, {"done": 50, "total": 200, "items_per_s": 5.0, "eta_s": 30}),),
+        counts={"succeeded": 3, "failed": 1, "pending": 4, "running": 2}, total=10, eta_s=300.0,
+        failures=(("bad", "cuda out of memory", "/x/bad/attempt-1.log"),), recent=(),
+    )
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render(snap))
+    text = console.export_text()
+    for needle in ("GPU 0", "60GB/80GB", "train-a, train-b", "CPU", "4/16", "50/200", "ETA 5m00s", "bad",
+                   "cuda out of memory", "/x/bad/attempt-1.log", "done 3", "failed 1"):
+        assert needle in text, needle
