@@ -32,7 +32,7 @@ reference that passes the full list).
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -152,7 +152,9 @@ class _Ready:
         return self.front[:k]
 
     def remove(self, done: set[int]) -> None:
-        self.front = [x for x in self.front if x not in done]
+        front = self.front
+        for x in done:  # placed tasks were offered, so they are in ``front``
+            del front[bisect_left(front, x)]
         if len(self.front) > self._SPILL * 2:
             for x in self.front[self._SPILL:]:
                 heapq.heappush(self.back, x)
@@ -232,13 +234,14 @@ def simulate(
             classes[cls[i]] += 1
 
     running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
+    free = Ledger.for_machine(machine)  # kept in step with ``running``
     ends: list[tuple[float, int]] = []
     slots: list[Slot] = []
     now = 0.0
     calls = 0
     freed = 1
     while True:
-        placed, c = _decide(ready, classes, reqs, cls, by_pos, machine, running, now, cands, policy, freed)
+        placed, c = _decide(ready, classes, reqs, cls, by_pos, machine, free, running, now, cands, policy, freed)
         calls += c
         if placed:
             done = set()
@@ -248,6 +251,7 @@ def simulate(
                 classes[cls[i]] -= 1
                 end = now + dur[p.task]
                 running[i] = (p, end)
+                free.book(p)
                 heapq.heappush(ends, (end, i))
                 slots.append(Slot(p.task, now, end, p.gpus, p.gpu_bytes, p.cpus, p.memory_bytes))
             ready.remove(done)
@@ -258,7 +262,7 @@ def simulate(
         while ends and ends[0][0] <= now:
             _, i = heapq.heappop(ends)
             freed += 1
-            del running[i]
+            free.release(running.pop(i)[0])
             for u in users[i]:
                 unmet[u] -= 1
                 if unmet[u] == 0 and not dead[u]:
@@ -279,6 +283,7 @@ def _decide(
     cls: Sequence[int],
     by_pos: Sequence[int],
     machine: Machine,
+    free: Ledger,
     running: Mapping[int, tuple[Placement, float]],
     now: float,
     cands: Sequence[Candidate],
@@ -288,8 +293,6 @@ def _decide(
     """The placements the policy makes now for *all* ready tasks, and how many calls it took."""
     if not len(ready):
         return [], 0
-    busy = [p for p, _ in running.values()]
-    free = Ledger.for_machine(machine, busy)
     if not _fits_any(free, classes, reqs):
         return [], 0
     run = [Running(p, max(end - now, REMAINING_FLOOR_S)) for p, end in running.values()]
