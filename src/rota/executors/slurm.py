@@ -4,6 +4,7 @@ Construction::
 
     SlurmExecutor(state_dir, options=SlurmOptions(partition="gpu"),
                   gpu_memory_bytes=80 * 2**30)
+    SlurmExecutor(state_dir, spec_slurm=spec.file.slurm, partition=None)  # what the CLI does
 
 ``state_dir`` must be on a filesystem the compute nodes see (as must each
 launch's ``log_path`` and ``workdir``); scripts go to ``<state_dir>/slurm/``.
@@ -31,7 +32,11 @@ submitted and raises :class:`ExecutorError`):
   while the others still run; ``cancel`` of some members only stops those
   (a cancel file the job watches), of all members scancels the job. A shared
   launch alone in its round gets a whole-GPU job of its own. SLURM's GPU is
-  not the engine's index: the engine's packing only decides who shares.
+  not the engine's index: the engine's packing only decides who shares. So a
+  shared launch placed in a later round next to a running shared job gets a
+  job (and a whole GPU) of its own: SLURM may queue it where the engine's
+  ledger saw room. That is conservative (a GPU is never oversubscribed), at
+  the cost of some packing across rounds.
 - launches of one ``array_group`` with identical resources (GPUs, CPUs,
   memory, time limit) become ONE ``sbatch --array=0-(n-1)``.
 - everything else: one sbatch each.
