@@ -204,7 +204,7 @@ def test_weekly_training_pipeline(tmp_path: Path) -> None:
     assert metric_lines(p.stdout)["weekly_rows"] > 100
     out = tmp_path / "train"
     p = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ddp.py",
-            "--data", data / "features.pkl", "--epochs", 2, "--out", out, cwd=cwd, timeout=300)
+            "--data", data / "features.pkl", "--epochs", 4, "--batch-size", 16, "--out", out, cwd=cwd, timeout=300)
     m = metric_lines(p.stdout)
     assert m["world_size"] == 2 and 0 < m["val_rmse"] < 2
     assert (out / "model.pt").is_file()

@@ -16,7 +16,7 @@ def main() -> None:
     ap.add_argument("--data", default="data")
     ap.add_argument("--items", type=int, default=1500)
     ap.add_argument("--users", type=int, default=800)
-    ap.add_argument("--clusters", type=int, default=12)
+    ap.add_argument("--clusters", type=int, default=40)
     ap.add_argument("--per-user", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -25,16 +25,16 @@ def main() -> None:
 
     cluster = rng.integers(0, args.clusters, size=args.items)
     protos = rng.normal(size=(args.clusters, 3, 16, 16)).astype(np.float32)
-    images = protos[cluster] + 4.0 * rng.normal(size=(args.items, 3, 16, 16)).astype(np.float32)
+    images = protos[cluster] + 3.0 * rng.normal(size=(args.items, 3, 16, 16)).astype(np.float32)
     txt_centres = rng.normal(size=(args.clusters, 128))
-    txt = l2norm(txt_centres[cluster] + 3.0 * rng.normal(size=(args.items, 128))).astype(np.float32)
-    popularity = rng.pareto(1.5, size=args.items) + 1
+    txt = l2norm(txt_centres[cluster] + 2.0 * rng.normal(size=(args.items, 128))).astype(np.float32)
+    popularity = rng.pareto(3.0, size=args.items) + 1
 
     users, items = [], []
     user_pref = rng.integers(0, args.clusters, size=(args.users, 2))  # two favourite clusters each
     for u in range(args.users):
         liked = np.isin(cluster, user_pref[u])
-        w = popularity * np.where(liked, 8.0, 1.0)
+        w = popularity * np.where(liked, 20.0, 1.0)
         chosen = rng.choice(args.items, size=args.per_user + 1, replace=False, p=w / w.sum())
         users.extend([u] * len(chosen))
         items.extend(chosen.tolist())
