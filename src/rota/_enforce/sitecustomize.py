@@ -20,6 +20,7 @@ def _install() -> None:
     frac = os.environ.get("ROTA_GPU_MEMORY_FRACTION")
     if not frac:
         return
+    cap = float(frac)
     import importlib.abc
     import importlib.machinery
 
@@ -39,7 +40,7 @@ def _install() -> None:
                 try:
                     if module.cuda.is_available():
                         for i in range(module.cuda.device_count()):
-                            module.cuda.set_per_process_memory_fraction(float(frac), i)
+                            module.cuda.set_per_process_memory_fraction(cap, i)
                 except Exception as e:  # never break the task over the cap
                     print(f"rota: could not cap GPU memory: {e}", file=sys.stderr)
 

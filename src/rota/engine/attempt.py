@@ -140,8 +140,8 @@ def task_env(
     if params:
         from rota.spec.expand import value_text
 
-        for k, v in params.items():
-            env[f"ROTA_PARAM_{k.upper()}"] = value_text(v)
+        for pk, pv in params.items():
+            env[f"ROTA_PARAM_{pk.upper()}"] = value_text(pv)
         env["ROTA_PARAMS"] = json.dumps(dict(params))
     if task.trial is not None:
         env["ROTA_TRIAL"] = str(task.trial)

@@ -459,7 +459,7 @@ class Engine:
             lv.log_path, lv.out, lv.params, lv.timed_out = log, out, params, False
             launches.append((lv, launch))
         self.store.apply(changes)
-        for lv, launch in launches:
+        for lv, _ in launches:
             os.makedirs(lv.out or ".", exist_ok=True)
             self.ready.discard(lv.task.name)
             self.delayed.discard(lv.task.name)
@@ -472,7 +472,7 @@ class Engine:
                 lv.handle = h if isinstance(h, Handle) else None
             raise full[0]
         changes = []
-        for (lv, launch), h in zip(launches, handles, strict=True):
+        for (lv, _launch), h in zip(launches, handles, strict=True):
             if isinstance(h, Exception):
                 changes.append(Change(lv.task.name, S.LAUNCHING, "submit-failed", {
                     "state": S.RUNNING, "handle": None}))

@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ class Change:
     """One compare-and-set transition for :meth:`SqliteStore.apply`."""
 
     name: str
-    expect: str | Sequence[str] | None
+    expect: str | Collection[str] | None
     event: str
     fields: Mapping[str, Any]
     attempt: Mapping[str, Any] | None = None
@@ -291,7 +291,7 @@ class SqliteStore:
         self,
         name: str,
         *,
-        expect: str | Sequence[str] | None,
+        expect: str | Collection[str] | None,
         event: str,
         attempt: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,

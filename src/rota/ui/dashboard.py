@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -93,7 +93,7 @@ def event_line(ev: tuple[float, str, str, str]) -> str:
 class PlainUI:
     """One line per event, for logs and pipes."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
 
     def start(self, engine: Any) -> None:
