@@ -95,12 +95,15 @@ class Cost:
         return self.gpu_usd + self.cpu_usd + self.machine_usd
 
 
-def critical_path(tasks: Sequence[Task], durations_s: Mapping[str, float]) -> tuple[str, ...]:
+def critical_path(
+    tasks: Sequence[Task], durations_s: Mapping[str, float], ranks_s: Sequence[float] | None = None
+) -> tuple[str, ...]:
     """Names along the longest chain of ``needs`` by ``durations_s``, first to last (ties:
-    file order). ``tasks`` resolved and acyclic, every need among them. O(tasks + edges)."""
+    file order). ``tasks`` resolved and acyclic, every need among them. O(tasks + edges).
+    ``ranks_s``: :func:`remaining_ranks_s` of the same arguments, if already known."""
     if not tasks:
         return ()
-    rank = remaining_ranks_s(tasks, durations_s)
+    rank = remaining_ranks_s(tasks, durations_s) if ranks_s is None else ranks_s
     index = {t.name: i for i, t in enumerate(tasks)}
     users: list[list[int]] = [[] for _ in tasks]
     for i, t in enumerate(tasks):

@@ -145,11 +145,15 @@ def machine_options(
 
 def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> Plan:
     """Simulate ``tasks`` on ``option`` and compute every figure ``rota plan`` shows."""
-    sched = simulate(tasks, option.machine, durations.seconds, gpu_speed=option.speed, cpu_speed=option.cpu_speed)
     scaled = scaled_durations(tasks, durations.seconds, option.speed, option.cpu_speed)
-    ran = {s.name for s in sched.slots}
-    live = [t for t in tasks if t.name in ran]
-    path = critical_path(live, scaled)
+    sched = simulate(tasks, option.machine, scaled)
+    if sched.complete:
+        live = list(tasks)
+        path = critical_path(live, scaled, sched.ranks_s)
+    else:
+        ran = {s.name for s in sched.slots}
+        live = [t for t in tasks if t.name in ran]
+        path = critical_path(live, scaled)
     return Plan(
         option=option,
         schedule=sched,

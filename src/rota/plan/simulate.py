@@ -71,6 +71,8 @@ class Schedule:
     ``unschedulable`` are ``(task, reason)`` pairs for tasks whose request can
     never fit the machine; ``blocked`` are ``(task, need)`` pairs for tasks that
     (transitively) need one of those. ``makespan_s`` covers the slots only.
+    ``ranks_s``: each task's longest remaining path as the policy saw it, by
+    task index.
     """
 
     machine: Machine
@@ -79,6 +81,7 @@ class Schedule:
     unschedulable: tuple[tuple[str, str], ...] = ()
     blocked: tuple[tuple[str, str], ...] = ()
     policy_calls: int = 0
+    ranks_s: tuple[float, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -93,6 +96,8 @@ def scaled_durations(
     ``gpu_speed``, CPU-only tasks by ``cpu_speed``."""
     if gpu_speed <= 0 or cpu_speed <= 0:
         raise ValueError("speed factors must be positive")
+    if gpu_speed == cpu_speed == 1:
+        return {t.name: durations_s[t.name] for t in tasks}
     return {
         t.name: durations_s[t.name] / (gpu_speed if t.request.gpus else cpu_speed) for t in tasks
     }
@@ -187,7 +192,7 @@ def simulate(
     earlier than the end of each of its ``needs``; every task that can fit the
     machine and does not need an unschedulable one gets a slot.
     """
-    dur = scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
+    dur = durations_s if gpu_speed == cpu_speed == 1 else scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
     n = len(tasks)
     index = {t.name: i for i, t in enumerate(tasks)}
     users: list[list[int]] = [[] for _ in range(n)]
@@ -273,7 +278,7 @@ def simulate(
         stuck = [tasks[by_pos[x]].name for x in ready.prefix(len(ready))]
         raise RuntimeError(f"simulation stalled with {len(stuck)} ready tasks, e.g. {stuck[:3]}")
     makespan = max((s.end_s for s in slots), default=0.0)
-    return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls)
+    return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls, tuple(ranks))
 
 
 def _decide(
