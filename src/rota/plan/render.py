@@ -70,6 +70,15 @@ def gantt(p: Plan, width: int = 100) -> str:
     return gantt_text(lns, width)
 
 
+def cost_terms(p: Plan) -> str:
+    """``GPU 13.50 h x $0.35 + CPU 17.35 h x $0.10``: booked hours times prices."""
+    c, pr = p.cost, p.option.prices
+    terms = [f"GPU {c.gpu_hours:.2f} h x ${pr.per_gpu_hour:g}", f"CPU {c.cpu_hours:.2f} h x ${pr.per_cpu_hour:g}"]
+    if pr.per_hour:
+        terms.append(f"machine {c.machine_hours:.2f} h x ${pr.per_hour:g}")
+    return " + ".join(terms)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -93,8 +102,7 @@ def summary(p: Plan) -> str:
         f"  sequential   {format_duration(p.sequential_s)}  (speedup {p.speedup:.2f}x)",
         f"  lower bound  {format_duration(b.value_s)}  (set by {b.binding}; plan is "
         f"{p.makespan_s / b.value_s if b.value_s else 1:.2f}x the bound)",
-        f"  cost         ${c.total_usd:.2f}  (GPU {c.gpu_hours:.2f} h, CPU {c.cpu_hours:.2f} h"
-        f"{f', machine {c.machine_hours:.2f} h' if p.option.prices.per_hour else ''})",
+        f"  cost         ${c.total_usd:.2f}  ({cost_terms(p)})",
         "  utilisation  " + "  ".join(
             [f"gpu{i} {_pct(x)}" for i, x in u.gpu_busy.items()] + [f"CPUs {_pct(u.cpus)}", f"RAM {_pct(u.memory)}"]
         ),
