@@ -47,298 +47,54 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
-import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
 from rota.executors.base import Handle, Launch, Status
 from rota.executors.local import _read_rc, _status_from_code, rc_path_for
-
-try:  # optional extra: pip install 'rota[ray]'
-    import ray
-    from ray import exceptions as rex
-except ImportError:  # pragma: no cover - exercised where ray is absent
-    ray = None
-    rex = None
+from rota.executors.ray_supervisor import Supervisor, need_ray, ray, rex
 
 NAME = "ray"
 SUPERVISOR_PREFIX = "rota-supervisor-"
 DEFAULT_GPU_MEMORY = 80 * 2**30  # "80GB" as rota reads sizes; per GPU (Ray knows GPU counts, not sizes)
-DEFAULT_GRACE_S = 10.0
-KEEP_RESULTS_S = 7 * 24 * 3600.0
+RECHECK_S = 1.0  # poll Ray for real at least this often, even without a wake-up from the supervisor
+SUBMIT_SETTLE_S = 5.0  # a submission sent by a controller that then died has arrived (or never will) by then
 
-
-def _need_ray() -> Any:
-    if ray is None:
-        raise ExecutorError("the Ray backend needs Ray: pip install 'rota[ray]' (or 'ray[default]')")
-    return ray
-
-
-# ---------------------------------------------------------------- in the task
-_SUP_CACHE: dict[tuple[str, str], Any] = {}
-
-
-def _supervisor(name: str, namespace: str) -> Any:
-    key = (name, namespace)
-    if key not in _SUP_CACHE:
-        _SUP_CACHE[key] = ray.get_actor(name, namespace=namespace)
-    return _SUP_CACHE[key]
-
-
-def _grace(spec: Mapping[str, Any]) -> float:
-    try:
-        sup = _supervisor(spec["supervisor"], spec["namespace"])
-        return float(ray.get(sup.grace_for.remote(spec["id"]), timeout=5))
-    except Exception:  # noqa: BLE001 - fall back to the default grace
-        return DEFAULT_GRACE_S
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    if pgid > 1:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
-    """SIGTERM the group, wait ``grace_s`` (a second interrupt cuts it short), SIGKILL."""
-    _killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            return proc.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            continue
-        except KeyboardInterrupt:
-            break
-    _killpg(proc.pid, signal.SIGKILL)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            continue
-
-
-def _task_env(spec: Mapping[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
-    env.update(spec["env"])
-    granted = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if spec["num_gpus"] > 0 and granted is not None:  # Ray's grant wins over rota's bookkeeping
-        env["CUDA_VISIBLE_DEVICES"] = granted
-        env["ROTA_GPUS"] = granted
-    return env
-
-
-def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome."""
-    started = time.time()
-    log, rc_path = spec["log_path"], spec["rc_path"]
-    proc: subprocess.Popen[bytes] | None = None
-    code: int | None = None
-    error = ""
-    try:
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(rc_path).unlink(missing_ok=True)
-        with open(log, "ab", buffering=0) as out:
-            proc = subprocess.Popen(
-                ["bash", "-c", spec["command"]], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, cwd=spec["workdir"], env=_task_env(spec),
-                start_new_session=True, close_fds=True,
-            )
-        while code is None:
-            try:
-                code = proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                continue
-    except KeyboardInterrupt:  # ray.cancel(force=False)
-        code = _stop_group(proc, _grace(spec)) if proc is not None else None
-        error = "cancelled"
-    except OSError as e:
-        error = f"could not start: {e}"
-        try:
-            with open(log, "a") as f:
-                f.write(f"rota: {error}\n")
-        except OSError:
-            pass
-    if proc is not None:
-        _killpg(proc.pid, signal.SIGKILL)  # leftovers such as `sleep 1000 &`
-    if code is not None and code < 0:
-        code = 128 - code
-    if code is not None:
-        try:
-            Path(rc_path).write_text(f"{code}\n")
-        except OSError:
-            pass
-    result = {"code": code, "error": error, "started_at": started, "ended_at": time.time(),
-              "host": socket.gethostname()}
-    try:  # a wake-up hint for the controller; the returned value stays the truth
-        _supervisor(spec["supervisor"], spec["namespace"]).finished.remote(spec["id"], result)
-    except Exception:  # noqa: BLE001
-        pass
-    return result
-
-
-_TASK: list[Any] = []
-
-
-def _task_fn() -> Any:
-    if not _TASK:
-        _TASK.append(ray.remote(max_retries=0, retry_exceptions=False)(run_attempt))
-    return _TASK[0]
-
-
-# --------------------------------------------------------------- supervisor
-def _outcome(ref: Any) -> dict[str, Any]:
-    """The result of a finished task ref, errors included."""
-    try:
-        return dict(ray.get(ref, timeout=10))
-    except rex.TaskCancelledError:
-        return {"code": None, "error": "cancelled"}
-    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError,
-            rex.LocalRayletDiedError) as e:
-        return {"code": None, "error": f"lost: {type(e).__name__}", "lost": True}
-    except rex.RayError as e:
-        return {"code": None, "error": f"ray: {str(e).strip().splitlines()[-1][:300]}"}
-
-
-class Supervisor:
-    """Detached actor that owns every attempt's task ref and remembers outcomes.
-
-    Thread-safe (a threaded actor): ``cancel`` and ``wait_change`` block while
-    ``poll`` and ``submit`` go on.
-    """
-
-    def __init__(self, idle_exit_s: float = 1800.0) -> None:
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._seq = 0
-        self._recs: dict[str, dict[str, Any]] = {}
-        self._last_call = time.time()
-        self._idle_exit_s = idle_exit_s
-        threading.Thread(target=self._reaper, name="rota-supervisor-reaper", daemon=True).start()
-
-    def ping(self) -> int:
-        self._last_call = time.time()
-        return os.getpid()
-
-    def _reaper(self) -> None:
-        """End this actor once no task runs and no controller has called for ``idle_exit_s``."""
-        while True:
-            time.sleep(min(10.0, max(self._idle_exit_s / 4, 0.5)))
-            if time.time() - self._last_call < self._idle_exit_s:
-                continue
-            with self._lock:
-                ids = [t for t, r in self._recs.items() if r["result"] is None]
-            if any(v is not None and v.get("running") for v in self.poll(ids, touch=False).values()):
-                continue
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
-            return
-
-    def submit(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Start one task per item; an id already known is not started again."""
-        fn = _task_fn()
-        self._last_call = time.time()
-        with self._lock:
-            self._prune()
-            for it in items:
-                if it["id"] in self._recs:
-                    continue
-                ref = fn.options(**it["options"]).remote(it["spec"])
-                self._recs[it["id"]] = {"key": it["spec"]["key"], "state_dir": it["state_dir"], "ref": ref,
-                                        "result": None, "grace": DEFAULT_GRACE_S, "at": time.time()}
-        return [it["id"] for it in items]
-
-    def finished(self, tid: str, result: dict[str, Any]) -> None:
-        with self._changed:
-            rec = self._recs.get(tid)
-            if rec is not None and rec["result"] is None:
-                rec["result"] = result
-            self._seq += 1
-            self._changed.notify_all()
-
-    def nudge(self) -> None:
-        """Wake every ``wait_change`` caller (a controller closing its watcher)."""
-        with self._changed:
-            self._seq += 1
-            self._changed.notify_all()
-
-    def wait_change(self, seq: int, timeout_s: float) -> int:
-        """Block until an attempt finished after ``seq`` (or the timeout); return the new seq."""
-        self._last_call = time.time()
-        with self._changed:
-            self._changed.wait_for(lambda: self._seq != seq, timeout=timeout_s)
-            return self._seq
-
-    def poll(self, ids: Sequence[str], touch: bool = True) -> dict[str, dict[str, Any] | None]:
-        """Outcome per id: None unknown, {"running": True}, or the finished task's result."""
-        if touch:
-            self._last_call = time.time()
-        with self._lock:
-            recs = {tid: self._recs.get(tid) for tid in ids}
-        waiting = {tid: r for tid, r in recs.items() if r is not None and r["result"] is None}
-        if waiting:
-            refs = [r["ref"] for r in waiting.values()]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
-            done = set(ready)
-            for r in waiting.values():
-                if r["ref"] in done and r["result"] is None:
-                    r["result"] = _outcome(r["ref"])
-        out: dict[str, dict[str, Any] | None] = {}
-        for tid, r in recs.items():
-            out[tid] = None if r is None else (r["result"] or {"running": True})
-        return out
-
-    def known(self, tid: str, key: str) -> bool:
-        self._last_call = time.time()
-        with self._lock:
-            rec = self._recs.get(tid)
-            return rec is not None and rec["key"] == key
-
-    def find(self, state_dir: str, key: str) -> list[str]:
-        with self._lock:
-            return [t for t, r in self._recs.items() if r["state_dir"] == state_dir and r["key"] == key]
-
-    def grace_for(self, tid: str) -> float:
-        with self._lock:
-            rec = self._recs.get(tid)
-            return DEFAULT_GRACE_S if rec is None else float(rec["grace"])
-
-    def cancel(self, ids: Sequence[str], grace_s: float) -> None:
-        """Interrupt each task (it stops its own group within ``grace_s``); force after that."""
-        self._last_call = time.time()
-        with self._lock:
-            recs = [self._recs[t] for t in ids if t in self._recs and self._recs[t]["result"] is None]
-            for r in recs:
-                r["grace"] = grace_s
-        refs = [r["ref"] for r in recs]
-        for ref in refs:
-            ray.cancel(ref, force=False)
-        if not refs:
-            return
-        _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s + 5.0)
-        for ref in left:
-            ray.cancel(ref, force=True)
-
-    def _prune(self) -> None:
-        old = time.time() - KEEP_RESULTS_S
-        for tid in [t for t, r in self._recs.items() if r["result"] is not None and r["at"] < old]:
-            del self._recs[tid]
-
-
-# ----------------------------------------------------------------- executor
 def _sigchld() -> None:
-    """Default wake-up: the engine sleeps until SIGCHLD (what local tasks send) or its poll interval."""
-    os.kill(os.getpid(), signal.SIGCHLD)
+    """Default wake-up: SIGCHLD to the main thread, as a local task's exit sends.
+
+    The engine sleeps in ``select`` until SIGCHLD or its poll interval; a signal
+    sent to the process may land on this (watcher) thread and not interrupt
+    the main thread's ``select``, hence ``pthread_kill``.
+    """
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGCHLD)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a wrong address: ``ray.init`` retries an unreachable GCS for many minutes."""
+    target = address
+    if address == "auto":
+        try:
+            from ray._private import services
+
+            target = services.canonicalize_bootstrap_address(address) or ""
+        except Exception:  # noqa: BLE001 - private API moved: let ray.init decide
+            return
+    host, sep, port = target.rpartition(":")
+    if not sep or "://" in target or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ExecutorError(f"no Ray cluster answers at {target} ({e.strerror or e}); start one with "
+                            "'ray start --head' or pass --address HOST:PORT") from None
 
 
 class RayExecutor:
@@ -355,7 +111,7 @@ class RayExecutor:
     def __init__(self, address: str = "auto", gpu_memory_bytes: int | str | None = None, namespace: str = "rota",
                  supervisor: str | None = None, supervisor_idle_s: float = 1800.0,
                  waker: Callable[[], None] | None = _sigchld) -> None:
-        _need_ray()
+        need_ray()
         if isinstance(gpu_memory_bytes, str):
             from rota.spec.units import parse_size
 
@@ -367,7 +123,15 @@ class RayExecutor:
         self._waker = waker
         self._others: dict[tuple[str, str], Any] = {}
         self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[Any, list[str]] = {}  # submit call ref -> ids it carries
+        self._unconfirmed: set[str] = set()
+        self._refused: dict[str, str] = {}
+        self._ended: dict[str, dict[str, Any]] = {}  # results the watcher brought, by id
+        self._must_poll = True  # the watcher may have missed results: ask the supervisor
+        self._polled_at = 0.0
         if not ray.is_initialized():
+            _check_reachable(address)
             try:
                 ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR,
                          configure_logging=False)
@@ -397,29 +161,54 @@ class RayExecutor:
         return self.submit_many([launch])[0]
 
     def submit_many(self, launches: Sequence[Launch]) -> list[Handle]:
+        """One supervisor call, not waited for: ``poll`` reports its failure, ``adopt`` and ``cancel`` wait for it."""
         items = [self._item(la) for la in launches]
+        ids = [it["id"] for it in items]
         try:
-            ray.get(self._sup.submit.remote(items), timeout=120)
+            ref = self._sup.submit.remote(items)
         except rex.RayError as e:
             raise ExecutorError(f"Ray refused the tasks: {e}") from None
+        with self._lock:
+            self._inflight[ref] = ids
+            self._unconfirmed.update(ids)
         return [Handle(la.key, NAME, it["id"], {"supervisor": self.supervisor_name, "namespace": self.namespace,
                                                  "rc_path": it["spec"]["rc_path"], "submitted_at": time.time()})
                 for la, it in zip(launches, items, strict=True)]
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
+        """Results the watcher brought; else one supervisor call (one ``ray.wait`` there).
+
+        The supervisor is asked at least every ``RECHECK_S`` (a task that died
+        without reporting is found by its ``ray.wait``) and for adopted handles.
+        """
+        self._confirm(block=False)
         out: dict[str, Status] = {}
+        now = time.monotonic()
         for sup, hs in self._by_supervisor(handles).items():
             got: dict[str, Any] = {}
-            if sup is not None:
+            if sup is self._sup:
+                with self._lock:
+                    got = {h.external_id: self._ended.pop(h.external_id) for h in hs if h.external_id in self._ended}
+                    fresh = not self._must_poll and now - self._polled_at < RECHECK_S
+                    if not fresh:
+                        self._must_poll, self._polled_at = False, now
+                ask = [h.external_id for h in hs if h.external_id not in got]
+                if fresh:
+                    got.update({i: {"running": True} for i in ask})
+                    ask = []
+            else:
+                ask = [h.external_id for h in hs]
+            if sup is not None and ask:
                 try:
-                    got = ray.get(sup.poll.remote([h.external_id for h in hs]), timeout=60)
+                    got.update(ray.get(sup.poll.remote(ask), timeout=60))
                 except rex.RayError:
-                    got = {}
+                    pass
             for h in hs:
                 out[h.key] = self._status(h, got.get(h.external_id))
         return out
 
     def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:
+        self._confirm(block=True)  # a cancel must not overtake the submission it cancels
         for sup, hs in self._by_supervisor(handles).items():
             if sup is not None:
                 try:
@@ -432,13 +221,19 @@ class RayExecutor:
         self.cancel(handles, grace_s=0.0)
 
     def adopt(self, handle: Handle) -> bool:
+        """Known to its supervisor (asked again until ``SUBMIT_SETTLE_S`` after submission), or an rc file."""
+        self._confirm(block=True)
         sup = self._find(handle)
-        if sup is not None:
+        settle = float(handle.data.get("submitted_at", 0) or 0) + SUBMIT_SETTLE_S
+        while sup is not None:
             try:
                 if ray.get(sup.known.remote(handle.external_id, handle.key), timeout=60):
                     return True
             except rex.RayError:
-                pass
+                break
+            if time.time() >= settle:
+                break
+            time.sleep(0.1)
         return _read_rc(str(handle.data.get("rc_path", ""))) is not None
 
     def stop_unrecorded(self, state_dir: str, key: str) -> None:
@@ -490,6 +285,25 @@ class RayExecutor:
                 "supervisor": self.supervisor_name, "namespace": self.namespace}
         return {"id": tid, "state_dir": state_dir, "options": options, "spec": spec}
 
+    def _confirm(self, block: bool) -> None:
+        """Settle finished submit calls: confirmed ids, or refused ones with Ray's error."""
+        with self._lock:
+            refs = list(self._inflight)
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
+        for ref in ready:
+            err = ""
+            try:
+                ray.get(ref, timeout=60)
+            except rex.RayError as e:
+                err = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            with self._lock:
+                ids = self._inflight.pop(ref, [])
+                self._unconfirmed.difference_update(ids)
+                if err:
+                    self._refused.update(dict.fromkeys(ids, err))
+
     def _find(self, h: Handle) -> Any:
         name = str(h.data.get("supervisor", self.supervisor_name))
         ns = str(h.data.get("namespace", self.namespace))
@@ -509,7 +323,9 @@ class RayExecutor:
         return {self._find(hs[0]): hs for hs in groups.values()}
 
     def _status(self, h: Handle, got: Mapping[str, Any] | None) -> Status:
-        if got is not None and got.get("running"):
+        if h.external_id in self._refused:
+            return Status("failed", None, f"could not start on Ray: {self._refused[h.external_id]}")
+        if got is not None and got.get("running") or got is None and h.external_id in self._unconfirmed:
             return Status("running")
         if got is None:  # the supervisor does not know it (cluster restarted): the rc file may
             rc = _read_rc(str(h.data.get("rc_path", "")))
@@ -533,11 +349,17 @@ class RayExecutor:
         seq = -1
         while not self._closed.is_set():
             try:
-                new = ray.get(self._sup.wait_change.remote(seq, 1.0), timeout=30)
+                new, ended, complete = ray.get(self._sup.wait_change.remote(seq, 1.0), timeout=30)
             except Exception:  # noqa: BLE001 - cluster gone or shutting down: poll will say
+                with self._lock:
+                    self._must_poll = True
                 if self._closed.wait(1.0):
                     return
                 continue
-            if new != seq and seq != -1 and self._waker is not None and not self._closed.is_set():
+            with self._lock:
+                self._ended.update(ended)
+                if not complete:
+                    self._must_poll = True
+            if ended and self._waker is not None and not self._closed.is_set():
                 self._waker()
             seq = new
