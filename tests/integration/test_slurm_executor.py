@@ -219,3 +219,14 @@ def test_rota_run_backend_slurm_end_to_end(tmp_path):
         log = (tmp_path / "st" / "logs" / f"train-{i}" / "attempt-1.log").read_text()
         assert f"train {i} cvd=" in log
     assert (tmp_path / "st" / "logs" / "flaky" / "attempt-2.log").exists()
+
+
+def test_controller_inside_a_slurm_job_does_not_leak_its_allocation(tmp_path):
+    import os
+
+    outer = {**os.environ, "SLURM_JOB_ID": "424242", "SLURM_MEM_PER_NODE": "1", "ROTA_TASK": "controller"}
+    ex = SlurmExecutor(tmp_path / "state", inherit_env=outer)
+    la = _launch(tmp_path, "inner#1", 'echo "job=$SLURM_JOB_ID mem=${SLURM_MEM_PER_NODE:-unset} task=$ROTA_TASK"')
+    h = ex.submit(la)
+    assert _wait(ex, [h])[h.key].phase == "succeeded"
+    assert f"job={h.external_id} mem=unset task=inner" in Path(la.log_path).read_text()

@@ -14,7 +14,9 @@ RealMemory); SLURM does not know GPU memory, so every GPU gets
 ``gpu_memory_bytes``.
 
 What runs: ``bash -c COMMAND`` in ``workdir`` with the launch's env exported
-on top of the submitting environment (``ROTA_*`` of the controller removed),
+on top of the submitting environment (the controller's ``ROTA_*`` and
+``SLURM_*`` but ``SLURM_CONF`` removed, so a controller inside a SLURM job
+does not pass its allocation on),
 except ``CUDA_VISIBLE_DEVICES``, which SLURM sets from the GPUs it granted
 (the launch's ``gpus`` are the engine's bookkeeping, not real device ids).
 stdout+stderr are appended to ``log_path``; the exit status goes to
@@ -113,7 +115,9 @@ class SlurmExecutor:
             gpu_memory_bytes = spec_slurm.gpu_memory
         self.gpu_memory_bytes = int(gpu_memory_bytes or DEFAULT_GPU_MEMORY)
         base = dict(os.environ if inherit_env is None else inherit_env)
-        for k in [k for k in base if k.startswith("ROTA_")]:
+        # a controller running inside a SLURM job must not hand its own
+        # allocation (SLURM_JOB_ID, SLURM_MEM_PER_NODE...) to the jobs it submits
+        for k in [k for k in base if k.startswith(("ROTA_", "SLURM_")) and k != "SLURM_CONF"]:
             del base[k]
         self._env = base
         self._timeout = command_timeout_s
