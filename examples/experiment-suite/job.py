@@ -1,11 +1,13 @@
 """A stand-in experiment: sleeps a scaled-down time and writes plausible metrics.
 
-Sleeps ``--minutes x 60 x $ROTA_EXAMPLE_TIME_SCALE`` seconds (default scale 0.001),
+Sleeps ``--minutes x 60 x scale`` seconds, scale = ``$ROTA_EXAMPLE_TIME_SCALE`` (e.g. from
+the spec's ``env:``), else ``$EXAMPLE_TIME_SCALE`` (from the shell: rota does not pass the
+shell's ``ROTA_*`` variables on to tasks), else 0.001,
 checkpointing progress once a "minute" so a retried attempt resumes where the last
 one stopped. Metrics depend on phase, model, task, seed (and layer, factor, batch)
 with seeded noise, so the aggregate step has real variation to summarise.
-``$ROTA_EXAMPLE_FAIL_RATE`` (default 0) makes that share of first attempts fail
-midway (exit 1), to exercise ``retries:``.
+``$ROTA_EXAMPLE_FAIL_RATE`` / ``$EXAMPLE_FAIL_RATE`` (default 0) makes that share of
+first attempts fail midway (exit 1), to exercise ``retries:``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ PHASE_GAIN = {"main": 0.0, "zeroshot": -0.18, "probe": -0.05, "baseline": 0.0, "
 
 def stable_seed(*parts: object) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def knob(name: str, default: str) -> str:
+    """``ROTA_EXAMPLE_<name>``, else ``EXAMPLE_<name>``, else ``default``."""
+    return os.environ.get(f"ROTA_EXAMPLE_{name}") or os.environ.get(f"EXAMPLE_{name}") or default
 
 
 def metrics_for(a: argparse.Namespace) -> dict[str, float]:
@@ -62,7 +69,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    scale = float(os.environ.get("ROTA_EXAMPLE_TIME_SCALE", "0.001"))
+    scale = float(knob("TIME_SCALE", "0.001"))
     visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
     if a.expect_gpus and os.environ.get("ROTA_TASK") and len(visible) != a.expect_gpus:
         print(f"expected {a.expect_gpus} GPUs, CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr)
@@ -76,7 +83,7 @@ def main() -> None:
     start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
     if start:
         print(f"resuming from checkpoint at step {start}/{steps}", flush=True)
-    fail_rate = float(os.environ.get("ROTA_EXAMPLE_FAIL_RATE", "0"))
+    fail_rate = float(knob("FAIL_RATE", "0"))
     attempt = int(os.environ.get("ROTA_ATTEMPT", "1"))
     fail_at = steps // 2 if attempt == 1 and random.Random(stable_seed(a, os.environ.get("ROTA_TASK"))).random() < fail_rate else -1
     for step in range(start, steps):
