@@ -12,8 +12,9 @@ import json
 import os
 import time
 
-import rota.shard
 from corpus import sentences
+
+import rota.shard
 
 
 def device() -> str:
