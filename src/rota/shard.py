@@ -68,6 +68,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -304,14 +305,18 @@ class Chunk:
     def save(self, result: Any) -> Path:
         """Atomically store this chunk's result and mark it finished.
 
-        A numpy array goes to ``.npy``; anything JSON can encode to ``.json``;
-        anything else is pickled to ``.pkl``. Returns the file written.
+        A numpy array (or a torch tensor, moved to the CPU) goes to ``.npy``;
+        anything JSON can encode to ``.json``; anything else is pickled to
+        ``.pkl``. Returns the file written.
         """
         if self.saved_path is not None:
             raise ShardError(f"chunk {self.stem} was already saved to {self.saved_path}")
-        if type(result).__module__ == "numpy" and type(result).__name__ == "ndarray":
-            import numpy as np
-
+        np = sys.modules.get("numpy")
+        if type(result).__module__.startswith("torch") and hasattr(result, "detach"):
+            result = result.detach().cpu().numpy()  # a torch tensor: store its values as .npy
+            np = sys.modules.get("numpy")
+        if np is not None and isinstance(result, np.ndarray):
+            result = np.asarray(result)  # memmap and other subclasses: plain array
             path = self.directory / f"{self.stem}.npy"
             _atomic_write(path, lambda f: np.save(f, result, allow_pickle=False))
         else:

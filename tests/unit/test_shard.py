@@ -118,6 +118,20 @@ def test_chunks_over_a_sequence_and_pickle(tmp_path: Path) -> None:
     assert {p.suffix for _, _, p in shard.saved_chunks(tmp_path, "words")} == {".pkl"}
 
 
+def test_save_kinds(tmp_path: Path) -> None:
+    loop = shard.chunks(4, 1, out_dir=tmp_path, name="kinds")
+    values = [np.arange(3.0), np.lib.format.open_memmap(str(tmp_path / "m.npy"), mode="w+", dtype="f4", shape=(2,)),
+              {"a": 1}, {1, 2}]
+    suffixes = []
+    for c, value in zip(loop, values, strict=True):
+        suffixes.append(c.save(value).suffix)
+    assert suffixes == [".npy", ".npy", ".json", ".pkl"]
+    torch = pytest.importorskip("torch")
+    c = next(iter(shard.chunks(1, 1, out_dir=tmp_path, name="torch")))
+    path = c.save(torch.ones(2, 3, requires_grad=True) * 2)
+    assert path.suffix == ".npy" and np.array_equal(np.load(path), np.full((2, 3), 2.0, dtype=np.float32))
+
+
 def test_unsaved_chunk_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ShardError, match="was not saved"):
         for _c in shard.chunks(10, 5, out_dir=tmp_path):
