@@ -230,3 +230,12 @@ def test_controller_inside_a_slurm_job_does_not_leak_its_allocation(tmp_path):
     h = ex.submit(la)
     assert _wait(ex, [h])[h.key].phase == "succeeded"
     assert f"job={h.external_id} mem=unset task=inner" in Path(la.log_path).read_text()
+
+
+def test_log_path_with_percent_signs(ex, tmp_path):
+    """SLURM expands %j, %a... in --output: such a log is reached through a symlink."""
+    import dataclasses
+
+    la = dataclasses.replace(_launch(tmp_path, "pct#1", "echo hello"), log_path=str(tmp_path / "logs" / "100%j.log"))
+    _wait(ex, [ex.submit(la)])
+    assert Path(la.log_path).read_text() == "hello\n"

@@ -204,6 +204,15 @@ def test_single_directives(tmp_path):
     assert not any(x.startswith(("--gpus", "--gres")) for x in d3)
 
 
+def test_output_patterns_need_a_link(tmp_path):
+    from rota.executors.slurm_text import needs_output_link
+
+    assert not needs_output_link("/s/logs/t-1/attempt-1.log")
+    assert needs_output_link("/s/logs/100%j.log") and needs_output_link("/s/a\\b.log")
+    d = _directives(render_single(_launch(tmp_path), SlurmOptions(), "/s/slurm/x.log"))
+    assert "--output=/s/slurm/x.log" in d
+
+
 def test_time_limits(tmp_path):
     assert time_limit_minutes(_launch(tmp_path)) is None
     assert time_limit_minutes(_launch(tmp_path, timeout_s=10)) == 1

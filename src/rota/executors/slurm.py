@@ -182,7 +182,12 @@ class SlurmExecutor:
                     self._prepare(la)
                 tag = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
                 if kind == "single":
-                    job = self._sbatch(T.render_single(group[0], self.options), tag)
+                    output = None
+                    if T.needs_output_link(group[0].log_path):
+                        self.dir.mkdir(parents=True, exist_ok=True)
+                        output = str(self.dir / f"{tag}.log")
+                        os.symlink(os.path.abspath(group[0].log_path), output)
+                    job = self._sbatch(T.render_single(group[0], self.options, output), tag)
                     out[idxs[0]] = self._handle(group[0], job, kind)
                 elif kind == "array":
                     links = self.dir / tag

@@ -60,7 +60,7 @@ from rota.executors.slurm_parse import (
 __all__ = [
     "FAILED_REASONS", "RETRY_FREE", "RUNNING_STATES", "SACCT_FORMAT", "SQUEUE_FORMAT", "JobState", "NodeInfo",
     "SlurmOptions", "cancel_path_for", "expand_array_id", "exports", "format_time", "gres_gpu_count",
-    "job_name", "parse_exit_code", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
+    "job_name", "needs_output_link", "parse_exit_code", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
     "parse_time", "rc_path_for", "render_array", "render_shared", "render_single", "resource_key",
     "status_from_rc", "status_of", "time_limit_minutes",
 ]
@@ -171,10 +171,15 @@ def _run_line(launch: Launch) -> str:
     return f"rota_run {q(rc_path_for(launch.log_path))} {q(launch.workdir)} {q(launch.command)}"
 
 
-def render_single(launch: Launch, opts: SlurmOptions) -> str:
-    """The sbatch script for one launch in one job."""
+def needs_output_link(path: str) -> bool:
+    """SLURM reads ``%`` (``%j``...) and ``\\`` in ``--output`` as patterns: such a log needs a symlink."""
+    return "%" in path or "\\" in path
+
+
+def render_single(launch: Launch, opts: SlurmOptions, output: str | None = None) -> str:
+    """The sbatch script for one launch in one job; ``--output`` is ``output`` or the launch's log."""
     lines = [SHEBANG, *_directives(
-        opts, name=job_name(launch), output=launch.log_path, gpus=launch.gpu_count, cpus=launch.cpus,
+        opts, name=job_name(launch), output=output or launch.log_path, gpus=launch.gpu_count, cpus=launch.cpus,
         memory_bytes=launch.memory_bytes, minutes=time_limit_minutes(launch), workdir=launch.workdir,
     ), f"# rota launch {launch.key}", RUN_FUNCTION, *exports(launch.env), _run_line(launch)]
     return "\n".join(lines) + "\n"
