@@ -394,6 +394,9 @@ def chunks(
     :class:`ShardError` is raised. After each chunk the progress file is
     rewritten (unless ``report=False``). Rerunning in the same folder with a
     different ``chunk_size`` or range raises :class:`ShardError`.
+
+    Arguments are checked, the manifest written and the first progress record
+    reported when ``chunks()`` is called (not lazily at the first iteration).
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ShardError(f"chunk_size must be a positive int, found {chunk_size!r}")
@@ -459,20 +462,24 @@ def chunks(
 
     if rep is not None:
         rep.update(done, chunks_done=n_done, chunks_total=len(bounds))
-    for k, (s, e) in enumerate(bounds):
-        if (s, e) in finished:
-            continue
-        if isinstance(seq, builtins.range):
-            items: Any = builtins.range(s, e)
-        else:
-            items = seq[s - first : e - first]
-        chunk = Chunk(index=k, start=s, stop=e, items=items, directory=cdir, name=name, on_saved=on_saved)
-        yield chunk
-        if chunk.saved_path is None:
-            raise ShardError(
-                f"chunk {k} (items {s}..{e}) of loop {name!r} was not saved; call chunk.save(result) "
-                "or chunk.mark_done() before the next iteration"
-            )
+
+    def loop() -> Iterator[Chunk]:
+        for k, (s, e) in enumerate(bounds):
+            if (s, e) in finished:
+                continue
+            if isinstance(seq, builtins.range):
+                items: Any = builtins.range(s, e)
+            else:
+                items = seq[s - first : e - first]
+            chunk = Chunk(index=k, start=s, stop=e, items=items, directory=cdir, name=name, on_saved=on_saved)
+            yield chunk
+            if chunk.saved_path is None:
+                raise ShardError(
+                    f"chunk {k} (items {s}..{e}) of loop {name!r} was not saved; call chunk.save(result) "
+                    "or chunk.mark_done() before the next iteration"
+                )
+
+    return loop()
 
 
 # -------------------------------------------------------------------------- merge

@@ -143,7 +143,9 @@ def test_changed_chunk_size_is_refused(tmp_path: Path) -> None:
         c.mark_done()
         break
     with pytest.raises(ShardError, match="chunk_size=5"):
-        next(iter(shard.chunks(10, 4, out_dir=tmp_path)))
+        shard.chunks(10, 4, out_dir=tmp_path)  # raised at the call, before any iteration
+    with pytest.raises(ShardError, match="positive int"):
+        shard.chunks(10, 0, out_dir=tmp_path)
 
 
 def test_chunks_default_to_rota_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
