@@ -12,7 +12,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import by_name, processes_with_env, read_records, rota, start_rota, status, wait_for, write_spec
+from tests.helpers import (
+    by_name,
+    processes_with_env,
+    read_records,
+    rota,
+    start_rota,
+    status,
+    wait_for,
+    write_spec,
+)
 
 REC = str(Path(__file__).resolve().parent.parent / "recorder.py")
 PY = sys.executable
