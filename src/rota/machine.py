@@ -106,6 +106,18 @@ def parse_gpus_flag(value: str, detected: list[Gpu]) -> list[Gpu]:
     return gpus
 
 
+def _declared_under_visible_devices(gpus: list[Gpu], cvd: str, flag: str) -> list[Gpu]:
+    """Declared GPUs inside a parent's CUDA_VISIBLE_DEVICES (a SLURM allocation on a
+    machine without NVML, say): GPU i is the parent's i-th visible device."""
+    tokens = [t.strip() for t in cvd.split(",") if t.strip()]
+    if len(tokens) < len(gpus):
+        raise MachineError(
+            f"--gpus {flag} declares {len(gpus)} GPUs but the inherited CUDA_VISIBLE_DEVICES={cvd!r} "
+            f"gives {len(tokens)}; declare at most {len(tokens)}"
+        )
+    return [Gpu(g.index, g.memory_bytes, g.name, g.uuid, visible_id=tok) for g, tok in zip(gpus, tokens, strict=False)]
+
+
 def usable_cpus(environ: Mapping[str, str]) -> int:
     try:
         n = len(os.sched_getaffinity(0))
@@ -145,6 +157,8 @@ def detect_machine(
         else:
             source = "none"
     chosen = detected if gpus is None else parse_gpus_flag(gpus, detected)
+    if declared and cvd is not None:
+        chosen = _declared_under_visible_devices(chosen, cvd, gpus or "")
     if cpus is not None and cpus < 1:
         raise MachineError(f"--cpus {cpus}: expected a positive number")
     n_cpus = cpus if cpus is not None else usable_cpus(env)
