@@ -106,6 +106,8 @@ def scaled_durations(
 def remaining_ranks_s(tasks: Sequence[Task], durations_s: Mapping[str, float]) -> list[float]:
     """Longest path (by ``durations_s``) from the start of each task to the end of the DAG,
     by task index. Tasks must be acyclic with resolved ``needs``. O(tasks + edges)."""
+    if not any(t.needs for t in tasks):  # a flat matrix: each task is its own path
+        return [float(durations_s[t.name]) for t in tasks]
     index = {t.name: i for i, t in enumerate(tasks)}
     n = len(tasks)
     users: list[list[int]] = [[] for _ in range(n)]
