@@ -136,3 +136,46 @@ def test_controller_killed_then_rerun_adopts(tmp_path, ray_cluster):  # noqa: F8
     for name in [f"quick-{i}" for i in range(4)] + [f"slow-{i}" for i in range(4)] + ["final"]:
         lines = (rec / name).read_text().split()
         assert lines.count("start") == 1 and lines.count("end") == 1, (name, lines)
+
+
+def test_timeout_and_interrupt_stop_ray_tasks(tmp_path, ray_cluster):  # noqa: F811
+    """A task past its timeout is stopped (cancel from the engine's thread); Ctrl-C stops the rest."""
+    marker = tmp_path / "marker"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: too-long
+            command: sleep 60; touch {marker}-too-long
+            timeout: 3s
+    """)
+    p = ray_run(spec, ray_cluster, tmp_path / "st", "--grace", "2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    st = by_name(tmp_path / "st")["too-long"]
+    assert st["state"] == "failed" and st["reason"] == "timeout", st
+    assert st["duration_s"] < 30
+
+    spec2 = write_spec(tmp_path / "two", f"""
+        tasks:
+          - name: long-{{i}}
+            matrix: {{i: [0, 1]}}
+            command: echo started; sleep 60; touch {marker}-{{i}}
+    """)
+    state = tmp_path / "st2"
+    ctl = start_rota("run", spec2, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state,
+                     "--grace", "2")
+    try:
+        def both_started() -> bool:
+            logs = [state / "logs" / f"long-{i}" / "attempt-1.log" for i in range(2)]
+            return all(p.exists() and "started" in p.read_text() for p in logs)
+
+        wait_for(both_started, timeout=120, interval=0.2)
+        os.kill(ctl.pid, signal.SIGINT)
+        assert ctl.wait(timeout=60) == 130
+    finally:
+        if ctl.poll() is None:
+            os.kill(ctl.pid, signal.SIGKILL)
+    st2 = by_name(state)
+    assert all(t["state"] == "interrupted" for t in st2.values()), st2
+    for i in range(2):
+        rc = Path(st2[f"long-{i}"]["log_path"] + ".rc").read_text().strip()
+        assert rc == "143", rc  # SIGTERM reached the task's process group
+    assert not list(tmp_path.glob("marker*"))

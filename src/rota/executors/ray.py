@@ -77,6 +77,14 @@ def _sigchld() -> None:
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGCHLD)
 
 
+def _error_of(ref: Any) -> str:
+    try:
+        ray.get(ref, timeout=60)
+        return ""
+    except rex.RayError as e:
+        return str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+
+
 def _check_reachable(address: str) -> None:
     """Fail fast on a wrong address: ``ray.init`` retries an unreachable GCS for many minutes."""
     target = address
@@ -142,8 +150,7 @@ class RayExecutor:
             self._sup = ray.remote(Supervisor).options(
                 name=self.supervisor_name, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
                 max_concurrency=64, resources={"node:__internal_head__": 0.001}, max_restarts=0,
-            ).remote(supervisor_idle_s)
-            ray.get(self._sup.ping.remote(), timeout=120)
+            ).remote(supervisor_idle_s)  # not waited for: the first calls queue until it is up
         except rex.RayError as e:
             raise ExecutorError(f"cannot start rota's supervisor actor on Ray: {e}") from None
         self._watcher = threading.Thread(target=self._watch_loop, name="rota-ray-watch", daemon=True)
@@ -181,7 +188,6 @@ class RayExecutor:
         The supervisor is asked at least every ``RECHECK_S`` (a task that died
         without reporting is found by its ``ray.wait``) and for adopted handles.
         """
-        self._confirm(block=False)
         out: dict[str, Status] = {}
         now = time.monotonic()
         for sup, hs in self._by_supervisor(handles).items():
@@ -192,6 +198,8 @@ class RayExecutor:
                     fresh = not self._must_poll and now - self._polled_at < RECHECK_S
                     if not fresh:
                         self._must_poll, self._polled_at = False, now
+                if not fresh:
+                    self._confirm(block=False)
                 ask = [h.external_id for h in hs if h.external_id not in got]
                 if fresh:
                     got.update({i: {"running": True} for i in ask})
@@ -292,12 +300,12 @@ class RayExecutor:
         if not refs:
             return
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
-        for ref in ready:
-            err = ""
-            try:
-                ray.get(ref, timeout=60)
-            except rex.RayError as e:
-                err = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        try:
+            ray.get(ready, timeout=60)
+            errors = dict.fromkeys(ready, "")
+        except rex.RayError:
+            errors = {ref: _error_of(ref) for ref in ready}
+        for ref, err in errors.items():
             with self._lock:
                 ids = self._inflight.pop(ref, [])
                 self._unconfirmed.difference_update(ids)
