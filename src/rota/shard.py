@@ -544,6 +544,23 @@ def _read_manifest(d: Path, name: str) -> dict[str, Any] | None:
         return None
 
 
+def _check_shard_set(manifests: list[dict[str, Any]]) -> None:
+    """When the loops ran as rota shards (count > 1), every shard 0..count-1 must be there once."""
+    counts = {m.get("count") for m in manifests}
+    if not any(isinstance(c, int) and c > 1 for c in counts):
+        return  # made by hand (no ROTA_SHARD_* env): ranges are checked instead
+    if len(counts) != 1:
+        raise MergeError(f"shard folders disagree on the shard count: {sorted(map(str, counts))}")
+    n = int(next(iter(counts)))
+    seen = [int(m.get("shard", -1)) for m in manifests]
+    missing = sorted(set(builtins.range(n)) - set(seen))
+    dupes = sorted({i for i in seen if seen.count(i) > 1})
+    if missing:
+        raise MergeError(f"shard(s) {missing} of {n} are missing from the folders to merge")
+    if dupes:
+        raise MergeError(f"shard(s) {dupes} appear in more than one folder")
+
+
 def merge(
     shard_dirs_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Mapping[str, str] | None,
     out_path: str | os.PathLike[str],
@@ -561,8 +578,12 @@ def merge(
     by the item range in their manifests (else by natural name order); chunks by
     start index.
 
+    With ``None``, needed folders without a chunk loop ``name`` are ignored (a
+    merge task may need other tasks too).
+
     Checks, each raising :class:`MergeError` naming what failed, before
-    ``out_path`` is (atomically) written: every folder has chunks; each shard's
+    ``out_path`` is (atomically) written: every folder has chunks; when the
+    loops ran as rota shards, shards ``0..count-1`` are all present; each shard's
     chunks are contiguous and cover its manifest range; shards do not overlap
     and leave no gap; every chunk is a ``.npy`` array with the same trailing
     shape; the row count equals ``expect_rows``; the array is 2-D with
@@ -572,6 +593,12 @@ def merge(
     import numpy as np
 
     dirs = _resolve_dirs(shard_dirs_or_glob)
+    if shard_dirs_or_glob is None:
+        # $ROTA_NEEDS_OUT may also list needed tasks that are not shards of this loop.
+        with_loop = [d for d in dirs if (d / CHUNK_DIR / f"{name}.manifest.json").is_file()]
+        if not with_loop:
+            raise MergeError(f"none of the needed tasks' folders ({', '.join(map(str, dirs))}) ran a chunk loop named {name!r}")
+        dirs = with_loop
     if not dirs:
         raise MergeError("no shard folders to merge")
     shards: list[tuple[Path, dict[str, Any] | None, list[tuple[int, int, Path]]]] = []
@@ -586,6 +613,7 @@ def merge(
         shards.append((d, man, found))
     if all(m is not None for _, m, _ in shards):
         shards.sort(key=lambda t: (t[1]["start"], t[1]["stop"]))  # type: ignore[index]
+    _check_shard_set([m for _, m, _ in shards if m is not None])
 
     prev_stop: int | None = None
     files: list[Path] = []

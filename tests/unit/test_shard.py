@@ -253,6 +253,41 @@ def test_merge_from_glob_and_needs_out(tmp_path: Path, monkeypatch: pytest.Monke
     assert np.array_equal(np.load(tmp_path / "n.npy"), full)
 
 
+def _make_env_shards(root: Path, monkeypatch: pytest.MonkeyPatch, n: int = 3, n_items: int = 20) -> list[Path]:
+    """Shards made the way rota runs them: ROTA_SHARD_INDEX/COUNT in the environment."""
+    dirs = []
+    for i in range(n):
+        monkeypatch.setenv("ROTA_SHARD_INDEX", str(i))
+        monkeypatch.setenv("ROTA_SHARD_COUNT", str(n))
+        d = root / f"embed-{i}"
+        for c in shard.chunks(shard.range(n_items), 4, out_dir=d):
+            c.save(np.ones((len(c), 2)))
+        dirs.append(d)
+    monkeypatch.delenv("ROTA_SHARD_INDEX")
+    monkeypatch.delenv("ROTA_SHARD_COUNT")
+    return dirs
+
+
+def test_merge_names_a_missing_last_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs = _make_env_shards(tmp_path, monkeypatch)
+    with pytest.raises(MergeError, match=r"shard\(s\) \[2\] of 3 are missing"):
+        shard.merge(dirs[:2], tmp_path / "m.npy")  # no expect_rows: only the manifests can tell
+    with pytest.raises(MergeError, match="more than one folder|overlap"):
+        shard.merge([*dirs, dirs[1]], tmp_path / "m.npy")
+    assert shard.merge(dirs, tmp_path / "m.npy").rows == 20
+
+
+def test_merge_from_needs_out_ignores_other_needed_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs = _make_env_shards(tmp_path, monkeypatch)
+    (tmp_path / "prepare").mkdir()
+    needs = {d.name: str(d) for d in dirs} | {"prepare": str(tmp_path / "prepare")}
+    monkeypatch.setenv("ROTA_NEEDS_OUT", json.dumps(needs))
+    assert shard.merge(None, tmp_path / "m.npy", expect_rows=20).shards == 3
+    monkeypatch.setenv("ROTA_NEEDS_OUT", json.dumps({"prepare": str(tmp_path / "prepare")}))
+    with pytest.raises(MergeError, match="ran a chunk loop named 'chunk'"):
+        shard.merge(None, tmp_path / "m.npy")
+
+
 def test_merge_handles_empty_shards(tmp_path: Path) -> None:
     dirs, full = _make_shards(tmp_path / "s", n_items=3, n=5, chunk=1)
     shard.merge(dirs, tmp_path / "m.npy", expect_rows=3)
