@@ -79,6 +79,11 @@ def cost_terms(p: Plan) -> str:
     return " + ".join(terms)
 
 
+def _priced(p: Plan) -> bool:
+    pr = p.option.prices
+    return bool(pr.per_gpu_hour or pr.per_cpu_hour or pr.per_hour)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -102,7 +107,9 @@ def summary(p: Plan) -> str:
         f"  sequential   {format_duration(p.sequential_s)}  (speedup {p.speedup:.2f}x)",
         f"  lower bound  {format_duration(b.value_s)}  (set by {b.binding}; plan is "
         f"{p.makespan_s / b.value_s if b.value_s else 1:.2f}x the bound)",
-        f"  cost         ${c.total_usd:.2f}  ({cost_terms(p)})",
+        f"  cost         ${c.total_usd:.2f}  ({cost_terms(p)})" if _priced(p) else
+        f"  cost         no prices (GPU {c.gpu_hours:.2f} h, CPU {c.cpu_hours:.2f} h booked; "
+        "prices go in a 'machines:' entry, see --machine)",
         "  utilisation  " + "  ".join(
             [f"gpu{i} {_pct(x)}" for i, x in u.gpu_busy.items()] + [f"CPUs {_pct(u.cpus)}", f"RAM {_pct(u.memory)}"]
         ),
