@@ -551,7 +551,7 @@ def _check_shard_set(manifests: list[dict[str, Any]]) -> None:
         return  # made by hand (no ROTA_SHARD_* env): ranges are checked instead
     if len(counts) != 1:
         raise MergeError(f"shard folders disagree on the shard count: {sorted(map(str, counts))}")
-    n = int(next(iter(counts)))
+    n = int(next(iter(counts)) or 0)
     seen = [int(m.get("shard", -1)) for m in manifests]
     missing = sorted(set(builtins.range(n)) - set(seen))
     dupes = sorted({i for i in seen if seen.count(i) > 1})
