@@ -55,7 +55,7 @@ def test_success_env_log_and_slurm_gpus(ex, tmp_path):
     assert h.executor == "slurm" and h.external_id.isdigit()
     st = _wait(ex, [h])["ok#1"]
     assert (st.phase, st.exit_code) == ("succeeded", 0)
-    assert st.started_at is not None and st.ended_at is not None and st.ended_at >= st.started_at
+    assert st.ended_at is not None and st.ended_at <= time.time()  # the rc file's time
     log = Path(la.log_path).read_text()
     assert "var=it's \"quoted\" $HOME" in log and str(tmp_path) in log and "err" in log
     cvd = next(line for line in log.splitlines() if line.startswith("cvd="))

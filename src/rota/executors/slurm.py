@@ -94,6 +94,7 @@ class SlurmExecutor:
         partition: str | None = None,
         inherit_env: dict[str, str] | None = None,
         command_timeout_s: float = 60.0,
+        poll_timeout_s: float = 10.0,
         poll_failure_limit_s: float = 300.0,
     ) -> None:
         """``spec_slurm`` (the spec's ``slurm:`` section: partition, account, qos,
@@ -121,6 +122,7 @@ class SlurmExecutor:
             del base[k]
         self._env = base
         self._timeout = command_timeout_s
+        self._poll_timeout = poll_timeout_s
         self._fail_limit = poll_failure_limit_s
         self._failing_since: float | None = None
         self._sacct_c: bool | None = None  # None: not known yet whether slurmdbd exists
@@ -128,14 +130,16 @@ class SlurmExecutor:
         self.command_counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: list[str], check: bool = True,
+             timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
         self.command_counts[args[0]] += 1
+        limit = timeout_s or self._timeout
         try:
-            p = subprocess.run(args, capture_output=True, text=True, env=self._env, timeout=self._timeout)
+            p = subprocess.run(args, capture_output=True, text=True, env=self._env, timeout=limit)
         except FileNotFoundError as e:
             raise ExecutorError(f"{args[0]} not found: is SLURM installed here (try scripts/slurm-up.sh)?") from e
         except subprocess.TimeoutExpired as e:
-            raise ExecutorError(f"{args[0]} did not answer in {self._timeout:g}s") from e
+            raise ExecutorError(f"{args[0]} did not answer in {limit:g}s") from e
         if check and p.returncode != 0:
             raise ExecutorError(f"{' '.join(args[:3])} failed (exit {p.returncode}): {p.stderr.strip()[:500]}")
         return p
@@ -210,13 +214,13 @@ class SlurmExecutor:
         return [out[i] for i in range(len(launches))]
 
     # ------------------------------------------------------------------ status
-    def _squeue(self, job_ids: Sequence[str]) -> dict[str, T.JobState] | None:
+    def _squeue(self, job_ids: Sequence[str], timeout_s: float | None = None) -> dict[str, T.JobState] | None:
         """One squeue call; None when SLURM did not answer (try again next poll)."""
         if not job_ids:
             return {}
         try:
             p = self._run(["squeue", "--noheader", "--array", "--states=all", f"--format={T.SQUEUE_FORMAT}",
-                           f"--jobs={','.join(sorted(set(job_ids)))}"], check=False)
+                           f"--jobs={','.join(sorted(set(job_ids)))}"], check=False, timeout_s=timeout_s)
         except ExecutorError:
             return None
         if p.returncode != 0 and not _INVALID_JOB.search(p.stderr):
@@ -227,25 +231,32 @@ class SlurmExecutor:
                 self._raw[jid] = js.raw_id
         return rows
 
-    def _sacct(self, handles: Sequence[Handle]) -> dict[str, T.JobState]:
-        """At most one sacct call (two the very first time, to learn about slurmdbd)."""
+    def _sacct(self, handles: Sequence[Handle]) -> dict[str, T.JobState] | None:
+        """At most one sacct call (two the very first time, to learn about slurmdbd); None: no answer."""
         if not handles:
             return {}
-        if self._sacct_c is not True:
-            ids = sorted({h.external_id for h in handles})
-            p = self._run(["sacct", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
-                           f"--jobs={','.join(ids)}"], check=False)
-            if "accounting storage is disabled" not in (p.stdout + p.stderr).lower():
-                self._sacct_c = False
-                return T.parse_sacct(p.stdout) if p.returncode == 0 else {}
-            self._sacct_c = True
-        # job-completion file: array elements are known by their raw ids only
-        want = {self._raw.get(h.external_id, h.external_id): h.external_id for h in handles}
-        want = {raw: ext for raw, ext in want.items() if raw.isdigit()}
-        if not want:
-            return {}
-        p = self._run(["sacct", "-c", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
-                       f"--jobs={','.join(sorted(want))}"], check=False)
+        try:
+            if self._sacct_c is not True:
+                ids = sorted({h.external_id for h in handles})
+                p = self._run(["sacct", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
+                               f"--jobs={','.join(ids)}"], check=False, timeout_s=self._poll_timeout)
+                if "accounting storage is disabled" not in (p.stdout + p.stderr).lower():
+                    if p.returncode != 0:
+                        return None
+                    self._sacct_c = False
+                    return T.parse_sacct(p.stdout)
+                self._sacct_c = True
+            # job-completion file: array elements are known by their raw ids only
+            want = {self._raw.get(h.external_id, h.external_id): h.external_id for h in handles}
+            want = {raw: ext for raw, ext in want.items() if raw.isdigit()}
+            if not want:
+                return {}
+            p = self._run(["sacct", "-c", "--parsable2", "--noheader", f"--format={T.SACCT_FORMAT}",
+                           f"--jobs={','.join(sorted(want))}"], check=False, timeout_s=self._poll_timeout)
+        except ExecutorError:
+            return None
+        if p.returncode != 0:
+            return None
         rows = T.parse_sacct(p.stdout)
         return {ext: rows[raw] for raw, ext in want.items() if raw in rows}
 
@@ -262,36 +273,52 @@ class SlurmExecutor:
         return str(h.data.get("job_id") or h.external_id.split("_")[0])
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
-        """Status of every handle SLURM answered about (one squeue + at most one sacct)."""
+        """Status of every handle known now: rc files first (no SLURM call), then one squeue for
+        the rest and at most one sacct for those squeue no longer shows. When squeue does not
+        answer within ``poll_timeout_s`` (slurmctld down), only the rc-file statuses come back;
+        after ``poll_failure_limit_s`` of that, ExecutorError."""
         if not handles:
             return {}
-        sq = self._squeue([self._job_key(h) for h in handles])
+        out: dict[str, Status] = {}
+        rest: list[Handle] = []
+        for h in handles:
+            rc = self._rc(h)
+            if rc is not None:  # the command itself ended: its own exit status is the truth
+                out[h.key] = T.status_from_rc(rc[0], None, rc[1])
+            else:
+                rest.append(h)
+        if not rest:
+            return out
+        sq = self._squeue([self._job_key(h) for h in rest], timeout_s=self._poll_timeout)
         now = time.time()
         if sq is None:
             self._failing_since = self._failing_since or now
             if now - self._failing_since > self._fail_limit:
                 raise ExecutorError(f"squeue has failed for {now - self._failing_since:.0f}s")
-            return {}
+            return out
         self._failing_since = None
-        out: dict[str, Status] = {}
         ask: list[Handle] = []
-        for h in handles:
+        for h in rest:
             js = sq.get(h.external_id)
-            started = js.start if js is not None and js.state != "PENDING" else None
-            rc = self._rc(h)
-            if rc is not None:  # the command itself ended: its own exit status is the truth
-                out[h.key] = T.status_from_rc(rc[0], started, rc[1])
-            elif js is not None and js.state in T.RUNNING_STATES:
+            if js is not None and js.state in T.RUNNING_STATES:
                 out[h.key] = T.status_of(js)
             elif h.data.get("kind") == "shared" and js is not None:
+                rc = self._rc(h)  # it may have ended between the two looks
                 st = T.status_of(js)  # the shared job ended and this member wrote no rc
-                out[h.key] = st if st.phase == "failed" else Status(
-                    "failed", None, "ended without an exit status", started_at=started, ended_at=js.end)
+                out[h.key] = T.status_from_rc(rc[0], js.start, rc[1]) if rc is not None else (
+                    st if st.phase == "failed" else Status(
+                        "failed", None, "ended without an exit status", started_at=js.start, ended_at=js.end))
             else:
-                ask.append(h)
+                rc = self._rc(h)
+                if rc is not None:
+                    out[h.key] = T.status_from_rc(rc[0], js.start if js else None, rc[1])
+                else:
+                    ask.append(h)
         acct = self._sacct(ask)
         for h in ask:
-            js = acct.get(h.external_id) or sq.get(h.external_id)
+            if acct is None and h.external_id not in sq:
+                continue  # sacct did not answer: unknown for now, ask again next poll
+            js = (acct or {}).get(h.external_id) or sq.get(h.external_id)
             if js is not None:
                 out[h.key] = T.status_of(js)
             elif now - float(h.data.get("submitted_at") or 0) < 10:
@@ -339,7 +366,7 @@ class SlurmExecutor:
         sq = self._squeue([self._job_key(handle)])
         if sq and handle.external_id in sq:
             return True
-        return handle.external_id in self._sacct([handle])
+        return handle.external_id in (self._sacct([handle]) or {})
 
     def close(self) -> None:
         """Nothing to release: jobs outlive the controller on purpose."""
