@@ -43,9 +43,12 @@ submitted and raises :class:`ExecutorError`):
   memory, time limit) become ONE ``sbatch --array=0-(n-1)``.
 - everything else: one sbatch each.
 
-``poll`` makes ONE ``squeue`` call for all handles and at most ONE ``sacct``
-call for the finished ones whose rc file is missing (killed, timed out,
-preempted). Without slurmdbd ("accounting storage is disabled") it falls back
+``poll`` first reads the rc files (an attempt whose command ended needs no
+SLURM call), then makes ONE ``squeue`` call for all the other handles and at
+most ONE ``sacct`` call for the finished ones whose rc file is missing
+(killed, timed out, preempted). A SLURM that does not answer in
+``poll_timeout_s`` (10 s) leaves those handles out of the answer (still
+running as far as the engine knows) until ``poll_failure_limit_s`` (300 s). Without slurmdbd ("accounting storage is disabled") it falls back
 to ``sacct -c`` (the job-completion file), which knows array elements only by
 their raw job ids, learned from earlier squeue output.
 """
