@@ -1,8 +1,7 @@
 """A stand-in experiment: sleeps a scaled-down time and writes plausible metrics.
 
-Sleeps ``--minutes x 60 x scale`` seconds, scale = ``$ROTA_EXAMPLE_TIME_SCALE`` (e.g. from
-the spec's ``env:``), else ``$EXAMPLE_TIME_SCALE`` (from the shell: rota does not pass the
-shell's ``ROTA_*`` variables on to tasks), else 0.001,
+Sleeps ``--minutes x 60 x scale`` seconds, scale = ``$ROTA_EXAMPLE_TIME_SCALE``, else
+``$EXAMPLE_TIME_SCALE``, else 0.001,
 checkpointing progress once a "minute" so a retried attempt resumes where the last
 one stopped. Metrics depend on phase, model, task, seed (and layer, factor, batch)
 with seeded noise, so the aggregate step has real variation to summarise.
