@@ -190,7 +190,9 @@ def _register_optional() -> None:
     for mod in ("rota.cli.plan_cmd", "rota.cli.report_cmd"):
         try:
             m = __import__(mod, fromlist=["register"])
-        except ImportError:
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
             continue
         m.register(cli)
 

@@ -59,6 +59,10 @@ def schedule(
     ledger = Ledger.for_machine(machine, (r.placement for r in running))
     ordered = ready if presorted else sorted(ready, key=sort_key)
     min_cpus = min(c.request.cpus for c in ordered)
+    any_cpu_only = any(c.request.gpus == 0 for c in ordered)
+    min_gpu_bytes = min(
+        (c.request.gpu_memory_bytes or 0 for c in ordered if c.request.gpus), default=0
+    )
     placed: list[Placement] = []
     placed_est: list[tuple[float | None, Placement]] = []
     shadow_s = math.inf
@@ -66,6 +70,14 @@ def schedule(
     for c in ordered:
         if ledger.cpus < min_cpus:
             break
+        if c.request.gpus and not _gpu_room(ledger, c.request):
+            # Cheap reject: no GPU has room; when only GPU tasks remain and no GPU can
+            # take even the smallest of them, nothing further can be placed.
+            if not any_cpu_only and not _gpu_room(ledger, Request(gpus=1, gpu_memory_bytes=min_gpu_bytes)):
+                if shadow is not None or any(placed):
+                    break
+            if shadow is not None:
+                continue
         if shadow is None:
             p = ledger.fit(c.name, c.request)
             if p is not None:
@@ -87,6 +99,15 @@ def schedule(
         ledger.book(p)
         placed.append(p)
     return placed
+
+
+def _gpu_room(ledger: Ledger, req: Request) -> bool:
+    """Whether at least one GPU could take one share of ``req`` (a necessary condition)."""
+    need = req.gpu_memory_bytes
+    for idx, free in ledger.gpu_free.items():
+        if free >= (ledger.gpu_total[idx] if need is None else need):
+            return True
+    return False
 
 
 def _reserve(

@@ -48,7 +48,7 @@ def resolve_needs(tasks: Sequence[Task], *, file: str) -> list[Task]:
                     file=file, task=t.name, field="needs",
                 )
             resolved.extend(matches)
-        out.append(replace(t, needs=tuple(dict.fromkeys(resolved))))
+        out.append(replace(t, needs=tuple(dict.fromkeys(resolved))) if t.needs else t)
     return out
 
 
@@ -102,8 +102,13 @@ def _find_cycle(needs: Mapping[str, Sequence[str]]) -> list[str]:
     return list(needs)[:1]
 
 
-def critical_path_ranks(tasks: Sequence[Task], order: Sequence[str] | None = None) -> dict[str, float]:
-    """Longest estimated time from the start of each task to the end of the DAG."""
+def critical_path_ranks(
+    tasks: Sequence[Task], order: Sequence[str] | None = None, estimates: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Longest estimated time from the start of each task to the end of the DAG.
+
+    ``estimates`` (name -> seconds) overrides the tasks' own (learned history, say).
+    """
     by_name = {t.name: t for t in tasks}
     if order is None:
         order = topo_order(tasks)
@@ -114,7 +119,9 @@ def critical_path_ranks(tasks: Sequence[Task], order: Sequence[str] | None = Non
     rank: dict[str, float] = {}
     for name in reversed(order):
         t = by_name[name]
-        est = t.estimate_s if t.estimate_s is not None else DEFAULT_ESTIMATE_S
+        est = estimates.get(name) if estimates else None
+        if est is None:
+            est = t.estimate_s if t.estimate_s is not None else DEFAULT_ESTIMATE_S
         rank[name] = est + max((rank[u] for u in users[name]), default=0.0)
     return rank
 

@@ -394,6 +394,16 @@ class SqliteStore:
         ).fetchall()
         return [dict(r) for r in rows]
 
+    def durations_by_command(self) -> dict[str, list[float]]:
+        """Wall seconds of every successful attempt, by command (one query)."""
+        out: dict[str, list[float]] = {}
+        for cmd, start, end in self.conn.execute(
+            "SELECT command, started_at, ended_at FROM attempts "
+            "WHERE state='succeeded' AND started_at IS NOT NULL AND ended_at IS NOT NULL"
+        ):
+            out.setdefault(cmd, []).append(max(end - start, 0.0))
+        return out
+
     def active_count(self) -> int:
         q = f"SELECT count(*) FROM tasks WHERE state IN ({','.join('?' * len(ACTIVE))})"
         return int(self.conn.execute(q, tuple(ACTIVE)).fetchone()[0])
