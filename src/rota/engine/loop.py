@@ -15,8 +15,8 @@ import json
 import math
 import os
 import signal
-import statistics
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
