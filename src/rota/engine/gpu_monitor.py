@@ -30,6 +30,7 @@ class GpuMonitor:
         self._acc: dict[int, list[tuple[float, int, int]]] = {}
         self._pid_mem: dict[int, int] = {}
         self._peaks: dict[str, int] = {}
+        self._pgids: dict[str, int] = {}  # task -> process group, kept past the handle (retries clear it)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,6 +84,7 @@ class GpuMonitor:
             h = lv.handle
             if h is None or "pid" not in h.data:
                 continue
+            self._pgids[lv.task.name] = int(h.data.get("pgid", 0) or 0)
             total = sum(pid_mem.get(pid, 0) for pid in _tree_pids(int(h.data["pid"])))
             if total > self._peaks.get(lv.task.name, 0):
                 self._peaks[lv.task.name] = total
@@ -109,12 +111,16 @@ class GpuMonitor:
                 "UPDATE attempts SET peak_gpu_memory_bytes=? WHERE task=? AND attempt=?",
                 (peak, lv.task.name, lv.attempts),
             )
-        if self._nvml is not None and lv.placement is not None and lv.handle is not None:
-            self._check_released(engine, lv)
+        pgid = self._pgids.pop(lv.task.name, 0)
+        if lv.handle is not None:
+            pgid = int(lv.handle.data.get("pgid", 0) or 0)
+        if self._nvml is not None and lv.placement is not None:
+            # On a retry (e.g. after an OOM) the engine has already dropped the handle;
+            # the group recorded while it ran still names the processes to check.
+            self._check_released(engine, lv, pgid)
 
-    def _check_released(self, engine: Any, lv: Any) -> None:
+    def _check_released(self, engine: Any, lv: Any, pgid: int) -> None:
         """Processes of a finished task that still hold GPU memory: report and kill."""
-        pgid = int(lv.handle.data.get("pgid", 0) or 0)
         if pgid <= 1:
             return
         for idx in lv.placement.gpus:
