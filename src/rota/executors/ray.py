@@ -225,8 +225,8 @@ class RayExecutor:
                     raise ExecutorError(f"could not cancel on Ray: {e}") from None
 
     def kill_now(self, handles: Sequence[Handle]) -> None:
-        """Second Ctrl-C: SIGKILL at once (no grace)."""
-        self.cancel(handles, grace_s=0.0)
+        """Second Ctrl-C: SIGKILL at once (no grace). Called from a signal handler: never blocks."""
+        threading.Thread(target=self.cancel, args=(list(handles), 0.0), name="rota-ray-kill", daemon=True).start()
 
     def adopt(self, handle: Handle) -> bool:
         """Known to its supervisor (asked again until ``SUBMIT_SETTLE_S`` after submission), or an rc file."""
@@ -270,6 +270,7 @@ class RayExecutor:
         self._closed.set()
         try:
             self._sup.nudge.remote()
+            ray.get(self._sup.retire.remote(), timeout=10)  # ends it soon if none of its tasks runs
         except Exception:  # noqa: BLE001 - already disconnected
             pass
         if self._watcher.is_alive() and self._watcher is not threading.current_thread():

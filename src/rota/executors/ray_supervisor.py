@@ -196,10 +196,19 @@ class Supervisor:
         self._last_call = time.time()
         return os.getpid()
 
+    def retire(self) -> bool:
+        """Its controller closed cleanly: end soon unless a task still runs (then as when idle)."""
+        with self._lock:
+            ids = [t for t, r in self._recs.items() if r["result"] is None]
+        if any(v is not None and v.get("running") for v in self.poll(ids, touch=False).values()):
+            return False
+        self._idle_exit_s, self._last_call = 0.0, 0.0
+        return True
+
     def _reaper(self) -> None:
         """End this actor once no task runs and no controller has called for ``idle_exit_s``."""
         while True:
-            time.sleep(min(10.0, max(self._idle_exit_s / 4, 0.5)))
+            time.sleep(min(2.0, max(self._idle_exit_s / 4, 0.5)))
             if time.time() - self._last_call < self._idle_exit_s:
                 continue
             with self._lock:
