@@ -2,7 +2,8 @@
 
 Contract (see :mod:`rota.executors.base`), as Ray does it:
 
-- ``submit``/``submit_many``: one call to the supervisor actor, which starts one
+- ``submit``/``submit_many``: one call to the supervisor actor (sent, not waited
+  for; ``cancel``/``adopt`` wait for it, ``poll`` reports a refusal), which starts one
   Ray task per attempt with ``num_cpus`` = cpus, ``memory`` = memory bytes and
   ``num_gpus`` = the GPU count, or ``launch.gpu_fraction`` for a single-GPU task
   that books only part of a GPU's memory (so Ray packs them like rota's ledger).
@@ -14,8 +15,12 @@ Contract (see :mod:`rota.executors.base`), as Ray does it:
   runs the task*: on more than one machine the state folder must be on a
   shared file system (same path everywhere), and rota must be installed on
   every node (workers import ``rota.executors.ray``).
-- ``poll``: one supervisor call, which does ONE ``ray.wait(refs, timeout=0,
-  num_returns=len(refs))`` over every attempt asked about.
+- ``poll``: each task reports its end to the supervisor, whose long-poll
+  (``wait_change``, held by a watcher thread) hands the results to the
+  controller and wakes the engine at once (SIGCHLD to the main thread). Other
+  attempts: at most every ``RECHECK_S``, one supervisor call, which does ONE
+  ``ray.wait(refs, timeout=0, num_returns=len(refs))`` over all of them (this
+  also finds tasks that died without reporting).
 - ``cancel``: ``ray.cancel(ref, force=False)`` raises KeyboardInterrupt inside
   the task, which sends SIGTERM to its process group, waits ``grace_s``
   (asked from the supervisor), then SIGKILL; tasks still there after the grace
@@ -35,6 +40,10 @@ workers; 1,000 short tasks would cost 1,000 process starts. Why one per
 controller rather than one for the cluster: Ray pools workers per job, and
 the tasks a detached actor submits belong to the job that created it; once
 that driver is gone every task would start a fresh worker process.
+
+A controller that died between committing ``launching`` and committing the
+handle left an attempt the engine cannot see: :meth:`RayExecutor.stop_unrecorded`
+cancels it by state folder and attempt key (the engine must call it).
 
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ
