@@ -31,6 +31,19 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 Phase = Literal["running", "succeeded", "failed", "lost"]
 
+# Variables rota sets for a task. A rota started inside a task must not pass its
+# parent task's values on; the user's own ROTA_* settings (or any other) pass through.
+TASK_VAR_PREFIXES = (
+    "ROTA_SHARD_", "ROTA_PARAM", "ROTA_VAR_", "ROTA_TRIAL", "ROTA_GPU_MEMORY_", "ROTA_NEEDS_OUT",
+    "ROTA_TASK", "ROTA_RUN", "ROTA_OUT", "ROTA_ATTEMPT", "ROTA_STATE_DIR", "ROTA_GPUS", "ROTA_CPUS",
+)
+
+
+def inherited_env(environ: Mapping[str, str], drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment a task inherits: ``environ`` without rota's task variables."""
+    drop = TASK_VAR_PREFIXES + drop_prefixes
+    return {k: v for k, v in environ.items() if not k.startswith(drop)}
+
 
 @dataclass(frozen=True)
 class Launch:

@@ -23,14 +23,10 @@ from pathlib import Path
 
 import psutil
 
-from rota.executors.base import Handle, Launch, Status
+from rota.executors.base import Handle, Launch, Status, inherited_env
 
 WRAP = 'bash -c "$1"; rc=$?; printf "%s\\n" "$rc" > "$2"; exit $rc'
 NAME = "local"
-CONDITIONAL_PREFIXES = (
-    "ROTA_SHARD_", "ROTA_PARAM", "ROTA_VAR_", "ROTA_TRIAL", "ROTA_GPU_MEMORY_", "ROTA_NEEDS_OUT",
-    "ROTA_TASK", "ROTA_RUN", "ROTA_OUT", "ROTA_ATTEMPT", "ROTA_STATE_DIR",
-)
 
 
 def rc_path_for(log_path: str) -> str:
@@ -65,12 +61,7 @@ class LocalExecutor:
 
     def __init__(self, inherit_env: dict[str, str] | None = None) -> None:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        base = dict(os.environ if inherit_env is None else inherit_env)
-        # A rota inside a rota task must not leak its task's variables that rota sets
-        # only for some tasks; the user's own ROTA_* settings pass through.
-        for k in [k for k in base if k.startswith(CONDITIONAL_PREFIXES)]:
-            del base[k]
-        self._base_env = base
+        self._base_env = inherited_env(os.environ if inherit_env is None else inherit_env)
 
     def submit(self, launch: Launch) -> Handle:
         log = Path(launch.log_path)

@@ -14,7 +14,7 @@ RealMemory); SLURM does not know GPU memory, so every GPU gets
 ``gpu_memory_bytes``.
 
 What runs: ``bash -c COMMAND`` in ``workdir`` with the launch's env exported
-on top of the submitting environment (the controller's ``ROTA_*`` and
+on top of the submitting environment (the controller's task variables (``ROTA_TASK``...) and
 ``SLURM_*`` but ``SLURM_CONF`` removed, so a controller inside a SLURM job
 does not pass its allocation on),
 except ``CUDA_VISIBLE_DEVICES``, which SLURM sets from the GPUs it granted
@@ -69,7 +69,7 @@ from typing import Any
 from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
 from rota.executors import slurm_text as T
-from rota.executors.base import Handle, Launch, Status
+from rota.executors.base import Handle, Launch, Status, inherited_env
 
 NAME = "slurm"
 DEFAULT_GPU_MEMORY = 80 * 2**30
@@ -118,11 +118,10 @@ class SlurmExecutor:
         if gpu_memory_bytes is None and spec_slurm is not None:
             gpu_memory_bytes = spec_slurm.gpu_memory
         self.gpu_memory_bytes = int(gpu_memory_bytes or DEFAULT_GPU_MEMORY)
-        base = dict(os.environ if inherit_env is None else inherit_env)
+        environ = os.environ if inherit_env is None else inherit_env
         # a controller running inside a SLURM job must not hand its own
         # allocation (SLURM_JOB_ID, SLURM_MEM_PER_NODE...) to the jobs it submits
-        for k in [k for k in base if k.startswith(("ROTA_", "SLURM_")) and k != "SLURM_CONF"]:
-            del base[k]
+        base = inherited_env({k: v for k, v in environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"})
         self._env = base
         self._timeout = command_timeout_s
         self._poll_timeout = poll_timeout_s
