@@ -71,6 +71,13 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
         options["address"] = address or "auto"
     if backend == "slurm":
         options.update(_slurm_options(loaded, partition, state_dir))
+    if backend != "local" and gpus:
+        # SLURM and Ray do not know GPU memory: --gpus NxSIZE says it.
+        from rota.machine import parse_gpus_flag
+
+        declared = parse_gpus_flag(gpus, []) if not gpus.replace(",", "").isdigit() else []
+        if declared:
+            options["gpu_memory_bytes"] = max(g.memory_bytes for g in declared)
     result = api.run(
         loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, backend=backend,
         backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,

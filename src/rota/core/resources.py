@@ -111,10 +111,12 @@ class Ledger:
         self.memory_bytes += p.memory_bytes
 
     def fit(self, task: str, req: Request, also: Ledger | None = None) -> Placement | None:
-        """Best-fit placement of ``req`` in this ledger (and in ``also`` if given), or None.
+        """Placement of ``req`` in this ledger (and in ``also`` if given), or None.
 
-        Best fit: among GPUs with enough free memory, take those with the least
-        free memory, so big holes stay open for big tasks.
+        Spread, then best fit: an idle GPU is taken before a shared one, so jobs
+        do not compete for one GPU's compute while another sits idle; once every
+        candidate GPU is busy, the one with the least free memory that fits is
+        taken, so big holes stay open for big tasks.
         """
         if req.cpus > self.cpus or req.memory_bytes > self.memory_bytes:
             return None
@@ -123,7 +125,7 @@ class Ledger:
         if req.gpus == 0:
             return Placement(task, (), (), req.cpus, req.memory_bytes)
         allowed = self._order if req.devices is None else [i for i in self._order if i in req.devices]
-        cands: list[tuple[int, int, int]] = []
+        cands: list[tuple[int, int, int, int]] = []
         for idx in allowed:
             total = self.gpu_total[idx]
             need = total if req.gpu_memory_bytes is None else req.gpu_memory_bytes
@@ -134,15 +136,15 @@ class Ledger:
                 continue
             if also is not None and also.gpu_free[idx] < need:
                 continue
-            cands.append((free, idx, need))
+            cands.append((0 if free == total else 1, free, idx, need))
         if len(cands) < req.gpus:
             return None
         cands.sort()
-        chosen = sorted(cands[: req.gpus], key=lambda c: c[1])
+        chosen = sorted(cands[: req.gpus], key=lambda c: c[2])
         return Placement(
             task,
-            tuple(c[1] for c in chosen),
             tuple(c[2] for c in chosen),
+            tuple(c[3] for c in chosen),
             req.cpus,
             req.memory_bytes,
         )

@@ -217,6 +217,10 @@ class Engine:
 
     def _stop_unrecorded(self, name: str, attempt: int) -> None:
         """A process may exist whose handle was never committed: find and stop it."""
+        stop = getattr(self.executor, "stop_unrecorded", None)
+        if stop is not None:
+            stop(self.state_dir, f"{name}#{attempt}")
+            return
         if getattr(self.executor, "name", "") != "local":
             return
         from rota.executors.local import find_attempt_processes
