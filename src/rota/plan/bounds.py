@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rota.core.intervals import union_length
 from rota.core.resources import Machine, Request
 from rota.plan.simulate import Schedule, remaining_ranks_s
 from rota.spec.model import Task
@@ -176,18 +177,6 @@ def lower_bound(
     )
 
 
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in sorted(intervals):
-        if cur_b is None or a > cur_b:
-            if cur_b is not None and cur_a is not None:
-                total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    if cur_a is not None and cur_b is not None:
-        total += cur_b - cur_a
-    return total
 
 
 def utilization(schedule: Schedule) -> Utilization:
@@ -207,7 +196,7 @@ def utilization(schedule: Schedule) -> Utilization:
     if span <= 0:
         zero = {g.index: 0.0 for g in m.gpus}
         return Utilization(zero, dict(zero), 0.0, 0.0, 0.0)
-    gpu_busy = {i: _union_length(v) / span for i, v in busy.items()}
+    gpu_busy = {i: union_length(v) / span for i, v in busy.items()}
     gpu_mem = {g.index: mem_time[g.index] / (g.memory_bytes * span) for g in m.gpus}
     return Utilization(
         gpu_busy=gpu_busy,
@@ -224,7 +213,7 @@ def cost(schedule: Schedule, prices: Prices) -> Cost:
     for s in schedule.slots:
         for i in s.gpus:
             busy.setdefault(i, []).append((s.start_s, s.end_s))
-    gpu_h = sum(_union_length(v) for v in busy.values()) / 3600.0
+    gpu_h = sum(union_length(v) for v in busy.values()) / 3600.0
     cpu_h = sum(s.cpus * s.duration_s for s in schedule.slots) / 3600.0
     mach_h = schedule.makespan_s / 3600.0
     return Cost(

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from rota.core.intervals import union_length
 from rota.report.model import ReportData, ReportError, TaskRow
 from rota.report.tdist import betainc, t_cdf, t_ppf
 
@@ -273,18 +274,6 @@ class RunSummary:
     n_tasks: int
 
 
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in sorted(intervals):
-        if cur_b is None or a > cur_b:
-            if cur_a is not None and cur_b is not None:
-                total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    if cur_a is not None and cur_b is not None:
-        total += cur_b - cur_a
-    return total
 
 
 def run_summary(data: ReportData) -> RunSummary:
@@ -301,7 +290,7 @@ def run_summary(data: ReportData) -> RunSummary:
             end = t.end_s if t.end_s is not None else horizon
             for g in t.gpus:
                 per_gpu.setdefault(g, []).append((t.start_s, end))
-        used = sum(_union_length(v) for v in per_gpu.values())
+        used = sum(union_length(v) for v in per_gpu.values())
         busy = 100.0 * used / (wall * len(per_gpu))
     samples = [
         s.util_pct for s in data.gpu_samples if s.util_pct is not None and math.isfinite(s.util_pct)
