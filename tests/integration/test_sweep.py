@@ -11,12 +11,13 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import by_name, processes_with_env, rota, start_rota, wait_for, write_spec
+from rota.store.sqlite import SqliteStore
+from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
 
 optuna = pytest.importorskip("optuna")
 
@@ -27,6 +28,9 @@ OBJECTIVE = textwrap.dedent("""
     rec_dir, x, sleep_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     metric = sys.argv[4] if len(sys.argv) > 4 else "loss"
     start = time.time()
+    with open(os.path.join(rec_dir, "started.jsonl"), "a") as f:
+        f.write(json.dumps({"task": os.environ["ROTA_TASK"], "attempt": os.environ["ROTA_ATTEMPT"],
+                            "start": start}) + "\\n")
     time.sleep(sleep_s)
     loss = (x - 1.5) ** 2
     rec = {
@@ -50,8 +54,8 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     return rec, obj
 
 
-def _records(rec: Path) -> list[dict]:
-    f = rec / "finished.jsonl"
+def _records(rec: Path, name: str = "finished") -> list[dict]:
+    f = rec / f"{name}.jsonl"
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
 
@@ -129,33 +133,53 @@ def test_sweep_runs_study_and_reports_best(tmp_path):
     assert text.startswith("sweep hpo: best loss (minimize); 8 complete") and best[0]["task"] in text
 
 
-@pytest.mark.parametrize("mode", ["adopt", "lost"])
+@pytest.mark.parametrize("mode", ["adopt", "lost", "ctrl-c"])
 def test_sweep_survives_sigkill(tmp_path, mode):
-    """SIGKILL the controller mid-study, run again: exactly `trials` COMPLETE, no finished trial repeated.
+    """Stop the controller mid-study, run again: exactly `trials` COMPLETE, no finished trial repeated.
 
-    adopt: the trials outlive the controller and are adopted. lost: they die with
-    it (like a reboot); their Optuna trials become FAIL and the slots ask new ones.
+    adopt: SIGKILL; the trials outlive the controller and are adopted. lost: SIGKILL
+    and the trials die with it (like a reboot); their Optuna trials become FAIL and
+    the slots ask new ones. ctrl-c: SIGINT; rota stops the trials, tells FAIL, exits 130.
+    Trials are stopped only mid-sleep (not while writing their side-file line), so
+    the side file counts exactly the executions rota saw finish.
     """
     rec, obj = _setup(tmp_path)
-    spec = _sweep_spec(tmp_path, rec, obj, trials=8, sleep=1.0, parallel=3)
+    spec = _sweep_spec(tmp_path, rec, obj, trials=8, sleep=1.5, parallel=3)
     sd = tmp_path / "st"
     proc = start_rota("run", spec, "--cpus", "4", "--plain", "--state-dir", sd)
     try:
         def mid_study() -> bool:
-            return len(_records(rec)) >= 2 and any(t["state"] == "running" for t in by_name(sd).values())
+            if len(_records(rec)) < 2 or not (sd / "state.db").exists():
+                return False
+            store = SqliteStore(sd, readonly=True)
+            try:
+                running = {(t.name, str(t.attempts)) for t in store.tasks() if t.state == "running"}
+            finally:
+                store.close()
+            started = {(r["task"], r["attempt"]): r["start"] for r in _records(rec, "started")}
+            if not running or not running <= set(started):
+                return False
+            return all(time.time() - started[k] < 0.9 for k in running)  # all well before their end
 
-        wait_for(mid_study, timeout=60, interval=0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        if mode == "lost":
-            victims = processes_with_env("ROTA_STATE_DIR", str(sd.resolve()))
-            assert victims, "expected trials still running after the controller died"
-            for v in victims:
+        wait_for(mid_study, timeout=60, interval=0.02)
+        if mode == "ctrl-c":
+            os.kill(proc.pid, signal.SIGINT)
+            assert proc.wait(60) == 130
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if mode == "lost":  # kill the running trials' process groups, as a reboot would
+            store = SqliteStore(sd, readonly=True)
+            try:
+                groups = [int(t.handle["data"]["pgid"]) for t in store.tasks() if t.state == "running" and t.handle]
+            finally:
+                store.close()
+            assert groups, "expected trials still running after the controller died"
+            for g in groups:
                 try:
-                    v.kill()
-                except psutil.Error:
+                    os.killpg(g, signal.SIGKILL)
+                except ProcessLookupError:
                     pass
-            psutil.wait_procs(victims, timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -176,7 +200,7 @@ def test_sweep_survives_sigkill(tmp_path, mode):
     assert sorted(t.user_attrs["rota_task"] for t in done) == sorted(tasks)
     assert sorted(float(r["argv_x"]) for r in recs) == pytest.approx(sorted(t.params["x"] for t in done))
     fails = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    if mode == "lost":
+    if mode in ("lost", "ctrl-c"):
         assert fails and all(t.user_attrs.get("rota_fail_reason") for t in fails)
 
 
