@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,6 @@ class Options:
     grace_s: float = 10.0
     retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
     poll_interval_s: float = 0.5
-    use_history: bool = False
 
 
 @dataclass
@@ -98,6 +98,7 @@ class Engine:
         self.live: dict[str, Live] = {}
         self.users: dict[str, list[str]] = {}
         self.ranks = critical_path_ranks(spec.tasks)
+        self.learned: dict[str, float] = {}  # name -> seconds, from history (filled in _sync)
         self.order = {t.name: i for i, t in enumerate(spec.tasks)}
         self.ready: set[str] = set()
         self.delayed: set[str] = set()  # ready but waiting for a retry back-off
@@ -148,6 +149,7 @@ class Engine:
             self.store.upsert_tasks(rows, event="sync")
         for t, rec in adopt:
             self._recover(t, rec)
+        self._learn_estimates()
         self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
         for t in self.spec.tasks:
             for n in t.needs:
@@ -159,6 +161,21 @@ class Engine:
             lv = self.live[t.name]
             if lv.state == S.PENDING and lv.unmet == 0:
                 self._make_ready(t.name)
+
+    def _learn_estimates(self) -> None:
+        """Tasks without an estimate use their command's history (as ``rota plan`` does)."""
+        missing = [t for t in self.spec.tasks if t.estimate_s is None]
+        if not missing:
+            return
+        history = self.store.durations_by_command()
+        if not history:
+            return
+        for t in missing:
+            past = history.get(t.command)
+            if past:
+                self.learned[t.name] = statistics.median(past)
+        if self.learned:
+            self.ranks = critical_path_ranks(self.spec.tasks, estimates=self.learned)
 
     def _row(self, t: Task, fp: str, state: str) -> dict[str, Any]:
         return {
@@ -200,6 +217,10 @@ class Engine:
 
     def _stop_unrecorded(self, name: str, attempt: int) -> None:
         """A process may exist whose handle was never committed: find and stop it."""
+        stop = getattr(self.executor, "stop_unrecorded", None)
+        if stop is not None:
+            stop(self.state_dir, f"{name}#{attempt}")
+            return
         if getattr(self.executor, "name", "") != "local":
             return
         from rota.executors.local import find_attempt_processes
@@ -337,7 +358,11 @@ class Engine:
 
     def _candidate(self, lv: Live) -> Candidate:
         return Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
-                         lv.task.estimate_s, self.order[lv.task.name])
+                         self.estimate_of(lv.task), self.order[lv.task.name])
+
+    def estimate_of(self, t: Task) -> float | None:
+        """The spec's estimate, else the median of this command's past successful attempts."""
+        return t.estimate_s if t.estimate_s is not None else self.learned.get(t.name)
 
     def _launch(self, now: float) -> None:
         """Ask the policy for placements, only when something changed since the last ask."""
@@ -387,7 +412,7 @@ class Engine:
             self._sorted_names.discard(name)
 
     def _remaining(self, lv: Live, now: float) -> float | None:
-        est = lv.task.estimate_s
+        est = self.estimate_of(lv.task)
         if est is None or lv.started_at is None:
             return None
         return max(est - (now - lv.started_at), 1.0)
@@ -445,7 +470,7 @@ class Engine:
                 key=key, task=t.name, attempt=attempt, command=command, env=env, workdir=t.workdir,
                 log_path=log, gpus=p.gpus, gpu_count=req.gpus, gpu_memory_bytes=req.gpu_memory_bytes,
                 gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
-                estimate_s=t.estimate_s, array_group=t.group,
+                estimate_s=self.estimate_of(t), array_group=t.group,
             )
             deadline = now + t.timeout_s if t.timeout_s else None
             changes.append(Change(t.name, S.PENDING, "launching", {
@@ -666,7 +691,7 @@ class Engine:
         work = 0.0
         known = False
         for lv in self.live.values():
-            est = lv.task.estimate_s
+            est = self.estimate_of(lv.task)
             if est is None:
                 continue
             if lv.state == S.PENDING:
