@@ -152,6 +152,8 @@ def _decode(row: sqlite3.Row) -> TaskRecord:
 def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
     """The one way rota opens its database."""
     p = Path(path)
+    if not readonly and not p.exists():
+        _create(p)
     if readonly:
         if not p.exists():
             raise StateError(f"no rota state at {p}; run 'rota run SPEC' first")
@@ -174,6 +176,25 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
             f"{p} is not a usable rota state database ({e}); move it away or pass another --state-dir"
         ) from None
     return conn
+
+
+def _create(p: Path) -> None:
+    """Create a new database beside ``p`` and rename it into place.
+
+    A reader (``rota status``) never sees a half-made, schema-less state.db.
+    """
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.new")
+    try:
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            _check_identity(conn, tmp, readonly=False)
+        finally:
+            conn.close()
+        os.replace(tmp, p)
+    except (sqlite3.DatabaseError, OSError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(p.parent, e) or StateError(f"cannot create {p}: {e}") from None
 
 
 def _check_identity(conn: sqlite3.Connection, p: Path, readonly: bool) -> None:
