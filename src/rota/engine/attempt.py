@@ -172,7 +172,8 @@ def read_metrics(log: str | None, out: str | None, max_bytes: int = 2**34) -> di
     if log:
         try:
             with open(log, "rb") as f:
-                for line in _metric_lines(f, max_bytes):
+                lines = _metric_lines(f, max_bytes) if os.fstat(f.fileno()).st_size else ()
+                for line in lines:
                     m = _METRIC_LINE.match(line.decode("utf-8", "replace").strip())
                     if m:
                         try:

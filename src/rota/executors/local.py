@@ -1,9 +1,13 @@
 """The local executor: each attempt is its own session and process group.
 
-A task runs as ``/bin/sh -c WRAP rota-task COMMAND RC_PATH``: the wrapper runs
-the command with bash and writes its exit status to ``RC_PATH``, so a
-controller that was killed and restarted can still learn how an attempt ended
-(adoption). Tasks are in their own session (``setsid``), so a terminal's
+A task runs as ``bash -c PROLOGUE COMMAND``: the prologue's EXIT trap writes the
+exit status to ``$ROTA_RC_PATH`` (next to the log), so a controller that was
+killed and restarted can still learn how an attempt ended (adoption); its
+TERM/INT/HUP traps make a signalled task record 128+signal, never the status of
+its last finished command. One process (no extra wrapper shell) per task keeps
+the launch cost at that of a bare ``bash -c``. A command that ``exec``s away its
+shell records no status: if the controller is gone when it ends, the attempt is
+"lost" and runs again without counting against ``retries``. Tasks are in their own session (``setsid``), so a terminal's
 Ctrl-C reaches only the controller, which then stops every task group itself,
 and a controller killed with SIGKILL leaves its tasks running to be adopted.
 
@@ -25,8 +29,13 @@ import psutil
 
 from rota.executors.base import Handle, Launch, Status, inherited_env
 
-WRAP = 'bash -c "$1"; rc=$?; printf "%s\\n" "$rc" > "$2"; exit $rc'
+PROLOGUE = (
+    """trap 'printf "%s\\n" "$?" > "$ROTA_RC_PATH"' EXIT; """
+    """trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"""
+)
 NAME = "local"
+# A process whose start is this close to our spawn time is ours (pids are not reused that fast).
+PID_REUSE_TOLERANCE_S = 2.0
 
 
 def rc_path_for(log_path: str) -> str:
@@ -65,7 +74,12 @@ class LocalExecutor:
 
     def submit(self, launch: Launch) -> Handle:
         log = Path(launch.log_path)
-        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(log.parent)  # one syscall in the common case; parents exist after the first task
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            log.parent.mkdir(parents=True, exist_ok=True)
         rc_path = rc_path_for(launch.log_path)
         try:
             os.unlink(rc_path)
@@ -73,9 +87,11 @@ class LocalExecutor:
             pass
         env = dict(self._base_env)
         env.update(launch.env)
+        env["ROTA_RC_PATH"] = rc_path
+        spawned_at = time.time()
         with open(log, "ab", buffering=0) as out:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", WRAP, "rota-task", launch.command, rc_path],
+                ["bash", "-c", PROLOGUE + launch.command],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -85,15 +101,13 @@ class LocalExecutor:
                 close_fds=True,
             )
         self._procs[launch.key] = proc
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = 0.0
+        # The spawn time identifies the process against pid reuse. Reading its exact
+        # create_time here would wait for the child's exec (/proc/PID/stat blocks on it).
         return Handle(
             launch.key,
             NAME,
             str(proc.pid),
-            {"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "rc_path": rc_path, "started_at": time.time()},
+            {"pid": proc.pid, "pgid": proc.pid, "spawned_at": spawned_at, "rc_path": rc_path},
         )
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
@@ -166,7 +180,10 @@ def _alive(h: Handle) -> bool:
         return False
     try:
         p = psutil.Process(pid)
-        if abs(p.create_time() - float(h.data.get("create_time", 0))) > 0.05:
+        if "create_time" in h.data:  # handles written by rota 0.1.0 before spawned_at
+            if abs(p.create_time() - float(h.data["create_time"])) > 0.05:
+                return False
+        elif abs(p.create_time() - float(h.data.get("spawned_at", 0))) > PID_REUSE_TOLERANCE_S:
             return False
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rota.shard._common import PROGRESS_PATH, ShardError, count, index
+from rota.shard._common import out_dir as _default_out_dir
 
 # ---------------------------------------------------------------------- atomic io
 
@@ -106,7 +107,7 @@ def progress(
     """
     if done < 0 or total < 0:
         raise ShardError(f"progress needs done >= 0 and total >= 0, found done={done}, total={total}")
-    out = Path(out_dir) if out_dir is not None else globals()["out_dir"]()
+    out = Path(out_dir) if out_dir is not None else _default_out_dir()
     key = (str(out.resolve()), int(total), unit)
     rep = _reporters.get(key)
     if rep is None:

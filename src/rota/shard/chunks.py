@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rota.shard._common import _EXTS, _NAME_OK, CHUNK_DIR, ShardError, count, index, out_dir
+from rota.shard._common import out_dir as _default_out_dir
 from rota.shard._io import _atomic_json, _atomic_write, _Progress
 
 # ------------------------------------------------------------------------- chunks
@@ -164,7 +165,7 @@ def chunks(
         first, last = 0, len(seq)
     total = last - first
 
-    base = Path(out_dir) if out_dir is not None else globals()["out_dir"]()
+    base = Path(out_dir) if out_dir is not None else _default_out_dir()
     cdir = base / CHUNK_DIR
     cdir.mkdir(parents=True, exist_ok=True)
     shard_i, shard_n = index(), count()
