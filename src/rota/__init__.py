@@ -2,12 +2,37 @@
 
 Public API: :func:`load_spec`, :func:`spec_from_dict`, :func:`run`,
 :func:`status`, and :mod:`rota.shard` for code inside shard tasks.
+
+Names are imported on first use, so ``rota status`` and code inside tasks
+(``import rota.shard``) do not pay for pydantic and the spec machinery.
 """
 
-from rota.api import RunResult, run, spec_from_dict, status
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from rota.errors import RotaError, SpecError
-from rota.spec.load import Spec, load_spec
-from rota.spec.model import Task
+
+if TYPE_CHECKING:
+    from rota.api import RunResult, run, spec_from_dict, status
+    from rota.spec.load import Spec, load_spec
+    from rota.spec.model import Task
 
 __all__ = ["RotaError", "RunResult", "Spec", "SpecError", "Task", "load_spec", "run", "spec_from_dict", "status"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "RunResult": "rota.api", "run": "rota.api", "spec_from_dict": "rota.api", "status": "rota.api",
+    "Spec": "rota.spec.load", "load_spec": "rota.spec.load", "Task": "rota.spec.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rota' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

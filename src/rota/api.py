@@ -17,14 +17,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from rota.core.resources import Machine, fits_machine
 from rota.errors import SpecError, StateError
-from rota.spec.load import Spec, load_spec
 from rota.store import base as S
+
+if TYPE_CHECKING:  # the spec machinery (pydantic) is imported only where a spec is loaded
+    from rota.spec.load import Spec
 
 STATUS_VERSION = 1
 
@@ -38,6 +38,10 @@ class RunResult:
 
 def spec_from_dict(data: Mapping[str, Any], root: str | os.PathLike[str] = ".", name: str = "rota.yaml") -> Spec:
     """Validate a spec given as a Python mapping, as if it were ``root/name``."""
+    import yaml
+
+    from rota.spec.load import load_spec
+
     path = Path(root) / name
     return load_spec(path, text=yaml.safe_dump(dict(data), sort_keys=False))
 
@@ -92,6 +96,7 @@ def run(
     from rota.engine.lock import StateLock
     from rota.engine.loop import Engine, Options
     from rota.machine import detect_machine
+    from rota.spec.load import Spec, load_spec
     from rota.store.sqlite import SqliteStore
 
     if not isinstance(spec, Spec):

@@ -101,16 +101,17 @@ def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> d
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
 def status(target: str | None, state_dir: str | None, as_json: bool) -> None:
     """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""
-    from rich.console import Console
-    from rich.table import Table
-
     from rota import api
-    from rota.spec.units import format_duration
 
     data = api.status(target, state_dir=state_dir)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from rota.spec.units import format_duration
+
     table = Table(title=f"run {data['run_id']}  ({'running, pid ' + str(data['controller']['pid']) if data['controller']['alive'] else 'no controller running'})")
     for col in ("task", "state", "attempts", "exit", "GPUs", "duration", "log"):
         table.add_column(col, overflow="fold")
