@@ -11,17 +11,17 @@ from rota.spec.model import ParamSpec, SweepSpec, Task
 
 
 @pytest.mark.parametrize(("p", "why"), [
-    (ParamSpec(type="float", low=0.0, high=1.0), None),
-    (ParamSpec(type="float", low=1e-5, high=1e-1, log=True), None),
-    (ParamSpec(type="int", low=1, high=9, step=2), None),
-    (ParamSpec(type="categorical", choices=["a", 1, True]), None),
-    (ParamSpec(type="categorical"), "needs 'choices'"),
-    (ParamSpec(type="float", low=0.0), "needs 'low' and 'high'"),
-    (ParamSpec(type="float", low=2.0, high=1.0), "above high"),
-    (ParamSpec(type="float", low=0.0, high=1.0, log=True), "low > 0"),
-    (ParamSpec(type="float", low=0.1, high=1.0, log=True, step=0.1), "cannot be combined"),
-    (ParamSpec(type="int", low=0.5, high=3), "whole-number"),
-    (ParamSpec(type="float", low=0.0, high=1.0, step=-1), "step must be > 0"),
+    (ParamSpec.model_construct(type="float", low=0.0, high=1.0), None),
+    (ParamSpec.model_construct(type="float", low=1e-5, high=1e-1, log=True), None),
+    (ParamSpec.model_construct(type="int", low=1, high=9, step=2), None),
+    (ParamSpec.model_construct(type="categorical", choices=["a", 1, True]), None),
+    (ParamSpec.model_construct(type="categorical"), "needs 'choices'"),
+    (ParamSpec.model_construct(type="float", low=0.0), "needs 'low' and 'high'"),
+    (ParamSpec.model_construct(type="float", low=2.0, high=1.0), "above high"),
+    (ParamSpec.model_construct(type="float", low=0.0, high=1.0, log=True), "low > 0"),
+    (ParamSpec.model_construct(type="float", low=0.1, high=1.0, log=True, step=0.1), "cannot be combined"),
+    (ParamSpec.model_construct(type="int", low=0.5, high=3), "whole-number"),
+    (ParamSpec.model_construct(type="float", low=0.0, high=1.0, step=-1), "step must be > 0"),
 ])
 def test_check_param(p, why):
     got = check_param("x", p)
@@ -57,3 +57,11 @@ def test_report_reader_reads_only_complete_new_lines(tmp_path):
     assert r.new_reports("k", str(log)) == []
     r.forget("k")
     assert r.new_reports("k", str(log)) == [(0, 0.5), (3, -0.001)]
+
+
+def test_invalid_search_space_is_refused_when_the_spec_loads():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="low > 0"):
+        ParamSpec(type="float", low=0.0, high=1.0, log=True)

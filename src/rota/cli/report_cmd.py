@@ -66,7 +66,7 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
     if sweeps:
         from rota.report.sweeps import best_trials_text
 
-        console.print(best_trials_text(sweeps))
+        console.print(best_trials_text(sweeps), soft_wrap=True, markup=False, highlight=False)
 
 
 def _sweeps(state_dir: Path, top: int) -> list[dict[str, Any]]:

@@ -12,34 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from rota.errors import RotaError, SpecError
-from rota.spec.model import ParamSpec, SweepSpec, Task
+from rota.spec.model import SweepSpec, Task, check_param
 
 
 def study_name(task: Task) -> str:
     """The study a sweep slot belongs to: its name without ``-trial-<i>``."""
     suffix = f"-trial-{task.trial}"
     return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
-
-
-def check_param(name: str, p: ParamSpec) -> str | None:
-    """Why a search-space dimension is invalid, or None. Pure; needs no Optuna."""
-    if p.type == "categorical":
-        if not p.choices:
-            return "a categorical parameter needs 'choices'"
-        return None
-    if p.low is None or p.high is None:
-        return f"a {p.type} parameter needs 'low' and 'high'"
-    if p.low > p.high:
-        return f"low ({p.low:g}) is above high ({p.high:g})"
-    if p.log and p.low <= 0:
-        return "log: true needs low > 0"
-    if p.log and p.step is not None:
-        return "log and step cannot be combined"
-    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
-        return "an int parameter needs whole-number low and high"
-    if p.step is not None and p.step <= 0:
-        return "step must be > 0"
-    return None
 
 
 def grid_values(sweep: SweepSpec, *, file: str | None, task: str | None) -> dict[str, list[Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from rota.core.resources import Request
 from rota.spec.units import parse_duration, parse_size
@@ -48,6 +48,34 @@ class ParamSpec(_Strict):
     step: float | None = None
     choices: list[Scalar] | None = None
 
+    @model_validator(mode="after")
+    def _valid(self) -> ParamSpec:
+        why = check_param("", self)
+        if why is not None:
+            raise ValueError(why)
+        return self
+
+
+def check_param(name: str, p: ParamSpec) -> str | None:
+    """Why a search-space dimension is invalid, or None. Pure; needs no Optuna."""
+    if p.type == "categorical":
+        if not p.choices:
+            return "a categorical parameter needs 'choices'"
+        return None
+    if p.low is None or p.high is None:
+        return f"a {p.type} parameter needs 'low' and 'high'"
+    if p.low > p.high:
+        return f"low ({p.low:g}) is above high ({p.high:g})"
+    if p.log and p.low <= 0:
+        return "log: true needs low > 0"
+    if p.log and p.step is not None:
+        return "log and step cannot be combined"
+    if p.type == "int" and (p.low != int(p.low) or p.high != int(p.high)):
+        return "an int parameter needs whole-number low and high"
+    if p.step is not None and p.step <= 0:
+        return "step must be > 0"
+    return None
+
 
 class SweepSpec(_Strict):
     """An Optuna study whose trials run as rota tasks."""
@@ -60,6 +88,13 @@ class SweepSpec(_Strict):
     pruner: Literal["none", "median", "hyperband"] = "none"
     seed: int | None = None
     params: dict[str, ParamSpec]
+
+    @field_validator("params")
+    @classmethod
+    def _space_nonempty(cls, v: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        if not v:
+            raise ValueError("a sweep needs at least one parameter under 'params'")
+        return v
 
 
 class TaskFields(_Strict):
