@@ -131,7 +131,10 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
     spec: dict[str, Any] = {"tasks": [task, {"name": "after", "command": "touch SENTINEL", "needs": "t-*"}]}
     for _ in range(draw(st.integers(1, 4))):
         where = draw(st.sampled_from(["task", "task", "task", "top", "second"]))
-        target = task if where == "task" else spec if where == "top" else spec["tasks"][1]
+        tasks = spec.get("tasks")
+        second = tasks[1] if isinstance(tasks, list) and len(tasks) > 1 and isinstance(tasks[1], dict) else None
+        # An earlier mutation may have replaced 'tasks' itself: then mutate the top level.
+        target = task if where == "task" else second if where == "second" and second is not None else spec
         keys = TOP_KEYS if where == "top" else TASK_KEYS
         key = draw(st.one_of(st.sampled_from(keys), st.text(min_size=1, max_size=10)))
         if draw(st.booleans()) and key in target and key not in ("tasks",):
