@@ -82,9 +82,10 @@ def expand_tasks(
                     raise SpecError(f"matrix variable {key!r} is reserved", file=file, task=ts.name, field="matrix")
         keys = list(matrix)
         combos = itertools.product(*(matrix[k] for k in keys)) if keys else [()]
+        fixed = _Fixed(ts, root)
         for combo in combos:
             values = {k: value_text(v) for k, v in zip(keys, combo, strict=True)}
-            for task in _expand_one(ts, values, root):
+            for task in _expand_one(ts, values, root, fixed):
                 _check_name(task.name, file, ts.name)
                 if task.name in seen:
                     raise SpecError(
@@ -97,33 +98,53 @@ def expand_tasks(
     return out
 
 
-def _expand_one(ts: TaskSpec, values: dict[str, str], root: str) -> list[Task]:
-    base_name = substitute(ts.name, values, quote=False)
-    if values and base_name == ts.name and len(ts.matrix or {}) > 0:
-        # A matrix task whose name has no {var}: suffix the values so names stay unique.
-        base_name = ts.name + "-" + "-".join(values.values())
-    command = substitute(ts.command, values, quote=True)
-    workdir = ts.workdir or "."
-    workdir = os.path.normpath(os.path.join(root, substitute(workdir, values, quote=False)))
-    env = {k: value_text(v) for k, v in ts.env.items()}
-    common = dict(
-        request=Request(
+class _Fixed:
+    """What a template's expansions share, computed once (100,000-task matrices stay fast)."""
+
+    def __init__(self, ts: TaskSpec, root: str) -> None:
+        self.request = Request(
             gpus=ts.gpus,
             gpu_memory_bytes=ts.gpu_memory if ts.gpus else None,
             cpus=ts.cpus,
             memory_bytes=ts.memory or 0,
             devices=tuple(ts.devices) if ts.devices is not None else None,
-        ),
+        )
+        self.env = {k: value_text(v) for k, v in ts.env.items()}
+        self.env_items = tuple(sorted(self.env.items()))
+        # Paths and needs without placeholders are the same for every expansion.
+        self.paths_vary = any("{" in x for x in (ts.workdir or "", *ts.outputs, *ts.inputs))
+        self.needs_vary = any("{" in n for n in ts.needs)
+        self.paths = None if self.paths_vary else _paths(ts, {}, root)
+        self.needs = None if self.needs_vary else tuple(ts.needs)
+
+
+def _paths(ts: TaskSpec, values: dict[str, str], root: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    workdir = os.path.normpath(os.path.join(root, substitute(ts.workdir or ".", values, quote=False)))
+    outputs = tuple(os.path.normpath(os.path.join(workdir, substitute(o, values, quote=False))) for o in ts.outputs)
+    inputs = tuple(os.path.normpath(os.path.join(workdir, substitute(i, values, quote=False))) for i in ts.inputs)
+    return workdir, outputs, inputs
+
+
+def _expand_one(ts: TaskSpec, values: dict[str, str], root: str, fixed: _Fixed) -> list[Task]:
+    base_name = substitute(ts.name, values, quote=False)
+    if values and base_name == ts.name and len(ts.matrix or {}) > 0:
+        # A matrix task whose name has no {var}: suffix the values so names stay unique.
+        base_name = ts.name + "-" + "-".join(values.values())
+    command = substitute(ts.command, values, quote=True)
+    workdir, outputs, inputs = fixed.paths if fixed.paths is not None else _paths(ts, values, root)
+    env = fixed.env
+    common = dict(
+        request=fixed.request,
         estimate_s=ts.estimate,
         retries=ts.retries,
         timeout_s=ts.timeout,
         priority=ts.priority,
         workdir=workdir,
-        outputs=tuple(os.path.normpath(os.path.join(workdir, substitute(o, values, quote=False))) for o in ts.outputs),
-        inputs=tuple(os.path.normpath(os.path.join(workdir, substitute(i, values, quote=False))) for i in ts.inputs),
+        outputs=outputs,
+        inputs=inputs,
         group=ts.name,
         enforce_gpu_memory=ts.enforce_gpu_memory,
-        needs=tuple(substitute(n, values, quote=False) for n in ts.needs),
+        needs=fixed.needs if fixed.needs is not None else tuple(substitute(n, values, quote=False) for n in ts.needs),
     )
     results: list[Task] = []
     shard_count = ts.shards or 0
@@ -132,8 +153,10 @@ def _expand_one(ts: TaskSpec, values: dict[str, str], root: str) -> list[Task]:
         name = base_name
         cmd = command
         vars_ = dict(values)
-        t_env = dict(env)
+        t_env = env
+        env_items = fixed.env_items
         if shard is not None:
+            t_env = dict(env)
             sv = {"shard": str(shard)}
             if "{shard}" in ts.name:
                 name = substitute(base_name, sv, quote=False)
@@ -143,13 +166,14 @@ def _expand_one(ts: TaskSpec, values: dict[str, str], root: str) -> list[Task]:
             vars_["shard"] = str(shard)
             t_env["ROTA_SHARD_INDEX"] = str(shard)
             t_env["ROTA_SHARD_COUNT"] = str(shard_count)
+            env_items = tuple(sorted(t_env.items()))
         if ts.sweep is not None:
             for trial in range(ts.sweep.trials):
                 results.append(
                     Task(
                         name=f"{name}-trial-{trial}",
                         command=cmd,
-                        env=tuple(sorted(t_env.items())),
+                        env=env_items,
                         vars=tuple(vars_.items()),
                         shard=(shard, shard_count) if shard is not None else None,
                         sweep=ts.sweep,
@@ -162,7 +186,7 @@ def _expand_one(ts: TaskSpec, values: dict[str, str], root: str) -> list[Task]:
             Task(
                 name=name,
                 command=cmd,
-                env=tuple(sorted(t_env.items())),
+                env=env_items,
                 vars=tuple(vars_.items()),
                 shard=(shard, shard_count) if shard is not None else None,
                 **common,  # type: ignore[arg-type]
