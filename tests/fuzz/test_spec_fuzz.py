@@ -297,7 +297,7 @@ MILLIONS = {
 
 @pytest.mark.parametrize("label", list(MILLIONS))
 def test_millions_of_tasks_refused_quickly_in_bounded_memory(label: str) -> None:
-    """Real subprocess; wall time and the child's own peak RSS (wait4) are bounded."""
+    """Real subprocess; wall time and the child's own peak RSS (VmHWM) are bounded."""
     box = Sandbox()
     try:
         box.spec.write_text(MILLIONS[label].replace("SENTINEL", str(box.sentinel)))
@@ -312,16 +312,34 @@ def test_millions_of_tasks_refused_quickly_in_bounded_memory(label: str) -> None
         box.close()
 
 
+# The child reports its own peak RSS (VmHWM of its own address space) into a file at exit.
+# wait4's ru_maxrss cannot be used: Linux starts a vfork+exec'd child's maxrss at the
+# parent's RSS, so a big pytest process made every child look 410 MB.
+_HWM = """
+import atexit, os, runpy, sys
+def _hwm():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["ROTA_TEST_HWM_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(_hwm)
+sys.argv = ["rota", *sys.argv[1:]]
+runpy.run_module("rota.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_measured(argv: list[str], folder: Path) -> tuple[int, str, str, float, float]:
-    """Run argv; (exit code, stdout, stderr, wall seconds, the child's peak RSS in MB)."""
-    out_p, err_p = folder / "stdout", folder / "stderr"
+    """Run ``python -m rota.cli ARGS``; (exit code, stdout, stderr, wall seconds, its own peak RSS in MB)."""
+    assert argv[:3] == [sys.executable, "-m", "rota.cli"], argv
+    out_p, err_p, hwm_p = folder / "stdout", folder / "stderr", folder / "hwm"
     t0 = time.perf_counter()
     with open(out_p, "w") as o, open(err_p, "w") as e:
-        proc = subprocess.Popen(argv, stdout=o, stderr=e)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([sys.executable, "-c", _HWM, *argv[3:]], stdout=o, stderr=e,
+                                env={**os.environ, "ROTA_TEST_HWM_FILE": str(hwm_p)})
+        proc.wait()
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     out, err = out_p.read_text(), err_p.read_text()
-    out_p.unlink()
-    err_p.unlink()
-    return proc.returncode, out, err, wall, usage.ru_maxrss / 1024
+    rss_mb = int(hwm_p.read_text()) / 1024
+    for p in (out_p, err_p, hwm_p):
+        p.unlink()
+    return proc.returncode, out, err, wall, rss_mb
