@@ -9,23 +9,22 @@ that vanished are run again without counting against ``retries``.
 
 from __future__ import annotations
 
-import errno
-import fnmatch
-import json
 import math
 import os
 import signal
 import sqlite3
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Machine, Placement, Request
 from rota.engine import attempt as A
+from rota.engine.finishing import Finishing
+from rota.engine.recovery import Recovery
+from rota.engine.state import EXIT_FAILED, EXIT_OK, STORAGE_ERRNOS, Live, Options, _mkdir
 from rota.engine.wake import Waker
 from rota.executors.base import Executor, Handle, Launch, Status
 from rota.spec.graph import critical_path_ranks
@@ -34,55 +33,8 @@ from rota.spec.model import Task
 from rota.store import base as S
 from rota.store.sqlite import Change, SqliteStore, storage_error
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
-
-def _mkdir(path: str) -> None:
-    """``makedirs(exist_ok=True)`` in one syscall when the parent exists (the hot path)."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-# OSErrors from writing logs/out folders that mean "the state folder cannot be written".
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-
-
-@dataclass
-class Options:
-    rerun: tuple[str, ...] = ()
-    grace_s: float = 10.0
-    retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
-    poll_interval_s: float = 0.5
-
-
-@dataclass
-class Live:
-    """In-memory mirror of one task's row (the store is the truth)."""
-
-    task: Task
-    state: str
-    attempts: int = 0
-    free_attempts: int = 0
-    handle: Handle | None = None
-    placement: Placement | None = None
-    started_at: float | None = None
-    deadline: float | None = None
-    not_before: float = 0.0
-    gpu_override: int | None = None
-    params: dict[str, Any] | None = None
-    log_path: str | None = None
-    out: str | None = None
-    exit_code: int | None = None
-    reason: str = ""
-    ended_at: float | None = None
-    unmet: int = 0
-    timed_out: bool = False
-    progress: dict[str, Any] | None = field(default=None)
-
-
-class Engine:
+class Engine(Recovery, Finishing):
     """Runs a spec to completion on one executor. Not reentrant."""
 
     def __init__(
@@ -122,128 +74,6 @@ class Engine:
         self.events: list[tuple[float, str, str, str]] = []
 
     # ------------------------------------------------------------------ setup
-    def _sync(self) -> None:
-        """Bring the store in line with the spec; recover attempts of a dead controller."""
-        self.run_id = self.store.get_meta("run_id") or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        m = self.machine
-        machine_json = json.dumps({
-            "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
-            "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source,
-            "executor": getattr(self.executor, "name", "?"),
-        })
-        self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})
-        existing = {r.name: r for r in self.store.tasks()}
-        rows = []
-        adopt: list[tuple[Task, Any]] = []
-        for t in self.spec.tasks:
-            fp = A.fingerprint(t)
-            rec = existing.get(t.name)
-            forced = any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)
-            lv = Live(t, S.PENDING)
-            if rec is not None and rec.state in S.ACTIVE:
-                adopt.append((t, rec))
-                lv.state = rec.state
-            elif rec is not None and rec.state in S.DONE_OK and rec.fingerprint == fp and not forced and (
-                rec.state == S.SUCCEEDED or A.outputs_exist(t)
-            ):
-                lv.state = rec.state
-                lv.attempts = rec.attempts
-                lv.exit_code, lv.reason = rec.exit_code, rec.reason
-                lv.started_at, lv.ended_at, lv.log_path = rec.started_at, rec.ended_at, rec.log_path
-            else:
-                if forced and t.outputs:
-                    lv.task = t  # --rerun beats outputs: never take the cached shortcut
-                rows.append(self._row(t, fp, S.PENDING))
-            self.live[t.name] = lv
-        if rows:
-            self.store.upsert_tasks(rows, event="sync")
-        for t, rec in adopt:
-            self._recover(t, rec)
-        self._learn_estimates()
-        self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
-        for t in self.spec.tasks:
-            for n in t.needs:
-                self.users.setdefault(n, []).append(t.name)
-        for t in self.spec.tasks:
-            lv = self.live[t.name]
-            lv.unmet = sum(1 for n in t.needs if self.live[n].state not in S.DONE_OK)
-        for t in self.spec.tasks:
-            lv = self.live[t.name]
-            if lv.state == S.PENDING and lv.unmet == 0:
-                self._make_ready(t.name)
-
-    def _learn_estimates(self) -> None:
-        """Tasks without an estimate use their command's history (as ``rota plan`` does)."""
-        missing = [t for t in self.spec.tasks if t.estimate_s is None]
-        if not missing:
-            return
-        history = self.store.durations_by_command()
-        if not history:
-            return
-        for t in missing:
-            past = history.get(t.command)
-            if past:
-                self.learned[t.name] = statistics.median(past)
-        if self.learned:
-            self.ranks = critical_path_ranks(self.spec.tasks, estimates=self.learned)
-
-    def _row(self, t: Task, fp: str, state: str) -> dict[str, Any]:
-        return {
-            "name": t.name, "grp": t.group, "fingerprint": fp, "state": state, "attempts": 0,
-            "free_attempts": 0, "reason": "", "gpus": [], "gpu_bytes": [], "cpus": t.request.cpus,
-            "memory_bytes": t.request.memory_bytes, "vars": t.vars_dict, "estimate_s": t.estimate_s,
-            "command": t.command, "trial": t.trial,
-        }
-
-    def _recover(self, t: Task, rec: Any) -> None:
-        lv = self.live[t.name]
-        lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
-        lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
-        lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
-        if rec.handle:
-            h = Handle.from_json(rec.handle)
-            if self.executor.adopt(h):
-                lv.handle = h
-                lv.state = S.RUNNING
-                lv.placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
-                self.running[t.name] = lv
-                self._event("adopted", t.name, f"still running from a previous controller ({h.external_id})")
-                for hook in self.hooks:
-                    getattr(hook, "adopted", lambda *_: None)(self, lv)
-                return
-        else:
-            self._stop_unrecorded(t.name, rec.attempts)
-        # Vanished with the old controller: run again, not counted against retries.
-        self.store.transition(
-            t.name, expect=S.ACTIVE, event="lost", state=S.PENDING, handle=None,
-            free_attempts=rec.free_attempts + 1, reason="lost with the previous controller",
-            attempt={"attempt": rec.attempts, "state": "lost", "ended_at": time.time(), "reason": "lost"},
-        )
-        lv.state = S.PENDING
-        lv.free_attempts = rec.free_attempts + 1
-        for hook in self.hooks:
-            getattr(hook, "lost", lambda *_: None)(self, lv)
-        self._event("lost", t.name, "was starting when the previous controller died; running it again")
-
-    def _stop_unrecorded(self, name: str, attempt: int) -> None:
-        """A process may exist whose handle was never committed: find and stop it."""
-        stop = getattr(self.executor, "stop_unrecorded", None)
-        if stop is not None:
-            stop(self.state_dir, f"{name}#{attempt}")
-            return
-        if getattr(self.executor, "name", "") != "local":
-            return
-        from rota.executors.local import find_attempt_processes
-
-        key = f"{name}#{attempt}"
-        pids = find_attempt_processes(self.state_dir).get(key, [])
-        for pid in pids:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except OSError:
-                pass
-
-    # ------------------------------------------------------------------- run
     def run(self) -> int:
         """Run until every task is final or the user interrupts. Returns the exit code.
 
@@ -261,7 +91,7 @@ class Engine:
             raise err from None
 
     def _storage_error(self, e: BaseException) -> Exception | None:
-        if isinstance(e, OSError) and e.errno not in _STORAGE_ERRNOS:
+        if isinstance(e, OSError) and e.errno not in STORAGE_ERRNOS:
             return None
         return storage_error(self.state_dir, e)
 
@@ -501,7 +331,7 @@ class Engine:
             lv.state = S.LAUNCHING
             self.running[lv.task.name] = lv
         handles = self._submit([la for _, la in launches])
-        full = [h for h in handles if isinstance(h, OSError) and h.errno in _STORAGE_ERRNOS]
+        full = [h for h in handles if isinstance(h, OSError) and h.errno in STORAGE_ERRNOS]
         if full:  # a log could not be written: the state folder's problem, not the tasks'
             for (lv, _la), h in zip(launches, handles, strict=True):
                 lv.handle = h if isinstance(h, Handle) else None
@@ -558,128 +388,11 @@ class Engine:
                 self._event("timeout", lv.task.name, f"ran past its timeout of {lv.task.timeout_s:g}s; stopping it")
                 threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
 
-    def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
-        t = lv.task
-        for hook in self.hooks:  # a hook may reinterpret the end (a sweep trial stopped by its pruner)
-            st = getattr(hook, "outcome", lambda *_: None)(self, lv, st) or st
-        self.running.pop(t.name, None)
-        metrics = A.read_metrics(lv.log_path, lv.out)
-        attempt_row: dict[str, Any] = {"attempt": lv.attempts, "ended_at": now, "exit_code": st.exit_code}
-        if st.phase == "succeeded":
-            inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
-            attempt_row.update(state=S.SUCCEEDED, reason=st.reason)
-            self.store.transition(t.name, expect=S.ACTIVE, event="succeeded", state=S.SUCCEEDED, exit_code=0,
-                                  reason="", ended_at=now, handle=None, inputs_fp=inputs_fp,
-                                  attempt=attempt_row, metrics=metrics)
-            lv.exit_code, lv.reason, lv.ended_at = 0, "", now
-            self._hook("finished", lv, S.SUCCEEDED, metrics)
-            self._finish(lv, S.SUCCEEDED, f"done in {now - (lv.started_at or now):.1f}s")
-            return
-        reason = "timeout" if lv.timed_out else (st.reason or "failed")
-        log_tail = A.tail(lv.log_path)
-        oom = A.is_oom(log_tail)
-        if oom:
-            reason = "cuda out of memory"
-        free = st.retry_free or st.phase == "lost"
-        counted = lv.attempts - lv.free_attempts - (1 if free else 0)
-        retry = free or counted <= t.retries
-        attempt_row.update(state="lost" if st.phase == "lost" else S.FAILED, reason=reason)
-        if self.interrupts:
-            retry = False
-        if retry:
-            delay = 0.0 if free else min(self.opt.retry_delay_s * 2 ** max(counted - 1, 0), 300.0)
-            override = lv.gpu_override
-            if oom and t.request.gpus:
-                override = self._bigger_booking(lv)
-            fields: dict[str, Any] = {"state": S.PENDING, "exit_code": st.exit_code, "reason": reason, "ended_at": now,
-                                      "handle": None, "not_before": now + delay, "gpu_memory_override": override}
-            if free:
-                fields["free_attempts"] = lv.free_attempts + 1
-            self.store.transition(t.name, expect=S.ACTIVE, event="retry", attempt=attempt_row, metrics=metrics, **fields)
-            lv.state, lv.handle, lv.gpu_override = S.PENDING, None, override
-            lv.exit_code, lv.reason = st.exit_code, reason
-            if free:
-                lv.free_attempts += 1
-            self._hook("finished", lv, S.FAILED, metrics)
-            self._make_ready(t.name, now + delay)
-            extra = f"; booking {override / 2**30:.0f}GB per GPU" if oom and override else ""
-            self._event("retry", t.name, f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
-            return
-        self.store.transition(t.name, expect=S.ACTIVE, event="failed", state=S.FAILED, exit_code=st.exit_code,
-                              reason=reason, ended_at=now, handle=None, attempt=attempt_row, metrics=metrics)
-        lv.exit_code, lv.reason, lv.ended_at = st.exit_code, reason, now
-        self._hook("finished", lv, S.FAILED, metrics)
-        self._finish(lv, S.FAILED, f"{reason} ({lv.log_path})")
-
-    def _bigger_booking(self, lv: Live) -> int:
-        """After an OOM: double the booking, up to the largest GPU that fits the pool."""
-        req = self.request_of(lv)
-        pool = [g for g in self.machine.gpus if req.devices is None or g.index in req.devices]
-        largest = max(g.memory_bytes for g in pool)
-        current = req.gpu_memory_bytes
-        if current is None:
-            return largest
-        return min(max(current * 2, current + 2**30), largest)
-
     def _hook(self, name: str, *args: Any) -> None:
         for hook in self.hooks:
             fn: Callable[..., Any] | None = getattr(hook, name, None)
             if fn is not None:
                 fn(self, *args)
-
-    def _finish(self, lv: Live, state: str, text: str) -> None:
-        lv.state = state
-        self._unready(lv.task.name)
-        self._dirty = True
-        self._event(state, lv.task.name, text)
-        if state in S.DONE_OK:
-            for u in self.users.get(lv.task.name, []):
-                ul = self.live[u]
-                ul.unmet -= 1
-                if ul.unmet == 0 and ul.state == S.PENDING:
-                    self._make_ready(u)
-        else:
-            self._skip_dependents(lv.task.name)
-
-    def _skip_dependents(self, name: str) -> None:
-        stack = list(self.users.get(name, []))
-        changes = []
-        while stack:
-            u = stack.pop()
-            ul = self.live[u]
-            if ul.state != S.PENDING:
-                continue
-            ul.state = S.SKIPPED
-            ul.reason = f"needs {name}, which did not succeed"
-            self._unready(u)
-            changes.append(Change(u, S.PENDING, "skipped", {"state": S.SKIPPED, "reason": ul.reason}))
-            self._event(S.SKIPPED, u, ul.reason)
-            stack.extend(self.users.get(u, []))
-        if changes:
-            self.store.apply(changes)
-
-    # ------------------------------------------------------------- interrupt
-    def _interrupt(self) -> int:
-        self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
-        if self.running:
-            self._poll(time.time())  # attempts that already ended keep their real outcome (not "interrupted")
-        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
-        if handles:
-            self.executor.cancel(handles, self.opt.grace_s)
-        now = time.time()
-        changes = [
-            Change(lv.task.name, S.ACTIVE, "interrupted", {"state": S.INTERRUPTED, "reason": "interrupted",
-                                                          "ended_at": now, "handle": None},
-                   {"attempt": lv.attempts, "state": S.INTERRUPTED, "ended_at": now, "reason": "interrupted"})
-            for lv in self.running.values()
-        ]
-        if changes:
-            self.store.apply(changes)
-        for lv in self.running.values():
-            lv.state = S.INTERRUPTED
-            self._hook("finished", lv, S.INTERRUPTED, {})
-        self.running.clear()
-        return EXIT_INTERRUPTED
 
     def _event(self, kind: str, task: str, text: str) -> None:
         ev = (time.time(), kind, task, text)

@@ -1,0 +1,144 @@
+"""Engine part: bring the store in line with the spec; recover a dead controller's attempts."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import statistics
+import time
+from typing import Any
+
+from rota.core.resources import Placement
+from rota.engine import attempt as A
+from rota.engine.state import EngineState, Live
+from rota.executors.base import Handle
+from rota.spec.graph import critical_path_ranks
+from rota.spec.model import Task
+from rota.store import base as S
+
+
+class Recovery(EngineState):
+    def _sync(self) -> None:
+        """Bring the store in line with the spec; recover attempts of a dead controller."""
+        self.run_id = self.store.get_meta("run_id") or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        m = self.machine
+        machine_json = json.dumps({
+            "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
+            "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source,
+            "executor": getattr(self.executor, "name", "?"),
+        })
+        self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})
+        existing = {r.name: r for r in self.store.tasks()}
+        rows = []
+        adopt: list[tuple[Task, Any]] = []
+        for t in self.spec.tasks:
+            fp = A.fingerprint(t)
+            rec = existing.get(t.name)
+            forced = any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)
+            lv = Live(t, S.PENDING)
+            if rec is not None and rec.state in S.ACTIVE:
+                adopt.append((t, rec))
+                lv.state = rec.state
+            elif rec is not None and rec.state in S.DONE_OK and rec.fingerprint == fp and not forced and (
+                rec.state == S.SUCCEEDED or A.outputs_exist(t)
+            ):
+                lv.state = rec.state
+                lv.attempts = rec.attempts
+                lv.exit_code, lv.reason = rec.exit_code, rec.reason
+                lv.started_at, lv.ended_at, lv.log_path = rec.started_at, rec.ended_at, rec.log_path
+            else:
+                if forced and t.outputs:
+                    lv.task = t  # --rerun beats outputs: never take the cached shortcut
+                rows.append(self._row(t, fp, S.PENDING))
+            self.live[t.name] = lv
+        if rows:
+            self.store.upsert_tasks(rows, event="sync")
+        for t, rec in adopt:
+            self._recover(t, rec)
+        self._learn_estimates()
+        self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
+        for t in self.spec.tasks:
+            for n in t.needs:
+                self.users.setdefault(n, []).append(t.name)
+        for t in self.spec.tasks:
+            lv = self.live[t.name]
+            lv.unmet = sum(1 for n in t.needs if self.live[n].state not in S.DONE_OK)
+        for t in self.spec.tasks:
+            lv = self.live[t.name]
+            if lv.state == S.PENDING and lv.unmet == 0:
+                self._make_ready(t.name)
+
+    def _learn_estimates(self) -> None:
+        """Tasks without an estimate use their command's history (as ``rota plan`` does)."""
+        missing = [t for t in self.spec.tasks if t.estimate_s is None]
+        if not missing:
+            return
+        history = self.store.durations_by_command()
+        if not history:
+            return
+        for t in missing:
+            past = history.get(t.command)
+            if past:
+                self.learned[t.name] = statistics.median(past)
+        if self.learned:
+            self.ranks = critical_path_ranks(self.spec.tasks, estimates=self.learned)
+
+    def _row(self, t: Task, fp: str, state: str) -> dict[str, Any]:
+        return {
+            "name": t.name, "grp": t.group, "fingerprint": fp, "state": state, "attempts": 0,
+            "free_attempts": 0, "reason": "", "gpus": [], "gpu_bytes": [], "cpus": t.request.cpus,
+            "memory_bytes": t.request.memory_bytes, "vars": t.vars_dict, "estimate_s": t.estimate_s,
+            "command": t.command, "trial": t.trial,
+        }
+
+    def _recover(self, t: Task, rec: Any) -> None:
+        lv = self.live[t.name]
+        lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
+        lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
+        lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
+        if rec.handle:
+            h = Handle.from_json(rec.handle)
+            if self.executor.adopt(h):
+                lv.handle = h
+                lv.state = S.RUNNING
+                lv.placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
+                self.running[t.name] = lv
+                self._event("adopted", t.name, f"still running from a previous controller ({h.external_id})")
+                for hook in self.hooks:
+                    getattr(hook, "adopted", lambda *_: None)(self, lv)
+                return
+        else:
+            self._stop_unrecorded(t.name, rec.attempts)
+        # Vanished with the old controller: run again, not counted against retries.
+        self.store.transition(
+            t.name, expect=S.ACTIVE, event="lost", state=S.PENDING, handle=None,
+            free_attempts=rec.free_attempts + 1, reason="lost with the previous controller",
+            attempt={"attempt": rec.attempts, "state": "lost", "ended_at": time.time(), "reason": "lost"},
+        )
+        lv.state = S.PENDING
+        lv.free_attempts = rec.free_attempts + 1
+        for hook in self.hooks:
+            getattr(hook, "lost", lambda *_: None)(self, lv)
+        self._event("lost", t.name, "was starting when the previous controller died; running it again")
+
+    def _stop_unrecorded(self, name: str, attempt: int) -> None:
+        """A process may exist whose handle was never committed: find and stop it."""
+        stop = getattr(self.executor, "stop_unrecorded", None)
+        if stop is not None:
+            stop(self.state_dir, f"{name}#{attempt}")
+            return
+        if getattr(self.executor, "name", "") != "local":
+            return
+        from rota.executors.local import find_attempt_processes
+
+        key = f"{name}#{attempt}"
+        pids = find_attempt_processes(self.state_dir).get(key, [])
+        for pid in pids:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------- run

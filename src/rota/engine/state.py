@@ -1,0 +1,105 @@
+"""The engine's records (Options, Live) and the attributes its parts share."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from rota.core.resources import Machine, Placement, Request
+from rota.executors.base import Executor, Handle
+from rota.spec.load import Spec
+from rota.spec.model import Task
+from rota.store.sqlite import SqliteStore
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+def _mkdir(path: str) -> None:
+    """``makedirs(exist_ok=True)`` in one syscall when the parent exists (the hot path)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+# OSErrors from writing logs/out folders that mean "the state folder cannot be written".
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+@dataclass
+class Options:
+    rerun: tuple[str, ...] = ()
+    grace_s: float = 10.0
+    retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
+    poll_interval_s: float = 0.5
+
+
+@dataclass
+class Live:
+    """In-memory mirror of one task's row (the store is the truth)."""
+
+    task: Task
+    state: str
+    attempts: int = 0
+    free_attempts: int = 0
+    handle: Handle | None = None
+    placement: Placement | None = None
+    started_at: float | None = None
+    deadline: float | None = None
+    not_before: float = 0.0
+    gpu_override: int | None = None
+    params: dict[str, Any] | None = None
+    log_path: str | None = None
+    out: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    ended_at: float | None = None
+    unmet: int = 0
+    timed_out: bool = False
+    progress: dict[str, Any] | None = field(default=None)
+
+
+
+
+class EngineState:
+    """Attributes the engine's parts share (declared here so each part type-checks alone)."""
+
+    spec: Spec
+    machine: Machine
+    store: SqliteStore
+    executor: Executor
+    opt: Options
+    ui: Any
+    hooks: list[Any]
+    state_dir: str
+    run_id: str
+    live: dict[str, Live]
+    users: dict[str, list[str]]
+    ranks: dict[str, float]
+    learned: dict[str, float]
+    forced: set[str]
+    ready: set[str]
+    running: dict[str, Live]
+    interrupts: int
+
+    def _event(self, kind: str, task: str, text: str) -> None:
+        raise NotImplementedError
+
+    def _hook(self, name: str, *args: Any) -> None:
+        raise NotImplementedError
+
+    def _make_ready(self, name: str, delay_until: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def _unready(self, name: str) -> None:
+        raise NotImplementedError
+
+    def request_of(self, lv: Live) -> Request:
+        raise NotImplementedError
+
+    def _need_outputs(self, t: Task) -> list[str]:
+        raise NotImplementedError
+
+    def _poll(self, now: float) -> None:
+        raise NotImplementedError
