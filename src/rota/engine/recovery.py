@@ -33,10 +33,11 @@ class Recovery(EngineState):
         existing = {r.name: r for r in self.store.tasks()}
         rows = []
         adopt: list[tuple[Task, Any]] = []
+        self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
         for t in self.spec.tasks:
             fp = A.fingerprint(t)
             rec = existing.get(t.name)
-            forced = any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)
+            forced = t.name in self.forced
             lv = Live(t, S.PENDING)
             if rec is not None and rec.state in S.ACTIVE:
                 adopt.append((t, rec))
@@ -49,8 +50,6 @@ class Recovery(EngineState):
                 lv.exit_code, lv.reason = rec.exit_code, rec.reason
                 lv.started_at, lv.ended_at, lv.log_path = rec.started_at, rec.ended_at, rec.log_path
             else:
-                if forced and t.outputs:
-                    lv.task = t  # --rerun beats outputs: never take the cached shortcut
                 rows.append(self._row(t, fp, S.PENDING))
             self.live[t.name] = lv
         if rows:
@@ -58,7 +57,6 @@ class Recovery(EngineState):
         for t, rec in adopt:
             self._recover(t, rec)
         self._learn_estimates()
-        self.forced = {t.name for t in self.spec.tasks if any(fnmatch.fnmatchcase(t.name, p) for p in self.opt.rerun)}
         for t in self.spec.tasks:
             for n in t.needs:
                 self.users.setdefault(n, []).append(t.name)

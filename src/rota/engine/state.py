@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rota.core.resources import Machine, Placement, Request
@@ -57,7 +57,6 @@ class Live:
     ended_at: float | None = None
     unmet: int = 0
     timed_out: bool = False
-    progress: dict[str, Any] | None = field(default=None)
 
 
 
