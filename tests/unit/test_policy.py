@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rota.core.policy import Candidate, Running, schedule
+from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Gpu, Ledger, Machine, Request, fits_machine
 
 GB = 2**30
@@ -124,3 +124,52 @@ def test_never_oversubscribes_and_progresses(m, reqs, data):
         assert schedule(cands, m), "an empty machine must start something that fits it"
     if not running and rest:
         assert placed, "with nothing running, something that fits must start"
+
+
+# The optimised policy against a verbatim copy of the original: identical placements.
+
+gpu_requests = st.builds(
+    Request,
+    gpus=st.integers(0, 3),
+    gpu_memory_bytes=st.one_of(st.none(), st.sampled_from([10, 20, 30, 40, 60]).map(lambda g: g * GB)),
+    cpus=st.integers(0, 2),
+    memory_bytes=st.integers(0, 8).map(lambda g: g * GB),
+    devices=st.one_of(st.none(), st.just((0, 1)), st.just((1, 2, 3))),
+)
+gpu_machines = st.builds(
+    lambda sizes, cpus: Machine(tuple(Gpu(i, s * GB) for i, s in enumerate(sizes)), cpus, 64 * GB),
+    st.lists(st.sampled_from([40, 80]), min_size=2, max_size=4),
+    st.integers(4, 32),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(machines, gpu_machines), st.lists(st.one_of(requests, gpu_requests), min_size=1, max_size=6), st.data())
+def test_same_placements_as_the_reference_policy(m, pool, data):
+    """Shared and equal requests, reservations, backfill, arbitrary running bookings."""
+    from rota.core.resources import Placement
+    from tests.unit.policy_reference import reference_schedule
+
+    # Requests repeat (same object, or an equal copy) as expanded matrix tasks do.
+    picks = data.draw(st.lists(st.tuples(st.integers(0, len(pool) - 1), st.booleans()), min_size=4, max_size=40))
+    reqs = [Request(**vars(pool[i])) if copy else pool[i] for i, copy in picks]
+    fitting = [r for r in reqs if fits_machine(r, m) is None]
+    times = st.sampled_from([None, 5.0, 20.0, 50.0, 50.0, 120.0, 400.0])  # ties: estimate == shadow time
+    cands = [Candidate(f"t{i}", r, priority=data.draw(st.integers(0, 1)), rank_s=float(data.draw(st.integers(0, 3))),
+                       estimate_s=data.draw(times), order=i)
+             for i, r in enumerate(fitting)]
+    cut = data.draw(st.integers(0, len(cands)))
+    first = reference_schedule(cands[:cut], m)
+    running = [Running(p, data.draw(times)) for p in first]
+    if data.draw(st.booleans()):  # also an arbitrary booking the policy did not make
+        g = data.draw(st.sampled_from(m.gpus)) if m.gpus else None
+        running.append(Running(Placement("other", (g.index,) if g else (), (g.memory_bytes // 3,) if g else (),
+                                         cpus=1, memory_bytes=0), data.draw(st.floats(0, 50))))
+    rest = [c for c in cands if c.name not in {p.task for p in first}]
+    want = reference_schedule(rest, m, running)
+    assert schedule(rest, m, running) == want
+    led = Ledger.for_machine(m, [r.placement for r in running])
+    before = (dict(led.gpu_free), led.cpus, led.memory_bytes)
+    ordered = sorted(rest, key=sort_key)
+    assert schedule(ordered, m, running, presorted=True, free=led) == want
+    assert (dict(led.gpu_free), led.cpus, led.memory_bytes) == before  # ``free`` is not changed

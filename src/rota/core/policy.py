@@ -52,48 +52,62 @@ def schedule(
     running: Sequence[Running] = (),
     *,
     presorted: bool = False,
+    free: Ledger | None = None,
 ) -> list[Placement]:
-    """Decide which ready tasks start now and where. Never oversubscribes."""
+    """Decide which ready tasks start now and where. Never oversubscribes.
+
+    ``presorted``: ``ready`` is already in :func:`sort_key` order. ``free``: the
+    caller's ledger of ``machine`` minus every running placement, if it keeps
+    one (the planner does); it is copied, never changed, and saves booking
+    ``running`` again. Then ``running`` is read only for the reservation.
+    """
     if not ready:
         return []
-    ledger = Ledger.for_machine(machine, (r.placement for r in running))
+    if free is None:
+        ledger = Ledger.for_machine(machine, (r.placement for r in running))
+    else:
+        ledger = free.copy()
     ordered = ready if presorted else sorted(ready, key=sort_key)
-    min_cpus = min(c.request.cpus for c in ordered)
-    any_cpu_only = any(c.request.gpus == 0 for c in ordered)
-    min_gpu_bytes = min(
-        (c.request.gpu_memory_bytes or 0 for c in ordered if c.request.gpus), default=0
-    )
     placed: list[Placement] = []
     placed_est: list[tuple[float | None, Placement]] = []
     shadow_s = math.inf
     shadow: Ledger | None = None
+    # Within one call the ledger (and the shadow ledger) only shrink, so a request
+    # that did not fit once cannot fit later in the call: remember it, skip the fit.
+    no_fit: set[Request] = set()
+    no_fit_shadow: set[Request] = set()
+    floor: _Floor | None = None
     for c in ordered:
-        if ledger.cpus < min_cpus:
-            break
-        if c.request.gpus and not _gpu_room(ledger, c.request):
-            # Cheap reject: no GPU has room; when only GPU tasks remain and no GPU can
-            # take even the smallest of them, nothing further can be placed.
-            if not any_cpu_only and not _gpu_room(ledger, Request(gpus=1, gpu_memory_bytes=min_gpu_bytes)):
-                if shadow is not None or any(placed):
-                    break
-            if shadow is not None:
-                continue
+        req = c.request
         if shadow is None:
-            p = ledger.fit(c.name, c.request)
+            p = None if no_fit and req in no_fit else ledger.fit(c.name, req)
             if p is not None:
                 ledger.book(p)
                 placed.append(p)
                 placed_est.append((c.estimate_s, p))
                 continue
+            no_fit.add(req)
+            floor = floor or _Floor(ordered)
+            if floor.nothing_fits(ledger):
+                break
             shadow_s, shadow = _reserve(c, ledger, running, placed_est)
             continue
-        p = ledger.fit(c.name, c.request)
+        if req in no_fit:
+            continue
+        p = ledger.fit(c.name, req)
         if p is None:
+            no_fit.add(req)
+            floor = floor or _Floor(ordered)
+            if floor.nothing_fits(ledger):
+                break
             continue
         ends_before = c.estimate_s is not None and math.isfinite(shadow_s) and c.estimate_s <= shadow_s
         if not ends_before:
-            p = ledger.fit(c.name, c.request, also=shadow)
+            if req in no_fit_shadow:
+                continue
+            p = ledger.fit(c.name, req, also=shadow)
             if p is None:
+                no_fit_shadow.add(req)
                 continue
             shadow.book(p)
         ledger.book(p)
@@ -101,13 +115,37 @@ def schedule(
     return placed
 
 
-def _gpu_room(ledger: Ledger, req: Request) -> bool:
-    """Whether at least one GPU could take one share of ``req`` (a necessary condition)."""
-    need = req.gpu_memory_bytes
-    for idx, free in ledger.gpu_free.items():
-        if free >= (ledger.gpu_total[idx] if need is None else need):
+class _Floor:
+    """The least any of ``ordered`` asks for, to stop early once nothing more can fit."""
+
+    def __init__(self, ordered: Sequence[Candidate]) -> None:
+        self.cpus: float = math.inf
+        self.memory: float = math.inf
+        self.gpu_bytes: float = math.inf  # least per-GPU booking of a GPU request with gpu_memory
+        self.any_cpu_only = self.any_whole = False
+        for c in ordered:
+            r = c.request
+            self.cpus = min(self.cpus, r.cpus)
+            self.memory = min(self.memory, r.memory_bytes)
+            if not r.gpus:
+                self.any_cpu_only = True
+            elif r.gpu_memory_bytes is None:
+                self.any_whole = True
+            else:
+                self.gpu_bytes = min(self.gpu_bytes, r.gpu_memory_bytes)
+
+    def nothing_fits(self, ledger: Ledger) -> bool:
+        """True only if no request of ``ordered`` fits ``ledger`` (a sufficient test, not exact)."""
+        if ledger.cpus < self.cpus or ledger.memory_bytes < self.memory:
             return True
-    return False
+        if self.any_cpu_only:
+            return False
+        for idx, free in ledger.gpu_free.items():
+            if self.any_whole and free == ledger.gpu_total[idx]:
+                return False
+            if free >= self.gpu_bytes:
+                return False
+        return True
 
 
 def _reserve(

@@ -99,14 +99,16 @@ class Ledger:
         return Ledger(dict(self.gpu_free), self.gpu_total, self.cpus, self.memory_bytes, self._order)
 
     def book(self, p: Placement) -> None:
+        free = self.gpu_free
         for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
-            self.gpu_free[idx] -= b
+            free[idx] -= b
         self.cpus -= p.cpus
         self.memory_bytes -= p.memory_bytes
 
     def release(self, p: Placement) -> None:
+        free = self.gpu_free
         for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
-            self.gpu_free[idx] += b
+            free[idx] += b
         self.cpus += p.cpus
         self.memory_bytes += p.memory_bytes
 
@@ -116,38 +118,61 @@ class Ledger:
         Spread, then best fit: an idle GPU is taken before a shared one, so jobs
         do not compete for one GPU's compute while another sits idle; once every
         candidate GPU is busy, the one with the least free memory that fits is
-        taken, so big holes stay open for big tasks.
+        taken, so big holes stay open for big tasks. Ties: the lowest index.
+        Pure: neither ledger changes (the caller books the placement).
         """
-        if req.cpus > self.cpus or req.memory_bytes > self.memory_bytes:
+        cpus, mem = req.cpus, req.memory_bytes
+        if cpus > self.cpus or mem > self.memory_bytes:
             return None
-        if also is not None and (req.cpus > also.cpus or req.memory_bytes > also.memory_bytes):
+        if also is not None and (cpus > also.cpus or mem > also.memory_bytes):
             return None
-        if req.gpus == 0:
-            return Placement(task, (), (), req.cpus, req.memory_bytes)
-        allowed = self._order if req.devices is None else [i for i in self._order if i in req.devices]
-        cands: list[tuple[int, int, int, int]] = []
-        for idx in allowed:
-            total = self.gpu_total[idx]
-            need = total if req.gpu_memory_bytes is None else req.gpu_memory_bytes
-            if need > total:
+        n = req.gpus
+        if n == 0:
+            return Placement(task, (), (), cpus, mem)
+        want, devices = req.gpu_memory_bytes, req.devices
+        free_of, total_of = self.gpu_free, self.gpu_total
+        also_free = None if also is None else also.gpu_free
+        if n == 1 and devices is None and also_free is None:
+            return self._fit_one(task, want, cpus, mem)
+        # Rank GPUs by (busy, free, index): the sort key of the rule above.
+        cands: list[tuple[bool, int, int, int]] = []
+        for idx in self._order:
+            if devices is not None and idx not in devices:
                 continue
-            free = self.gpu_free[idx]
-            if free < need:
+            total = total_of[idx]
+            need = total if want is None else want
+            free = free_of[idx]
+            if free < need or need > total:
                 continue
-            if also is not None and also.gpu_free[idx] < need:
+            if also_free is not None and also_free[idx] < need:
                 continue
-            cands.append((0 if free == total else 1, free, idx, need))
-        if len(cands) < req.gpus:
+            cands.append((free != total, free, idx, need))
+        if len(cands) < n:
             return None
         cands.sort()
-        chosen = sorted(cands[: req.gpus], key=lambda c: c[2])
-        return Placement(
-            task,
-            tuple(c[2] for c in chosen),
-            tuple(c[3] for c in chosen),
-            req.cpus,
-            req.memory_bytes,
-        )
+        chosen = sorted(cands[:n], key=lambda c: c[2])
+        return Placement(task, tuple(c[2] for c in chosen), tuple(c[3] for c in chosen), cpus, mem)
+
+    def _fit_one(self, task: str, want: int | None, cpus: int, mem: int) -> Placement | None:
+        """:meth:`fit` for one GPU from any, without ``also``: the hot path of big plans."""
+        free_of, total_of = self.gpu_free, self.gpu_total
+        best: int | None = None
+        best_busy = best_free = 0
+        for idx in self._order:
+            free, total = free_of[idx], total_of[idx]
+            if want is None:
+                if free != total:
+                    continue
+                busy = False
+            else:
+                if free < want or want > total:
+                    continue
+                busy = free != total
+            if best is None or (busy, free, idx) < (best_busy, best_free, best):
+                best, best_busy, best_free = idx, busy, free
+        if best is None:
+            return None
+        return Placement(task, (best,), (total_of[best] if want is None else want,), cpus, mem)
 
 
 def fits_machine(req: Request, machine: Machine) -> str | None:
