@@ -11,9 +11,7 @@ Tasks can also be built in Python: ``rota.spec_from_dict({"tasks": [...]}, root=
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from rota.core.resources import Machine, fits_machine
 from rota.errors import SpecError, StateError
-from rota.store import base as S
+from rota.store.read import (
+    STATUS_VERSION as STATUS_VERSION,  # the status format's version, re-exported
+)
+from rota.store.read import read_status, state_dir_of
 
 if TYPE_CHECKING:  # the spec machinery (pydantic) is imported only where a spec is loaded
     from rota.spec.load import Spec
-
-STATUS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -140,72 +139,15 @@ def run(
             store.close()
 
 
-def _controller(state_dir: Path) -> dict[str, Any]:
-    import fcntl
-
-    lock = state_dir / "controller.lock"
-    info: dict[str, Any] = {"pid": None, "alive": False}
-    try:
-        text = lock.read_text()
-        if text:
-            info.update(json.loads(text))
-        fd = os.open(lock, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            info["alive"] = True
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
-        pass
-    return {"pid": info.get("pid"), "host": info.get("host"), "alive": info["alive"]}
-
-
 def resolve_state_dir(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> Path:
     """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
-    if state_dir is not None:
-        return Path(state_dir)
-    if target is None:
-        return Path(".rota")
-    p = Path(target)
-    if p.is_file():
-        return p.resolve().parent / ".rota"
-    if (p / "state.db").exists():
-        return p
-    return p / ".rota"
+    return Path(state_dir_of(target, state_dir))
 
 
 def status(target: str | os.PathLike[str] | None = None, *, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The documented ``rota status --json`` object (version 1). Read-only; safe during a run."""
-    from rota.store.sqlite import SqliteStore
+    """The documented ``rota status --json`` object (version 1). Read-only; safe during a run.
 
-    sd = resolve_state_dir(target, state_dir)
-    store = SqliteStore(sd, readonly=True)
-    try:
-        metrics = store.metrics()
-        tasks = []
-        counts = {s: 0 for s in S.STATES}
-        now = time.time()
-        for r in store.tasks():
-            counts[r.state] = counts.get(r.state, 0) + 1
-            duration = None
-            if r.started_at is not None and r.state not in (S.PENDING, S.SKIPPED):
-                duration = (r.ended_at or now) - r.started_at
-            tasks.append({
-                "name": r.name, "state": r.state, "attempts": r.attempts, "exit_code": r.exit_code,
-                "reason": r.reason, "gpus": r.gpus, "cpus": r.cpus, "started_at": r.started_at,
-                "ended_at": r.ended_at, "duration_s": duration, "log_path": r.log_path, "out_dir": r.out_dir,
-                "vars": r.vars, "params": r.params, "metrics": metrics.get(r.name, {}), "group": r.grp,
-            })
-        return {
-            "version": STATUS_VERSION,
-            "run_id": store.get_meta("run_id"),
-            "spec": store.get_meta("spec_path"),
-            "state_dir": str(sd.resolve()),
-            "controller": _controller(sd),
-            "counts": counts,
-            "tasks": tasks,
-        }
-    finally:
-        store.close()
+    One short read transaction (a consistent picture; the controller never
+    waits for it). Raises StateError when the state is missing or unusable.
+    """
+    return read_status(state_dir_of(target, state_dir))

@@ -1,3 +1,28 @@
-from rota.cli.main import main
+"""``python -m rota.cli``: the ``rota`` command.
 
-main()
+``rota status`` is answered by :mod:`rota.cli.status_fast` before click (and
+everything the other commands import) is loaded: it is polled during runs on
+machines whose cores the run needs. Anything that fast path does not handle
+(help, unknown options) goes to the click command as before.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Entry point: the fast ``status`` path, else the full click CLI."""
+    if sys.argv[1:2] == ["status"]:
+        from rota.cli.status_fast import main as status_main
+
+        code = status_main(sys.argv[2:])
+        if code is not None:
+            sys.exit(code)
+    from rota.cli.main import main as full_main
+
+    full_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -101,29 +101,9 @@ def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> d
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
 def status(target: str | None, state_dir: str | None, as_json: bool) -> None:
     """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""
-    from rota import api
+    from rota.cli.status_fast import show  # the same bytes as `python -m rota.cli status`
 
-    data = api.status(target, state_dir=state_dir)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    from rota.spec.units import format_duration
-
-    table = Table(title=f"run {data['run_id']}  ({'running, pid ' + str(data['controller']['pid']) if data['controller']['alive'] else 'no controller running'})")
-    for col in ("task", "state", "attempts", "exit", "GPUs", "duration", "log"):
-        table.add_column(col, overflow="fold")
-    styles = {"succeeded": "green", "cached": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
-              "interrupted": "magenta"}
-    for t in data["tasks"]:
-        table.add_row(t["name"], f"[{styles.get(t['state'], '')}]{t['state']}[/]" if t["state"] in styles else t["state"],
-                      str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
-                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or "")
-    Console().print(table)
-    c = data["counts"]
-    click.echo("  ".join(f"{k} {v}" for k, v in c.items() if v))
+    show(target, state_dir, as_json)
 
 
 @cli.command(context_settings=CONTEXT)

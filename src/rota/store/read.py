@@ -1,0 +1,153 @@
+"""The reader's side of the state store: ``rota status`` without the controller's machinery.
+
+Imports only ``sqlite3``, ``json``, ``os``, ``time`` and :mod:`rota.errors`, so a
+``rota status`` process started once a second during a run costs little CPU
+(the run needs the cores). :func:`read_status` reads everything in ONE short
+read transaction on a read-only connection:
+
+- the picture is consistent (meta, tasks and metrics from the same commit);
+- the reader never blocks the writer (WAL) and holds its snapshot for
+  milliseconds, so the controller's checkpoints are not starved and the WAL
+  does not grow while readers poll;
+- a database that is missing, empty, foreign, from a newer rota or corrupt
+  raises :class:`rota.errors.StateError` with the same one-line messages as
+  :func:`rota.store.sqlite.connect`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from rota.errors import StateError
+
+STATUS_VERSION = 1
+DB_NAME = "state.db"
+# Mirrors rota.store.sqlite (not imported: it pulls in the writer's modules).
+_APP_ID = 0x526F7461
+_SCHEMA_VERSION = 1
+_STATES = ("pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted")
+_NO_DURATION = ("pending", "skipped")
+
+_TASKS_QUERY = (
+    "SELECT name, state, attempts, exit_code, reason, gpus, cpus, started_at, ended_at, log_path, out_dir, "
+    "vars, params, grp FROM tasks ORDER BY rowid"
+)
+
+
+def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> str:
+    """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
+    if state_dir is not None:
+        return os.fspath(state_dir)
+    if target is None:
+        return ".rota"
+    t = os.fspath(target)
+    if os.path.isfile(t):
+        return os.path.join(os.path.dirname(os.path.realpath(t)), ".rota")
+    if os.path.exists(os.path.join(t, DB_NAME)):
+        return t
+    return os.path.join(t, ".rota")
+
+
+def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The documented ``rota status --json`` object (version 1) of ``state_dir``.
+
+    Fields are only ever added (README, "rota status --json"). Safe during a
+    run: read-only, never takes a lock the controller waits for.
+    """
+    sd = os.fspath(state_dir)
+    path = os.path.join(sd, DB_NAME)
+    if not os.path.exists(path):
+        raise StateError(f"no rota state at {path}; run 'rota run SPEC' first")
+    try:
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StateError(f"{path} is not a usable rota state database ({e}); move it away or pass another --state-dir") from None
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("BEGIN")  # one snapshot for everything below; ended (not held) right after
+        try:
+            _check_identity(conn, path)
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
+            metrics: dict[str, dict[str, float]] = {}
+            for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
+                metrics.setdefault(task, {})[name] = value
+            rows = conn.execute(_TASKS_QUERY).fetchall()
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"{path} is not a usable rota state database ({e}); move it away or pass another --state-dir") from None
+    finally:
+        conn.close()
+    counts = dict.fromkeys(_STATES, 0)
+    now = time.time()
+    loads = json.loads
+    tasks = []
+    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
+        counts[state] = counts.get(state, 0) + 1
+        duration = None
+        if started is not None and state not in _NO_DURATION:
+            duration = (ended or now) - started
+        tasks.append({
+            "name": name, "state": state, "attempts": attempts, "exit_code": exit_code, "reason": reason,
+            "gpus": loads(gpus), "cpus": cpus, "started_at": started, "ended_at": ended, "duration_s": duration,
+            "log_path": log, "out_dir": out, "vars": loads(vars_), "params": None if params is None else loads(params),
+            "metrics": metrics.get(name, {}), "group": grp,
+        })
+    return {
+        "version": STATUS_VERSION,
+        "run_id": meta.get("run_id"),
+        "spec": meta.get("spec_path"),
+        "state_dir": os.path.realpath(sd),
+        "controller": controller(sd),
+        "counts": counts,
+        "tasks": tasks,
+    }
+
+
+def _uri_path(path: str) -> str:
+    """``path`` for a ``file:`` URI: '%', '?' and '#' in folder names are data, not syntax."""
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _check_identity(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse what rota.store.sqlite refuses, with the same messages (read-only side)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    if version == 0 and app == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+        raise StateError(f"{path} is empty; run 'rota run SPEC' first")
+    if app != _APP_ID:
+        raise StateError(f"{path} is a database but not rota's (application_id {app}); refusing to touch it")
+    if version > _SCHEMA_VERSION:
+        raise StateError(f"{path} was written by a newer rota (schema {version} > {_SCHEMA_VERSION}); upgrade rota")
+
+
+def controller(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"pid", "host", "alive"}`` of the controller, from ``controller.lock``.
+
+    Alive means a process holds the lock's flock (a stale file from a killed
+    controller says dead); pid and host are what the controller wrote there.
+    """
+    lock = os.path.join(os.fspath(state_dir), "controller.lock")
+    info: dict[str, Any] = {"pid": None, "alive": False}
+    try:
+        with open(lock) as f:
+            text = f.read()
+        if text:
+            info.update(json.loads(text))
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            info["alive"] = True
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
+    return {"pid": info.get("pid"), "host": info.get("host"), "alive": info["alive"]}
