@@ -170,3 +170,12 @@ def test_readers_during_a_run_see_a_consistent_picture_and_the_wal_stays_small(t
     final = json.loads(rota_cli("status", "--json", "--state-dir", sd).stdout)
     assert final["counts"]["succeeded"] == n and not final["controller"]["alive"]
     assert os.path.exists(sd / "state.db")
+
+
+def test_numbers_and_strings_are_written_as_json_dumps_writes_them() -> None:
+    from rota.store.read import _jnum, _jstr
+
+    for v in (None, 0, 3, -1, 0.1, 1795442190.0412345, 1e-300, 1e300, float("nan"), float("inf"), float("-inf")):
+        assert _jnum(v) == json.dumps(v)
+    for s in (None, "", "t-1", 'quote " and \\ back', "é ü 雪 \n\t", "\x00"):
+        assert _jstr(s) == json.dumps(s)
