@@ -179,3 +179,15 @@ def test_numbers_and_strings_are_written_as_json_dumps_writes_them() -> None:
         assert _jnum(v) == json.dumps(v)
     for s in (None, "", "t-1", 'quote " and \\ back', "é ü 雪 \n\t", "\x00"):
         assert _jstr(s) == json.dumps(s)
+
+
+def test_status_imports_no_heavy_modules(tmp_path: Path) -> None:
+    """A reader polled once a second must start cheaply: no click, rich, pydantic or yaml."""
+    sd = _mixed_run(tmp_path)
+    for extra in (["--json"], []):
+        p = subprocess.run([sys.executable, "-X", "importtime", *ROTA[1:], "status", *extra, "--state-dir", str(sd)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        modules = {ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")}
+        heavy = {m for m in modules if m.split(".")[0] in ("click", "rich", "pydantic", "yaml", "psutil")}
+        assert "rota.store.read" in modules and not heavy, sorted(heavy)
