@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
@@ -168,8 +169,46 @@ class _Ready:
             del self.front[self._SPILL:]
 
 
+class _RunningAt(Sequence[Running]):
+    """The running tasks as the policy sees them at ``now``: built only when it reads them.
+
+    The policy reads ``running`` only to reserve for a task that does not fit
+    (it gets the free ledger directly), so most calls build none of these.
+    """
+
+    def __init__(self, running: Mapping[int, tuple[Placement, float]]) -> None:
+        self._running = running
+        self.now = 0.0
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def __iter__(self) -> Iterator[Running]:
+        now = self.now
+        for p, end in self._running.values():
+            yield Running(p, max(end - now, REMAINING_FLOOR_S))
+
+    @overload
+    def __getitem__(self, k: int) -> Running: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> Sequence[Running]: ...
+
+    def __getitem__(self, k: int | slice) -> Running | Sequence[Running]:
+        return list(self)[k]
+
+
 def _fits_any(ledger: Ledger, counts: Sequence[int], reqs: Sequence[Request]) -> bool:
     return any(n > 0 and ledger.fit("?", reqs[c]) is not None for c, n in enumerate(counts))
+
+
+def _policy_order(cands: Sequence[Candidate], key: KeyFn) -> list[int]:
+    """Task indices in policy order (``key``; the keys are static, so one sort does)."""
+    if key is sort_key:  # the same order, without a Python call per task
+        keys = list(zip([-c.priority for c in cands], [-c.rank_s for c in cands], range(len(cands)), strict=True))
+        keys.sort()
+        return [k[2] for k in keys]
+    return sorted(range(len(cands)), key=lambda i: key(cands[i]))
 
 
 def simulate(
@@ -196,25 +235,39 @@ def simulate(
     """
     dur = durations_s if gpu_speed == cpu_speed == 1 else scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
     n = len(tasks)
-    index = {t.name: i for i, t in enumerate(tasks)}
-    users: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(tasks):
-        for need in t.needs:
-            users[index[need]].append(i)
+    names = [t.name for t in tasks]
+    durs = [dur[name] for name in names]
+    index = {name: i for i, name in enumerate(names)}
+    flat = not any(t.needs for t in tasks)
+    users: list[list[int]] = [] if flat else [[] for _ in range(n)]
+    if not flat:
+        for i, t in enumerate(tasks):
+            for need in t.needs:
+                users[index[need]].append(i)
 
+    # Request classes: tasks of one template share one Request object, so look up by
+    # identity first and hash a Request only once per object.
     class_of: dict[Request, int] = {}
-    cls = [class_of.setdefault(t.request, len(class_of)) for t in tasks]
+    class_of_id: dict[int, int] = {}
+    cls = [0] * n
+    for i, t in enumerate(tasks):
+        r = t.request
+        c = class_of_id.get(id(r))
+        if c is None:
+            c = class_of_id[id(r)] = class_of.setdefault(r, len(class_of))
+        cls[i] = c
     reqs = list(class_of)
     why_not = [fits_machine(r, machine) for r in reqs]
     unschedulable: list[tuple[str, str]] = []
     dead = [False] * n
-    for i, t in enumerate(tasks):
-        why = why_not[cls[i]]
-        if why is not None:
-            unschedulable.append((t.name, why))
-            dead[i] = True
+    if any(w is not None for w in why_not):
+        for i, t in enumerate(tasks):
+            why = why_not[cls[i]]
+            if why is not None:
+                unschedulable.append((t.name, why))
+                dead[i] = True
     blocked: list[tuple[str, str]] = []
-    if unschedulable:
+    if unschedulable and not flat:
         stack = [index[name] for name, _ in unschedulable]
         while stack:
             i = stack.pop()
@@ -225,13 +278,13 @@ def simulate(
                     stack.append(u)
 
     ranks = remaining_ranks_s(tasks, dur)
-    cands = [
-        Candidate(t.name, t.request, t.priority, ranks[i], dur[t.name], i) for i, t in enumerate(tasks)
-    ]
-    by_pos = sorted(range(n), key=lambda i: key(cands[i]))  # keys are static: sort once
+    cands = [Candidate(t.name, t.request, t.priority, ranks[i], durs[i], i) for i, t in enumerate(tasks)]
+    by_pos = _policy_order(cands, key)
     pos = [0] * n
     for p_, i in enumerate(by_pos):
         pos[i] = p_
+    # Everything the loop needs per task, by position in policy order.
+    at = _ByPos([cands[i] for i in by_pos], [cls[i] for i in by_pos])
     unmet = [len(t.needs) for t in tasks]
     ready = _Ready()
     classes = [0] * len(reqs)  # ready tasks per request class
@@ -241,14 +294,16 @@ def simulate(
             classes[cls[i]] += 1
 
     running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
-    free = Ledger.for_machine(machine)  # kept in step with ``running``
+    view = _RunningAt(running)
+    free = Ledger.for_machine(machine)  # kept in step with ``running`` (``_decide`` books)
     ends: list[tuple[float, int]] = []
     slots: list[Slot] = []
     now = 0.0
     calls = 0
     freed = 1
     while True:
-        placed, c = _decide(ready, classes, reqs, cls, by_pos, machine, free, running, now, cands, policy, freed)
+        view.now = now
+        placed, c = _decide(ready, classes, reqs, at, machine, free, view, policy, freed)
         calls += c
         if placed:
             done = set()
@@ -256,9 +311,8 @@ def simulate(
                 i = index[p.task]
                 done.add(pos[i])
                 classes[cls[i]] -= 1
-                end = now + dur[p.task]
+                end = now + durs[i]
                 running[i] = (p, end)
-                free.book(p)
                 heapq.heappush(ends, (end, i))
                 slots.append(Slot(p.task, now, end, p.gpus, p.gpu_bytes, p.cpus, p.memory_bytes))
             ready.remove(done)
@@ -270,6 +324,8 @@ def simulate(
             _, i = heapq.heappop(ends)
             freed += 1
             free.release(running.pop(i)[0])
+            if flat:
+                continue
             for u in users[i]:
                 unmet[u] -= 1
                 if unmet[u] == 0 and not dead[u]:
@@ -283,41 +339,51 @@ def simulate(
     return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls, tuple(ranks))
 
 
+@dataclass(frozen=True)
+class _ByPos:
+    """Candidates and request classes by position in policy order."""
+
+    cands: Sequence[Candidate]
+    cls: Sequence[int]
+
+
 def _decide(
     ready: _Ready,
     classes: Sequence[int],
     reqs: Sequence[Request],
-    cls: Sequence[int],
-    by_pos: Sequence[int],
+    at: _ByPos,
     machine: Machine,
     free: Ledger,
-    running: Mapping[int, tuple[Placement, float]],
-    now: float,
-    cands: Sequence[Candidate],
+    running: _RunningAt,
     policy: PolicyFn,
     first_k: int,
 ) -> tuple[list[Placement], int]:
-    """The placements the policy makes now for *all* ready tasks, and how many calls it took."""
+    """The placements the policy makes now for *all* ready tasks, and how many calls it took.
+
+    The placements are booked in ``free`` on return (the caller records them as running).
+    """
     if not len(ready):
         return [], 0
     if not _fits_any(free, classes, reqs):
         return [], 0
-    run = [Running(p, max(end - now, REMAINING_FLOOR_S)) for p, end in running.values()]
+    # rota's policy takes the free ledger as it is; others get only ``running``.
+    extra = {"free": free} if policy is schedule else {}
+    cands, cls = at.cands, at.cls
     k = max(first_k, 1)
     calls = 0
     while True:
         prefix = ready.prefix(k)
         calls += 1
-        placed = policy([cands[by_pos[x]] for x in prefix], machine, run, presorted=True)
+        placed = policy([cands[x] for x in prefix], machine, running, presorted=True, **extra)
+        for p in placed:
+            free.book(p)
         if len(prefix) >= len(ready):
             return placed, calls
-        left = free.copy()
-        for p in placed:
-            left.book(p)
         tail = list(classes)
         for x in prefix:
-            tail[cls[by_pos[x]]] -= 1
-        if not _fits_any(left, tail, reqs):
+            tail[cls[x]] -= 1
+        if not _fits_any(free, tail, reqs):
             return placed, calls
+        for p in placed:
+            free.release(p)
         k = max(k * 4, 4)
-
