@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from rota.core.resources import Request
 from rota.errors import SpecError
-from rota.spec.model import Task, TaskSpec
+from rota.spec.model import Task, TaskSpec, clone_task
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LAUNCH_VARS = frozenset({"out", "task", "run", "attempt"})
@@ -81,18 +81,17 @@ def expand_tasks(
                 if key in LAUNCH_VARS or key == "shard":
                     raise SpecError(f"matrix variable {key!r} is reserved", file=file, task=ts.name, field="matrix")
         keys = list(matrix)
-        combos = itertools.product(*(matrix[k] for k in keys)) if keys else [()]
         fixed = _Fixed(ts, root)
+        if keys and not ts.shards and ts.sweep is None:
+            out.extend(_expand_matrix(ts, keys, fixed, root, file, seen))
+            continue
+        combos = itertools.product(*(matrix[k] for k in keys)) if keys else [()]
         for combo in combos:
             values = {k: value_text(v) for k, v in zip(keys, combo, strict=True)}
             for task in _expand_one(ts, values, root, fixed):
                 _check_name(task.name, file, ts.name)
                 if task.name in seen:
-                    raise SpecError(
-                        f"two tasks are named {task.name!r} (from {seen[task.name]!r} and {ts.name!r}); "
-                        "add a matrix variable to the name, e.g. 'train-{seed}'",
-                        file=file, task=ts.name, field="name",
-                    )
+                    _duplicate(task.name, seen[task.name], ts.name, file)
                 seen[task.name] = ts.name
                 out.append(task)
     return out
@@ -116,6 +115,76 @@ class _Fixed:
         self.needs_vary = any("{" in n for n in ts.needs)
         self.paths = None if self.paths_vary else _paths(ts, {}, root)
         self.needs = None if self.needs_vary else tuple(ts.needs)
+
+
+def _format_template(template: str, keys: Sequence[str]) -> str:
+    """``template`` as a :meth:`str.format` string: ``{key}`` for a key in ``keys`` becomes
+    ``{i}`` (its position); every other brace is literal. Formatting it with the values
+    gives exactly :func:`substitute`'s result."""
+    position = {k: i for i, k in enumerate(keys)}
+    parts: list[str] = []
+    end = 0
+    for m in _PLACEHOLDER.finditer(template):
+        parts.append(template[end:m.start()].replace("{", "{{").replace("}", "}}"))
+        key = m.group(1)
+        parts.append(f"{{{position[key]}}}" if key in position else "{{" + key + "}}")
+        end = m.end()
+    parts.append(template[end:].replace("{", "{{").replace("}", "}}"))
+    return "".join(parts)
+
+
+def _expand_matrix(
+    ts: TaskSpec, keys: list[str], fixed: _Fixed, root: str, file: str, seen: dict[str, str]
+) -> list[Task]:
+    """A matrix template without shards or sweep: the same tasks as :func:`_expand_one`,
+    built from what they share. Each value is converted and shell-quoted once, names and
+    commands are precompiled format strings, and each task is a copy of one prototype
+    with its name, command and vars set (see :func:`rota.spec.model.clone_task`)."""
+    assert ts.matrix is not None
+    texts = [[value_text(v) for v in ts.matrix[k]] for k in keys]
+    quoted = [[shlex.quote(x) for x in col] for col in texts]
+    name_fmt = _format_template(ts.name, keys)
+    cmd_fmt = _format_template(ts.command, keys)
+    # Names are checked in full only when a control character could be in one.
+    check_all = bool(_BAD_NAME.search(ts.name)) or any(_BAD_NAME.search(x) for col in texts for x in col)
+    proto = Task(
+        name=ts.name, command=ts.command, request=fixed.request, estimate_s=ts.estimate, retries=ts.retries,
+        timeout_s=ts.timeout, env=fixed.env_items, priority=ts.priority, group=ts.name,
+        enforce_gpu_memory=ts.enforce_gpu_memory,
+        workdir=fixed.paths[0] if fixed.paths is not None else ".",
+        outputs=fixed.paths[1] if fixed.paths is not None else (),
+        inputs=fixed.paths[2] if fixed.paths is not None else (),
+        needs=fixed.needs if fixed.needs is not None else (),
+    )
+    varies = fixed.paths is None or fixed.needs is None
+    out: list[Task] = []
+    for raw, q in zip(itertools.product(*texts), itertools.product(*quoted), strict=True):
+        name = name_fmt.format(*raw)
+        if name == ts.name:  # no {var} in the name: suffix the values so names stay unique
+            name = ts.name + "-" + "-".join(raw)
+        if check_all or len(name) > 300:
+            _check_name(name, file, ts.name)
+        if name in seen:
+            _duplicate(name, seen[name], ts.name, file)
+        seen[name] = ts.name
+        extra: dict[str, object] | None = None
+        if varies:
+            extra = {}
+            values = dict(zip(keys, raw, strict=True))
+            if fixed.paths is None:
+                extra["workdir"], extra["outputs"], extra["inputs"] = _paths(ts, values, root)
+            if fixed.needs is None:
+                extra["needs"] = tuple(substitute(n, values, quote=False) for n in ts.needs)
+        out.append(clone_task(proto, name, cmd_fmt.format(*q), tuple(zip(keys, raw, strict=True)), extra))
+    return out
+
+
+def _duplicate(name: str, first: str, template: str, file: str) -> None:
+    raise SpecError(
+        f"two tasks are named {name!r} (from {first!r} and {template!r}); "
+        "add a matrix variable to the name, e.g. 'train-{seed}'",
+        file=file, task=template, field="name",
+    )
 
 
 def _paths(ts: TaskSpec, values: dict[str, str], root: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:

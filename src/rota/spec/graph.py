@@ -22,9 +22,12 @@ _PLACEHOLDER_PART = re.compile(r"[-_.:/]?\{[A-Za-z_][A-Za-z0-9_]*\}")
 def resolve_needs(tasks: Sequence[Task], *, file: str) -> list[Task]:
     names = {t.name for t in tasks}
     by_group: dict[str, list[str]] = {}
+    bases: dict[str, str] = {}  # group -> its name without placeholders, once per group
     for t in tasks:
         by_group.setdefault(t.group, []).append(t.name)
-        base = _PLACEHOLDER_PART.sub("", t.group)
+        base = bases.get(t.group)
+        if base is None:
+            base = bases[t.group] = _PLACEHOLDER_PART.sub("", t.group)
         if base and base != t.group and base not in names:
             by_group.setdefault(base, []).append(t.name)
     ordered = [t.name for t in tasks]
@@ -151,6 +154,9 @@ def critical_path(tasks: Sequence[Task], durations: Mapping[str, float]) -> list
 
 
 def check_graph(tasks: Sequence[Task], *, file: str) -> list[Task]:
+    """``tasks`` with ``needs`` resolved to task names; SpecError on a bad need or a cycle."""
+    if not any(t.needs for t in tasks):  # nothing to resolve and no cycle possible
+        return list(tasks)
     resolved = resolve_needs(tasks, file=file)
     topo_order(resolved, file=file)
     return resolved
