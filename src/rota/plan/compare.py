@@ -66,7 +66,7 @@ from rota.plan.bounds import (
     utilization,
 )
 from rota.plan.estimates import Durations
-from rota.plan.simulate import Schedule, scaled_durations, simulate
+from rota.plan.simulate import Schedule, Slot, scaled_durations, simulate
 from rota.spec.model import MachineSpec, Task
 
 JSON_VERSION = 1
@@ -172,6 +172,18 @@ def _r(x: float, nd: int = 3) -> float:
 
 def plan_dict(p: Plan, source: Mapping[str, str]) -> dict[str, Any]:
     """One machine's plan as the documented JSON object (see the module docstring)."""
+    return {**plan_figures(p), "tasks": [task_dict(s, source) for s in p.schedule.slots]}
+
+
+def task_dict(s: Slot, source: Mapping[str, str]) -> dict[str, Any]:
+    """One entry of ``tasks`` in the JSON object."""
+    return {"name": s.name, "start_s": _r(s.start_s), "end_s": _r(s.end_s), "duration_s": _r(s.duration_s),
+            "gpus": list(s.gpus), "gpu_bytes": list(s.gpu_bytes), "cpus": s.cpus,
+            "memory_bytes": s.memory_bytes, "source": source.get(s.name, "")}
+
+
+def plan_figures(p: Plan) -> dict[str, Any]:
+    """:func:`plan_dict` without its last key, ``tasks``."""
     m = p.option.machine
     u, c, b = p.utilization, p.cost, p.bound
     return {
@@ -203,22 +215,20 @@ def plan_dict(p: Plan, source: Mapping[str, str]) -> dict[str, Any]:
                  "cpu_usd": _r(c.cpu_usd, 4), "machine_usd": _r(c.machine_usd, 4)},
         "unschedulable": [{"task": t, "reason": r} for t, r in p.schedule.unschedulable],
         "blocked": [{"task": t, "needs": n} for t, n in p.schedule.blocked],
-        "tasks": [
-            {"name": s.name, "start_s": _r(s.start_s), "end_s": _r(s.end_s), "duration_s": _r(s.duration_s),
-             "gpus": list(s.gpus), "gpu_bytes": list(s.gpu_bytes), "cpus": s.cpus,
-             "memory_bytes": s.memory_bytes, "source": source.get(s.name, "")}
-            for s in p.schedule.slots
-        ],
     }
 
 
 def plan_json(spec_path: str, plans: Sequence[Plan], durations: Durations) -> dict[str, Any]:
     """The whole ``rota plan --json`` object (version 1)."""
     per = [plan_dict(p, durations.source) for p in plans]
-    head = {
+    return {**json_head(spec_path, durations), **per[0], "machines": per}
+
+
+def json_head(spec_path: str, durations: Durations) -> dict[str, Any]:
+    """The keys of the JSON object before the first machine's plan."""
+    return {
         "version": JSON_VERSION,
         "spec": spec_path,
         "estimates": {"default_s": durations.default_s, "use_history": durations.use_history,
                       "counts": durations.counts(), "defaulted": durations.defaulted()},
     }
-    return {**head, **per[0], "machines": per}
