@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -88,7 +87,7 @@ class _Clock:
 
 def breakdown(spec: Path) -> dict[str, _Clock]:
     """In-process phases, with the cyclic GC off as the CLI runs them."""
-    from rota.plan.compare import plan_json
+    from rota.plan.jsontext import plan_json_text
     from rota.spec.load import load_spec
 
     m = Machine(tuple(Gpu(i, 80 * GB) for i in range(8)), 64, 512 * GB)
@@ -100,8 +99,8 @@ def breakdown(spec: Path) -> dict[str, _Clock]:
         with _Clock() as out["plan (simulate + bounds + critical path)"]:
             d = resolve_durations(spec_obj.tasks, {})
             p = plan(spec_obj.tasks, MachineOption("8x80GB", m), d)
-        with _Clock() as out["JSON (compact)"]:
-            json.dumps(plan_json(spec_obj.path, [p], d))
+        with _Clock() as out["JSON (compact, as the CLI writes it)"]:
+            plan_json_text(spec_obj.path, [p], d)
         with _Clock() as out["simulate alone"]:
             simulate(spec_obj.tasks, m, d.seconds)
     finally:

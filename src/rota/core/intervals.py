@@ -7,14 +7,16 @@ from collections.abc import Iterable
 
 def union_length(intervals: Iterable[tuple[float, float]]) -> float:
     """Total length covered by the union of ``[a, b)`` intervals."""
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in sorted(intervals):
-        if cur_b is None or a > cur_b:
-            if cur_a is not None and cur_b is not None:
-                total += cur_b - cur_a
+    it = iter(sorted(intervals))
+    first = next(it, None)
+    if first is None:
+        return 0.0
+    total = 0.0
+    cur_a, cur_b = first
+    for a, b in it:
+        if a > cur_b:  # a gap: the current run ends
+            total += cur_b - cur_a
             cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    if cur_a is not None and cur_b is not None:
-        total += cur_b - cur_a
-    return total
+        elif b > cur_b:
+            cur_b = b
+    return total + (cur_b - cur_a)
