@@ -19,9 +19,11 @@ from rota.plan.estimates import Durations
 from rota.plan.simulate import Slot
 
 # One task as json.dumps writes its dict: default separators, keys in task_dict's order.
-# %r writes a float or an int as json does (finite floats only; checked per task).
-_TASK = ('{"name": %s, "start_s": %r, "end_s": %r, "duration_s": %r, "gpus": %r, "gpu_bytes": %r, '
-         '"cpus": %r, "memory_bytes": %r, "source": %s}')
+# %r writes a float or an int as json does (finite floats and exact ints only; checked
+# per task). The tail (GPUs to source) repeats across tasks, so it is formatted once per
+# distinct value.
+_HEAD = '{"name": %s, "start_s": %r, "end_s": %r, "duration_s": %r'
+_TAIL = ', "gpus": %r, "gpu_bytes": %r, "cpus": %r, "memory_bytes": %r, "source": %s}'
 
 
 def plan_json_text(spec_path: str, plans: Sequence[Plan], durations: Durations, indent: int | None = None) -> str:
@@ -40,20 +42,29 @@ def _with_tasks(obj: str, tasks: str) -> str:
 
 
 def _ints(xs: tuple[int, ...]) -> bool:
-    """Whether ``%r`` of ``list(xs)`` is its JSON (plain ints; not bools)."""
+    """Whether ``%r`` of ``list(xs)`` is its JSON: exact ints (not bools, not floats)."""
+    if len(xs) == 1:
+        return type(xs[0]) is int
     return all(type(x) is int for x in xs)
 
 
 def tasks_text(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
     """``json.dumps([task_dict(s, source) for s in slots])``."""
     enc, get, isfinite = encode_basestring_ascii, source.get, math.isfinite
+    tails: dict[tuple[object, ...], str] = {}  # keys hold exact ints only: equal keys, equal text
     parts = []
     for s in slots:
-        start, end, cpus, mem = float(s.start_s), float(s.end_s), s.cpus, s.memory_bytes
-        if (isfinite(start) and isfinite(end) and type(cpus) is int and type(mem) is int
-                and _ints(s.gpus) and _ints(s.gpu_bytes)):
-            parts.append(_TASK % (enc(s.name), round(start, 3), round(end, 3), round(float(s.end_s - s.start_s), 3),
-                                  list(s.gpus), list(s.gpu_bytes), cpus, mem, enc(get(s.name, ""))))
-        else:  # anything unusual: exactly what json writes
-            parts.append(json.dumps(task_dict(s, source)))
+        name, gpus, gpu_bytes, cpus, mem = s.name, s.gpus, s.gpu_bytes, s.cpus, s.memory_bytes
+        start, end = float(s.start_s), float(s.end_s)
+        if not (isfinite(start) and isfinite(end) and type(cpus) is int and type(mem) is int
+                and _ints(gpus) and _ints(gpu_bytes)):
+            parts.append(json.dumps(task_dict(s, source)))  # anything unusual: what json writes
+            continue
+        src = get(name, "")
+        key = (gpus, gpu_bytes, cpus, mem, src)
+        tail = tails.get(key)
+        if tail is None:
+            tail = tails[key] = _TAIL % (list(gpus), list(gpu_bytes), cpus, mem, enc(src))
+        parts.append(_HEAD % (enc(name), round(start, 3), round(end, 3), round(float(s.end_s - s.start_s), 3))
+                     + tail)
     return "[" + ", ".join(parts) + "]"
