@@ -51,7 +51,7 @@ def test_unusual_values_fall_back_to_json():
     assert tasks_text(slots, source) == json.dumps([_entry(s, source) for s in slots])
     assert tasks_text([], source) == "[]"
     assert "Infinity" in tasks_text(slots, source) and "true" in tasks_text(slots, source)
-    assert tasks_text([replace(slots[2], start_s=0.0)], {}) == tasks_text(slots[2:], {})
+    assert tasks_text([replace(slots[2], start_s=0.0)], {}) == tasks_text(slots[2:3], {})
 
 
 def _entry(s: Slot, source: dict[str, str]) -> dict[str, object]:
