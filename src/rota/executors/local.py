@@ -14,13 +14,23 @@ and a controller killed with SIGKILL leaves its tasks running to be adopted.
 Stopping an attempt signals its process group *and* every descendant found at
 that moment (a grandchild that called setsid is still a descendant):
 SIGTERM, a grace period, then SIGKILL.
+
+Launching is one ``posix_spawn`` (glibc: clone with CLONE_VFORK): the child opens
+its own log and ``/dev/null``, starts a new session and restores the signal
+dispositions Python changed, so the controller pays no Popen bookkeeping, no
+log open/close and no per-launch environment encoding in Python. The working
+folder is entered by the script itself (posix_spawn cannot ``chdir``); a
+missing one is refused before anything starts. Exits are reaped with
+``waitpid`` per known pid, under a lock (``cancel`` may run in a timeout thread).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
-import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +41,8 @@ from rota.executors.base import Handle, Launch, Status, inherited_env
 
 PROLOGUE = (
     """trap 'printf "%s\\n" "$?" > "$ROTA_RC_PATH"' EXIT; """
-    """trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"""
+    """trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; """
+    """cd -- "$ROTA_WORKDIR" || exit 1\n"""
 )
 NAME = "local"
 # A process whose start is this close to our spawn time is ours (pids are not reused that fast).
@@ -69,18 +80,25 @@ class LocalExecutor:
     name = NAME
 
     def __init__(self, inherit_env: dict[str, str] | None = None) -> None:
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._pids: dict[str, int] = {}  # attempt key -> pid of its bash, until reaped
+        self._exited: dict[str, int] = {}  # attempt key -> exit code, reaped but not yet reported
+        self._lock = threading.Lock()
         self._base_env = inherited_env(os.environ if inherit_env is None else inherit_env)
+        self._bash = shutil.which("bash") or "/bin/bash"
+        _no_inherited_fds()
 
     def submit(self, launch: Launch) -> Handle:
-        log = Path(launch.log_path)
+        log = launch.log_path
         try:
-            os.mkdir(log.parent)  # one syscall in the common case; parents exist after the first task
+            os.mkdir(os.path.dirname(log))  # one syscall in the common case; parents exist after the first task
         except FileExistsError:
             pass
         except FileNotFoundError:
-            log.parent.mkdir(parents=True, exist_ok=True)
-        rc_path = rc_path_for(launch.log_path)
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+        workdir = os.path.abspath(launch.workdir)
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(errno.ENOENT, "working folder not found", workdir)
+        rc_path = rc_path_for(log)
         try:
             os.unlink(rc_path)
         except FileNotFoundError:
@@ -88,41 +106,61 @@ class LocalExecutor:
         env = dict(self._base_env)
         env.update(launch.env)
         env["ROTA_RC_PATH"] = rc_path
+        env["ROTA_WORKDIR"] = workdir
         spawned_at = time.time()
-        with open(log, "ab", buffering=0) as out:
-            proc = subprocess.Popen(
-                ["bash", "-c", PROLOGUE + launch.command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=launch.workdir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._procs[launch.key] = proc
+        pid = os.posix_spawn(
+            self._bash,
+            ["bash", "-c", PROLOGUE + launch.command],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_RESTORED_SIGNALS,
+        )
+        with self._lock:
+            self._pids[launch.key] = pid
         # The spawn time identifies the process against pid reuse. Reading its exact
         # create_time here would wait for the child's exec (/proc/PID/stat blocks on it).
-        return Handle(
-            launch.key,
-            NAME,
-            str(proc.pid),
-            {"pid": proc.pid, "pgid": proc.pid, "spawned_at": spawned_at, "rc_path": rc_path},
-        )
+        return Handle(launch.key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at, "rc_path": rc_path})
+
+    def recover(self, state_dir: str, key: str, log_path: str | None) -> Handle | None:
+        """The handle of an attempt whose handle was never committed (the controller died first).
+
+        Found by its environment while it runs, by its exit-status file once it ended;
+        None when neither exists (it never started, or ended without recording a status).
+        """
+        pids = sorted(find_attempt_processes(state_dir).get(key, []))
+        rc_path = rc_path_for(log_path) if log_path else ""
+        for pid in pids:
+            try:
+                if os.getpgid(pid) != pid:
+                    continue
+                created = psutil.Process(pid).create_time()
+            except (OSError, psutil.Error):
+                continue
+            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": created, "rc_path": rc_path})
+        if rc_path and _read_rc(rc_path) is not None:
+            return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": 0.0, "rc_path": rc_path})
+        return None
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
         out: dict[str, Status] = {}
+        with self._lock:
+            ours = {h.key for h in handles if h.key in self._pids or h.key in self._exited}
+            self._reap_locked(list(ours))
+            ended = {k: self._exited.pop(k) for k in ours if k in self._exited}
         for h in handles:
-            proc = self._procs.get(h.key)
-            if proc is not None:
-                code = proc.poll()
-                if code is None:
-                    out[h.key] = Status("running")
-                    continue
-                del self._procs[h.key]
+            if h.key in ended:
                 rc = _read_rc(h.data["rc_path"])
                 _reap_group(int(h.data["pgid"]))
-                out[h.key] = _status_from_code(rc if rc is not None else code)
+                out[h.key] = _status_from_code(rc if rc is not None else ended[h.key])
+                continue
+            if h.key in ours:
+                out[h.key] = Status("running")
                 continue
             if _alive(h):
                 out[h.key] = Status("running")
@@ -170,8 +208,46 @@ class LocalExecutor:
         self._reap_children()
 
     def _reap_children(self) -> None:
-        for proc in list(self._procs.values()):
-            proc.poll()
+        with self._lock:
+            self._reap_locked(list(self._pids))
+
+    def _reap_locked(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            pid = self._pids.get(key)
+            if pid is None:
+                continue
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the exit-status file is all there is
+                got, status = pid, 0
+            if got == 0:
+                continue
+            del self._pids[key]
+            self._exited[key] = os.waitstatus_to_exitcode(status)
+
+
+# Python ignores SIGPIPE and SIGXFSZ for itself; a task must start with the defaults (as Popen does).
+_RESTORED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
+
+
+def _no_inherited_fds() -> None:
+    """Make descriptors the controller inherited (fd >= 3) close on exec, as Popen's close_fds did.
+
+    Python's own descriptors are already non-inheritable; this covers ones handed
+    to rota by its parent (a lock held by ``flock``, a harness's pipe).
+    """
+    try:
+        fds = [int(f) for f in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd < 3:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                os.set_inheritable(fd, False)
+        except OSError:
+            pass
 
 
 def _alive(h: Handle) -> bool:
