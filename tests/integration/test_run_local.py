@@ -225,6 +225,45 @@ def test_sigkill_controller_then_resume(tmp_path):
     assert all(after[n]["attempts"] == 1 for n in running_before)
 
 
+def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
+    """A controller killed after committing ``launching`` but before its handle: nothing runs twice.
+
+    Handles are committed with the next round (see Engine._sleep), so the crash window is
+    real; the fault is injected by killing the controller and then erasing the committed
+    handles, which leaves exactly what a kill inside that window leaves. One attempt is
+    still running (found again by its environment), one already ended (found by its
+    exit-status file): both are adopted, neither runs again.
+    """
+    import sqlite3
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: quick, command: "{PY} {REC} {rec} quick 0.1"}}
+          - {{name: slow, command: "{PY} {REC} {rec} slow 3"}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--cpus", "2")
+    wait_for(lambda: {r["name"] for r in read_records(rec)} >= {"quick"} and (sd / "logs" / "slow").exists(), timeout=60)
+    wait_for(lambda: (sd / "logs" / "quick" / "attempt-1.log.rc").exists(), timeout=30)
+    os.killpg(proc.pid, signal.SIGKILL)  # the tasks have their own sessions: they go on
+    proc.wait()
+    db = sqlite3.connect(sd / "state.db")
+    with db:
+        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
+        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
+    db.close()
+    p = rota("run", spec, "--plain", "--cpus", "2")
+    assert p.returncode == 0, p.stdout
+    assert p.stdout.count("adopted") == 2, p.stdout
+    names = [r["name"] for r in read_records(rec)]
+    assert sorted(names) == ["quick", "slow"], f"ran again: {names}"
+    after = by_name(sd)
+    assert {n: (t["state"], t["attempts"]) for n, t in after.items()} == {"quick": ("succeeded", 1), "slow": ("succeeded", 1)}
+    assert not processes_with_env("ROTA_STATE_DIR", str(sd.resolve()))
+
+
 def test_second_controller_refuses(tmp_path):
     spec = write_spec(tmp_path, """
         tasks:

@@ -23,11 +23,11 @@ class Finishing(EngineState):
         if st.phase == "succeeded":
             inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
             attempt_row.update(state=S.SUCCEEDED, reason=st.reason)
-            self.store.transition(t.name, expect=S.ACTIVE, event="succeeded", state=S.SUCCEEDED, exit_code=0,
-                                  reason="", ended_at=now, handle=None, inputs_fp=inputs_fp,
-                                  attempt=attempt_row, metrics=metrics)
+            self._stage(Change(t.name, S.ACTIVE, "succeeded", {
+                "state": S.SUCCEEDED, "exit_code": 0, "reason": "", "ended_at": now, "handle": None,
+                "inputs_fp": inputs_fp}, attempt_row, metrics))
             lv.exit_code, lv.reason, lv.ended_at = 0, "", now
-            self._hook("finished", lv, S.SUCCEEDED, metrics)
+            self._finished_hooks(lv, S.SUCCEEDED, metrics)
             self._finish(lv, S.SUCCEEDED, f"done in {now - (lv.started_at or now):.1f}s")
             return
         reason = "timeout" if lv.timed_out else (st.reason or "failed")
@@ -50,21 +50,28 @@ class Finishing(EngineState):
                                       "handle": None, "not_before": now + delay, "gpu_memory_override": override}
             if free:
                 fields["free_attempts"] = lv.free_attempts + 1
-            self.store.transition(t.name, expect=S.ACTIVE, event="retry", attempt=attempt_row, metrics=metrics, **fields)
+            self._stage(Change(t.name, S.ACTIVE, "retry", fields, attempt_row, metrics))
             lv.state, lv.handle, lv.gpu_override = S.PENDING, None, override
             lv.exit_code, lv.reason = st.exit_code, reason
             if free:
                 lv.free_attempts += 1
-            self._hook("finished", lv, S.FAILED, metrics)
+            self._finished_hooks(lv, S.FAILED, metrics)
             self._make_ready(t.name, now + delay)
             extra = f"; booking {override / 2**30:.0f}GB per GPU" if oom and override else ""
             self._event("retry", t.name, f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
             return
-        self.store.transition(t.name, expect=S.ACTIVE, event="failed", state=S.FAILED, exit_code=st.exit_code,
-                              reason=reason, ended_at=now, handle=None, attempt=attempt_row, metrics=metrics)
+        self._stage(Change(t.name, S.ACTIVE, "failed", {
+            "state": S.FAILED, "exit_code": st.exit_code, "reason": reason, "ended_at": now, "handle": None},
+            attempt_row, metrics))
         lv.exit_code, lv.reason, lv.ended_at = st.exit_code, reason, now
-        self._hook("finished", lv, S.FAILED, metrics)
+        self._finished_hooks(lv, S.FAILED, metrics)
         self._finish(lv, S.FAILED, f"{reason} ({lv.log_path})")
+
+    def _finished_hooks(self, lv: Live, state: str, metrics: dict[str, float]) -> None:
+        # A hook that acts on the end outside rota's store (a sweep tells its study) sees it committed.
+        if any(getattr(h, "commit_before_finished", False) for h in self.hooks):
+            self._flush()
+        self._hook("finished", lv, state, metrics)
 
     def _bigger_booking(self, lv: Live) -> int:
         """After an OOM: double the booking, up to the largest GPU that fits the pool."""
@@ -104,14 +111,14 @@ class Finishing(EngineState):
             changes.append(Change(u, S.PENDING, "skipped", {"state": S.SKIPPED, "reason": ul.reason}))
             self._event(S.SKIPPED, u, ul.reason)
             stack.extend(self.users.get(u, []))
-        if changes:
-            self.store.apply(changes)
+        self._stage(*changes)
 
     # ------------------------------------------------------------- interrupt
     def _interrupt(self) -> int:
         self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
         if self.running:
             self._poll(time.time())  # attempts that already ended keep their real outcome (not "interrupted")
+        self._flush()
         handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
         if handles:
             self.executor.cancel(handles, self.opt.grace_s)

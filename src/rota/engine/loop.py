@@ -33,6 +33,8 @@ from rota.spec.model import Task
 from rota.store import base as S
 from rota.store.sqlite import Change, SqliteStore, storage_error
 
+STAGE_WAIT_S = 0.05  # how long staged transitions may wait for the next commit when the loop is idle
+
 
 class Engine(Recovery, Finishing):
     """Runs a spec to completion on one executor. Not reentrant."""
@@ -68,6 +70,7 @@ class Engine(Recovery, Finishing):
         self._sorted_names: set[str] = set()
         self._dirty = True  # something changed since the policy was last asked
         self.running: dict[str, Live] = {}
+        self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
         self.interrupts = 0
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
@@ -114,6 +117,7 @@ class Engine(Recovery, Finishing):
             except OSError:
                 pass
         self.running.clear()
+        self._staged.clear()
 
     def _run(self) -> int:
         self._sync()
@@ -168,12 +172,31 @@ class Engine(Recovery, Finishing):
             if self.ui is not None and now - last_ui > 0.2:
                 self.ui.refresh(self)
                 last_ui = now
-            self._wake.wait(self._sleep_for(now))
-            self._wake.clear()
+            self._sleep(now)
+        self._flush()
         if self.ui is not None:
             self.ui.refresh(self)
         states = [lv.state for lv in self.live.values()]
         return EXIT_OK if all(s in S.DONE_OK for s in states) else EXIT_FAILED
+
+    def _sleep(self, now: float) -> None:
+        """Wait for a wake-up (a child exited, a signal) or the next deadline.
+
+        Staged transitions (ends, running handles) ride along with the next
+        launch's commit when one follows at once; otherwise they are committed
+        after STAGE_WAIT_S, so a busy run pays one commit per round, not three
+        per task, and an idle one still shows every change within that delay.
+        Nothing waits on them: everything that acts on a change flushes first.
+        """
+        sleep_s = self._sleep_for(now)
+        if self._staged and sleep_s > STAGE_WAIT_S:
+            if self._wake.wait(STAGE_WAIT_S):
+                self._wake.clear()
+                return
+            self._flush()
+            sleep_s -= STAGE_WAIT_S
+        self._wake.wait(sleep_s)
+        self._wake.clear()
 
     def _pending_left(self) -> bool:
         # Pending tasks are either ready (possibly delayed by a retry back-off) or waiting on
@@ -323,7 +346,8 @@ class Engine(Recovery, Finishing):
             lv.attempts, lv.placement, lv.started_at, lv.deadline = attempt, p, now, deadline
             lv.log_path, lv.out, lv.params, lv.timed_out = log, out, params, False
             launches.append((lv, launch))
-        self.store.apply(changes)
+        self._stage(*changes)
+        self._flush()  # ends of this round and the launches: one commit, before any process starts
         for lv, _ in launches:
             _mkdir(lv.out or ".")
             self.ready.discard(lv.task.name)
@@ -347,7 +371,12 @@ class Engine(Recovery, Finishing):
             lv.handle = h
             changes.append(Change(lv.task.name, S.LAUNCHING, "running", {"state": S.RUNNING, "handle": h.to_json()},
                                   {"attempt": lv.attempts, "state": S.RUNNING, "handle": h.to_json()}))
-        self.store.apply(changes)
+        # Staged, not committed now: a controller that dies first leaves these attempts "launching"
+        # without a handle, and recovery finds them again (executor.recover: by environment, or
+        # by their exit-status file). Executors that cannot do that get their handles committed now.
+        self._stage(*changes)
+        if getattr(self.executor, "recover", None) is None:
+            self._flush()
         for lv, launch in launches:
             lv.state = S.RUNNING
             gp = f" on GPU {','.join(map(str, launch.gpus))}" if launch.gpus else ""

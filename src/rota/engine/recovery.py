@@ -96,9 +96,13 @@ class Recovery(EngineState):
         lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
         lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
-        if rec.handle:
-            h = Handle.from_json(rec.handle)
+        h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
+        if h is not None:
             if self.executor.adopt(h):
+                if not rec.handle:
+                    self.store.transition(t.name, expect=S.LAUNCHING, event="running", state=S.RUNNING,
+                                          handle=h.to_json(), attempt={"attempt": rec.attempts, "state": S.RUNNING,
+                                                                       "handle": h.to_json()})
                 lv.handle = h
                 lv.state = S.RUNNING
                 lv.placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
@@ -120,6 +124,14 @@ class Recovery(EngineState):
         for hook in self.hooks:
             getattr(hook, "lost", lambda *_: None)(self, lv)
         self._event("lost", t.name, "was starting when the previous controller died; running it again")
+
+    def _recover_handle(self, name: str, rec: Any) -> Handle | None:
+        """The handle of an attempt that started but whose handle was not committed yet."""
+        find = getattr(self.executor, "recover", None)
+        if find is None or rec.state != S.LAUNCHING:
+            return None
+        h: Handle | None = find(self.state_dir, f"{name}#{rec.attempts}", rec.log_path)
+        return h
 
     def _stop_unrecorded(self, name: str, attempt: int) -> None:
         """A process may exist whose handle was never committed: find and stop it."""

@@ -11,7 +11,7 @@ from rota.core.resources import Machine, Placement, Request
 from rota.executors.base import Executor, Handle
 from rota.spec.load import Spec
 from rota.spec.model import Task
-from rota.store.sqlite import SqliteStore
+from rota.store.sqlite import Change, SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -23,6 +23,8 @@ def _mkdir(path: str) -> None:
         pass
     except FileNotFoundError:
         os.makedirs(path, exist_ok=True)
+
+
 # OSErrors from writing logs/out folders that mean "the state folder cannot be written".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -59,8 +61,6 @@ class Live:
     timed_out: bool = False
 
 
-
-
 class EngineState:
     """Attributes the engine's parts share (declared here so each part type-checks alone)."""
 
@@ -81,6 +81,17 @@ class EngineState:
     ready: set[str]
     running: dict[str, Live]
     interrupts: int
+    _staged: list[Change]
+
+    def _stage(self, *changes: Change) -> None:
+        """Queue transitions for the next commit: ``_flush()`` runs before anything acts on them."""
+        self._staged.extend(changes)
+
+    def _flush(self) -> None:
+        """Commit every staged transition in one transaction."""
+        if self._staged:
+            staged, self._staged = self._staged, []
+            self.store.apply(staged)
 
     def _event(self, kind: str, task: str, text: str) -> None:
         raise NotImplementedError

@@ -141,6 +141,8 @@ def open_storage(state_dir: str | os.PathLike[str], *, readonly: bool = False) -
 class SweepHook:
     """Engine hook that drives one Optuna study per sweep (see the module docstring)."""
 
+    commit_before_finished = True  # tells the study: the engine commits the attempt's end first
+
     def __init__(self, spec: Any, state_dir: str) -> None:
         self.optuna = import_optuna()
         self.state_dir = state_dir
