@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -299,13 +300,13 @@ class SqliteStore:
     def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync") -> None:
         """Insert or fully reset tasks (used when a spec is (re)loaded)."""
         now = time.time()
+        cols = [k for k in TASK_COLUMNS if k != "updated_at"]
+        marks = ",".join("?" * (len(cols) + 1))
         with transaction(self.conn):
-            for r in rows:
-                values = {k: _enc(k, r.get(k)) for k in TASK_COLUMNS}
-                values["updated_at"] = now
-                cols = ",".join(TASK_COLUMNS)
-                marks = ",".join("?" * len(TASK_COLUMNS))
-                self.conn.execute(f"INSERT OR REPLACE INTO tasks({cols}) VALUES({marks})", tuple(values[k] for k in TASK_COLUMNS))
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at) VALUES({marks})",
+                ((*(_enc(k, r.get(k)) for k in cols), now) for r in rows),
+            )
             self._event(None, event, {"tasks": len(rows)}, now)
 
     def transition(
@@ -336,33 +337,24 @@ class SqliteStore:
         return results
 
     def _apply_one(self, ch: Change, now: float) -> bool:
-        fields = {**ch.fields, "updated_at": now}
-        sets = ",".join(f"{k}=?" for k in fields)
-        args: list[Any] = [_enc(k, v) for k, v in fields.items()]
-        q = f"UPDATE tasks SET {sets} WHERE name=?"
+        exp = () if ch.expect is None else (ch.expect,) if isinstance(ch.expect, str) else tuple(ch.expect)
+        args: list[Any] = [_enc(k, v) for k, v in ch.fields.items()]
+        args.append(now)
         args.append(ch.name)
-        if ch.expect is not None:
-            exp = (ch.expect,) if isinstance(ch.expect, str) else tuple(ch.expect)
-            q += f" AND state IN ({','.join('?' * len(exp))})"
-            args.extend(exp)
-        cur = self.conn.execute(q, args)
+        args.extend(exp)
+        cur = self.conn.execute(_update_sql(tuple(ch.fields), len(exp) if ch.expect is not None else -1), args)
         if cur.rowcount != 1:
             return False
         if ch.attempt is not None:
-            a = dict(ch.attempt)
-            cols = list(a)
-            self.conn.execute(
-                f"INSERT INTO attempts(task,{','.join(cols)}) VALUES(?,{','.join('?' * len(cols))}) "
-                f"ON CONFLICT(task, attempt) DO UPDATE SET {','.join(f'{c}=excluded.{c}' for c in cols)}",
-                [ch.name, *(_enc(c, a[c]) for c in cols)],
-            )
+            a = ch.attempt
+            self.conn.execute(_attempt_sql(tuple(a)), [ch.name, *(_enc(c, v) for c, v in a.items())])
         if ch.metrics:
             self.conn.execute("DELETE FROM metrics WHERE task=?", (ch.name,))
             self.conn.executemany(
                 "INSERT INTO metrics(task,name,value) VALUES(?,?,?)",
                 [(ch.name, k, float(v)) for k, v in ch.metrics.items()],
             )
-        self._event(ch.name, ch.event, {k: v for k, v in fields.items() if k in ("state", "exit_code", "reason", "attempts")}, now)
+        self._event(ch.name, ch.event, {k: v for k, v in ch.fields.items() if k in _EVENT_FIELDS}, now)
         return True
 
     def attempts(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -394,9 +386,7 @@ class SqliteStore:
             self._event(task, kind, data, time.time())
 
     def _event(self, task: str | None, kind: str, data: Mapping[str, Any], ts: float) -> None:
-        self.conn.execute(
-            "INSERT INTO events(ts, task, kind, data) VALUES(?,?,?,?)", (ts, task, kind, json.dumps(dict(data), default=str))
-        )
+        self.conn.execute("INSERT INTO events(ts, task, kind, data) VALUES(?,?,?,?)", (ts, task, kind, _EVENT_JSON.encode(data if isinstance(data, dict) else dict(data))))
 
     # -- GPU samples ------------------------------------------------------
     def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:
@@ -430,7 +420,29 @@ class SqliteStore:
         return int(self.conn.execute(q, tuple(ACTIVE)).fetchone()[0])
 
 
+_EVENT_FIELDS = frozenset({"state", "exit_code", "reason", "attempts"})
+_EVENT_JSON = json.JSONEncoder(default=str)
+_SPECIAL_COLS = _JSON_COLS | {"gpus", "gpu_bytes", "vars"}
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(fields: tuple[str, ...], n_expect: int) -> str:
+    """The compare-and-set UPDATE for these fields (cached: a run uses a handful of shapes)."""
+    q = f"UPDATE tasks SET {','.join(f'{k}=?' for k in fields)},updated_at=? WHERE name=?"
+    if n_expect >= 0:
+        q += f" AND state IN ({','.join('?' * n_expect)})"
+    return q
+
+
+@functools.lru_cache(maxsize=256)
+def _attempt_sql(cols: tuple[str, ...]) -> str:
+    return (f"INSERT INTO attempts(task,{','.join(cols)}) VALUES(?,{','.join('?' * len(cols))}) "
+            f"ON CONFLICT(task, attempt) DO UPDATE SET {','.join(f'{c}=excluded.{c}' for c in cols)}")
+
+
 def _enc(key: str, value: Any) -> Any:
+    if key not in _SPECIAL_COLS:
+        return value
     if key in _JSON_COLS and value is not None and not isinstance(value, str):
         return json.dumps(value)
     if key in ("gpus", "gpu_bytes") and value is None:
