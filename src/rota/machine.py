@@ -146,10 +146,11 @@ def detect_machine(
     """The machine rota will book, from detection and the CLI flags."""
     env = os.environ if environ is None else environ
     cvd = env.get("CUDA_VISIBLE_DEVICES")
-    declared = gpus is not None and not all(p.strip().isdigit() for p in gpus.split(",")) and gpus.strip().lower() != "none"
+    no_gpus = gpus is not None and gpus.strip().lower() == "none"
+    declared = gpus is not None and not all(p.strip().isdigit() for p in gpus.split(",")) and not no_gpus
     detected: list[Gpu] = []
-    source = "declared"
-    if not declared:
+    source = "none" if no_gpus else "declared"
+    if not declared and not no_gpus:  # --gpus none needs no detection (and no NVML import)
         nvml = detect_gpus_nvml()
         if nvml is not None:
             detected = apply_visible_devices(nvml, cvd)

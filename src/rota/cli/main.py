@@ -62,10 +62,14 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
     """Run (or continue) every task of SPEC."""
     from rota import api
     from rota.spec.load import load_spec
-    from rota.ui.dashboard import LiveUI, PlainUI
+    from rota.ui.plain import PlainUI
 
     loaded = load_spec(spec)
-    ui: Any = LiveUI() if sys.stdout.isatty() and not plain else PlainUI()
+    ui: Any = PlainUI()
+    if sys.stdout.isatty() and not plain:
+        from rota.ui.dashboard import LiveUI
+
+        ui = LiveUI()
     options: dict[str, Any] = {}
     if backend == "ray":
         options["address"] = address or "auto"

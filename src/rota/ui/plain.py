@@ -1,0 +1,44 @@
+"""The plain one-line-per-event printer (no rich: ``rota run --plain`` and pipes start faster)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+from rota.spec.units import format_size
+from rota.store import base as S
+
+
+def event_line(ev: tuple[float, str, str, str]) -> str:
+    ts, kind, task, text = ev
+    stamp = time.strftime("%H:%M:%S", time.localtime(ts))
+    return f"{stamp} {kind:<11} {task} {text}".rstrip()
+
+
+class PlainUI:
+    """One line per event, for logs and pipes."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def start(self, engine: Any) -> None:
+        m = engine.machine
+        gpus = ", ".join(f"{g.index}:{format_size(g.memory_bytes)}" for g in m.gpus) or "none"
+        self.stream.write(f"rota: {len(engine.live)} tasks; GPUs {gpus}; {m.cpus} CPUs; state {engine.state_dir}\n")
+        self.stream.flush()
+
+    def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
+        self.stream.write(event_line(ev) + "\n")
+        self.stream.flush()
+
+    def refresh(self, engine: Any) -> None:
+        pass
+
+    def stop(self, engine: Any) -> None:
+        c = engine.counts()
+        self.stream.write(
+            f"rota: {c[S.SUCCEEDED]} succeeded, {c[S.CACHED]} cached, {c[S.FAILED]} failed, "
+            f"{c[S.SKIPPED]} skipped, {c[S.INTERRUPTED]} interrupted, {c[S.PENDING]} pending\n"
+        )
+        self.stream.flush()
