@@ -123,8 +123,8 @@ class _Floor:
         self.memory: float = math.inf
         self.gpu_bytes: float = math.inf  # least per-GPU booking of a GPU request with gpu_memory
         self.any_cpu_only = self.any_whole = False
-        for c in ordered:
-            r = c.request
+        # Tasks expanded from one template share one Request object: look at each once.
+        for r in {id(c.request): c.request for c in ordered}.values():
             self.cpus = min(self.cpus, r.cpus)
             self.memory = min(self.memory, r.memory_bytes)
             if not r.gpus:
