@@ -28,17 +28,24 @@ _TAIL = ', "gpus": %r, "gpu_bytes": %r, "cpus": %r, "memory_bytes": %r, "source"
 
 def plan_json_text(spec_path: str, plans: Sequence[Plan], durations: Durations, indent: int | None = None) -> str:
     """``json.dumps(plan_json(spec_path, plans, durations), indent=indent)``."""
+    return "".join(plan_json_chunks(spec_path, plans, durations, indent))
+
+
+def plan_json_chunks(
+    spec_path: str, plans: Sequence[Plan], durations: Durations, indent: int | None = None
+) -> list[str]:
+    """:func:`plan_json_text` in pieces, to write one after another: the text of 100,000
+    tasks is tens of MB, and joining the pieces would copy it again."""
     if indent is not None:  # pretty output is for small plans: the generic route
-        return json.dumps(plan_json(spec_path, plans, durations), indent=indent)
-    tasks = [tasks_text(p.schedule.slots, durations.source) for p in plans]
+        return [json.dumps(plan_json(spec_path, plans, durations), indent=indent)]
+    tasks = [_tasks_body(p.schedule.slots, durations.source) for p in plans]
     top = json.dumps({**json_head(spec_path, durations), **plan_figures(plans[0])})
-    machines = ", ".join(_with_tasks(json.dumps(plan_figures(p)), t) for p, t in zip(plans, tasks, strict=True))
-    return _with_tasks(top, tasks[0])[:-1] + ', "machines": [' + machines + "]}"
-
-
-def _with_tasks(obj: str, tasks: str) -> str:
-    """An encoded non-empty object with ``"tasks"`` appended as its last key."""
-    return obj[:-1] + ', "tasks": ' + tasks + "}"
+    out = [top[:-1], ', "tasks": [', tasks[0], '], "machines": [']
+    for i, (p, body) in enumerate(zip(plans, tasks, strict=True)):
+        # Each object is encoded without "tasks" and reopened to append it as its last key.
+        out += [", " if i else "", json.dumps(plan_figures(p))[:-1], ', "tasks": [', body, "]}"]
+    out.append("]}")
+    return out
 
 
 def _ints(xs: tuple[int, ...]) -> bool:
@@ -50,6 +57,11 @@ def _ints(xs: tuple[int, ...]) -> bool:
 
 def tasks_text(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
     """``json.dumps([task_dict(s, source) for s in slots])``."""
+    return "[" + _tasks_body(slots, source) + "]"
+
+
+def _tasks_body(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
+    """:func:`tasks_text` without its brackets."""
     enc, get, isfinite = encode_basestring_ascii, source.get, math.isfinite
     tails: dict[tuple[object, ...], str] = {}  # keys hold exact ints only: equal keys, equal text
     parts = []
@@ -67,4 +79,4 @@ def tasks_text(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
             tail = tails[key] = _TAIL % (list(gpus), list(gpu_bytes), cpus, mem, enc(src))
         parts.append(_HEAD % (enc(name), round(start, 3), round(end, 3), round(float(s.end_s - s.start_s), 3))
                      + tail)
-    return "[" + ", ".join(parts) + "]"
+    return ", ".join(parts)
