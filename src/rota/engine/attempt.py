@@ -171,9 +171,10 @@ def read_metrics(log: str | None, out: str | None, max_bytes: int = 2**34) -> di
     metrics: dict[str, float] = {}
     if log:
         try:
+            if not os.stat(log).st_size:  # the common short task: nothing to open
+                raise FileNotFoundError
             with open(log, "rb") as f:
-                lines = _metric_lines(f, max_bytes) if os.fstat(f.fileno()).st_size else ()
-                for line in lines:
+                for line in _metric_lines(f, max_bytes):
                     m = _METRIC_LINE.match(line.decode("utf-8", "replace").strip())
                     if m:
                         try:
@@ -186,7 +187,8 @@ def read_metrics(log: str | None, out: str | None, max_bytes: int = 2**34) -> di
             pass
     if out:
         try:
-            data = json.loads(Path(out, "metrics.json").read_text())
+            with open(os.path.join(out, "metrics.json"), "rb") as f:
+                data = json.loads(f.read())
             if isinstance(data, dict):
                 for k, v in data.items():
                     if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):

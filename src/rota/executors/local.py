@@ -85,6 +85,7 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._base_env = inherited_env(os.environ if inherit_env is None else inherit_env)
         self._bash = shutil.which("bash") or "/bin/bash"
+        self._workdirs: set[str] = set()
         _no_inherited_fds()
 
     def submit(self, launch: Launch) -> Handle:
@@ -96,8 +97,10 @@ class LocalExecutor:
         except FileNotFoundError:
             Path(log).parent.mkdir(parents=True, exist_ok=True)
         workdir = os.path.abspath(launch.workdir)
-        if not os.path.isdir(workdir):
-            raise FileNotFoundError(errno.ENOENT, "working folder not found", workdir)
+        if workdir not in self._workdirs:  # checked once; the script's `cd` reports one that vanished later
+            if not os.path.isdir(workdir):
+                raise FileNotFoundError(errno.ENOENT, "working folder not found", workdir)
+            self._workdirs.add(workdir)
         rc_path = rc_path_for(log)
         try:
             os.unlink(rc_path)
@@ -155,9 +158,10 @@ class LocalExecutor:
             ended = {k: self._exited.pop(k) for k in ours if k in self._exited}
         for h in handles:
             if h.key in ended:
-                rc = _read_rc(h.data["rc_path"])
+                # waitpid's status is the one the EXIT trap writes (TERM/INT/HUP exit as 128+n);
+                # the file matters only to a controller that did not start the attempt.
                 _reap_group(int(h.data["pgid"]))
-                out[h.key] = _status_from_code(rc if rc is not None else ended[h.key])
+                out[h.key] = _status_from_code(ended[h.key])
                 continue
             if h.key in ours:
                 out[h.key] = Status("running")
