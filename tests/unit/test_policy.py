@@ -173,3 +173,20 @@ def test_same_placements_as_the_reference_policy(m, pool, data):
     ordered = sorted(rest, key=sort_key)
     assert schedule(ordered, m, running, presorted=True, free=led) == want
     assert (dict(led.gpu_free), led.cpus, led.memory_bytes) == before  # ``free`` is not changed
+
+
+@settings(max_examples=500, deadline=None)
+@given(machines, st.lists(st.integers(-20, 100), min_size=4, max_size=4), requests, st.booleans(), st.data())
+def test_fit_same_as_the_reference_ledger(m, free_gb, req, with_also, data):
+    """Any free memory per GPU, even above the GPU's size (a ledger released more than booked)."""
+    from tests.unit.policy_reference import RefLedger
+
+    led, ref = Ledger.for_machine(m), RefLedger.for_machine(m)
+    for g, f in zip(m.gpus, free_gb, strict=False):
+        led.gpu_free[g.index] = ref.gpu_free[g.index] = f * GB
+    also = ref_also = None
+    if with_also:
+        also, ref_also = Ledger.for_machine(m), RefLedger.for_machine(m)
+        for g in m.gpus:
+            also.gpu_free[g.index] = ref_also.gpu_free[g.index] = data.draw(st.integers(0, 100)) * GB
+    assert led.fit("t", req, also) == ref.fit("t", req, ref_also)  # type: ignore[arg-type]

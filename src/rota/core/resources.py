@@ -61,7 +61,7 @@ class Request:
     devices: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Placement:
     """Where a task runs: GPU indices, bytes booked on each, CPUs and RAM booked."""
 
@@ -70,6 +70,15 @@ class Placement:
     gpu_bytes: tuple[int, ...] = ()
     cpus: int = 1
     memory_bytes: int = 0
+
+    def __init__(
+        self, task: str, gpus: tuple[int, ...] = (), gpu_bytes: tuple[int, ...] = (), cpus: int = 1,
+        memory_bytes: int = 0,
+    ) -> None:
+        # The generated __init__ of a frozen dataclass calls object.__setattr__ per field,
+        # twice as slow; a plan makes one of these per task (tests/unit/test_records.py).
+        d = self.__dict__
+        d["task"], d["gpus"], d["gpu_bytes"], d["cpus"], d["memory_bytes"] = task, gpus, gpu_bytes, cpus, memory_bytes
 
 
 @dataclass
@@ -99,16 +108,24 @@ class Ledger:
         return Ledger(dict(self.gpu_free), self.gpu_total, self.cpus, self.memory_bytes, self._order)
 
     def book(self, p: Placement) -> None:
-        free = self.gpu_free
-        for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
-            free[idx] -= b
+        gpus, gpu_bytes = p.gpus, p.gpu_bytes
+        if len(gpus) == 1 == len(gpu_bytes):  # the common case, without building a zip
+            self.gpu_free[gpus[0]] -= gpu_bytes[0]
+        elif gpus or gpu_bytes:
+            free = self.gpu_free
+            for idx, b in zip(gpus, gpu_bytes, strict=True):
+                free[idx] -= b
         self.cpus -= p.cpus
         self.memory_bytes -= p.memory_bytes
 
     def release(self, p: Placement) -> None:
-        free = self.gpu_free
-        for idx, b in zip(p.gpus, p.gpu_bytes, strict=True):
-            free[idx] += b
+        gpus, gpu_bytes = p.gpus, p.gpu_bytes
+        if len(gpus) == 1 == len(gpu_bytes):
+            self.gpu_free[gpus[0]] += gpu_bytes[0]
+        elif gpus or gpu_bytes:
+            free = self.gpu_free
+            for idx, b in zip(gpus, gpu_bytes, strict=True):
+                free[idx] += b
         self.cpus += p.cpus
         self.memory_bytes += p.memory_bytes
 
@@ -133,7 +150,10 @@ class Ledger:
         free_of, total_of = self.gpu_free, self.gpu_total
         also_free = None if also is None else also.gpu_free
         if n == 1 and devices is None and also_free is None:
-            return self._fit_one(task, want, cpus, mem)
+            best = self._fit_one(want)
+            if best is None:
+                return None
+            return Placement(task, (best,), (total_of[best] if want is None else want,), cpus, mem)
         # Rank GPUs by (busy, free, index): the sort key of the rule above.
         cands: list[tuple[bool, int, int, int]] = []
         for idx in self._order:
@@ -153,26 +173,24 @@ class Ledger:
         chosen = sorted(cands[:n], key=lambda c: c[2])
         return Placement(task, tuple(c[2] for c in chosen), tuple(c[3] for c in chosen), cpus, mem)
 
-    def _fit_one(self, task: str, want: int | None, cpus: int, mem: int) -> Placement | None:
-        """:meth:`fit` for one GPU from any, without ``also``: the hot path of big plans."""
+    def _fit_one(self, want: int | None) -> int | None:
+        """The GPU :meth:`fit` picks for one GPU from any, without ``also``: the hot path
+        of big plans. Idle GPUs first (least memory, then lowest index); else the busy
+        GPU with the least free memory that fits (then the lowest index)."""
         free_of, total_of = self.gpu_free, self.gpu_total
-        best: int | None = None
-        best_busy = best_free = 0
+        idle = busy = None
+        idle_total = busy_free = 0
         for idx in self._order:
             free, total = free_of[idx], total_of[idx]
-            if want is None:
-                if free != total:
-                    continue
-                busy = False
-            else:
-                if free < want or want > total:
-                    continue
-                busy = free != total
-            if best is None or (busy, free, idx) < (best_busy, best_free, best):
-                best, best_busy, best_free = idx, busy, free
-        if best is None:
-            return None
-        return Placement(task, (best,), (total_of[best] if want is None else want,), cpus, mem)
+            need = total if want is None else want
+            if free < need or need > total:
+                continue
+            if free == total:
+                if idle is None or total < idle_total or (total == idle_total and idx < idle):
+                    idle, idle_total = idx, total
+            elif idle is None and (busy is None or free < busy_free or (free == busy_free and idx < busy)):
+                busy, busy_free = idx, free
+        return idle if idle is not None else busy
 
 
 def fits_machine(req: Request, machine: Machine) -> str | None:

@@ -54,8 +54,13 @@ def resolve_durations(
     """Each task's duration and its source; ``history_s`` maps a command to its learned seconds."""
     if default_s <= 0:
         raise ValueError("the default duration must be positive")
-    seconds: dict[str, float] = {}
-    source: dict[str, str] = {}
+    seconds: dict[str, float]
+    source: dict[str, str]
+    if not history_s:  # the usual plan: estimates and the default only, one pass each
+        seconds = {t.name: t.estimate_s if t.estimate_s is not None else default_s for t in tasks}
+        source = {t.name: ESTIMATE if t.estimate_s is not None else DEFAULT for t in tasks}
+        return Durations(seconds, source, default_s, use_history)
+    seconds, source = {}, {}
     for t in tasks:
         hist = history_s.get(t.command)
         if use_history and hist is not None:
