@@ -345,3 +345,28 @@ def test_never_fits_is_exit_2_and_writes_nothing(tmp_path, body, needle):
     assert p.returncode == 2 and needle in p.stderr and "big" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / ".rota").exists()
+
+
+def test_task_starts_with_default_signals_and_no_inherited_descriptors(tmp_path):
+    """Python ignores SIGPIPE; a task must not (``yes | head`` ends ``yes`` by SIGPIPE, 141).
+    A descriptor the controller inherited from its parent is not passed on to tasks."""
+    import subprocess
+
+    from tests.helpers import ROTA
+
+    spec = write_spec(tmp_path, """
+        tasks:
+          - name: pipe
+            command: 'yes | head -n1 >/dev/null; echo "status ${PIPESTATUS[0]}"; ls /proc/self/fd'
+    """)
+    fd = os.open(tmp_path / "held", os.O_WRONLY | os.O_CREAT)
+    assert fd > 3  # `ls` itself holds 3
+    try:
+        p = subprocess.run([*ROTA, "run", str(spec), "--plain", "--cpus", "1"], pass_fds=(fd,), capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        os.close(fd)
+    assert p.returncode == 0, p.stdout + p.stderr
+    log = (tmp_path / ".rota" / "logs" / "pipe" / "attempt-1.log").read_text().split()
+    assert log[:2] == ["status", "141"], log
+    assert str(fd) not in log[2:], (fd, log)
