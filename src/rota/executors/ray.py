@@ -15,7 +15,8 @@ Contract (see :mod:`rota.executors.base`), as Ray does it:
   runs the task*: on more than one machine the state folder must be on a
   shared file system (same path everywhere), and rota must be installed on
   every node (workers import ``rota.executors.ray``).
-- ``poll``: each task reports its end to the supervisor, whose long-poll
+- ``poll``: the supervisor hears of each task's end as its owner (the task's
+  return value; the task itself makes no Ray call); its long-poll
   (``wait_change``, held by a watcher thread) hands the results to the
   controller and wakes the engine at once (SIGCHLD to the main thread). Other
   attempts: at most every ``RECHECK_S``, one supervisor call, which does ONE
@@ -266,7 +267,7 @@ class RayExecutor:
                 continue
             try:
                 sup = ray.get_actor(name, namespace=self.namespace)
-                ids = ray.get(sup.find.remote(state_dir, key), timeout=60)
+                ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
                 if ids:
                     ray.get(sup.cancel.remote(ids, 0.0), timeout=60)
             except (ValueError, rex.RayError):

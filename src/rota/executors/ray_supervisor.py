@@ -6,6 +6,8 @@
   appended to the log; exit status written to ``<log>.rc`` and returned.
   ``ray.cancel(ref, force=False)`` arrives as KeyboardInterrupt: SIGTERM to
   the group, the grace period (asked from the supervisor), then SIGKILL.
+  The task makes no Ray call of its own unless cancelled: its end reaches
+  the supervisor as the task's return value (the owner hears of it anyway).
 - :class:`Supervisor` is the detached named actor that submits those tasks,
   so it (not the controller) owns their refs: they survive a controller crash
   and a new controller finds them by the supervisor's name.
@@ -15,7 +17,10 @@ Imported by Ray workers (by reference), so rota must be installed on every node.
 
 from __future__ import annotations
 
+import importlib
 import os
+import queue
+import select
 import signal
 import socket
 import subprocess
@@ -23,21 +28,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from concurrent.futures import Future
 from typing import Any
 
 from rota.errors import ExecutorError
 
+ray: Any  # typed Any: Ray's own stubs do not know what ray.remote makes of a class
+rex: Any
 try:  # optional extra: pip install 'rota[ray]'
-    import ray
-    from ray import exceptions as rex
+    ray = importlib.import_module("ray")
+    rex = importlib.import_module("ray.exceptions")
 except ImportError:  # pragma: no cover - exercised where ray is absent
-    ray = None
-    rex = None
+    ray = rex = None
 
 DEFAULT_GRACE_S = 10.0
 KEEP_RESULTS_S = 7 * 24 * 3600.0
+PRUNE_EVERY_S = 600.0
 LOG_MAX = 20_000
+INTERRUPT_CHECK_S = 0.1  # ray.cancel's KeyboardInterrupt is only raised between bytecodes: wake this often
 
 
 def need_ray() -> Any:
@@ -102,6 +110,38 @@ def _task_env(spec: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """The child's exit status, as soon as it exits.
+
+    ``ray.cancel(force=False)`` only trips Python's interrupt flag (no real
+    signal): a blocking wait would never see it, so this wakes every
+    ``INTERRUPT_CHECK_S``. A pidfd makes the exit itself wake us at once
+    (``Popen.wait(timeout)`` sleeps in growing steps of up to 50 ms instead).
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, sandbox): Popen's own sleeping wait
+        while True:
+            try:
+                return proc.wait(timeout=INTERRUPT_CHECK_S)
+            except subprocess.TimeoutExpired:
+                continue
+    try:
+        while not select.select([fd], [], [], INTERRUPT_CHECK_S)[0]:
+            pass
+        return proc.wait()
+    finally:
+        os.close(fd)
+
+
+def _open_log(log: str) -> Any:
+    try:
+        return open(log, "ab", buffering=0)
+    except FileNotFoundError:  # the engine normally made the folder; a shared FS may lag
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        return open(log, "ab", buffering=0)
+
+
 def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome."""
     started = time.time()
@@ -110,19 +150,17 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
     code: int | None = None
     error = ""
     try:
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(rc_path).unlink(missing_ok=True)
-        with open(log, "ab", buffering=0) as out:
+        try:
+            os.unlink(rc_path)  # a stale status must not pass for this attempt's
+        except FileNotFoundError:
+            pass
+        with _open_log(log) as out:
             proc = subprocess.Popen(
                 ["bash", "-c", spec["command"]], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, cwd=spec["workdir"], env=_task_env(spec),
                 start_new_session=True, close_fds=True,
             )
-        while code is None:
-            try:
-                code = proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                continue
+        code = _wait(proc)
     except KeyboardInterrupt:  # ray.cancel(force=False)
         code = _stop_group(proc, _grace(spec)) if proc is not None else None
         error = "cancelled"
@@ -139,16 +177,12 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
         code = 128 - code
     if code is not None:
         try:
-            Path(rc_path).write_text(f"{code}\n")
+            with open(rc_path, "w") as f:
+                f.write(f"{code}\n")
         except OSError:
             pass
-    result = {"code": code, "error": error, "started_at": started, "ended_at": time.time(),
-              "host": socket.gethostname()}
-    try:  # a wake-up hint for the controller; the returned value stays the truth
-        _supervisor(spec["supervisor"], spec["namespace"]).finished.remote(spec["id"], result)
-    except Exception:  # noqa: BLE001
-        pass
-    return result
+    return {"code": code, "error": error, "started_at": started, "ended_at": time.time(),
+            "host": socket.gethostname()}
 
 
 _TASK: list[Any] = []
@@ -161,24 +195,38 @@ def _task_fn() -> Any:
 
 
 # --------------------------------------------------------------- supervisor
+def _failure(e: BaseException) -> dict[str, Any]:
+    """The outcome of a task that ended with Ray's error ``e`` instead of a result."""
+    if isinstance(e, rex.TaskCancelledError):
+        return {"code": None, "error": "cancelled"}
+    if isinstance(e, (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError,
+                      rex.LocalRayletDiedError)):
+        return {"code": None, "error": f"lost: {type(e).__name__}", "lost": True}
+    return {"code": None, "error": f"ray: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else e!r}"}
+
+
 def _outcome(ref: Any) -> dict[str, Any]:
     """The result of a finished task ref, errors included."""
     try:
         return dict(ray.get(ref, timeout=10))
-    except rex.TaskCancelledError:
-        return {"code": None, "error": "cancelled"}
-    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError,
-            rex.LocalRayletDiedError) as e:
-        return {"code": None, "error": f"lost: {type(e).__name__}", "lost": True}
     except rex.RayError as e:
-        return {"code": None, "error": f"ray: {str(e).strip().splitlines()[-1][:300]}"}
+        return _failure(e)
+
+
+def _outcome_of(fut: Future[Any]) -> dict[str, Any]:
+    """The result of a finished task's future (``ObjectRef.future()``), errors included."""
+    err = fut.exception()
+    return _failure(err) if err is not None else dict(fut.result())
 
 
 class Supervisor:
     """Detached actor that owns every attempt's task ref and remembers outcomes.
 
     Thread-safe (a threaded actor): ``cancel`` and ``wait_change`` block while
-    ``poll`` and ``submit`` go on.
+    ``poll`` and ``submit`` go on. An attempt's end is learnt from its ref's
+    completion callback (Ray's own reply to the owner): the callback runs on
+    Ray's I/O thread, so it only queues the future; the collector thread
+    records it and wakes ``wait_change``.
     """
 
     def __init__(self, idle_exit_s: float = 1800.0) -> None:
@@ -188,9 +236,12 @@ class Supervisor:
         self._log: deque[tuple[int, str, dict[str, Any]]] = deque()  # (seq, id, result) of ended attempts
         self._dropped = 0  # highest seq no longer in the log
         self._recs: dict[str, dict[str, Any]] = {}
+        self._done: queue.SimpleQueue[tuple[str, Future[Any]]] = queue.SimpleQueue()
         self._last_call = time.time()
+        self._pruned_at = time.time()
         self._idle_exit_s = idle_exit_s
         threading.Thread(target=self._reaper, name="rota-supervisor-reaper", daemon=True).start()
+        threading.Thread(target=self._collect, name="rota-supervisor-collect", daemon=True).start()
 
     def ping(self) -> int:
         self._last_call = time.time()
@@ -223,26 +274,39 @@ class Supervisor:
         fn = _task_fn()
         self._last_call = time.time()
         with self._lock:
-            self._prune()
+            if self._last_call - self._pruned_at > PRUNE_EVERY_S:
+                self._prune()
             for it in items:
-                if it["id"] in self._recs:
+                tid = it["id"]
+                if tid in self._recs:
                     continue
                 ref = fn.options(**it["options"]).remote(it["spec"])
-                self._recs[it["id"]] = {"key": it["spec"]["key"], "state_dir": it["state_dir"], "ref": ref,
-                                        "result": None, "grace": DEFAULT_GRACE_S, "at": time.time()}
+                self._recs[tid] = {"key": it["spec"]["key"], "state_dir": it["state_dir"], "ref": ref,
+                                   "result": None, "grace": DEFAULT_GRACE_S, "at": time.time()}
+                # Never blocks (a SimpleQueue): it may run here at once or later on Ray's I/O thread.
+                ref.future().add_done_callback(lambda fut, tid=tid: self._done.put((tid, fut)))
         return [it["id"] for it in items]
 
-    def finished(self, tid: str, result: dict[str, Any]) -> None:
-        """Called by the task itself as it ends: record it and wake the controller's watcher."""
-        with self._changed:
-            rec = self._recs.get(tid)
-            if rec is not None and rec["result"] is None:
-                rec["result"] = result
-            self._seq += 1
-            self._log.append((self._seq, tid, result))
-            if len(self._log) > LOG_MAX:
-                self._dropped = self._log.popleft()[0]
-            self._changed.notify_all()
+    def _collect(self) -> None:
+        """Record ended attempts (all that are queued, at once) and wake ``wait_change``."""
+        while True:
+            batch = [self._done.get()]
+            while True:
+                try:
+                    batch.append(self._done.get_nowait())
+                except queue.Empty:
+                    break
+            results = [(tid, _outcome_of(fut)) for tid, fut in batch]
+            with self._changed:
+                for tid, result in results:
+                    rec = self._recs.get(tid)
+                    if rec is not None and rec["result"] is None:
+                        rec["result"] = result
+                    self._seq += 1
+                    self._log.append((self._seq, tid, rec["result"] if rec is not None else result))
+                    if len(self._log) > LOG_MAX:
+                        self._dropped = self._log.popleft()[0]
+                self._changed.notify_all()
 
     def nudge(self) -> None:
         """Wake every ``wait_change`` caller (a controller closing its watcher)."""
@@ -281,8 +345,8 @@ class Supervisor:
                 if r["ref"] in done and r["result"] is None:
                     r["result"] = _outcome(r["ref"])
         out: dict[str, dict[str, Any] | None] = {}
-        for tid, r in recs.items():
-            out[tid] = None if r is None else (r["result"] or {"running": True})
+        for tid, rec in recs.items():
+            out[tid] = None if rec is None else (rec["result"] or {"running": True})
         return out
 
     def known(self, tid: str, key: str) -> bool:
@@ -317,6 +381,7 @@ class Supervisor:
             ray.cancel(ref, force=True)
 
     def _prune(self) -> None:
-        old = time.time() - KEEP_RESULTS_S
+        self._pruned_at = time.time()
+        old = self._pruned_at - KEEP_RESULTS_S
         for tid in [t for t, r in self._recs.items() if r["result"] is not None and r["at"] < old]:
             del self._recs[tid]
