@@ -148,3 +148,25 @@ def test_shards(tmp_path):
     assert spec.tasks[2].env_dict["ROTA_SHARD_INDEX"] == "2" and spec.tasks[2].env_dict["ROTA_SHARD_COUNT"] == "4"
     assert spec.tasks[2].command == "python e.py --shard 2"
     assert spec.tasks[-1].needs == tuple(names[:4])
+
+
+@pytest.mark.parametrize("name,command,matrix,extra", [
+    ("job-{a}-{b}", "python t.py --a {a} --b {b} --out {out}", {"a": [1, 2.5, True], "b": ["x y", "$H"]}, {}),
+    ("r-{b}-{a}%x{", "echo %s {b} {a} {b} {HOME} ${X} 100% {{a}} %(a)s", {"a": ["%d", "{a}", "}{"], "b": [1, "%"]}, {}),
+    ("plain", "run {v}", {"v": [1, 2]}, {"env": {"A": 1}, "gpus": 1, "gpu_memory": "10GB"}),
+    ("w-{v}", "run", {"v": ["a", "b"]}, {"workdir": "runs/{v}", "outputs": ["{v}/o", "f"], "inputs": "in/{v}"}),
+    ("n-{v}", "run", {"v": ["a", "b"]}, {"needs": ["prep-{v}", "all"]}),
+])
+def test_matrix_fast_path_equals_the_generic_expansion(name, command, matrix, extra):
+    """Matrix templates take a precompiled route; it must give what _expand_one gives."""
+    import itertools
+
+    from rota.spec.expand import _expand_one, _Fixed, expand_tasks, value_text
+    from rota.spec.model import TaskSpec
+
+    ts = TaskSpec.model_validate({"name": name, "command": command, "matrix": matrix, **extra})
+    fast = expand_tasks([(ts, 1)], file="f", root="/r", max_tasks=1000)
+    keys, fixed = list(matrix), _Fixed(ts, "/r")
+    slow = [t for combo in itertools.product(*(ts.matrix[k] for k in keys))
+            for t in _expand_one(ts, {k: value_text(v) for k, v in zip(keys, combo, strict=True)}, "/r", fixed)]
+    assert fast == slow and len(fast) == len(list(itertools.product(*matrix.values())))

@@ -180,10 +180,22 @@ class Ledger:
         free_of, total_of = self.gpu_free, self.gpu_total
         idle = busy = None
         idle_total = busy_free = 0
+        if want is None:  # a whole GPU: one with nothing booked (or, oddly, more than its size free)
+            for idx in self._order:
+                free, total = free_of[idx], total_of[idx]
+                if free == total:
+                    if idle is None or total < idle_total or (total == idle_total and idx < idle):
+                        idle, idle_total = idx, total
+                elif free > total and idle is None and (
+                        busy is None or free < busy_free or (free == busy_free and idx < busy)):
+                    busy, busy_free = idx, free
+            return idle if idle is not None else busy
         for idx in self._order:
-            free, total = free_of[idx], total_of[idx]
-            need = total if want is None else want
-            if free < need or need > total:
+            free = free_of[idx]
+            if free < want:
+                continue
+            total = total_of[idx]
+            if want > total:
                 continue
             if free == total:
                 if idle is None or total < idle_total or (total == idle_total and idx < idle):

@@ -117,20 +117,38 @@ class _Fixed:
         self.needs = None if self.needs_vary else tuple(ts.needs)
 
 
-def _format_template(template: str, keys: Sequence[str]) -> str:
-    """``template`` as a :meth:`str.format` string: ``{key}`` for a key in ``keys`` becomes
-    ``{i}`` (its position); every other brace is literal. Formatting it with the values
-    gives exactly :func:`substitute`'s result."""
-    position = {k: i for i, k in enumerate(keys)}
-    parts: list[str] = []
-    end = 0
-    for m in _PLACEHOLDER.finditer(template):
-        parts.append(template[end:m.start()].replace("{", "{{").replace("}", "}}"))
-        key = m.group(1)
-        parts.append(f"{{{position[key]}}}" if key in position else "{{" + key + "}}")
-        end = m.end()
-    parts.append(template[end:].replace("{", "{{").replace("}", "}}"))
-    return "".join(parts)
+class _Template:
+    """A template compiled for a tuple of values, one string per key of ``keys``, in
+    order: :meth:`fill` gives exactly :func:`substitute`'s result. ``%``-formatting
+    when the template uses every key once, in order (the usual name); else
+    :meth:`str.format` with positions."""
+
+    def __init__(self, template: str, keys: Sequence[str]) -> None:
+        position = {k: i for i, k in enumerate(keys)}
+        pct: list[str] = []
+        fmt: list[str] = []
+        used: list[int] = []
+        end = 0
+        for m in _PLACEHOLDER.finditer(template):
+            text = template[end:m.start()]
+            pct.append(text.replace("%", "%%"))
+            fmt.append(text.replace("{", "{{").replace("}", "}}"))
+            key = m.group(1)
+            if key in position:
+                used.append(position[key])
+                pct.append("%s")
+                fmt.append(f"{{{position[key]}}}")
+            else:  # not a matrix variable ({out}, ${HOME}): literal
+                pct.append(m.group(0).replace("%", "%%"))
+                fmt.append("{{" + key + "}}")
+            end = m.end()
+        pct.append(template[end:].replace("%", "%%"))
+        fmt.append(template[end:].replace("{", "{{").replace("}", "}}"))
+        self.in_order = used == list(range(len(keys)))
+        self.text = "".join(pct) if self.in_order else "".join(fmt)
+
+    def fill(self, values: tuple[str, ...]) -> str:
+        return self.text % values if self.in_order else self.text.format(*values)
 
 
 def _expand_matrix(
@@ -143,8 +161,10 @@ def _expand_matrix(
     assert ts.matrix is not None
     texts = [[value_text(v) for v in ts.matrix[k]] for k in keys]
     quoted = [[shlex.quote(x) for x in col] for col in texts]
-    name_fmt = _format_template(ts.name, keys)
-    cmd_fmt = _format_template(ts.command, keys)
+    pairs = [[(k, x) for x in col] for k, col in zip(keys, texts, strict=True)]  # combos of these: vars
+    name_t, cmd_t = _Template(ts.name, keys), _Template(ts.command, keys)
+    name_pct = name_t.text if name_t.in_order else None
+    cmd_pct = cmd_t.text if cmd_t.in_order else None
     # Names are checked in full only when a control character could be in one.
     check_all = bool(_BAD_NAME.search(ts.name)) or any(_BAD_NAME.search(x) for col in texts for x in col)
     proto = Task(
@@ -158,8 +178,9 @@ def _expand_matrix(
     )
     varies = fixed.paths is None or fixed.needs is None
     out: list[Task] = []
-    for raw, q in zip(itertools.product(*texts), itertools.product(*quoted), strict=True):
-        name = name_fmt.format(*raw)
+    combos = zip(itertools.product(*texts), itertools.product(*quoted), itertools.product(*pairs), strict=True)
+    for raw, q, vars_ in combos:
+        name = name_pct % raw if name_pct is not None else name_t.fill(raw)
         if name == ts.name:  # no {var} in the name: suffix the values so names stay unique
             name = ts.name + "-" + "-".join(raw)
         if check_all or len(name) > 300:
@@ -175,7 +196,8 @@ def _expand_matrix(
                 extra["workdir"], extra["outputs"], extra["inputs"] = _paths(ts, values, root)
             if fixed.needs is None:
                 extra["needs"] = tuple(substitute(n, values, quote=False) for n in ts.needs)
-        out.append(clone_task(proto, name, cmd_fmt.format(*q), tuple(zip(keys, raw, strict=True)), extra))
+        command = cmd_pct % q if cmd_pct is not None else cmd_t.fill(q)
+        out.append(clone_task(proto, name, command, vars_, extra))
     return out
 
 

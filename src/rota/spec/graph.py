@@ -11,6 +11,7 @@ import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 
 from rota.errors import SpecError
 from rota.spec.model import Task
@@ -155,7 +156,7 @@ def critical_path(tasks: Sequence[Task], durations: Mapping[str, float]) -> list
 
 def check_graph(tasks: Sequence[Task], *, file: str) -> list[Task]:
     """``tasks`` with ``needs`` resolved to task names; SpecError on a bad need or a cycle."""
-    if not any(t.needs for t in tasks):  # nothing to resolve and no cycle possible
+    if not any(map(attrgetter("needs"), tasks)):  # nothing to resolve and no cycle possible
         return list(tasks)
     resolved = resolve_needs(tasks, file=file)
     topo_order(resolved, file=file)
