@@ -264,3 +264,33 @@ def test_simulation_invariants_and_equivalence_with_full_policy_calls(w):
     # Same placements as handing the policy every ready task each round.
     ref = reference_simulate(tasks, m, dur)
     assert {n: (x.start_s, x.end_s, x.gpus) for n, x in slots.items()} == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.5, 4.0]), st.sampled_from([0.0, 1.0, 3.0]),
+                          st.lists(st.integers(0, 2), max_size=2, unique=True)), max_size=12), st.booleans())
+def test_one_pass_figures_equal_the_interval_unions(raw, in_start_order):
+    """Busy time per GPU merged as slots come (start order) or sorted (any order) equals
+    the union of intervals; cost and utilisation equal their definitions."""
+    from rota.core.intervals import union_length
+    from rota.plan.bounds import slot_sums
+    from rota.plan.simulate import Schedule, Slot
+
+    m = mach((80, 40, 24), cpus=8, mem_gb=64)
+    slots = [Slot(f"s{k}", a, a + d, tuple(g), tuple(10 * GB for _ in g), 1 + k % 3, k * GB)
+             for k, (a, d, g) in enumerate(raw)]
+    if in_start_order:
+        slots.sort(key=lambda x: x.start_s)
+    s = Schedule(m, tuple(slots), max((x.end_s for x in slots), default=0.0))
+    spans = {}
+    for x in slots:
+        for i in x.gpus:
+            spans.setdefault(i, []).append((x.start_s, x.end_s))
+    assert dict(slot_sums(s).gpu_busy_s) == {i: union_length(v) for i, v in spans.items()}
+    c = cost(s, Prices(per_gpu_hour=2.0))
+    assert c.gpu_hours == sum(union_length(v) for v in spans.values()) / 3600.0
+    assert c.cpu_hours == sum(x.cpus * x.duration_s for x in slots) / 3600.0
+    u = utilization(s)
+    if s.makespan_s > 0:
+        assert u.gpu_busy == {g.index: union_length(spans.get(g.index, [])) / s.makespan_s for g in m.gpus}
+        assert u.memory == sum(x.memory_bytes * x.duration_s for x in slots) / (m.memory_bytes * s.makespan_s)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from rota.core.intervals import union_length
 from rota.core.resources import Machine, Request
@@ -105,6 +106,8 @@ def critical_path(
     if not tasks:
         return ()
     rank = remaining_ranks_s(tasks, durations_s) if ranks_s is None else ranks_s
+    if not any(map(attrgetter("needs"), tasks)):  # no chains: the longest task (the first of ties)
+        return (tasks[list(rank).index(max(rank))].name,)
     index = {t.name: i for i, t in enumerate(tasks)}
     users: list[list[int]] = [[] for _ in tasks]
     for i, t in enumerate(tasks):
@@ -120,7 +123,7 @@ def critical_path(
 
 def sequential_s(durations_s: Mapping[str, float], names: Sequence[str]) -> float:
     """Time to run ``names`` one at a time."""
-    return float(sum(durations_s[n] for n in names))
+    return float(sum(map(durations_s.__getitem__, names)))
 
 
 def gpu_share(req: Request, machine: Machine, smallest_other_bytes: float = 0.0) -> float:
@@ -147,12 +150,63 @@ def _bookings(requests: Sequence[Request], machine: Machine) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class SlotSums:
+    """Sums over a schedule's slots, in one pass (:func:`slot_sums`), shared by the figures."""
+
+    gpu_busy_s: Mapping[int, float]  # per GPU, in order of first use: time it holds a task
+    gpu_byte_s: Mapping[int, float]  # per GPU: booked bytes x seconds
+    cpu_s: float  # CPUs x seconds, summed in slot order (from 0, as sum() does)
+    memory_s: float  # RAM bytes x seconds
+
+
+def slot_sums(schedule: Schedule) -> SlotSums:
+    """:class:`SlotSums` of ``schedule``. Busy time per GPU is the union of its tasks'
+    intervals, merged as they come when the slots are in start order (the simulator's
+    order; the same arithmetic as :func:`union_length`), else by sorting."""
+    runs: dict[int, list[float]] = {}  # GPU -> [run start, run end, length of runs before]
+    byte_s: dict[int, float] = {}
+    cpu: float = 0
+    ram = 0.0
+    prev, in_order = float("-inf"), True
+    for s in schedule.slots:
+        a, b = s.start_s, s.end_s
+        d = b - a
+        if a < prev or d < 0:
+            in_order = False
+        prev = a
+        if s.gpus:
+            for i, nb in zip(s.gpus, s.gpu_bytes, strict=True):
+                byte_s[i] = byte_s.get(i, 0.0) + nb * d
+                run = runs.get(i)
+                if run is None:
+                    runs[i] = [a, b, 0.0]
+                elif a > run[1]:  # a gap: the run ends
+                    run[2] += run[1] - run[0]
+                    run[0], run[1] = a, b
+                elif b > run[1]:
+                    run[1] = b
+        cpu += s.cpus * d
+        ram += s.memory_bytes * d
+    if in_order:
+        busy = {i: r[2] + (r[1] - r[0]) for i, r in runs.items()}
+    else:
+        spans: dict[int, list[tuple[float, float]]] = {}
+        for s in schedule.slots:
+            for i in s.gpus:
+                spans.setdefault(i, []).append((s.start_s, s.end_s))
+        busy = {i: union_length(v) for i, v in spans.items()}
+    return SlotSums(busy, byte_s, cpu, ram)
+
+
 def lower_bound(
-    schedule: Schedule, requests: Mapping[str, Request], critical_path_s: float
+    schedule: Schedule, requests: Mapping[str, Request], critical_path_s: float, sums: SlotSums | None = None
 ) -> LowerBound:
-    """The lower bound above for the tasks in ``schedule`` (``requests`` by task name)."""
+    """The lower bound above for the tasks in ``schedule`` (``requests`` by task name).
+    ``sums``: :func:`slot_sums` of ``schedule`` if already known."""
     m = schedule.machine
     slots = schedule.slots
+    sums = sums or slot_sums(schedule)
     reqs = [requests[s.name] for s in slots]
     # Per distinct request object (tasks of one template share one): its least per-GPU
     # booking and how many GPU slots have it; the figures below only need the two
@@ -177,67 +231,45 @@ def lower_bound(
     for k, r in by_id.items():
         other = second if own[k] == lowest else lowest  # the smallest booking of another task
         share[k] = (r.gpus, gpu_share(r, m, other if other != float("inf") else 0.0))
-    gpu_work = cpu_work = mem_work = 0.0
+    gpu_work = 0.0
     for s, req in zip(slots, reqs, strict=True):
-        d = s.end_s - s.start_s
         if req.gpus:
             g, sh = share[id(req)]
-            gpu_work += g * d * sh
-        cpu_work += s.cpus * d
-        mem_work += s.memory_bytes * d
+            gpu_work += g * (s.end_s - s.start_s) * sh
     return LowerBound(
         critical_path_s=critical_path_s,
         gpu_s=gpu_work / len(m.gpus) if m.gpus else 0.0,
-        cpu_s=cpu_work / m.cpus if m.cpus else 0.0,
-        memory_s=mem_work / m.memory_bytes if m.memory_bytes else 0.0,
+        cpu_s=sums.cpu_s / m.cpus if m.cpus else 0.0,
+        memory_s=sums.memory_s / m.memory_bytes if m.memory_bytes else 0.0,
     )
 
 
-def utilization(schedule: Schedule) -> Utilization:
-    """Utilisation of each resource over the schedule's makespan (0 when it is 0)."""
+def utilization(schedule: Schedule, sums: SlotSums | None = None) -> Utilization:
+    """Utilisation of each resource over the schedule's makespan (0 when it is 0).
+    ``sums``: :func:`slot_sums` of ``schedule`` if already known."""
     m = schedule.machine
     span = schedule.makespan_s
-    busy: dict[int, list[tuple[float, float]]] = {g.index: [] for g in m.gpus}
-    mem_time: dict[int, float] = {g.index: 0.0 for g in m.gpus}
-    cpu_time = ram_time = 0.0
-    for s in schedule.slots:
-        a, b_ = s.start_s, s.end_s
-        d = b_ - a
-        if s.gpus:
-            for i, b in zip(s.gpus, s.gpu_bytes, strict=True):
-                busy[i].append((a, b_))
-                mem_time[i] += b * d
-        cpu_time += s.cpus * d
-        ram_time += s.memory_bytes * d
     if span <= 0:
         zero = {g.index: 0.0 for g in m.gpus}
         return Utilization(zero, dict(zero), 0.0, 0.0, 0.0)
-    gpu_busy = {i: union_length(v) / span for i, v in busy.items()}
-    gpu_mem = {g.index: mem_time[g.index] / (g.memory_bytes * span) for g in m.gpus}
+    sums = sums or slot_sums(schedule)
+    gpu_busy = {g.index: sums.gpu_busy_s.get(g.index, 0.0) / span for g in m.gpus}
+    gpu_mem = {g.index: sums.gpu_byte_s.get(g.index, 0.0) / (g.memory_bytes * span) for g in m.gpus}
     return Utilization(
         gpu_busy=gpu_busy,
         gpu_memory=gpu_mem,
         gpus=sum(gpu_busy.values()) / len(gpu_busy) if gpu_busy else 0.0,
-        cpus=cpu_time / (m.cpus * span) if m.cpus else 0.0,
-        memory=ram_time / (m.memory_bytes * span) if m.memory_bytes else 0.0,
+        cpus=sums.cpu_s / (m.cpus * span) if m.cpus else 0.0,
+        memory=sums.memory_s / (m.memory_bytes * span) if m.memory_bytes else 0.0,
     )
 
 
-def cost(schedule: Schedule, prices: Prices) -> Cost:
-    """What the schedule costs at ``prices`` (see :class:`Cost`)."""
-    busy: dict[int, list[tuple[float, float]]] = {}
-    cpu_s: float = 0  # summed as sum() would: from int 0, in slot order
-    for s in schedule.slots:
-        if s.gpus:
-            iv = (s.start_s, s.end_s)
-            for i in s.gpus:
-                if i in busy:
-                    busy[i].append(iv)
-                else:
-                    busy[i] = [iv]
-        cpu_s += s.cpus * (s.end_s - s.start_s)
-    gpu_h = sum(union_length(v) for v in busy.values()) / 3600.0
-    cpu_h = cpu_s / 3600.0
+def cost(schedule: Schedule, prices: Prices, sums: SlotSums | None = None) -> Cost:
+    """What the schedule costs at ``prices`` (see :class:`Cost`).
+    ``sums``: :func:`slot_sums` of ``schedule`` if already known."""
+    sums = sums or slot_sums(schedule)
+    gpu_h = sum(sums.gpu_busy_s.values()) / 3600.0
+    cpu_h = sums.cpu_s / 3600.0
     mach_h = schedule.makespan_s / 3600.0
     return Cost(
         gpu_hours=gpu_h,

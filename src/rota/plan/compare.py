@@ -63,6 +63,7 @@ from rota.plan.bounds import (
     critical_path,
     lower_bound,
     sequential_s,
+    slot_sums,
     utilization,
 )
 from rota.plan.estimates import Durations
@@ -154,15 +155,16 @@ def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> 
         ran = {s.name for s in sched.slots}
         live = [t for t in tasks if t.name in ran]
         path = critical_path(live, scaled)
+    sums = slot_sums(sched)
     return Plan(
         option=option,
         schedule=sched,
         durations_s=scaled,
         sequential_s=sequential_s(scaled, [t.name for t in live]),
-        bound=lower_bound(sched, {t.name: t.request for t in live}, sum(scaled[n] for n in path)),
+        bound=lower_bound(sched, {t.name: t.request for t in live}, sum(scaled[n] for n in path), sums),
         critical_path=path,
-        utilization=utilization(sched),
-        cost=cost(sched, option.prices),
+        utilization=utilization(sched, sums),
+        cost=cost(sched, option.prices, sums),
     )
 
 
