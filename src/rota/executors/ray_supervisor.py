@@ -81,8 +81,13 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
             pass
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
-    """SIGTERM the group, wait ``grace_s`` (a second interrupt cuts it short), SIGKILL."""
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, grace_now: Any = None) -> int:
+    """SIGTERM the group, wait ``grace_s``, SIGKILL.
+
+    A further interrupt cuts the grace short only if ``grace_now()`` (the supervisor's
+    current grace) says 0, as ``kill_now`` sets it: Ray may deliver one cancellation
+    more than once, which must not turn a SIGTERM into a SIGKILL.
+    """
     _killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
@@ -91,7 +96,11 @@ def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
         except subprocess.TimeoutExpired:
             continue
         except KeyboardInterrupt:
-            break
+            try:
+                if grace_now is None or grace_now() <= 0:
+                    break
+            except KeyboardInterrupt:
+                continue
     _killpg(proc.pid, signal.SIGKILL)
     while True:
         try:
@@ -162,7 +171,7 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
             )
         code = _wait(proc)
     except KeyboardInterrupt:  # ray.cancel(force=False)
-        code = _stop_group(proc, _grace(spec)) if proc is not None else None
+        code = _stop_group(proc, _grace(spec), lambda: _grace(spec)) if proc is not None else None
         error = "cancelled"
     except OSError as e:
         error = f"could not start: {e}"
