@@ -46,7 +46,9 @@ def test_unusual_values_fall_back_to_json():
     slots = [Slot("a", 0.0, float("inf"), (0,), (GB,), 1, 0), Slot("b", 1.0, 2.0, (True,), (1,), True, 0),
              Slot("c", 0, 3, (), (), 1, 0), Slot("d", 0.0, 1.0, (1,), (1,), 1, 0),
              Slot("e", 0.0, 1.0, (True,), (1,), 1, 0), Slot("f", 0.0, 1.0, (1,), (1.0,), 1, 0),
-             Slot("g", 0.0, 1.0, (1, 2), (1, False), 1, 0)]  # equal to d's values, other types
+             Slot("g", 0.0, 1.0, (1, 2), (1, False), 1, 0),  # equal to d's values, other types
+             Slot("h", -0.0, 0.0, (), (), 1, 0), Slot("i", 0.0, -0.0, (), (), 1, 0),  # 0.0 == -0.0, written apart
+             Slot("j", 1.00049, 2.0004, (), (), 1, 0), Slot("k", 1.0005, 2.0, (), (), 1, 0)]  # rounding
     source = {"a": "estimate"}
     assert tasks_text(slots, source) == json.dumps([_entry(s, source) for s in slots])
     assert tasks_text([], source) == "[]"

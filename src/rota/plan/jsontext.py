@@ -19,10 +19,9 @@ from rota.plan.estimates import Durations
 from rota.plan.simulate import Slot
 
 # One task as json.dumps writes its dict: default separators, keys in task_dict's order.
-# %r writes a float or an int as json does (finite floats and exact ints only; checked
+# repr writes a float or an int as json does (finite floats and exact ints only; checked
 # per task). The tail (GPUs to source) repeats across tasks, so it is formatted once per
 # distinct value.
-_HEAD = '{"name": %s, "start_s": %r, "end_s": %r, "duration_s": %r'
 _TAIL = ', "gpus": %r, "gpu_bytes": %r, "cpus": %r, "memory_bytes": %r, "source": %s}'
 
 
@@ -64,12 +63,16 @@ def _tasks_body(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
     """:func:`tasks_text` without its brackets."""
     enc, get, isfinite = encode_basestring_ascii, source.get, math.isfinite
     tails: dict[tuple[object, ...], str] = {}  # keys hold exact ints only: equal keys, equal text
+    # Times repeat (tasks start and end together): each value is rounded and written once.
+    # Zero is left out: 0.0 and -0.0 are equal keys but are written differently.
+    times: dict[float, str] = {}
     parts = []
     for s in slots:
         name, gpus, gpu_bytes, cpus, mem = s.name, s.gpus, s.gpu_bytes, s.cpus, s.memory_bytes
-        start, end = float(s.start_s), float(s.end_s)
-        if not (isfinite(start) and isfinite(end) and type(cpus) is int and type(mem) is int
-                and _ints(gpus) and _ints(gpu_bytes)):
+        start, end, dur = float(s.start_s), float(s.end_s), float(s.end_s - s.start_s)
+        if not (isfinite(start) and isfinite(end) and isfinite(dur) and type(cpus) is int and type(mem) is int
+                and (type(gpus[0]) is int if len(gpus) == 1 else _ints(gpus))
+                and (type(gpu_bytes[0]) is int if len(gpu_bytes) == 1 else _ints(gpu_bytes))):
             parts.append(json.dumps(task_dict(s, source)))  # anything unusual: what json writes
             continue
         src = get(name, "")
@@ -77,6 +80,20 @@ def _tasks_body(slots: Sequence[Slot], source: Mapping[str, str]) -> str:
         tail = tails.get(key)
         if tail is None:
             tail = tails[key] = _TAIL % (list(gpus), list(gpu_bytes), cpus, mem, enc(src))
-        parts.append(_HEAD % (enc(name), round(start, 3), round(end, 3), round(float(s.end_s - s.start_s), 3))
-                     + tail)
+        a = times.get(start)
+        if a is None:
+            a = repr(round(start, 3))
+            if start:
+                times[start] = a
+        b = times.get(end)
+        if b is None:
+            b = repr(round(end, 3))
+            if end:
+                times[end] = b
+        d = times.get(dur)
+        if d is None:
+            d = repr(round(dur, 3))
+            if dur:
+                times[dur] = d
+        parts.append(f'{{"name": {enc(name)}, "start_s": {a}, "end_s": {b}, "duration_s": {d}{tail}')
     return ", ".join(parts)
