@@ -19,8 +19,9 @@ the policy looks at changes except ``remaining_s``, and shrinking it only
 shrinks the backfill window.
 
 Scaling: the engine hands the policy every ready task each round. Here the
-ready tasks are kept sorted incrementally (a sorted front list over a heap)
-and the policy gets only a *prefix* of them with ``presorted=True``. The
+ready tasks are kept sorted incrementally (:class:`rota.plan.queues.ReadyQueue`)
+and the policy gets only a *prefix* of them with ``presorted=True``, with the
+free ledger the simulator keeps (``free=``; no re-booking of running tasks). The
 prefix is grown (x4) until no request class left outside it fits the ledger
 that remains after the prefix's placements; since the policy places a task
 only where it fits and the ledger only shrinks within one call, the tasks
@@ -32,17 +33,19 @@ reference that passes the full list).
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import overload
+from operator import attrgetter, itemgetter, neg
 
-from rota.core.policy import Candidate, Running, schedule, sort_key
+from rota.core.policy import Candidate, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
+from rota.plan.queues import REMAINING_FLOOR_S, ReadyQueue, RunningAt
 from rota.spec.model import Task
 
-REMAINING_FLOOR_S = 1.0  # the engine's floor on a running task's remaining estimate
+__all__ = ["REMAINING_FLOOR_S", "Schedule", "Slot", "remaining_ranks_s", "scaled_durations", "simulate"]
 
+_NAME, _NEEDS, _REQUEST, _PRIORITY = (attrgetter(a) for a in ("name", "needs", "request", "priority"))
 PolicyFn = Callable[..., list[Placement]]
 KeyFn = Callable[[Candidate], tuple[float, ...]]
 
@@ -116,8 +119,8 @@ def scaled_durations(
 def remaining_ranks_s(tasks: Sequence[Task], durations_s: Mapping[str, float]) -> list[float]:
     """Longest path (by ``durations_s``) from the start of each task to the end of the DAG,
     by task index. Tasks must be acyclic with resolved ``needs``. O(tasks + edges)."""
-    if not any(t.needs for t in tasks):  # a flat matrix: each task is its own path
-        return [float(durations_s[t.name]) for t in tasks]
+    if not any(map(_NEEDS, tasks)):  # a flat matrix: each task is its own path
+        return list(map(float, map(durations_s.__getitem__, map(_NAME, tasks))))
     index = {t.name: i for i, t in enumerate(tasks)}
     n = len(tasks)
     users: list[list[int]] = [[] for _ in range(n)]
@@ -141,82 +144,15 @@ def remaining_ranks_s(tasks: Sequence[Task], durations_s: Mapping[str, float]) -
     return rank
 
 
-class _Ready:
-    """Ready tasks in policy order: a sorted front list over a heap.
-
-    Items are positions in the global policy order (ints compare fast).
-    Invariant: every item of ``front`` sorts before every item of ``back``.
-    """
-
-    _SPILL = 256
-
-    def __init__(self) -> None:
-        self.front: list[int] = []
-        self.back: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.front) + len(self.back)
-
-    def add(self, item: int) -> None:
-        if self.front and item < self.front[-1]:
-            insort(self.front, item)
-        else:
-            heapq.heappush(self.back, item)
-
-    def prefix(self, k: int) -> list[int]:
-        while len(self.front) < k and self.back:
-            self.front.append(heapq.heappop(self.back))
-        return self.front[:k]
-
-    def remove(self, done: set[int]) -> None:
-        front = self.front
-        for x in done:  # placed tasks were offered, so they are in ``front``
-            del front[bisect_left(front, x)]
-        if len(self.front) > self._SPILL * 2:
-            for x in self.front[self._SPILL:]:
-                heapq.heappush(self.back, x)
-            del self.front[self._SPILL:]
-
-
-class _RunningAt(Sequence[Running]):
-    """The running tasks as the policy sees them at ``now``: built only when it reads them.
-
-    The policy reads ``running`` only to reserve for a task that does not fit
-    (it gets the free ledger directly), so most calls build none of these.
-    """
-
-    def __init__(self, running: Mapping[int, tuple[Placement, float]]) -> None:
-        self._running = running
-        self.now = 0.0
-
-    def __len__(self) -> int:
-        return len(self._running)
-
-    def __iter__(self) -> Iterator[Running]:
-        now = self.now
-        for p, end in self._running.values():
-            yield Running(p, max(end - now, REMAINING_FLOOR_S))
-
-    @overload
-    def __getitem__(self, k: int) -> Running: ...
-
-    @overload
-    def __getitem__(self, k: slice) -> Sequence[Running]: ...
-
-    def __getitem__(self, k: int | slice) -> Running | Sequence[Running]:
-        return list(self)[k]
-
-
 def _fits_any(ledger: Ledger, counts: Sequence[int], reqs: Sequence[Request]) -> bool:
     return any(n > 0 and ledger.fit("?", reqs[c]) is not None for c, n in enumerate(counts))
 
 
-def _policy_order(cands: Sequence[Candidate], key: KeyFn) -> list[int]:
+def _policy_order(cands: Sequence[Candidate], key: KeyFn, prios: list[int], ranks: list[float]) -> list[int]:
     """Task indices in policy order (``key``; the keys are static, so one sort does)."""
     if key is sort_key:  # the same order, without a Python call per task
-        keys = list(zip([-c.priority for c in cands], [-c.rank_s for c in cands], range(len(cands)), strict=True))
-        keys.sort()
-        return [k[2] for k in keys]
+        keys = sorted(zip(map(neg, prios), map(neg, ranks), range(len(cands)), strict=True))
+        return list(map(itemgetter(2), keys))
     return sorted(range(len(cands)), key=lambda i: key(cands[i]))
 
 
@@ -244,27 +180,24 @@ def simulate(
     """
     dur = durations_s if gpu_speed == cpu_speed == 1 else scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
     n = len(tasks)
-    names = [t.name for t in tasks]
-    durs = [dur[name] for name in names]
-    index = {name: i for i, name in enumerate(names)}
-    flat = not any(t.needs for t in tasks)
+    # Per-task columns, built with map/zip (no Python-level loop per task where it can be helped).
+    names = list(map(_NAME, tasks))
+    durs = list(map(dur.__getitem__, names))
+    requests = list(map(_REQUEST, tasks))
+    index = dict(zip(names, range(n), strict=True))
+    flat = not any(map(_NEEDS, tasks))
     users: list[list[int]] = [] if flat else [[] for _ in range(n)]
     if not flat:
         for i, t in enumerate(tasks):
             for need in t.needs:
                 users[index[need]].append(i)
 
-    # Request classes: tasks of one template share one Request object, so look up by
-    # identity first and hash a Request only once per object.
+    # Request classes: tasks of one template share one Request object, so hash a Request
+    # once per object (the classes are numbered in order of first use).
+    ids = list(map(id, requests))
     class_of: dict[Request, int] = {}
-    class_of_id: dict[int, int] = {}
-    cls = [0] * n
-    for i, t in enumerate(tasks):
-        r = t.request
-        c = class_of_id.get(id(r))
-        if c is None:
-            c = class_of_id[id(r)] = class_of.setdefault(r, len(class_of))
-        cls[i] = c
+    class_of_id = {k: class_of.setdefault(r, len(class_of)) for k, r in dict(zip(ids, requests, strict=True)).items()}
+    cls = list(map(class_of_id.__getitem__, ids))
     reqs = list(class_of)
     why_not = [fits_machine(r, machine) for r in reqs]
     unschedulable: list[tuple[str, str]] = []
@@ -287,25 +220,34 @@ def simulate(
                     stack.append(u)
 
     ranks = remaining_ranks_s(tasks, dur)
-    cands = [Candidate(t.name, t.request, t.priority, ranks[i], durs[i], i) for i, t in enumerate(tasks)]
-    by_pos = _policy_order(cands, key)
-    pos = [0] * n
-    for p_, i in enumerate(by_pos):
-        pos[i] = p_
-    # Everything the loop needs per task, by position in policy order.
-    at = _ByPos([cands[i] for i in by_pos], [cls[i] for i in by_pos])
-    unmet = [len(t.needs) for t in tasks]
-    ready = _Ready()
+    prios = list(map(_PRIORITY, tasks))
+    cands = list(map(Candidate, names, requests, prios, ranks, durs, range(n)))
+    by_pos = _policy_order(cands, key, prios, ranks)
+    # Everything the loop needs per task, by position in policy order (often file order).
+    if by_pos == list(range(n)):
+        pos, at = by_pos, _ByPos(cands, cls)
+    else:
+        pos = [0] * n
+        for p_, i in enumerate(by_pos):
+            pos[i] = p_
+        at = _ByPos([cands[i] for i in by_pos], [cls[i] for i in by_pos])
+    unmet = [0] * n if flat else [len(t.needs) for t in tasks]
     classes = [0] * len(reqs)  # ready tasks per request class
-    for i in range(n):
-        if not dead[i] and unmet[i] == 0:
-            ready.add(pos[i])
+    if flat and not unschedulable:
+        ready = ReadyQueue(list(range(n)))
+        for c, count in Counter(cls).items():
+            classes[c] = count
+    else:
+        start = [i for i in range(n) if not dead[i] and unmet[i] == 0]
+        ready = ReadyQueue(sorted(pos[i] for i in start))
+        for i in start:
             classes[cls[i]] += 1
 
     running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
-    view = _RunningAt(running)
+    view = RunningAt(running)
     free = Ledger.for_machine(machine)  # kept in step with ``running`` (``_decide`` books)
-    ends: list[tuple[float, int]] = []
+    ending: dict[float, list[int]] = {}  # end time -> tasks ending then (tasks end together)
+    times: list[float] = []  # heap of the keys of ``ending``
     slots: list[Slot] = []
     now = 0.0
     calls = 0
@@ -322,16 +264,20 @@ def simulate(
                 classes[cls[i]] -= 1
                 end = now + durs[i]
                 running[i] = (p, end)
-                heapq.heappush(ends, (end, i))
+                same = ending.get(end)
+                if same is None:
+                    ending[end] = [i]
+                    heapq.heappush(times, end)
+                else:
+                    same.append(i)
                 slots.append(Slot(p.task, now, end, p.gpus, p.gpu_bytes, p.cpus, p.memory_bytes))
             ready.remove(done)
-        if not ends:
+        if not times:
             break
-        now = ends[0][0]
-        freed = 0
-        while ends and ends[0][0] <= now:
-            _, i = heapq.heappop(ends)
-            freed += 1
+        now = heapq.heappop(times)
+        ended = ending.pop(now)
+        freed = len(ended)
+        for i in ended:
             free.release(running.pop(i)[0])
             if flat:
                 continue
@@ -357,13 +303,13 @@ class _ByPos:
 
 
 def _decide(
-    ready: _Ready,
+    ready: ReadyQueue,
     classes: Sequence[int],
     reqs: Sequence[Request],
     at: _ByPos,
     machine: Machine,
     free: Ledger,
-    running: _RunningAt,
+    running: RunningAt,
     policy: PolicyFn,
     first_k: int,
 ) -> tuple[list[Placement], int]:
