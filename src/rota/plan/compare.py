@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from rota.core.resources import Machine
@@ -71,6 +72,7 @@ from rota.plan.simulate import Schedule, Slot, scaled_durations, simulate
 from rota.spec.model import MachineSpec, Task
 
 JSON_VERSION = 1
+_NAME, _REQUEST = attrgetter("name"), attrgetter("request")
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,11 @@ def machine_options(
 
 def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> Plan:
     """Simulate ``tasks`` on ``option`` and compute every figure ``rota plan`` shows."""
-    scaled = scaled_durations(tasks, durations.seconds, option.speed, option.cpu_speed)
+    seconds = durations.seconds
+    if option.speed == option.cpu_speed == 1 and len(seconds) == len(tasks):
+        scaled = seconds  # nothing to scale; every task has its duration (or simulate raises)
+    else:
+        scaled = scaled_durations(tasks, seconds, option.speed, option.cpu_speed)
     sched = simulate(tasks, option.machine, scaled)
     if sched.complete:
         live = list(tasks)
@@ -160,8 +166,9 @@ def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> 
         option=option,
         schedule=sched,
         durations_s=scaled,
-        sequential_s=sequential_s(scaled, [t.name for t in live]),
-        bound=lower_bound(sched, {t.name: t.request for t in live}, sum(scaled[n] for n in path), sums),
+        sequential_s=sequential_s(scaled, list(map(_NAME, live))),
+        bound=lower_bound(sched, dict(zip(map(_NAME, live), map(_REQUEST, live), strict=True)),
+                          sum(scaled[n] for n in path), sums),
         critical_path=path,
         utilization=utilization(sched, sums),
         cost=cost(sched, option.prices, sums),
