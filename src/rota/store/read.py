@@ -62,6 +62,7 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run: read-only, never takes a lock the controller waits for.
     """
     sd = os.fspath(state_dir)
+    ctl = controller(sd)  # before the snapshot: a controller seen dead has committed all it will
     meta, metrics, rows = _read(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
@@ -78,7 +79,7 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "log_path": log, "out_dir": out, "vars": loads(vars_), "params": None if params is None else loads(params),
             "metrics": metrics.get(name, {}), "group": grp,
         })
-    return {**_head(sd, meta, counts), "tasks": tasks}
+    return {**_head(sd, meta, counts, ctl), "tasks": tasks}
 
 
 def status_json(state_dir: str | os.PathLike[str]) -> str:
@@ -91,6 +92,7 @@ def status_json(state_dir: str | os.PathLike[str]) -> str:
     which halves the CPU of a ``rota status --json`` on a 5,000-task run.
     """
     sd = os.fspath(state_dir)
+    ctl = controller(sd)  # before the snapshot: a controller seen dead has committed all it will
     meta, metrics, rows = _read(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
@@ -109,7 +111,7 @@ def status_json(state_dir: str | os.PathLike[str]) -> str:
             f'"out_dir": {s(out)}, "vars": {vars_}, "params": {"null" if params is None else params}, '
             f'"metrics": {json.dumps(m) if m else "{}"}, "group": {s(grp)}}}'
         )
-    head = _head(sd, meta, counts)
+    head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
     return "{\n" + ",\n".join(parts) + "\n}\n"
@@ -126,13 +128,13 @@ def _jnum(value: float | None) -> str:
     return json.dumps(value) if value != value or value in (_INF, -_INF) else repr(value)
 
 
-def _head(sd: str, meta: dict[str, str], counts: dict[str, int]) -> dict[str, Any]:
+def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": STATUS_VERSION,
         "run_id": meta.get("run_id"),
         "spec": meta.get("spec_path"),
         "state_dir": os.path.realpath(sd),
-        "controller": controller(sd),
+        "controller": ctl,
         "counts": counts,
     }
 
