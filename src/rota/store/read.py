@@ -62,17 +62,14 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run: read-only, never takes a lock the controller waits for.
     """
     sd = os.fspath(state_dir)
-    ctl = controller(sd)  # before the snapshot: a controller seen dead has committed all it will
-    meta, metrics, rows = _read(sd)
+    ctl, meta, metrics, rows = _snapshot(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
     loads = json.loads
     tasks = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        duration = None
-        if started is not None and state not in _NO_DURATION:
-            duration = (ended or now) - started
+        duration = _duration(state, started, ended, now)
         tasks.append({
             "name": name, "state": state, "attempts": attempts, "exit_code": exit_code, "reason": reason,
             "gpus": loads(gpus), "cpus": cpus, "started_at": started, "ended_at": ended, "duration_s": duration,
@@ -92,17 +89,14 @@ def status_json(state_dir: str | os.PathLike[str]) -> str:
     which halves the CPU of a ``rota status --json`` on a 5,000-task run.
     """
     sd = os.fspath(state_dir)
-    ctl = controller(sd)  # before the snapshot: a controller seen dead has committed all it will
-    meta, metrics, rows = _read(sd)
+    ctl, meta, metrics, rows = _snapshot(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
     s = _jstr
     lines = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        duration = None
-        if started is not None and state not in _NO_DURATION:
-            duration = (ended or now) - started
+        duration = _duration(state, started, ended, now)
         m = metrics.get(name)
         lines.append(
             f'{{"name": {s(name)}, "state": {s(state)}, "attempts": {attempts}, "exit_code": {_jnum(exit_code)}, '
@@ -126,6 +120,18 @@ def _jnum(value: float | None) -> str:
     if value is None:
         return "null"
     return json.dumps(value) if value != value or value in (_INF, -_INF) else repr(value)
+
+
+def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, float]], list[tuple[Any, ...]]]:
+    """The controller's liveness, then the database snapshot: in that order, so a controller
+    seen dead has committed everything it will (its lock is released after its last commit)."""
+    ctl = controller(sd)
+    meta, metrics, rows = _read(sd)
+    return ctl, meta, metrics, rows
+
+
+def _duration(state: str, started: float | None, ended: float | None, now: float) -> float | None:
+    return None if started is None or state in _NO_DURATION else (ended or now) - started
 
 
 def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, Any]) -> dict[str, Any]:
