@@ -232,7 +232,7 @@ def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
     real; the fault is injected by killing the controller and then erasing the committed
     handles, which leaves exactly what a kill inside that window leaves. One attempt is
     still running (found again by its environment), one already ended (found by its
-    exit-status file): both are adopted, neither runs again.
+    line in the exit-status log): both are adopted, neither runs again.
     """
     import sqlite3
 
@@ -246,7 +246,8 @@ def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
     sd = tmp_path / ".rota"
     proc = start_rota("run", spec, "--plain", "--cpus", "2")
     wait_for(lambda: {r["name"] for r in read_records(rec)} >= {"quick"} and (sd / "logs" / "slow").exists(), timeout=60)
-    wait_for(lambda: (sd / "logs" / "quick" / "attempt-1.log.rc").exists(), timeout=30)
+    exit_log = sd / "exit-status.log"
+    wait_for(lambda: exit_log.exists() and " quick#1\n" in exit_log.read_text(), timeout=30)
     os.killpg(proc.pid, signal.SIGKILL)  # the tasks have their own sessions: they go on
     proc.wait()
     db = sqlite3.connect(sd / "state.db")

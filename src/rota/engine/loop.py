@@ -10,7 +10,6 @@ that vanished are run again without counting against ``retries``.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sqlite3
 import threading
@@ -27,6 +26,7 @@ from rota.engine.recovery import Recovery
 from rota.engine.state import EXIT_FAILED, EXIT_OK, STORAGE_ERRNOS, Live, Options, _mkdir
 from rota.engine.wake import Waker
 from rota.executors.base import Executor, Handle, Launch, Status
+from rota.executors.local import discard_rc_files
 from rota.spec.graph import critical_path_ranks
 from rota.spec.load import Spec
 from rota.spec.model import Task
@@ -68,6 +68,7 @@ class Engine(Recovery, Finishing):
         self.delayed: set[str] = set()  # ready but waiting for a retry back-off
         self._sorted: list[Candidate] = []  # candidates of ready tasks, in policy order
         self._sorted_names: set[str] = set()
+        self._fresh: set[str] = set()  # ready, not delayed, not yet in _sorted (so a round costs O(changes))
         self._dirty = True  # something changed since the policy was last asked
         self.running: dict[str, Live] = {}
         self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
@@ -104,18 +105,9 @@ class Engine(Recovery, Finishing):
         handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
         if handles:
             self.executor.cancel(handles, self.opt.grace_s)
-        for h in handles:
             # An attempt we stopped must not be adopted as failed: drop its exit status
             # (kept only if it succeeded on its own) so the next run counts it as lost.
-            rc_path = h.data.get("rc_path")
-            if not rc_path:
-                continue
-            try:
-                with open(rc_path) as f:
-                    if f.read().strip() != "0":
-                        os.unlink(rc_path)
-            except OSError:
-                pass
+            getattr(self.executor, "discard_status", discard_rc_files)(handles)
         self.running.clear()
         self._staged.clear()
 
@@ -189,6 +181,9 @@ class Engine(Recovery, Finishing):
         Nothing waits on them: everything that acts on a change flushes first.
         """
         sleep_s = self._sleep_for(now)
+        flush = getattr(self.ui, "flush", None)
+        if flush is not None:
+            flush()
         if self._staged and sleep_s > STAGE_WAIT_S:
             if self._wake.wait(STAGE_WAIT_S):
                 self._wake.clear()
@@ -230,19 +225,22 @@ class Engine(Recovery, Finishing):
     def _launch(self, now: float) -> None:
         """Ask the policy for placements, only when something changed since the last ask."""
         if self.delayed and any(self.live[n].not_before <= now for n in self.delayed):
-            self.delayed = {n for n in self.delayed if self.live[n].not_before > now}
+            due = {n for n in self.delayed if self.live[n].not_before <= now}
+            self.delayed -= due
+            self._fresh |= due
             self._dirty = True
         if not self._dirty or not self.ready:
             return
         self._dirty = False
-        fresh = [self.live[n] for n in self.ready if n not in self._sorted_names and n not in self.delayed]
-        if fresh:
-            fresh = self._cache_hits(fresh)
+        if self._fresh:
+            names = sorted(self._fresh, key=self.order.__getitem__)
+            self._fresh.clear()  # before _cache_hits: a skipped task's dependents become fresh in it
+            fresh = self._cache_hits([self.live[n] for n in names])
             self._sorted.extend(self._candidate(lv) for lv in fresh)
             self._sorted.sort(key=sort_key)
             self._sorted_names.update(lv.task.name for lv in fresh)
         gates = [g for g in (getattr(h, "may_launch", None) for h in self.hooks) if g is not None]
-        cands = [c for c in self._sorted if c.name not in self.delayed]
+        cands = self._sorted
         if gates:
             cands = [c for c in cands if all(g(self, self.live[c.name]) for g in gates)]
         if not cands:
@@ -252,7 +250,7 @@ class Engine(Recovery, Finishing):
         if not placements:
             return
         started = {p.task for p in placements}
-        self._sorted = [c for c in self._sorted if c.name not in started]
+        self._sorted = _without(self._sorted, started)
         self._sorted_names -= started
         self._start(placements, now)
 
@@ -262,16 +260,20 @@ class Engine(Recovery, Finishing):
         lv = self.live[name]
         lv.not_before = delay_until
         if name in self._sorted_names:  # its request may have changed (OOM re-booking)
-            self._sorted = [c for c in self._sorted if c.name != name]
+            self._sorted = _without(self._sorted, {name})
             self._sorted_names.discard(name)
         if delay_until > time.time():
             self.delayed.add(name)
+            self._fresh.discard(name)
+        else:
+            self._fresh.add(name)
 
     def _unready(self, name: str) -> None:
         self.ready.discard(name)
         self.delayed.discard(name)
+        self._fresh.discard(name)
         if name in self._sorted_names:
-            self._sorted = [c for c in self._sorted if c.name != name]
+            self._sorted = _without(self._sorted, {name})
             self._sorted_names.discard(name)
 
     def _remaining(self, lv: Live, now: float) -> float | None:
@@ -352,6 +354,7 @@ class Engine(Recovery, Finishing):
             _mkdir(lv.out or ".")
             self.ready.discard(lv.task.name)
             self.delayed.discard(lv.task.name)
+            self._fresh.discard(lv.task.name)
             lv.state = S.LAUNCHING
             self.running[lv.task.name] = lv
         handles = self._submit([la for _, la in launches])
@@ -456,3 +459,18 @@ class Engine(Recovery, Finishing):
             return None
         slots = max(len(self.running), 1)
         return work / slots if math.isfinite(work) else None
+
+
+def _without(cands: list[Candidate], names: set[str]) -> list[Candidate]:
+    """``cands`` less ``names``, in order; stops looking once all are found (they sit near the front)."""
+    left = len(names)
+    out: list[Candidate] = []
+    for i, c in enumerate(cands):
+        if c.name in names:
+            left -= 1
+            if not left:
+                out.extend(cands[i + 1:])
+                return out
+        else:
+            out.append(c)
+    return out

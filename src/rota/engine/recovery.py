@@ -130,7 +130,7 @@ class Recovery(EngineState):
         find = getattr(self.executor, "recover", None)
         if find is None or rec.state != S.LAUNCHING:
             return None
-        h: Handle | None = find(self.state_dir, f"{name}#{rec.attempts}", rec.log_path)
+        h: Handle | None = find(self.state_dir, f"{name}#{rec.attempts}", rec.log_path, rec.started_at or 0.0)
         return h
 
     def _stop_unrecorded(self, name: str, attempt: int) -> None:

@@ -36,6 +36,7 @@ Phase = Literal["running", "succeeded", "failed", "lost"]
 TASK_VAR_PREFIXES = (
     "ROTA_SHARD_", "ROTA_PARAM", "ROTA_VAR_", "ROTA_TRIAL", "ROTA_GPU_MEMORY_", "ROTA_NEEDS_OUT",
     "ROTA_TASK", "ROTA_RUN", "ROTA_OUT", "ROTA_ATTEMPT", "ROTA_STATE_DIR", "ROTA_GPUS", "ROTA_CPUS", "ROTA_RC_PATH",
+    "ROTA_EXIT_LOG",
 )
 
 

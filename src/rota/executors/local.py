@@ -1,8 +1,8 @@
 """The local executor: each attempt is its own session and process group.
 
-A task runs as ``bash -c PROLOGUE COMMAND``: the prologue's EXIT trap writes the
-exit status to ``$ROTA_RC_PATH`` (next to the log), so a controller that was
-killed and restarted can still learn how an attempt ended (adoption); its
+A task runs as ``bash -c PROLOGUE COMMAND``: the prologue's EXIT trap appends the
+exit status to the state folder's exit-status log (``rota.executors.exits``), so a
+controller that was killed and restarted can still learn how an attempt ended (adoption); its
 TERM/INT/HUP traps make a signalled task record 128+signal, never the status of
 its last finished command. One process (no extra wrapper shell) per task keeps
 the launch cost at that of a bare ``bash -c``. A command that ``exec``s away its
@@ -26,6 +26,7 @@ missing one is refused before anything starts. Exits are reaped with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -37,11 +38,12 @@ from pathlib import Path
 
 import psutil
 
+from rota.executors import exits
 from rota.executors.base import Handle, Launch, Status, inherited_env
 
 PROLOGUE = (
-    """trap 'printf "%s\\n" "$?" > "$ROTA_RC_PATH"' EXIT; """
-    """trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; """
+    exits.TRAP
+    + """trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; """
     """cd -- "$ROTA_WORKDIR" || exit 1\n"""
 )
 NAME = "local"
@@ -50,6 +52,7 @@ PID_REUSE_TOLERANCE_S = 2.0
 
 
 def rc_path_for(log_path: str) -> str:
+    """Where SLURM and Ray attempts (and local ones of rota 0.1) write their exit status."""
     return log_path + ".rc"
 
 
@@ -62,6 +65,15 @@ def _read_rc(path: str) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def discard_rc_files(handles: Sequence[Handle]) -> None:
+    """``discard_status`` for attempts that write ``<log>.rc`` (SLURM, Ray): remove a failure's file."""
+    for h in handles:
+        path = str(h.data.get("rc_path") or "")
+        if path and _read_rc(path) not in (None, 0):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _status_from_code(code: int) -> Status:
@@ -86,6 +98,7 @@ class LocalExecutor:
         self._base_env = inherited_env(os.environ if inherit_env is None else inherit_env)
         self._bash = shutil.which("bash") or "/bin/bash"
         self._workdirs: set[str] = set()
+        self._exit_logs: dict[str, exits.ExitLog] = {}  # path -> reader
         _no_inherited_fds()
 
     def submit(self, launch: Launch) -> Handle:
@@ -101,14 +114,11 @@ class LocalExecutor:
             if not os.path.isdir(workdir):
                 raise FileNotFoundError(errno.ENOENT, "working folder not found", workdir)
             self._workdirs.add(workdir)
-        rc_path = rc_path_for(log)
-        try:
-            os.unlink(rc_path)
-        except FileNotFoundError:
-            pass
+        exit_log = exits.path_for(launch.env.get("ROTA_STATE_DIR") or os.path.dirname(os.path.dirname(log)))
         env = dict(self._base_env)
         env.update(launch.env)
-        env["ROTA_RC_PATH"] = rc_path
+        env["ROTA_ATTEMPT_KEY"] = launch.key
+        env["ROTA_EXIT_LOG"] = exit_log
         env["ROTA_WORKDIR"] = workdir
         spawned_at = time.time()
         pid = os.posix_spawn(
@@ -128,16 +138,18 @@ class LocalExecutor:
             self._pids[launch.key] = pid
         # The spawn time identifies the process against pid reuse. Reading its exact
         # create_time here would wait for the child's exec (/proc/PID/stat blocks on it).
-        return Handle(launch.key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at, "rc_path": rc_path})
+        return Handle(launch.key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at,
+                                                    "exit_log": exit_log})
 
-    def recover(self, state_dir: str, key: str, log_path: str | None) -> Handle | None:
+    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0) -> Handle | None:
         """The handle of an attempt whose handle was never committed (the controller died first).
 
-        Found by its environment while it runs, by its exit-status file once it ended;
+        Found by its environment while it runs, by its line in the exit-status log
+        once it ended (one that ended after ``started_at``, when it was launched);
         None when neither exists (it never started, or ended without recording a status).
         """
         pids = sorted(find_attempt_processes(state_dir).get(key, []))
-        rc_path = rc_path_for(log_path) if log_path else ""
+        exit_log = exits.path_for(state_dir)
         for pid in pids:
             try:
                 if os.getpgid(pid) != pid:
@@ -145,10 +157,35 @@ class LocalExecutor:
                 created = psutil.Process(pid).create_time()
             except (OSError, psutil.Error):
                 continue
-            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": created, "rc_path": rc_path})
-        if rc_path and _read_rc(rc_path) is not None:
-            return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": 0.0, "rc_path": rc_path})
+            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": created, "exit_log": exit_log})
+        if self._exit_log(exit_log).status(key, started_at) is not None:
+            return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": started_at, "exit_log": exit_log})
         return None
+
+    def recorded_status(self, h: Handle) -> int | None:
+        """The exit status the attempt's bash recorded, if it did (rota 0.1 handles: its ``.rc`` file)."""
+        if h.data.get("exit_log"):
+            return self._exit_log(str(h.data["exit_log"])).status(h.key, float(h.data.get("spawned_at") or 0.0))
+        return _read_rc(str(h.data.get("rc_path", "")))
+
+    def discard_status(self, handles: Sequence[Handle]) -> None:
+        """Forget the recorded failures of attempts rota stopped itself, so a next run counts them as lost.
+
+        A success that came first is kept. Best effort: the state folder may be full or read-only.
+        """
+        voids: dict[str, list[str]] = {}
+        for h in handles:
+            if h.data.get("exit_log") and self.recorded_status(h) not in (None, 0):
+                voids.setdefault(str(h.data["exit_log"]), []).append(h.key)
+        discard_rc_files([h for h in handles if not h.data.get("exit_log")])
+        for path, keys in voids.items():
+            self._exit_log(path).void(keys)
+
+    def _exit_log(self, path: str) -> exits.ExitLog:
+        log = self._exit_logs.get(path)
+        if log is None:
+            log = self._exit_logs[path] = exits.ExitLog(path)
+        return log
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
         out: dict[str, Status] = {}
@@ -169,7 +206,7 @@ class LocalExecutor:
             if _alive(h):
                 out[h.key] = Status("running")
                 continue
-            rc = _read_rc(h.data.get("rc_path", ""))
+            rc = self.recorded_status(h)
             _reap_group(int(h.data.get("pgid", 0) or 0))
             if rc is None:
                 out[h.key] = Status("lost", None, "vanished (no exit status recorded)")
@@ -206,7 +243,7 @@ class LocalExecutor:
     def adopt(self, handle: Handle) -> bool:
         if _alive(handle):
             return True
-        return _read_rc(handle.data.get("rc_path", "")) is not None
+        return self.recorded_status(handle) is not None
 
     def close(self) -> None:
         self._reap_children()

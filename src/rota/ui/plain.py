@@ -29,11 +29,14 @@ class PlainUI:
         self.stream.flush()
 
     def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
+        # Flushed by flush(), which the engine calls before it waits: one write per round, not per line.
         self.stream.write(event_line(ev) + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def refresh(self, engine: Any) -> None:
-        pass
+        self.stream.flush()
 
     def stop(self, engine: Any) -> None:
         c = engine.counts()
