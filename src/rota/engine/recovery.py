@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import signal
 import statistics
 import time
 from typing import Any
@@ -138,17 +137,5 @@ class Recovery(EngineState):
         stop = getattr(self.executor, "stop_unrecorded", None)
         if stop is not None:
             stop(self.state_dir, f"{name}#{attempt}")
-            return
-        if getattr(self.executor, "name", "") != "local":
-            return
-        from rota.executors.local import find_attempt_processes
-
-        key = f"{name}#{attempt}"
-        pids = find_attempt_processes(self.state_dir).get(key, [])
-        for pid in pids:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except OSError:
-                pass
 
     # ------------------------------------------------------------------- run

@@ -99,9 +99,13 @@ class LocalExecutor:
         self._bash = shutil.which("bash") or "/bin/bash"
         self._workdirs: set[str] = set()
         self._exit_logs: dict[str, exits.ExitLog] = {}  # path -> reader
+        # One scan of every process's environment serves a whole recovery (it happens before any
+        # submit, while no controller can start new attempts); the first submit drops it.
+        self._found: dict[str, dict[str, list[int]]] = {}
         _no_inherited_fds()
 
     def submit(self, launch: Launch) -> Handle:
+        self._found.clear()
         log = launch.log_path
         try:
             os.mkdir(os.path.dirname(log))  # one syscall in the common case; parents exist after the first task
@@ -148,7 +152,7 @@ class LocalExecutor:
         once it ended (one that ended after ``started_at``, when it was launched);
         None when neither exists (it never started, or ended without recording a status).
         """
-        pids = sorted(find_attempt_processes(state_dir).get(key, []))
+        pids = sorted(self._attempt_processes(state_dir).get(key, []))
         exit_log = exits.path_for(state_dir)
         for pid in pids:
             try:
@@ -161,6 +165,18 @@ class LocalExecutor:
         if self._exit_log(exit_log).status(key, started_at) is not None:
             return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": started_at, "exit_log": exit_log})
         return None
+
+    def stop_unrecorded(self, state_dir: str, key: str) -> None:
+        """SIGKILL the process group of an attempt whose handle was never committed, if it exists."""
+        for pid in self._attempt_processes(state_dir).get(key, []):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+    def _attempt_processes(self, state_dir: str) -> dict[str, list[int]]:
+        found = self._found.get(state_dir)
+        if found is None:
+            found = self._found[state_dir] = find_attempt_processes(state_dir)
+        return found
 
     def recorded_status(self, h: Handle) -> int | None:
         """The exit status the attempt's bash recorded, if it did (rota 0.1 handles: its ``.rc`` file)."""
