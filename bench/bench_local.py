@@ -3,14 +3,17 @@
     python bench/bench_local.py [--tasks 1000] [--slots 8] [--reps 5]
 
 Peers: GNU parallel -j8, xargs -P8, and a bare Python Popen loop keeping 8
-`bash -c true` processes going. Prints each tool's median wall time over the
-repetitions and the ratios rota/peer. Also times the policy on 10,000 ready
-tasks on 8 GPUs (median of 20 calls).
+`bash -c true` processes going, run as a script (``popen-script``: a fresh
+interpreter, as rota is and as a user runs one) and, for reference, inside this
+process (``popen-inproc``: no interpreter start-up). Prints each tool's median
+wall time over the repetitions and the ratios rota/peer. Also times the policy
+on 10,000 ready tasks on 8 GPUs (median of 20 calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import statistics
@@ -44,6 +47,11 @@ def popen_loop(n: int, slots: int) -> float:
             still = [p for p in running if p.poll() is None]
         running = still
     return time.perf_counter() - t
+
+
+def popen_script(n: int, slots: int) -> float:
+    code = "import os, subprocess, time\n" + inspect.getsource(popen_loop) + f"\npopen_loop({n}, {slots})\n"
+    return timed([sys.executable, "-c", code])
 
 
 # rota's state folders (logs, output folders, exit-status files: ~4 inodes per task) are removed
@@ -83,7 +91,8 @@ def main() -> None:
     a = ap.parse_args()
     n, j = a.tasks, a.slots
     seq = "\n".join(str(i) for i in range(n)) + "\n"
-    tools: dict[str, object] = {"rota": lambda: bench_rota(n, j), "popen-loop": lambda: popen_loop(n, j)}
+    tools: dict[str, object] = {"rota": lambda: bench_rota(n, j), "popen-script": lambda: popen_script(n, j),
+                                "popen-inproc": lambda: popen_loop(n, j)}
     if shutil.which("parallel"):
         tools["gnu-parallel"] = lambda: timed(["parallel", "-j", str(j), "true", ":::", *map(str, range(n))])
     if shutil.which("xargs"):
@@ -97,7 +106,7 @@ def main() -> None:
     print(f"{n} trivial tasks on {j} slots, median of {a.reps} runs (seconds):")
     for k, v in med.items():
         print(f"  {k:<13} {v:7.2f}   runs: {', '.join(f'{x:.2f}' for x in results[k])}")
-    for peer in ("gnu-parallel", "xargs", "popen-loop"):
+    for peer in ("gnu-parallel", "xargs", "popen-script", "popen-inproc"):
         if peer in med:
             print(f"  rota / {peer:<13} {med['rota'] / med[peer]:.2f}x")
     print(f"policy: 10,000 ready tasks on 8 GPUs: {bench_policy() * 1000:.1f} ms per decision (median of 20)")

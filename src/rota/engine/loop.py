@@ -72,6 +72,7 @@ class Engine(Recovery, Finishing):
         self._dirty = True  # something changed since the policy was last asked
         self.running: dict[str, Live] = {}
         self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
+        self._staged_handles: dict[str, int] = {}
         self.interrupts = 0
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
@@ -110,6 +111,7 @@ class Engine(Recovery, Finishing):
             getattr(self.executor, "discard_status", discard_rc_files)(handles)
         self.running.clear()
         self._staged.clear()
+        self._staged_handles.clear()
 
     def _run(self) -> int:
         self._sync()

@@ -82,15 +82,33 @@ class EngineState:
     running: dict[str, Live]
     interrupts: int
     _staged: list[Change]
+    _staged_handles: dict[str, int]  # task -> index in _staged of its uncommitted "running" change
 
     def _stage(self, *changes: Change) -> None:
-        """Queue transitions for the next commit: ``_flush()`` runs before anything acts on them."""
-        self._staged.extend(changes)
+        """Queue transitions for the next commit: ``_flush()`` runs before anything acts on them.
+
+        An attempt that ends before its "running" change (its handle) was committed
+        gets one transition, launching -> its end, carrying the handle too: a short
+        task costs two writes, not three. Nothing is lost: the folded change was
+        never committed, and the row that is says everything it would have.
+        """
+        for ch in changes:
+            at = self._staged_handles.pop(ch.name, None)
+            if at is not None:
+                first = self._staged[at]
+                attempt = {**first.attempt, **ch.attempt} if first.attempt and ch.attempt else ch.attempt
+                self._staged[at] = Change(ch.name, first.expect, ch.event, {**first.fields, **ch.fields}, attempt,
+                                          ch.metrics)
+                continue
+            if ch.event == "running":
+                self._staged_handles[ch.name] = len(self._staged)
+            self._staged.append(ch)
 
     def _flush(self) -> None:
         """Commit every staged transition in one transaction."""
         if self._staged:
             staged, self._staged = self._staged, []
+            self._staged_handles.clear()
             self.store.apply(staged)
 
     def _event(self, kind: str, task: str, text: str) -> None:

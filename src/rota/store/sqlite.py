@@ -338,7 +338,8 @@ class SqliteStore:
 
     def _apply_one(self, ch: Change, now: float) -> bool:
         exp = () if ch.expect is None else (ch.expect,) if isinstance(ch.expect, str) else tuple(ch.expect)
-        args: list[Any] = [_enc(k, v) for k, v in ch.fields.items()]
+        special = _SPECIAL_COLS
+        args: list[Any] = [_enc(k, v) if k in special else v for k, v in ch.fields.items()]
         args.append(now)
         args.append(ch.name)
         args.extend(exp)
@@ -347,7 +348,8 @@ class SqliteStore:
             return False
         if ch.attempt is not None:
             a = ch.attempt
-            self.conn.execute(_attempt_sql(tuple(a)), [ch.name, *(_enc(c, v) for c, v in a.items())])
+            self.conn.execute(_attempt_sql(tuple(a)), [ch.name, *(_enc(c, v) if c in special else v
+                                                                  for c, v in a.items())])
         if ch.metrics:
             self.conn.execute("DELETE FROM metrics WHERE task=?", (ch.name,))
             self.conn.executemany(
