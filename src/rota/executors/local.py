@@ -161,7 +161,11 @@ class LocalExecutor:
                 created = psutil.Process(pid).create_time()
             except (OSError, psutil.Error):
                 continue
-            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": created, "exit_log": exit_log})
+            # The launch time, not create_time (clock-tick rounding may put that after a quick end):
+            # it is what the exit line's end time is compared with, and within the pid-reuse tolerance.
+            spawned_at = started_at if abs(created - started_at) < PID_REUSE_TOLERANCE_S else created
+            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at,
+                                                "exit_log": exit_log})
         if self._exit_log(exit_log).status(key, started_at) is not None:
             return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": started_at, "exit_log": exit_log})
         return None
