@@ -153,11 +153,15 @@ def read_only(path: Path) -> Iterator[None]:
 def test_read_only_state_folder_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     rec = tmp_path / "rec"
     rec.mkdir()
-    spec = _spec(tmp_path, rec, n=12, sleep=0.4)
+    # Long enough (40 x 0.4 s on 3 slots) that the run is still launching when the folder turns
+    # read-only: remounting may take seconds of EBUSY retries on a loaded machine, and with 12
+    # tasks the run sometimes finished first (exit 0), which was this test's old flake.
+    spec = _spec(tmp_path, rec, n=40, sleep=0.4)
     sd = tmp_path / "state"
     proc = start_rota("run", spec, "--plain", "--cpus", "3", "--grace", "1", "--state-dir", sd)
     wait_for(lambda: len(read_records(rec)) >= 3, timeout=60)
     with read_only(sd):
+        assert proc.poll() is None, "the run ended before the folder became read-only"
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 2, out
         last = out.strip().splitlines()[-1]
@@ -167,10 +171,10 @@ def test_read_only_state_folder_stops_cleanly_and_resumes(tmp_path: Path) -> Non
         p = rota("run", spec, "--plain", "--state-dir", sd)
         assert p.returncode == 2 and "read-only" in p.stderr and "Traceback" not in p.stderr, p.stderr
         # Readers still work on a read-only state folder.
-        assert len(by_name(sd)) == 13
+        assert len(by_name(sd)) == 41
     p = rota("run", spec, "--plain", "--cpus", "3", "--state-dir", sd)
     assert p.returncode == 0, p.stdout + p.stderr
-    _check_complete(rec, sd, 12)
+    _check_complete(rec, sd, 40)
 
 
 # ------------------------------------------------------------ bad databases
