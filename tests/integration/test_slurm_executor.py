@@ -239,3 +239,28 @@ def test_log_path_with_percent_signs(ex, tmp_path):
     la = dataclasses.replace(_launch(tmp_path, "pct#1", "echo hello"), log_path=str(tmp_path / "logs" / "100%j.log"))
     _wait(ex, [ex.submit(la)])
     assert Path(la.log_path).read_text() == "hello\n"
+
+
+def test_time_in_the_queue_does_not_count_against_the_timeout(tmp_path):
+    """A job that waits behind a full cluster is timed from its start, not its submission."""
+    import subprocess
+
+    from tests.helpers import rota, write_spec
+
+    blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap", "sleep 10"],
+                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        spec = write_spec(tmp_path, """
+            tasks:
+              - {name: waits, command: sleep 1, timeout: 5s}
+              - {name: overruns, command: sleep 60, timeout: 3s}
+        """)
+        t0 = time.time()
+        p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", tmp_path / "st", timeout=240)
+        st = json.loads(rota("status", "--json", "--state-dir", tmp_path / "st").stdout)
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+    by = {t["name"]: t for t in st["tasks"]}
+    assert by["waits"]["state"] == "succeeded", p.stdout + p.stderr  # queued ~10 s behind the blocker, ran 1 s
+    assert by["overruns"]["state"] == "failed" and by["overruns"]["reason"] == "timeout", p.stdout
+    assert time.time() - t0 > 10  # both really waited for the blocker

@@ -77,6 +77,7 @@ class Engine(Recovery, Finishing):
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
+        self._queues = bool(getattr(executor, "queues", False))
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -339,7 +340,8 @@ class Engine(Recovery, Finishing):
                 gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
                 estimate_s=self.estimate_of(t), array_group=t.group,
             )
-            deadline = now + t.timeout_s if t.timeout_s else None
+            # A backend that queues arms the timeout when the attempt really starts (see _poll).
+            deadline = now + t.timeout_s if t.timeout_s and not self._queues else None
             changes.append(Change(t.name, S.PENDING, "launching", {
                 "state": S.LAUNCHING, "attempts": attempt, "gpus": list(p.gpus), "gpu_bytes": list(p.gpu_bytes),
                 "cpus": p.cpus, "memory_bytes": p.memory_bytes, "started_at": now, "deadline": deadline,
@@ -412,8 +414,13 @@ class Engine(Recovery, Finishing):
         statuses = self.executor.poll(handles)
         by_key = {lv.handle.key: lv for lv in self.running.values() if lv.handle is not None}
         for key, st in statuses.items():
-            if st.phase != "running" and key in by_key:
-                self._end_attempt(by_key[key], st, now)
+            lv = by_key.get(key)
+            if lv is None:
+                continue
+            if st.phase != "running":
+                self._end_attempt(lv, st, now)
+            elif lv.deadline is None and st.started_at is not None and lv.task.timeout_s:
+                lv.deadline = st.started_at + lv.task.timeout_s
 
     def _timeouts(self, now: float) -> None:
         for lv in list(self.running.values()):

@@ -20,6 +20,11 @@ batch (one ``sbatch --array`` for many tasks of one matrix).
 returns True when the attempt can be followed again (still running or its
 result is readable), False when it is gone without a trace.
 
+``queues = True`` (optional attribute) says a submitted attempt may wait in the
+backend's own queue (SLURM's PENDING): the engine then starts a task's
+``timeout`` at the ``started_at`` that ``poll`` reports with ``running``, not
+at submission, so time spent queued never counts against it.
+
 Every executor passes ``tests/contract/test_executor_contract.py``.
 """
 

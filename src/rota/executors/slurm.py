@@ -86,6 +86,7 @@ class SlurmExecutor:
     """Runs attempts as SLURM jobs. ``command_counts`` counts calls per SLURM command."""
 
     name = NAME
+    queues = True  # jobs may wait in SLURM's queue: a task's timeout starts when poll reports its start
 
     def __init__(
         self,
