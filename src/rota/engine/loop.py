@@ -350,7 +350,7 @@ class Engine(Recovery, Finishing):
             }, {"attempt": attempt, "state": S.LAUNCHING, "gpus": list(p.gpus), "started_at": now,
                 "log_path": log, "command": t.command}))
             lv.attempts, lv.placement, lv.started_at, lv.deadline = attempt, p, now, deadline
-            lv.log_path, lv.out, lv.params, lv.timed_out = log, out, params, False
+            lv.log_path, lv.out, lv.params, lv.timed_out, lv.queued = log, out, params, False, self._queues
             launches.append((lv, launch))
         self._stage(*changes)
         self._flush()  # ends of this round and the launches: one commit, before any process starts
@@ -419,8 +419,17 @@ class Engine(Recovery, Finishing):
                 continue
             if st.phase != "running":
                 self._end_attempt(lv, st, now)
-            elif lv.deadline is None and st.started_at is not None and lv.task.timeout_s:
-                lv.deadline = st.started_at + lv.task.timeout_s
+            elif lv.queued and st.started_at is not None:
+                self._started(lv, st.started_at)
+
+    def _started(self, lv: Live, started_at: float) -> None:
+        """A queued attempt began: its run (status, report) and its timeout count from now on."""
+        lv.queued = False
+        lv.started_at = started_at
+        if lv.task.timeout_s:
+            lv.deadline = started_at + lv.task.timeout_s
+        self._stage(Change(lv.task.name, S.ACTIVE, "started", {"started_at": started_at, "deadline": lv.deadline},
+                           {"attempt": lv.attempts, "state": S.RUNNING, "started_at": started_at}))
 
     def _timeouts(self, now: float) -> None:
         for lv in list(self.running.values()):

@@ -59,6 +59,7 @@ class Live:
     ended_at: float | None = None
     unmet: int = 0
     timed_out: bool = False
+    queued: bool = False  # submitted to a backend that queues, its start not seen yet
 
 
 class EngineState:
