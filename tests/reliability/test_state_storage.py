@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -136,15 +137,30 @@ def test_disk_full_at_start_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
+def read_only(path: Path, pause_pid: int | None = None) -> Iterator[None]:
+    """Make ``path`` read-only through a bind mount on itself.
+
+    The kernel refuses (EBUSY) to make a mount read-only while any file is open for writing
+    through it, and a busy run always has a task writing its log there. With ``pause_pid``
+    the controller is stopped (SIGSTOP) so that it launches nothing, its running tasks end
+    and close their files, and only then is the mount made read-only and the controller
+    continued (SIGCONT): its next launch meets the read-only folder.
+    """
     _mount("--bind", str(path), str(path))
     try:
-        for _ in range(100):  # EBUSY while a file is being written there: try again
-            if subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.02)
-        else:
-            _mount("-o", "remount,ro,bind", str(path))
+        if pause_pid is not None:
+            os.kill(pause_pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # EBUSY until the running tasks have ended
+                if subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.05)
+            else:
+                _mount("-o", "remount,ro,bind", str(path))
+        finally:
+            if pause_pid is not None:
+                os.kill(pause_pid, signal.SIGCONT)
         yield
     finally:
         _umount(path)
@@ -153,14 +169,14 @@ def read_only(path: Path) -> Iterator[None]:
 def test_read_only_state_folder_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     rec = tmp_path / "rec"
     rec.mkdir()
-    # Long enough (40 x 0.4 s on 3 slots) that the run is still launching when the folder turns
-    # read-only: remounting may take seconds of EBUSY retries on a loaded machine, and with 12
-    # tasks the run sometimes finished first (exit 0), which was this test's old flake.
+    # 40 x 0.4 s on 3 slots: the run is still launching when the folder turns read-only. The
+    # controller is paused meanwhile (see read_only): with 3 tasks always writing their logs
+    # the remount otherwise stayed EBUSY, which was this test's flake in CI.
     spec = _spec(tmp_path, rec, n=40, sleep=0.4)
     sd = tmp_path / "state"
     proc = start_rota("run", spec, "--plain", "--cpus", "3", "--grace", "1", "--state-dir", sd)
     wait_for(lambda: len(read_records(rec)) >= 3, timeout=60)
-    with read_only(sd):
+    with read_only(sd, pause_pid=proc.pid):
         assert proc.poll() is None, "the run ended before the folder became read-only"
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 2, out
