@@ -23,6 +23,7 @@ rec = {
     "out": os.environ.get("ROTA_OUT"),
     "argv": sys.argv[5:],
     "pid": os.getpid(),
+    "raylet": os.environ.get("RAY_RAYLET_PID"),  # which Ray node ran it (multi-node tests)
 }
 with open(os.path.join(out, f"{name.replace('/', '_')}.jsonl"), "a") as f:
     f.write(json.dumps(rec) + "\n")

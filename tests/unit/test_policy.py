@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
-from rota.core.resources import Gpu, Ledger, Machine, Request, fits_machine
+from rota.core.resources import Gpu, Ledger, Machine, Node, Request, fits_machine
 
 GB = 2**30
 
@@ -190,3 +190,20 @@ def test_fit_same_as_the_reference_ledger(m, free_gb, req, with_also, data):
         for g in m.gpus:
             also.gpu_free[g.index] = ref_also.gpu_free[g.index] = data.draw(st.integers(0, 100)) * GB
     assert led.fit("t", req, also) == ref.fit("t", req, ref_also)  # type: ignore[arg-type]
+
+
+def test_a_cluster_task_must_fit_one_node() -> None:
+    gb = 2**30
+    nodes = (Node("a", 2, 8, 64 * gb), Node("b", 4, 2, 16 * gb))
+    m = Machine(tuple(Gpu(i, 80 * gb) for i in range(6)), 10, 80 * gb, source="ray", nodes=nodes)
+    assert fits_machine(Request(gpus=4, cpus=2, memory_bytes=16 * gb), m) is None  # node b
+    assert fits_machine(Request(gpus=2, cpus=8, memory_bytes=64 * gb), m) is None  # node a
+    # Within the sums, beyond every node:
+    assert "5 GPUs but the largest node has 4" in str(fits_machine(Request(gpus=5), m))
+    assert "9 CPUs but the largest node has 8" in str(fits_machine(Request(cpus=9), m))
+    assert "RAM but the largest node has 64GB" in str(fits_machine(Request(memory_bytes=70 * gb), m))
+    both = fits_machine(Request(gpus=4, cpus=8), m)  # each fits some node, not one node both
+    assert both is not None and "no node has all of them" in both and "a: 2 GPUs, 8 CPUs" in both
+    # The sums still apply first, and a one-host machine has no nodes to check.
+    assert "the machine has 6" in str(fits_machine(Request(gpus=7), m))
+    assert fits_machine(Request(gpus=5), Machine(m.gpus, 10, 80 * gb)) is None

@@ -27,13 +27,28 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class Node:
+    """One host of a cluster backend (a Ray node): a task runs on one, never across several."""
+
+    name: str
+    gpus: int
+    cpus: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
 class Machine:
-    """Everything rota may book: GPUs, CPU slots and RAM."""
+    """Everything rota may book: GPUs, CPU slots and RAM.
+
+    ``nodes``: where the machine is a cluster summed up (Ray), its hosts; a task
+    must fit on one of them. Empty: the machine is one host.
+    """
 
     gpus: tuple[Gpu, ...]
     cpus: int
     memory_bytes: int
     source: str = "declared"
+    nodes: tuple[Node, ...] = ()
 
     def gpu(self, index: int) -> Gpu:
         for g in self.gpus:
@@ -217,7 +232,7 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
             f"{format_size(machine.memory_bytes)}"
         )
     if req.gpus == 0:
-        return None
+        return _fits_a_node(req, machine.nodes)
     pool: Sequence[Gpu] = machine.gpus
     if req.devices is not None:
         missing = [d for d in req.devices if d not in machine.gpu_indices]
@@ -236,4 +251,25 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
                 f"asks for {format_size(req.gpu_memory_bytes)} per GPU on {req.gpus} GPU(s) "
                 f"but the largest GPU has {format_size(largest)}"
             )
-    return None
+    return _fits_a_node(req, machine.nodes)
+
+
+def _fits_a_node(req: Request, nodes: Sequence[Node]) -> str | None:
+    """Why no single node of a cluster can take ``req`` (the sums may, but a task never spans nodes)."""
+    if not nodes or any(n.gpus >= req.gpus and n.cpus >= req.cpus and n.memory_bytes >= req.memory_bytes
+                        for n in nodes):
+        return None
+    from rota.spec.units import format_size
+
+    most_gpus, most_cpus = max(n.gpus for n in nodes), max(n.cpus for n in nodes)
+    most_memory = max(n.memory_bytes for n in nodes)
+    if req.gpus > most_gpus:
+        return f"asks for {req.gpus} GPUs but the largest node has {most_gpus} (a task runs on one node)"
+    if req.cpus > most_cpus:
+        return f"asks for {req.cpus} CPUs but the largest node has {most_cpus} (a task runs on one node)"
+    if req.memory_bytes > most_memory:
+        return (f"asks for {format_size(req.memory_bytes)} RAM but the largest node has "
+                f"{format_size(most_memory)} (a task runs on one node)")
+    return (f"asks for {req.gpus} GPUs, {req.cpus} CPUs and {format_size(req.memory_bytes)} together but no "
+            f"node has all of them: " + ", ".join(
+                f"{n.name}: {n.gpus} GPUs, {n.cpus} CPUs, {format_size(n.memory_bytes)}" for n in nodes[:8]))

@@ -46,6 +46,10 @@ A controller that died between committing ``launching`` and committing the
 handle left an attempt the engine cannot see: :meth:`RayExecutor.stop_unrecorded`
 cancels it by state folder and attempt key (the engine must call it).
 
+``capacity``: the cluster's sums (GPUs, CPUs, RAM) to book against, and its live
+nodes, so that validation refuses a task no single node can take (Ray would
+keep it queued forever).
+
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ
 from rota's ledger (a task then waits in Ray's queue while rota shows it
@@ -65,7 +69,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rota.core.resources import Gpu, Machine
+from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
 from rota.executors.base import Handle, Launch, Status
 from rota.executors.local import _read_rc, _status_from_code, rc_path_for
@@ -169,10 +173,17 @@ class RayExecutor:
 
     # ------------------------------------------------------------ contract
     def capacity(self) -> Machine:
-        """The cluster as one machine: Ray's GPU count (each ``gpu_memory_bytes``), CPUs and RAM."""
+        """The cluster as one machine: Ray's GPU count (each ``gpu_memory_bytes``), CPUs and RAM,
+        with its live nodes (a task must fit one: validation refuses one that fits none)."""
         res = ray.cluster_resources()
         gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="Ray GPU") for i in range(int(res.get("GPU", 0))))
-        return Machine(gpus, int(res.get("CPU", 0)), int(res.get("memory", 0)), source="ray")
+        nodes = tuple(
+            Node(str(n.get("NodeManagerHostname") or n.get("NodeManagerAddress") or "node") + f" ({n['NodeID'][:8]})",
+                 int(n["Resources"].get("GPU", 0)), int(n["Resources"].get("CPU", 0)),
+                 int(n["Resources"].get("memory", 0)))
+            for n in ray.nodes() if n.get("Alive")
+        )
+        return Machine(gpus, int(res.get("CPU", 0)), int(res.get("memory", 0)), source="ray", nodes=nodes)
 
     def submit(self, launch: Launch) -> Handle:
         return self.submit_many([launch])[0]
