@@ -1,6 +1,6 @@
 """`rota run --backend ray` on a Ray cluster of two nodes (scenario 3: GPUs on more than one machine).
 
-The cluster is Ray's own multi-node test harness (``ray.cluster_utils.Cluster``):
+The cluster is Ray's own multi-node test harness (``ray.cluster_utils.Cluster``, in a process of its own):
 a head and a second node, each a real raylet with 2 CPUs and 2 declared GPUs, on
 this one host, so the state folder is shared as a shared file system would be.
 A task records ``RAY_RAYLET_PID`` (its node) and the ``CUDA_VISIBLE_DEVICES``
@@ -9,6 +9,9 @@ Ray gave it.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,19 +27,38 @@ REC = str(Path(__file__).resolve().parent.parent / "recorder.py")
 PY = sys.executable
 
 
+# Run in its own process: this pytest process may be a driver of the session's cluster already.
+_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+node = {"num_cpus": 2, "num_gpus": 2, "object_store_memory": 100_000_000}
+cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+try:
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    print(cluster.address, flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+finally:
+    cluster.shutdown()
+"""
+
+
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
     require_ray()
-    from ray.cluster_utils import Cluster
-
-    node = {"num_cpus": 2, "num_gpus": 2, "object_store_memory": 100_000_000}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    proc = subprocess.Popen([PY, "-c", _CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        yield str(cluster.address)
+        assert proc.stdout is not None and proc.stdin is not None
+        address = proc.stdout.readline().strip()
+        assert address, f"the two-node Ray cluster did not start (exit {proc.wait(timeout=60)})"
+        yield address
+        proc.stdin.close()
+        proc.wait(timeout=120)
     finally:
-        cluster.shutdown()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_tasks_spread_over_both_nodes_with_each_nodes_gpu_ids(tmp_path: Path, two_nodes: str) -> None:
