@@ -25,7 +25,7 @@ class PlainUI:
     def start(self, engine: Any) -> None:
         m = engine.machine
         gpus = ", ".join(f"{g.index}:{format_size(g.memory_bytes)}" for g in m.gpus) or "none"
-        nodes = f" on {len(m.nodes)} nodes" if len(getattr(m, "nodes", ())) > 1 else ""
+        nodes = f" on {len(m.nodes)} nodes" if len(m.nodes) > 1 else ""
         self.stream.write(f"rota: {len(engine.live)} tasks; GPUs {gpus}; {m.cpus} CPUs{nodes}; state {engine.state_dir}\n")
         self.stream.flush()
 
