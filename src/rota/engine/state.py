@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from rota.core.policy import Candidate
 from rota.core.resources import Machine, Placement, Request
-from rota.executors.base import Executor, Handle
+from rota.executors.base import Executor, Handle, Status
 from rota.spec.load import Spec
 from rota.spec.model import Task
 from rota.store.sqlite import Change, SqliteStore
@@ -79,7 +80,14 @@ class EngineState:
     ranks: dict[str, float]
     learned: dict[str, float]
     forced: set[str]
+    order: dict[str, int]  # task -> position in the spec (the policy's last tie-break)
     ready: set[str]
+    delayed: set[str]  # ready but waiting for a retry back-off
+    _sorted: list[Candidate]  # candidates of ready tasks, in policy order
+    _sorted_names: set[str]
+    _fresh: set[str]  # ready, not delayed, not yet in _sorted
+    _dirty: bool  # something changed since the policy was last asked
+    _queues: bool  # the executor queues submitted attempts (their start comes later)
     running: dict[str, Live]
     interrupts: int
     _staged: list[Change]
@@ -131,4 +139,10 @@ class EngineState:
         raise NotImplementedError
 
     def _poll(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
+        raise NotImplementedError
+
+    def _finish(self, lv: Live, state: str, text: str) -> None:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """Simulate a run on a virtual clock with the policy ``rota run`` uses.
 
 Pure: no processes, no sleeping, no I/O. :func:`simulate` replays the engine's
-loop (``rota.engine.loop.Engine._launch``) event by event:
+loop (``rota.engine.launching.Launching._launch``) event by event:
 
 - at time 0 and after every batch of task ends, the ready tasks are offered to
   :func:`rota.core.policy.schedule` as :class:`Candidate` records (priority,
