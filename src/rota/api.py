@@ -85,13 +85,19 @@ def run(
     machine: Machine | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     rerun: Sequence[str] = (),
+    only: Sequence[str] = (),
     backend: str = "local",
     backend_options: Mapping[str, Any] | None = None,
     ui: Any = None,
     grace_s: float = 10.0,
     retry_delay_s: float = 1.0,
 ) -> RunResult:
-    """Run (or continue) a spec. Validation errors raise before anything is written."""
+    """Run (or continue) a spec. Validation errors raise before anything is written.
+
+    ``only`` (globs, ``--only``): run just the matching tasks and the tasks they
+    need; the others are left as they are (not run, not skipped). Attempts that a
+    killed controller left running are adopted whether they match or not.
+    """
     from rota.engine.lock import StateLock
     from rota.engine.loop import Engine, Options
     from rota.machine import detect_machine
@@ -100,6 +106,9 @@ def run(
 
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    full = spec
+    if only:
+        spec = full.only(only)  # a pattern that matches nothing is bad input: before anything is written
     executor = None
     if backend != "local":
         executor = make_executor(backend, **dict(backend_options or {}))
@@ -115,17 +124,19 @@ def run(
     except OSError as e:
         raise StateError(f"cannot create state folder {sd}: {e.strerror}") from None
     sd = sd.resolve()
-    hooks: list[Any] = []
-    if any(t.sweep is not None for t in spec.tasks):
-        from rota.engine.sweep import SweepHook
-
-        hooks.append(SweepHook(spec, str(sd)))
-    from rota.engine.gpu_monitor import GpuMonitor
-
-    hooks.append(GpuMonitor(machine))
+    hooks = _hooks(spec, sd, machine)  # a bad sweep is bad input: raised before the store is written
     with StateLock(sd):
         store = SqliteStore(sd)
         try:
+            if only:
+                from rota.store.base import ACTIVE
+
+                # Never leave a dead controller's attempt unwatched (its GPU would be booked twice).
+                active = [r.name for r in store.tasks(tuple(ACTIVE))]
+                wider = full.only(only, also=active)
+                if len(wider.tasks) != len(spec.tasks):
+                    spec = wider
+                    hooks = _hooks(spec, sd, machine)
             if executor is None:
                 executor = make_executor("local")
             engine = Engine(
@@ -137,6 +148,19 @@ def run(
             return RunResult(code, str(sd), engine.counts())
         finally:
             store.close()
+
+
+def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
+    """The engine hooks a run of ``spec`` needs: its sweeps (Optuna), GPU monitoring."""
+    from rota.engine.gpu_monitor import GpuMonitor
+
+    hooks: list[Any] = []
+    if any(t.sweep is not None for t in spec.tasks):
+        from rota.engine.sweep import SweepHook
+
+        hooks.append(SweepHook(spec, str(state_dir)))
+    hooks.append(GpuMonitor(machine))
+    return hooks
 
 
 def resolve_state_dir(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -371,3 +371,71 @@ def test_task_starts_with_default_signals_and_no_inherited_descriptors(tmp_path)
     log = (tmp_path / ".rota" / "logs" / "pipe" / "attempt-1.log").read_text().split()
     assert log[:2] == ["status", "141"], log
     assert str(fd) not in log[2:], (fd, log)
+
+
+def test_only_runs_the_selection_and_what_it_needs(tmp_path):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: prep, command: "{PY} {REC} {rec} prep 0"}}
+          - {{name: "train-{{i}}", command: "{PY} {REC} {rec} train-{{i}} 0", needs: prep, matrix: {{i: [1, 2]}}}}
+          - {{name: "eval-{{i}}", command: "{PY} {REC} {rec} eval-{{i}} 0", needs: "train-{{i}}", matrix: {{i: [1, 2]}}}}
+          - {{name: report, command: "{PY} {REC} {rec} report 0", needs: "eval-*"}}
+    """)
+    sd = tmp_path / ".rota"
+    planned = rota("plan", spec, "--only", "eval-1", "--json")
+    assert planned.returncode == 0, planned.stderr
+    assert [t["name"] for t in json.loads(planned.stdout)["tasks"]] == ["prep", "train-1", "eval-1"]
+    p = rota("run", spec, "--plain", "--only", "eval-1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(r["name"] for r in read_records(rec)) == ["eval-1", "prep", "train-1"]
+    assert {n: t["state"] for n, t in by_name(sd).items()} == dict.fromkeys(["prep", "train-1", "eval-1"], "succeeded")
+    # The whole spec afterwards: the rest runs, nothing runs twice.
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = [r["name"] for r in read_records(rec)]
+    assert sorted(names) == ["eval-1", "eval-2", "prep", "report", "train-1", "train-2"]
+    # A failure inside the selection is the run's exit code; tasks outside it stay as they were.
+    spec.write_text(spec.read_text().replace(f"{rec} train-{{i}} 0", f"{rec} train-{{i}} 0 3"))
+    p = rota("run", spec, "--plain", "--only", "train-2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    st = by_name(sd)
+    assert st["train-2"]["state"] == "failed" and st["train-1"]["state"] == "succeeded"
+    assert st["eval-2"]["state"] == "succeeded"  # not part of this run: not skipped
+
+
+def test_only_matching_nothing_is_exit_2_and_writes_nothing(tmp_path):
+    spec = write_spec(tmp_path, "tasks:\n  - {name: train-1, command: 'true'}\n")
+    for cmd in ("run", "plan"):
+        p = rota(cmd, spec, "--only", "trian-*", "--plain" if cmd == "run" else "--json")
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "'trian-*' matches no task" in p.stderr and "rota.yaml" in p.stderr
+    assert not (tmp_path / ".rota").exists()
+
+
+def test_only_adopts_a_dead_controllers_attempt_outside_the_selection(tmp_path):
+    """A task still running from a killed controller is watched, not ignored, by a run --only."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: slow, command: "{PY} {REC} {rec} slow 3"}}
+          - {{name: quick, command: "{PY} {REC} {rec} quick 0"}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--cpus", "1")
+    wait_for(lambda: sd.exists() and by_name(sd).get("slow", {}).get("state") == "running", timeout=60)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    p = rota("run", spec, "--plain", "--cpus", "1", "--only", "quick")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "adopted" in p.stdout
+    recs = read_records(rec)
+    assert sorted(r["name"] for r in recs) == ["quick", "slow"]
+    quick = next(r for r in recs if r["name"] == "quick")
+    slow = next(r for r in recs if r["name"] == "slow")
+    assert quick["start"] >= slow["end"] - 0.05, "quick took the one CPU slot while slow still held it"
+    st = by_name(sd)
+    assert st["slow"]["state"] == "succeeded" and st["slow"]["attempts"] == 1

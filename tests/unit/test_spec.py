@@ -170,3 +170,30 @@ def test_matrix_fast_path_equals_the_generic_expansion(name, command, matrix, ex
     slow = [t for combo in itertools.product(*(ts.matrix[k] for k in keys))
             for t in _expand_one(ts, {k: value_text(v) for k, v in zip(keys, combo, strict=True)}, "/r", fixed)]
     assert fast == slow and len(fast) == len(list(itertools.product(*matrix.values())))
+
+
+def test_only_keeps_matches_and_everything_they_need(tmp_path):
+    spec = load_spec(write_spec(tmp_path, """
+        tasks:
+          - {name: prep, command: 'true'}
+          - {name: other, command: 'true'}
+          - {name: "train-{i}", command: 'true', needs: prep, matrix: {i: [1, 2]}}
+          - {name: "eval-{i}", command: 'true', needs: "train-{i}", matrix: {i: [1, 2]}}
+          - {name: report, command: 'true', needs: "eval-*"}
+    """))
+    assert [t.name for t in spec.only(["eval-2"]).tasks] == ["prep", "train-2", "eval-2"]
+    assert [t.name for t in spec.only(["train-*", "other"]).tasks] == ["prep", "other", "train-1", "train-2"]
+    assert [t.name for t in spec.only(["report"]).tasks] == [t.name for t in spec.tasks if t.name != "other"]
+    # `also` keeps exact names (a dead controller's running attempts) and ignores unknown ones.
+    assert [t.name for t in spec.only(["prep"], also=["other", "gone"]).tasks] == ["prep", "other"]
+    # Needs stay resolved; the original spec is unchanged.
+    assert spec.only(["eval-1"]).task("eval-1").needs == ("train-1",)
+    assert len(spec.tasks) == 7
+
+
+def test_only_pattern_matching_nothing_is_bad_input(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "tasks:\n  - {name: train-1, command: 'true'}\n"))
+    with pytest.raises(SpecError) as e:
+        spec.only(["train-1", "trian-*"])
+    assert e.value.exit_code == 2
+    assert "rota.yaml" in str(e.value) and "'trian-*' matches no task" in str(e.value) and "train-1" in str(e.value)

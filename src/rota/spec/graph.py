@@ -161,3 +161,29 @@ def check_graph(tasks: Sequence[Task], *, file: str) -> list[Task]:
     resolved = resolve_needs(tasks, file=file)
     topo_order(resolved, file=file)
     return resolved
+
+
+def select(tasks: Sequence[Task], patterns: Sequence[str], *, file: str, also: Sequence[str] = ()) -> list[Task]:
+    """The tasks named by ``patterns`` (globs, ``--only``) and every task they need, transitively.
+
+    ``also``: exact names to keep as well (with their needs); names not among
+    ``tasks`` are ignored. The result keeps the input order, with needs
+    resolved, as ``check_graph`` returns them. A pattern that matches no task
+    is a SpecError (a typo must not run nothing and say all succeeded).
+    """
+    by_name = {t.name: t for t in tasks}
+    todo: list[str] = [n for n in also if n in by_name]
+    for pattern in patterns:
+        hits = [t.name for t in tasks if fnmatch.fnmatchcase(t.name, pattern)]
+        if not hits:
+            names = ", ".join(t.name for t in tasks[:3]) + (", ..." if len(tasks) > 3 else "")
+            raise SpecError(f"--only {pattern!r} matches no task; the tasks are named {names} "
+                            "(a glob: quote it so the shell does not expand it)", file=file)
+        todo.extend(hits)
+    chosen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo.extend(by_name[name].needs)
+    return [t for t in tasks if t.name in chosen]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,15 @@ class Spec:
             if t.name == name:
                 return t
         raise KeyError(name)
+
+    def only(self, patterns: Sequence[str], also: Sequence[str] = ()) -> Spec:
+        """This spec cut down to the tasks matching ``patterns`` (globs) and the tasks they need.
+
+        ``also``: exact task names kept too. SpecError if a pattern matches no task.
+        """
+        from rota.spec.graph import select
+
+        return replace(self, tasks=tuple(select(self.tasks, patterns, file=self.path, also=also)))
 
 
 class _LineLoader(yaml.SafeLoader):
