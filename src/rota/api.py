@@ -86,6 +86,7 @@ def run(
     state_dir: str | os.PathLike[str] | None = None,
     rerun: Sequence[str] = (),
     only: Sequence[str] = (),
+    fail_fast: bool = False,
     backend: str = "local",
     backend_options: Mapping[str, Any] | None = None,
     ui: Any = None,
@@ -97,6 +98,8 @@ def run(
     ``only`` (globs, ``--only``): run just the matching tasks and the tasks they
     need; the others are left as they are (not run, not skipped). Attempts that a
     killed controller left running are adopted whether they match or not.
+    ``fail_fast``: once a task has failed for good (its retries spent), launch
+    nothing more; running tasks finish, the rest stays pending for the next run.
     """
     from rota.engine.lock import StateLock
     from rota.engine.loop import Engine, Options
@@ -141,7 +144,8 @@ def run(
                 executor = make_executor("local")
             engine = Engine(
                 spec, machine, store, executor,
-                options=Options(rerun=tuple(rerun), grace_s=grace_s, retry_delay_s=retry_delay_s),
+                options=Options(rerun=tuple(rerun), grace_s=grace_s, retry_delay_s=retry_delay_s,
+                                fail_fast=fail_fast),
                 ui=ui, hooks=hooks,
             )
             code = engine.run()

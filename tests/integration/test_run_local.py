@@ -439,3 +439,27 @@ def test_only_adopts_a_dead_controllers_attempt_outside_the_selection(tmp_path):
     assert quick["start"] >= slow["end"] - 0.05, "quick took the one CPU slot while slow still held it"
     st = by_name(sd)
     assert st["slow"]["state"] == "succeeded" and st["slow"]["attempts"] == 1
+
+
+def test_fail_fast_launches_nothing_more_and_lets_running_tasks_finish(tmp_path):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: bad, command: "{PY} {REC} {rec} bad 0.2 3", priority: 10}}
+          - {{name: long, command: "{PY} {REC} {rec} long 1.5", priority: 10}}
+          - {{name: "later-{{i}}", command: "{PY} {REC} {rec} later-{{i}} 0", matrix: {{i: [0, 1, 2, 3]}}}}
+    """)
+    sd = tmp_path / ".rota"
+    p = rota("run", spec, "--plain", "--cpus", "2", "--fail-fast")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "launching nothing more" in p.stdout
+    assert sorted(r["name"] for r in read_records(rec)) == ["bad", "long"]
+    st = by_name(sd)
+    assert st["bad"]["state"] == "failed" and st["long"]["state"] == "succeeded"  # finished, not stopped
+    assert all(st[f"later-{i}"]["state"] == "pending" for i in range(4))
+    # Without the flag the next run goes on with what was left (and the failure, again).
+    p = rota("run", spec, "--plain", "--cpus", "2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    st = by_name(sd)
+    assert all(st[f"later-{i}"]["state"] == "succeeded" for i in range(4)) and st["long"]["attempts"] == 1

@@ -51,6 +51,8 @@ def machine_options(f: Any) -> Any:
 @click.option("--rerun", multiple=True, metavar="PATTERN", help="Run these tasks again even if done (glob).")
 @click.option("--only", multiple=True, metavar="PATTERN",
               help="Run only these tasks (glob) and the tasks they need; leave the others as they are.")
+@click.option("--fail-fast", is_flag=True,
+              help="Once a task fails for good, launch nothing more (running tasks finish; the rest stays pending).")
 @click.option("--backend", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--address", help="Ray cluster address (--backend ray), e.g. auto or ray://host:10001.")
 @click.option("--partition", help="SLURM partition (--backend slurm).")
@@ -59,7 +61,7 @@ def machine_options(f: Any) -> Any:
 @click.option("--retry-delay", "retry_delay_s", type=float, default=1.0, show_default=True,
               help="First retry delay in seconds; doubles on each retry.")
 def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state_dir: str | None,
-        rerun: tuple[str, ...], only: tuple[str, ...], backend: str, address: str | None, partition: str | None,
+        rerun: tuple[str, ...], only: tuple[str, ...], fail_fast: bool, backend: str, address: str | None, partition: str | None,
         plain: bool, grace_s: float, retry_delay_s: float) -> None:
     """Run (or continue) every task of SPEC."""
     from rota import api
@@ -87,7 +89,7 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
         if declared:
             options["gpu_memory_bytes"] = max(g.memory_bytes for g in declared)
     result = api.run(
-        loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only, backend=backend,
+        loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only, fail_fast=fail_fast, backend=backend,
         backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
     )
     sys.exit(result.exit_code)

@@ -39,6 +39,8 @@ class Launching(EngineState):
 
     def _launch(self, now: float) -> None:
         """Ask the policy for placements, only when something changed since the last ask."""
+        if self.halted:
+            return
         if self.delayed and any(self.live[n].not_before <= now for n in self.delayed):
             due = {n for n in self.delayed if self.live[n].not_before <= now}
             self.delayed -= due

@@ -72,6 +72,7 @@ class Engine(Recovery, Finishing, Launching):
         self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
         self._staged_handles: dict[str, int] = {}
         self.interrupts = 0
+        self.halted = False
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
@@ -160,7 +161,7 @@ class Engine(Recovery, Finishing, Launching):
             self._launch(now)
             for hook in self.hooks:
                 getattr(hook, "tick", lambda *_: None)(self, now)
-            if not self.running and not self._pending_left():
+            if not self.running and (self.halted or not self._pending_left()):
                 break
             if self.ui is not None and now - last_ui > 0.2:
                 self.ui.refresh(self)

@@ -36,6 +36,7 @@ class Options:
     grace_s: float = 10.0
     retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
     poll_interval_s: float = 0.5
+    fail_fast: bool = False  # after a task fails for good, launch nothing more; running tasks finish
 
 
 @dataclass
@@ -89,6 +90,7 @@ class EngineState:
     _dirty: bool  # something changed since the policy was last asked
     _queues: bool  # the executor queues submitted attempts (their start comes later)
     running: dict[str, Live]
+    halted: bool  # fail_fast tripped: nothing more is launched
     interrupts: int
     _staged: list[Change]
     _staged_handles: dict[str, int]  # task -> index in _staged of its uncommitted "running" change

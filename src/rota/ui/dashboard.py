@@ -98,7 +98,7 @@ class LiveUI:
         self._live.start()
 
     def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
-        if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout") and self._live is not None:
+        if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout", "halt") and self._live is not None:
             self._live.console.print(event_line(ev))
 
     def refresh(self, engine: Any) -> None:
