@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 from rota.errors import RotaError, SpecError
 
 if TYPE_CHECKING:
-    from rota.api import RunResult, run, spec_from_dict, status
+    from rota.api import RunResult, run, spec_from_dict, status, stop
     from rota.spec.load import Spec, load_spec
     from rota.spec.model import Task
 
-__all__ = ["RotaError", "RunResult", "Spec", "SpecError", "Task", "load_spec", "run", "spec_from_dict", "status"]
+__all__ = ["RotaError", "RunResult", "Spec", "SpecError", "Task", "load_spec", "run", "spec_from_dict", "status", "stop"]
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RunResult": "rota.api", "run": "rota.api", "spec_from_dict": "rota.api", "status": "rota.api",
+    "RunResult": "rota.api", "run": "rota.api", "spec_from_dict": "rota.api", "status": "rota.api", "stop": "rota.api",
     "Spec": "rota.spec.load", "load_spec": "rota.spec.load", "Task": "rota.spec.model",
 }
 

@@ -167,6 +167,58 @@ def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
     return hooks
 
 
+def stop(
+    target: str | os.PathLike[str] | None = None,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    drain: bool = False,
+    now: bool = False,
+    wait_s: float = 120.0,
+) -> dict[str, Any]:
+    """Ask the controller running on a state folder to stop; return ``{"pid", "stopped"}``.
+
+    Default: as Ctrl-C in its terminal (SIGTERM): it stops launching, terminates
+    every running task (grace, then kill), records them as interrupted and exits
+    130; this waits up to ``wait_s`` for it to be gone (``stopped``). ``now``: a
+    second SIGTERM, as a second Ctrl-C, kills the tasks at once. ``drain``: it
+    launches nothing more and exits once its running tasks have finished (not
+    waited for). The next ``rota run`` continues whatever is left. Raises
+    NoControllerError when no controller runs there, StateError when it runs on
+    another host.
+    """
+    import signal
+    import socket
+    import time
+
+    from rota.engine import drain as drain_request
+    from rota.errors import NoControllerError
+    from rota.store.read import controller
+
+    sd = Path(state_dir_of(target, state_dir))
+    ctl = controller(sd)
+    pid = ctl.get("pid")
+    if not ctl["alive"] or not isinstance(pid, int):
+        raise NoControllerError(f"no rota controller is running on {sd}; nothing to stop")
+    if ctl.get("host") not in (None, socket.gethostname()):
+        raise StateError(f"the controller on {sd} runs on {ctl['host']} (pid {pid}): run 'rota stop' there")
+    if drain:
+        drain_request.request(sd, pid)
+        return {"pid": pid, "stopped": False}
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if now:
+            time.sleep(0.3)  # two signals sent together may arrive as one: the second is the "kill now"
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return {"pid": pid, "stopped": True}
+    deadline = time.monotonic() + wait_s
+    while controller(sd)["alive"]:
+        if time.monotonic() >= deadline:
+            return {"pid": pid, "stopped": False}
+        time.sleep(0.1)
+    return {"pid": pid, "stopped": True}
+
+
 def resolve_state_dir(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> Path:
     """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
     return Path(state_dir_of(target, state_dir))

@@ -66,6 +66,12 @@ class StateLockedError(StateError):
     """Another controller holds the state folder."""
 
 
+class NoControllerError(RotaError):
+    """``rota stop``: no controller is running on the state folder (nothing to stop)."""
+
+    exit_code = 1
+
+
 class ExecutorError(RotaError):
     """A backend (local, SLURM, Ray) failed to submit, poll or cancel."""
 

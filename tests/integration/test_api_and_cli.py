@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 
@@ -94,3 +96,67 @@ def test_dashboard_render_is_pure_and_complete(tmp_path):
     for needle in ("GPU 0", "60GB/80GB", "train-a, train-b", "CPU", "4/16", "50/200", "ETA 5m00s", "bad",
                    "cuda out of memory", "/x/bad/attempt-1.log", "done 3", "failed 1"):
         assert needle in text, needle
+
+
+def test_stop_drain_then_stop_then_nothing_to_stop(tmp_path):
+    """`rota stop --drain` lets the running task finish and launches nothing more; `rota stop`
+    is Ctrl-C from another terminal: tasks interrupted, no process left, exit 130."""
+    from tests.helpers import by_name, processes_with_env, read_records
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    recorder = Path(__file__).resolve().parent.parent / "recorder.py"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: "t-{{i}}"
+            command: {sys.executable} {recorder} {rec} t-{{i}} 4
+            matrix: {{i: [0, 1, 2]}}
+    """)
+    sd = tmp_path / ".rota"
+
+    def running() -> set[str]:
+        return {n for n, t in by_name(sd).items() if t["state"] == "running"} if (sd / "state.db").exists() else set()
+
+    ctl = start_rota("run", spec, "--plain", "--cpus", "1", "--grace", "1")
+    wait_for(lambda: running() == {"t-0"}, timeout=60)
+    p = rota_cli("stop", spec, "--drain")
+    assert p.returncode == 0 and "launches nothing more" in p.stdout, p.stdout + p.stderr
+    out, _ = ctl.communicate(timeout=60)
+    assert ctl.returncode == 1, out
+    assert "asked to drain" in out
+    st = by_name(sd)
+    assert st["t-0"]["state"] == "succeeded" and {st["t-1"]["state"], st["t-2"]["state"]} == {"pending"}
+    assert not (sd / "drain.request").exists()
+
+    ctl = start_rota("run", spec, "--plain", "--cpus", "1", "--grace", "1")
+    wait_for(lambda: len(running()) == 1, timeout=60)
+    p = rota_cli("stop", spec)
+    assert p.returncode == 0 and "stopped the controller" in p.stdout, p.stdout + p.stderr
+    out, _ = ctl.communicate(timeout=60)
+    assert ctl.returncode == 130, out
+    assert processes_with_env("ROTA_STATE_DIR", str(sd)) == []
+    assert "interrupted" in {t["state"] for t in by_name(sd).values()}
+    assert [r["name"] for r in read_records(rec)] == ["t-0"]  # the stopped task never finished
+
+    p = rota_cli("stop", spec)
+    assert p.returncode == 1 and "no rota controller is running" in p.stderr, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_stop_now_kills_a_task_that_ignores_sigterm(tmp_path):
+    from tests.helpers import processes_with_env
+
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: stubborn, command: "trap '' TERM; sleep 300 & wait; sleep 300"}
+    """)
+    sd = tmp_path / ".rota"
+    ctl = start_rota("run", spec, "--plain", "--grace", "60")
+    wait_for(lambda: len(processes_with_env("ROTA_STATE_DIR", str(sd))) >= 2, timeout=60)
+    t0 = time.monotonic()
+    p = rota_cli("stop", spec, "--now", "--wait", "30")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert time.monotonic() - t0 < 20  # not the 60 s grace period
+    ctl.communicate(timeout=30)
+    assert ctl.returncode == 130
+    assert processes_with_env("ROTA_STATE_DIR", str(sd)) == []

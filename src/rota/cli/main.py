@@ -164,6 +164,34 @@ def logs(task: str, target: str | None, state_dir: str | None, follow: bool, att
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("target", required=False, type=click.Path())
+@click.option("--state-dir", type=click.Path(file_okay=False))
+@click.option("--drain", is_flag=True, help="Launch nothing more; let the running tasks finish.")
+@click.option("--now", is_flag=True, help="Kill the running tasks at once (no grace period).")
+@click.option("--wait", "wait_s", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the controller to be gone.")
+def stop(target: str | None, state_dir: str | None, drain: bool, now: bool, wait_s: float) -> None:
+    """Stop the run going on SPEC's state from any terminal, as Ctrl-C in its own would."""
+    from rota import api
+    from rota.errors import UsageError
+
+    if drain and now:
+        raise UsageError("--drain lets running tasks finish and --now kills them: choose one")
+    got = api.stop(target, state_dir=state_dir, drain=drain, now=now, wait_s=wait_s)
+    pid = got["pid"]
+    if drain:
+        click.echo(f"rota: the controller (pid {pid}) launches nothing more; its running tasks finish "
+                   "('rota status' shows them; 'rota run' continues the rest)")
+    elif got["stopped"]:
+        click.echo(f"rota: stopped the controller (pid {pid}); its tasks are recorded as interrupted; "
+                   "'rota run' continues")
+    else:
+        click.echo(f"rota: the controller (pid {pid}) is still stopping after {wait_s:g}s "
+                   "(its tasks' grace period); 'rota stop --now' kills them at once", err=True)
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
 @machine_options
 @click.option("--json", "as_json", is_flag=True)
 def machine(gpus: str | None, cpus: int | None, memory: str | None, as_json: bool) -> None:

@@ -10,6 +10,7 @@ that vanished are run again without counting against ``retries``.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 from rota.core.policy import Candidate
 from rota.core.resources import Machine
+from rota.engine import drain
 from rota.engine.finishing import Finishing
 from rota.engine.launching import Launching
 from rota.engine.recovery import Recovery
@@ -114,6 +116,7 @@ class Engine(Recovery, Finishing, Launching):
         self._staged_handles.clear()
 
     def _run(self) -> int:
+        drain.discard_stale(self.state_dir, os.getpid())
         self._sync()
         if self.ui is not None:
             self.ui.start(self)
@@ -149,11 +152,19 @@ class Engine(Recovery, Finishing, Launching):
             if kill is not None:
                 kill(handles)
 
+    def _drain_requested(self) -> bool:
+        """``rota stop --drain`` left a request for this controller (see :mod:`rota.engine.drain`)."""
+        return drain.take(self.state_dir, os.getpid())
+
     def _loop(self) -> int:
         last_ui = 0.0
         while True:
             if self.interrupts:
                 return self._interrupt()
+            if not self.halted and self._drain_requested():
+                self.halted = True
+                self._event("halt", "", f"asked to drain (rota stop --drain): launching nothing more; "
+                                        f"{len(self.running)} running task(s) finish")
             now = time.time()
             if self.running:
                 self._poll(now)
