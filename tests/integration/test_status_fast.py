@@ -191,3 +191,23 @@ def test_status_imports_no_heavy_modules(tmp_path: Path) -> None:
         modules = {ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")}
         heavy = {m for m in modules if m.split(".")[0] in ("click", "rich", "pydantic", "yaml", "psutil")}
         assert "rota.store.read" in modules and not heavy, sorted(heavy)
+
+
+def test_state_filter_in_both_forms_and_both_paths(tmp_path: Path) -> None:
+    sd = _mixed_run(tmp_path)
+    for cmd in (ROTA, CLICK):
+        table = subprocess.run([*cmd, "status", "--state", "failed", "--state-dir", str(sd)], capture_output=True,
+                               text=True)
+        assert table.returncode == 0, table.stderr
+        rows = table.stdout.splitlines()[2:-1]
+        assert [r.split()[0] for r in rows] == ["bad"]
+        assert table.stdout.splitlines()[-1] == "succeeded 2  failed 1  skipped 1"  # the counts count all
+        both = subprocess.run([*cmd, "status", "--state=failed,skipped", "--json", "--state-dir", str(sd)],
+                              capture_output=True, text=True)
+        data = json.loads(both.stdout)
+        assert [t["name"] for t in data["tasks"]] == ["bad", "after-bad"]
+        assert data["counts"]["succeeded"] == 2
+        typo = subprocess.run([*cmd, "status", "--state", "faild", "--state-dir", str(sd)], capture_output=True,
+                              text=True)
+        assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1, typo.stderr
+        assert "'faild' is not a task state" in typo.stderr and "Traceback" not in typo.stderr

@@ -108,12 +108,14 @@ def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> d
 @cli.command(context_settings=CONTEXT)
 @click.argument("target", required=False, type=click.Path())
 @click.option("--state-dir", type=click.Path(file_okay=False))
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              help="Only tasks in this state (repeat, or failed,running); the counts still count all.")
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
-def status(target: str | None, state_dir: str | None, as_json: bool) -> None:
+def status(target: str | None, state_dir: str | None, states: tuple[str, ...], as_json: bool) -> None:
     """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""
     from rota.cli.status_fast import show  # the same bytes as `python -m rota.cli status`
 
-    show(target, state_dir, as_json)
+    show(target, state_dir, as_json, states)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -1,4 +1,4 @@
-"""``rota status [TARGET] [--state-dir DIR] [--json]`` without click, rich or pydantic.
+"""``rota status [TARGET] [--state-dir DIR] [--state STATE] [--json]`` without click, rich or pydantic.
 
 ``rota status`` is polled during runs (``watch -n1 rota status``) on machines
 whose cores the run needs, so this path imports only the standard library's
@@ -17,6 +17,9 @@ Output contracts:
   two spaces, the log last so a narrow terminal only wraps the log), then the
   non-zero counts. States are coloured only on a terminal without ``NO_COLOR``.
 
+``--state failed`` (repeatable, or ``failed,running``) lists only the tasks in
+those states, in both forms; the counts still count every task.
+
 The process runs at nice +10: when the run needs every core, the run wins.
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 from rota.errors import RotaError
@@ -35,13 +38,14 @@ _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
 _COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "interrupted": "35"}
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool] | None:
-    """``(target, state_dir, as_json)``, or None for anything else (help, unknown
-    options, a file given as --state-dir): the caller falls back to the click
-    command, which prints its usual help or usage error."""
+def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple[str, ...]] | None:
+    """``(target, state_dir, as_json, states)``, or None for anything else (help,
+    unknown options, a file given as --state-dir): the caller falls back to the
+    click command, which prints its usual help or usage error."""
     target: str | None = None
     state_dir: str | None = None
     as_json = False
+    states: list[str] = []
     args = list(argv)
     positional_only = False
     i = 0
@@ -56,16 +60,35 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool] | Non
             positional_only = True
         elif a == "--json":
             as_json = True
-        elif a == "--state-dir" and i < len(args):
-            state_dir = args[i]
+        elif a in ("--state-dir", "--state") and i < len(args):
+            if a == "--state":
+                states.append(args[i])
+            else:
+                state_dir = args[i]
             i += 1
         elif a.startswith("--state-dir="):
             state_dir = a.split("=", 1)[1]
+        elif a.startswith("--state="):
+            states.append(a.split("=", 1)[1])
         else:
             return None
     if state_dir is not None and os.path.isfile(state_dir):
         return None
-    return target, state_dir, as_json
+    return target, state_dir, as_json, tuple(states)
+
+
+def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
+    """``--state`` values (repeated or comma-separated) as a set; None for all. UsageError on a typo."""
+    from rota.errors import UsageError
+    from rota.store.base import STATES
+
+    if not values:
+        return None
+    got = {v.strip() for value in values for v in value.split(",") if v.strip()}
+    bad = sorted(got - set(STATES))
+    if bad:
+        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}")
+    return frozenset(got)
 
 
 def main(argv: Sequence[str]) -> int | None:
@@ -87,29 +110,34 @@ def main(argv: Sequence[str]) -> int | None:
     return 0
 
 
-def show(target: str | None, state_dir: str | None, as_json: bool, out: TextIO | None = None) -> None:
+def show(target: str | None, state_dir: str | None, as_json: bool, states: Sequence[str] = (),
+         out: TextIO | None = None) -> None:
     """Print the status of the run at ``target``/``state_dir`` (rules of
     :func:`rota.store.read.state_dir_of`). Raises RotaError for unusable state.
 
     Lowers this process's CPU priority first (nice +10): a status reader must
     not take CPU from the run it watches (issue 6: readers in a loop slow a
     run by at most 5%); on an idle core it runs as fast as before."""
+    only = wanted_states(states)
     with contextlib.suppress(OSError):
         os.nice(10)
     sd = state_dir_of(target, state_dir)
     out = out or sys.stdout
-    out.write(status_json(sd) if as_json else render_table(read_status(sd), color=_color_wanted(out)))
+    out.write(status_json(sd, only) if as_json else render_table(read_status(sd), color=_color_wanted(out),
+                                                                 states=only))
     out.flush()
 
 
-def render_table(data: Mapping[str, Any], *, color: bool = False) -> str:
-    """The human table (see the module docstring), ending in a newline."""
+def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collection[str] | None = None) -> str:
+    """The human table (see the module docstring), ending in a newline; ``states``: only those tasks."""
     from rota.spec.units import format_duration
 
     c = data["controller"]
     lines = [f"run {data['run_id']}  ({'running, pid ' + str(c['pid']) if c['alive'] else 'no controller running'})"]
     rows = [_COLUMNS]
     for t in data["tasks"]:
+        if states is not None and t["state"] not in states:
+            continue
         rows.append((t["name"], t["state"], str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or ""))
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]

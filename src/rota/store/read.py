@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Collection
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -79,7 +80,7 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {**_head(sd, meta, counts, ctl), "tasks": tasks}
 
 
-def status_json(state_dir: str | os.PathLike[str]) -> str:
+def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | None = None) -> str:
     """:func:`read_status` as JSON text (``rota status --json``), ending in a newline.
 
     Top-level keys on their own lines, two-space indent, one task per line
@@ -87,6 +88,7 @@ def status_json(state_dir: str | os.PathLike[str]) -> str:
     from the rows without decoding and re-encoding the JSON columns (gpus,
     vars, params hold ``json.dumps`` text: copying it gives the same bytes),
     which halves the CPU of a ``rota status --json`` on a 5,000-task run.
+    ``states``: list only the tasks in these states (``counts`` still counts all).
     """
     sd = os.fspath(state_dir)
     ctl, meta, metrics, rows = _snapshot(sd)
@@ -96,6 +98,8 @@ def status_json(state_dir: str | os.PathLike[str]) -> str:
     lines = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
+        if states is not None and state not in states:
+            continue
         duration = _duration(state, started, ended, now)
         m = metrics.get(name)
         lines.append(
