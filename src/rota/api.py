@@ -111,7 +111,7 @@ def run(
         spec = load_spec(spec)
     full = spec
     if only:
-        spec = full.only(only)  # a pattern that matches nothing is bad input: before anything is written
+        spec = full.only(only)  # a pattern that matches nothing is bad input: before anything (Ray, SLURM, state)
     executor = None
     if backend != "local":
         executor = make_executor(backend, **dict(backend_options or {}))
@@ -135,10 +135,10 @@ def run(
                 from rota.store.base import ACTIVE
 
                 # Never leave a dead controller's attempt unwatched (its GPU would be booked twice).
-                active = [r.name for r in store.tasks(tuple(ACTIVE))]
-                wider = full.only(only, also=active)
-                if len(wider.tasks) != len(spec.tasks):
-                    spec = wider
+                chosen = {t.name for t in spec.tasks}
+                unwatched = [r.name for r in store.tasks(tuple(ACTIVE)) if r.name not in chosen]
+                if unwatched:
+                    spec = full.only(only, also=unwatched)
                     hooks = _hooks(spec, sd, machine)
             if executor is None:
                 executor = make_executor("local")

@@ -69,8 +69,6 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
     from rota.ui.plain import PlainUI
 
     loaded = load_spec(spec)
-    if only:
-        loaded.only(only)  # a pattern that matches nothing: exit 2 before Ray or SLURM is contacted
     ui: Any = PlainUI()
     if sys.stdout.isatty() and not plain:
         from rota.ui.dashboard import LiveUI

@@ -96,11 +96,8 @@ class Finishing(EngineState):
                     self._make_ready(u)
         else:
             self._skip_dependents(lv.task.name)
-            if state == S.FAILED and self.opt.fail_fast and not self.halted:
-                self.halted = True
-                left = len(self.running)
-                self._event("halt", lv.task.name, f"failed: launching nothing more (--fail-fast); "
-                                                  f"{left} running task(s) may finish")
+            if state == S.FAILED and self.opt.fail_fast:
+                self._halt(lv.task.name, "failed (--fail-fast)")
 
     def _skip_dependents(self, name: str) -> None:
         stack = list(self.users.get(name, []))

@@ -152,19 +152,13 @@ class Engine(Recovery, Finishing, Launching):
             if kill is not None:
                 kill(handles)
 
-    def _drain_requested(self) -> bool:
-        """``rota stop --drain`` left a request for this controller (see :mod:`rota.engine.drain`)."""
-        return drain.take(self.state_dir, os.getpid())
-
     def _loop(self) -> int:
         last_ui = 0.0
         while True:
             if self.interrupts:
                 return self._interrupt()
-            if not self.halted and self._drain_requested():
-                self.halted = True
-                self._event("halt", "", f"asked to drain (rota stop --drain): launching nothing more; "
-                                        f"{len(self.running)} running task(s) finish")
+            if not self.halted and drain.take(self.state_dir, os.getpid()):
+                self._halt("", "asked to drain (rota stop --drain)")
             now = time.time()
             if self.running:
                 self._poll(now)

@@ -122,6 +122,12 @@ class EngineState:
             self._staged_handles.clear()
             self.store.apply(staged)
 
+    def _halt(self, task: str, why: str) -> None:
+        """Launch nothing more (``--fail-fast``, ``rota stop --drain``); running tasks finish."""
+        if not self.halted:
+            self.halted = True
+            self._event("halt", task, f"{why}: launching nothing more; {len(self.running)} running task(s) finish")
+
     def _event(self, kind: str, task: str, text: str) -> None:
         raise NotImplementedError
 
