@@ -22,7 +22,7 @@ from rota.errors import SpecError, StateError
 from rota.store.read import (
     STATUS_VERSION as STATUS_VERSION,  # the status format's version, re-exported
 )
-from rota.store.read import read_status, state_dir_of
+from rota.store.read import read_status, state_dir_for_spec, state_dir_of
 
 if TYPE_CHECKING:  # the spec machinery (pydantic) is imported only where a spec is loaded
     from rota.spec.load import Spec
@@ -46,7 +46,8 @@ def spec_from_dict(data: Mapping[str, Any], root: str | os.PathLike[str] = ".", 
 
 
 def default_state_dir(spec: Spec) -> str:
-    return str(Path(spec.root) / ".rota")
+    """Where ``spec``'s state lives without ``--state-dir`` (see :func:`rota.store.read.state_dir_for_spec`)."""
+    return state_dir_for_spec(spec.path)
 
 
 def check_fits(spec: Spec, machine: Machine) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from rota.errors import UsageError
+from rota.store.read import state_dir_for_spec
 
 GANTT_SUFFIXES = (".html", ".htm", ".png")
 PRETTY_JSON_MAX_TASKS = 2000  # above this, compact JSON (rota.plan.jsontext): 100,000 tasks in under a second
@@ -70,7 +71,7 @@ def plan_command(
     base = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
     options = machine_options(list(machines), loaded.file.machines, base)
     paths = _gantt_paths(gantt, [o.name for o in options]) if gantt else []
-    sd = Path(state_dir) if state_dir else Path(loaded.root) / ".rota"
+    sd = Path(state_dir) if state_dir else Path(state_dir_for_spec(loaded.path))
     wanted = [t.command for t in loaded.tasks if use_history or t.estimate_s is None]
     history = load_history(sd, wanted) if wanted else {}
     durations = resolve_durations(loaded.tasks, history, use_history=use_history, default_s=default_s)
@@ -125,7 +126,7 @@ def register(cli: click.Group) -> None:
     @click.option("--use-history", is_flag=True,
                   help="Prefer durations of past runs (same command) over the spec's estimates.")
     @click.option("--state-dir", type=click.Path(file_okay=False),
-                  help="Where past runs are recorded (default: .rota beside SPEC).")
+                  help="Where past runs are recorded (default: SPEC's state folder, as rota run).")
     @click.option("--default-estimate", metavar="DURATION",
                   help="Duration assumed for tasks with no estimate and no history (default 60s).")
     @click.option("--width", type=click.IntRange(30, 400), help="Width of the text Gantt chart.")

@@ -32,7 +32,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 from rota.errors import RotaError
-from rota.store.read import read_status, state_dir_of, status_json
+from rota.store.read import nested_specs, read_status, state_dir_of, status_json
 
 _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
 _COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "interrupted": "35"}
@@ -123,8 +123,13 @@ def show(target: str | None, state_dir: str | None, as_json: bool, states: Seque
         os.nice(10)
     sd = state_dir_of(target, state_dir)
     out = out or sys.stdout
-    out.write(status_json(sd, only) if as_json else render_table(read_status(sd), color=_color_wanted(out),
-                                                                 states=only))
+    if as_json:
+        out.write(status_json(sd, only))
+    else:
+        out.write(render_table(read_status(sd), color=_color_wanted(out), states=only))
+        others = nested_specs(sd)
+        if others:  # rota.yaml's .rota also holds other spec files' state folders
+            out.write(f"also here: {', '.join(n + '.yaml' for n in others)} (rota status NAME.yaml)\n")
     out.flush()
 
 

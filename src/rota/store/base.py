@@ -1,6 +1,6 @@
 """The state store contract.
 
-One store per state folder (``.rota/`` beside the spec). The controller is the
+One store per state folder (``.rota/`` beside the spec; see ``state_dir_for_spec``). The controller is the
 only writer; any number of readers (``rota status``, ``rota report``) may read
 at the same time without "database is locked".
 

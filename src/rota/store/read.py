@@ -42,18 +42,80 @@ _TASKS_QUERY = (
 )
 
 
+STATE_FOLDER = ".rota"
+SPECS_FOLDER = "specs"  # inside STATE_FOLDER: one folder per spec file not named rota.yaml
+DEFAULT_STEM = "rota"
+
+
+def state_dir_for_spec(spec_path: str | os.PathLike[str]) -> str:
+    """The state folder of one spec file (absolute).
+
+    ``rota.yaml`` (or ``rota.yml``) keeps its state in ``.rota/`` beside it; a
+    spec file with any other name, ``NAME.yaml``, in ``.rota/specs/NAME/``, so
+    two spec files in one folder never share tasks, logs, outputs or a lock. A
+    ``.rota/`` that an older rota made for this very spec file (its database
+    names it) stays that spec's, so a run started before this rule continues.
+    """
+    real = os.path.realpath(spec_path)
+    base = os.path.join(os.path.dirname(real), STATE_FOLDER)
+    stem = os.path.splitext(os.path.basename(real))[0]
+    if stem == DEFAULT_STEM or _recorded_spec(base) == real:
+        return base
+    return os.path.join(base, SPECS_FOLDER, stem)
+
+
+def _recorded_spec(sd: str) -> str | None:
+    """The spec file that ``sd``'s database records (realpath), or None (no database, unreadable)."""
+    path = os.path.join(sd, DB_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='spec_path'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return os.path.realpath(row[0]) if row and row[0] else None
+
+
+def nested_specs(sd: str | os.PathLike[str]) -> list[str]:
+    """Names (``NAME`` of ``NAME.yaml``) of the spec files whose state is under ``sd/specs/``, sorted."""
+    specs_dir = os.path.join(sd, SPECS_FOLDER)
+    try:
+        return sorted(n for n in os.listdir(specs_dir) if os.path.exists(os.path.join(specs_dir, n, DB_NAME)))
+    except OSError:
+        return []
+
+
 def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> str:
-    """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
+    """Where the state to read is: ``--state-dir`` wins; else a spec file's
+    (:func:`state_dir_for_spec`); else a folder holding state.db; else the
+    ``.rota`` in that folder (the current one without ``target``).
+
+    A ``.rota`` without a database of its own but holding exactly one spec's
+    state (``.rota/specs/NAME``) means that one; several are ambiguous: a
+    StateError names them and asks for the spec file.
+    """
     if state_dir is not None:
         return os.fspath(state_dir)
-    if target is None:
-        return ".rota"
-    t = os.fspath(target)
+    t = "." if target is None else os.fspath(target)
     if os.path.isfile(t):
-        return os.path.join(os.path.dirname(os.path.realpath(t)), ".rota")
+        return state_dir_for_spec(t)
     if os.path.exists(os.path.join(t, DB_NAME)):
         return t
-    return os.path.join(t, ".rota")
+    base = os.path.join(t, STATE_FOLDER) if target is not None else STATE_FOLDER
+    if os.path.exists(os.path.join(base, DB_NAME)):
+        return base
+    found = nested_specs(base)
+    if len(found) == 1:
+        return os.path.join(base, SPECS_FOLDER, found[0])
+    if found:
+        names = ", ".join(f"{n}.yaml" for n in found)
+        raise StateError(f"{base} holds the state of several spec files ({names}); "
+                         f"name one, e.g. 'rota status {found[0]}.yaml'")
+    return base
 
 
 def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
