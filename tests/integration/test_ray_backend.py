@@ -179,3 +179,74 @@ def test_timeout_and_interrupt_stop_ray_tasks(tmp_path, ray_cluster):  # noqa: F
         rc = Path(st2[f"long-{i}"]["log_path"] + ".rc").read_text().strip()
         assert rc == "143", rc  # SIGTERM reached the task's process group
     assert not list(tmp_path.glob("marker*"))
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    now = peak = 0
+    for _, d in edges:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def test_queue_ahead_keeps_ray_fed_and_records_real_starts(tmp_path, ray_cluster):  # noqa: F811
+    """rota books one extra CPU slot per cluster CPU: 8 one-CPU tasks on 4 CPUs are all submitted at
+    once, Ray runs at most 4 together, and each attempt's recorded run starts when Ray started it."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: t-{{i}}
+            command: {PY} {REC} {rec} t-{{i}} 2.0
+            matrix: {{i: [0, 1, 2, 3, 4, 5, 6, 7]}}
+    """)
+    state = tmp_path / "st"
+    p = ray_run(spec, ray_cluster, state)
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = read_records(rec)
+    assert len(recs) == 8
+    assert _max_overlap([(r["start"], r["end"]) for r in recs]) <= 4  # Ray never ran more than its CPUs
+    import sqlite3
+
+    with sqlite3.connect(state / "state.db") as db:
+        launched = dict(db.execute("SELECT task, min(ts) FROM events WHERE kind='launching' GROUP BY task"))
+        ended = dict(db.execute("SELECT task, max(ts) FROM events WHERE kind='succeeded' GROUP BY task"))
+    assert _max_overlap([(launched[n], ended[n]) for n in launched]) > 4  # submitted ahead of capacity
+    tasks = by_name(state)
+    by_rec = {r["name"]: r for r in recs}
+    for name, t in tasks.items():
+        # The run counts from the real start (the recorder starts just after it), not the submission.
+        assert t["started_at"] <= by_rec[name]["start"] < t["started_at"] + 1.5, (t, by_rec[name])
+        assert t["duration_s"] < 3.5, t
+    waited = [n for n in tasks if tasks[n]["started_at"] - launched[n] > 1.0]
+    assert waited, "no attempt waited in Ray's queue"
+
+
+def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path, ray_cluster):  # noqa: F811
+    """4 blockers fill the cluster's CPUs for 4s; a 1s task with a 2s timeout, submitted ahead,
+    waits in Ray's queue longer than its timeout and still succeeds."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: block-{{i}}
+            command: {PY} {REC} {rec} block-{{i}} 4.0
+            matrix: {{i: [0, 1, 2, 3]}}
+            priority: 10
+          - name: short
+            command: {PY} {REC} {rec} short 1.0
+            timeout: 2s
+    """)
+    state = tmp_path / "st"
+    p = ray_run(spec, ray_cluster, state, "--grace", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = {r["name"]: r for r in read_records(rec)}
+    first_block_end = min(recs[f"block-{i}"]["end"] for i in range(4))
+    assert recs["short"]["start"] >= first_block_end - 0.5  # it waited for a CPU ...
+    import sqlite3
+
+    with sqlite3.connect(state / "state.db") as db:
+        (launched,) = db.execute("SELECT min(ts) FROM events WHERE task='short' AND kind='launching'").fetchone()
+    assert recs["short"]["end"] - launched > 2.0  # ... longer than its timeout, and was not stopped
+    assert by_name(state)["short"]["state"] == "succeeded"

@@ -7,8 +7,9 @@ A task without ``gpu_memory`` books the whole GPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,20 @@ class Ledger:
             elif idle is None and (busy is None or free < busy_free or (free == busy_free and idx < busy)):
                 busy, busy_free = idx, free
         return idle if idle is not None else busy
+
+
+def with_cpu_headroom(machine: Machine, extra: float) -> Machine:
+    """``machine`` with ``ceil(cpus * extra)`` more CPU slots (each node's likewise); GPUs and RAM unchanged.
+
+    For a backend with its own queue (Ray): the engine books attempts on these
+    slots ahead of capacity, the backend holds them until a CPU frees and starts
+    the next at once, without a round trip through the controller. ``extra <= 0``
+    returns ``machine`` itself.
+    """
+    if extra <= 0:
+        return machine
+    return replace(machine, cpus=machine.cpus + math.ceil(machine.cpus * extra),
+                   nodes=tuple(replace(n, cpus=n.cpus + math.ceil(n.cpus * extra)) for n in machine.nodes))
 
 
 def fits_machine(req: Request, machine: Machine) -> str | None:

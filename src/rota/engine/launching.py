@@ -63,7 +63,7 @@ class Launching(EngineState):
         if not cands:
             return
         running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
-        placements = schedule(cands, self.machine, running, presorted=True)
+        placements = schedule(cands, self.launch_machine, running, presorted=True)
         if not placements:
             return
         started = {p.task for p in placements}
@@ -152,10 +152,12 @@ class Launching(EngineState):
                 key=key, task=t.name, attempt=attempt, command=command, env=env, workdir=t.workdir,
                 log_path=log, gpus=p.gpus, gpu_count=req.gpus, gpu_memory_bytes=req.gpu_memory_bytes,
                 gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
+                grace_s=self.opt.grace_s,
                 estimate_s=self.estimate_of(t), array_group=t.group,
             )
-            # A backend that queues arms the timeout when the attempt really starts (see _poll).
-            deadline = now + t.timeout_s if t.timeout_s and not self._queues else None
+            # A backend that queues arms the timeout when the attempt really starts (see _poll);
+            # one that enforces timeouts itself needs no deadline here.
+            deadline = now + t.timeout_s if t.timeout_s and not (self._queues or self._enforces_timeout) else None
             changes.append(Change(t.name, S.PENDING, "launching", {
                 "state": S.LAUNCHING, "attempts": attempt, "gpus": list(p.gpus), "gpu_bytes": list(p.gpu_bytes),
                 "cpus": p.cpus, "memory_bytes": p.memory_bytes, "started_at": now, "deadline": deadline,

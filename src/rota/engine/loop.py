@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rota.core.policy import Candidate
-from rota.core.resources import Machine
+from rota.core.resources import Machine, with_cpu_headroom
 from rota.engine import drain
 from rota.engine.finishing import Finishing
 from rota.engine.launching import Launching
@@ -79,6 +79,9 @@ class Engine(Recovery, Finishing, Launching):
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
         self._queues = bool(getattr(executor, "queues", False))
+        self._enforces_timeout = bool(getattr(executor, "enforces_timeout", False))
+        ahead = float(getattr(executor, "queue_ahead", 0.0) or 0.0) if self._enforces_timeout else 0.0
+        self.launch_machine = with_cpu_headroom(self.machine, ahead)
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:

@@ -89,6 +89,8 @@ class EngineState:
     _fresh: set[str]  # ready, not delayed, not yet in _sorted
     _dirty: bool  # something changed since the policy was last asked
     _queues: bool  # the executor queues submitted attempts (their start comes later)
+    _enforces_timeout: bool  # the executor stops attempts at their timeout itself (no engine deadline)
+    launch_machine: Machine  # what the policy books against: the machine, plus queue-ahead CPU slots
     running: dict[str, Live]
     halted: bool  # fail_fast tripped: nothing more is launched
     interrupts: int

@@ -25,6 +25,17 @@ backend's own queue (SLURM's PENDING): the engine then starts a task's
 ``timeout`` at the ``started_at`` that ``poll`` reports with ``running``, not
 at submission, so time spent queued never counts against it.
 
+``enforces_timeout = True`` (optional attribute) says the backend itself stops
+an attempt ``launch.timeout_s`` after it really starts (SIGTERM to its group,
+``launch.grace_s``, SIGKILL) and reports that end with reason ``"timeout"``; the
+engine then arms no deadline of its own (Ray: the task's wrapper does it).
+
+``queue_ahead = F`` (optional attribute, a fraction) lets the engine book
+``ceil(cpus * F)`` CPU slots beyond the backend's capacity (GPUs and RAM never):
+the backend's own queue holds those attempts and starts each as soon as a CPU
+frees, without a round trip through the controller. Only an executor that also
+enforces timeouts may set it (time spent in that queue must not count).
+
 Every executor passes ``tests/contract/test_executor_contract.py``.
 """
 
@@ -78,6 +89,7 @@ class Launch:
     cpus: int = 1
     memory_bytes: int = 0
     timeout_s: float | None = None
+    grace_s: float = 10.0  # SIGTERM-to-SIGKILL wait when a backend enforces the timeout itself
     estimate_s: float | None = None
     array_group: str | None = None  # tasks of one matrix: a backend may batch them
 

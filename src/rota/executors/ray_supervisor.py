@@ -109,8 +109,23 @@ def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, grace_now: Any = 
             continue
 
 
-def _task_env(spec: Mapping[str, Any]) -> dict[str, str]:
+# The worker's environment less ROTA_*, and the raw environment it was made from: a pooled
+# worker runs many attempts, and comparing two dicts is far cheaper than filtering again.
+_BASE_ENV: list[tuple[dict[bytes, bytes], dict[str, str]]] = []
+
+
+def _base_env() -> dict[str, str]:
+    raw = getattr(os.environ, "_data", None)  # CPython's encoded environment: a plain dict, compared in C
+    if _BASE_ENV and raw is not None and _BASE_ENV[0][0] == raw:
+        return dict(_BASE_ENV[0][1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
+    if raw is not None:
+        _BASE_ENV[:] = [(dict(raw), env)]
+    return dict(env)
+
+
+def _task_env(spec: Mapping[str, Any]) -> dict[str, str]:
+    env = _base_env()
     env.update(spec["env"])
     granted = os.environ.get("CUDA_VISIBLE_DEVICES")
     if spec["num_gpus"] > 0 and granted is not None:  # Ray's grant wins over rota's bookkeeping
@@ -119,14 +134,24 @@ def _task_env(spec: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> int:
-    """The child's exit status, as soon as it exits.
+class _TimedOut(Exception):
+    """The attempt ran past its timeout (counted from its real start, in the task)."""
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float | None = None) -> int:
+    """The child's exit status, as soon as it exits; :class:`_TimedOut` after ``timeout_s``.
 
     ``ray.cancel(force=False)`` only trips Python's interrupt flag (no real
     signal): a blocking wait would never see it, so this wakes every
     ``INTERRUPT_CHECK_S``. A pidfd makes the exit itself wake us at once
     (``Popen.wait(timeout)`` sleeps in growing steps of up to 50 ms instead).
     """
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+
+    def check() -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _TimedOut
+
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # no pidfd (old kernel, sandbox): Popen's own sleeping wait
@@ -134,10 +159,10 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
             try:
                 return proc.wait(timeout=INTERRUPT_CHECK_S)
             except subprocess.TimeoutExpired:
-                continue
+                check()
     try:
         while not select.select([fd], [], [], INTERRUPT_CHECK_S)[0]:
-            pass
+            check()
         return proc.wait()
     finally:
         os.close(fd)
@@ -152,7 +177,12 @@ def _open_log(log: str) -> Any:
 
 
 def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome."""
+    """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome.
+
+    ``spec["timeout_s"]`` (optional) counts from here, the attempt's real start:
+    past it the group gets SIGTERM, ``spec["grace_s"]``, then SIGKILL, and the
+    outcome's error is ``"timeout"``.
+    """
     started = time.time()
     log, rc_path = spec["log_path"], spec["rc_path"]
     proc: subprocess.Popen[bytes] | None = None
@@ -169,7 +199,11 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
                 stderr=subprocess.STDOUT, cwd=spec["workdir"], env=_task_env(spec),
                 start_new_session=True, close_fds=True,
             )
-        code = _wait(proc)
+        code = _wait(proc, spec.get("timeout_s"))
+    except _TimedOut:  # the engine leaves timeouts to the task (the time it waited in Ray's queue is not counted)
+        assert proc is not None
+        code = _stop_group(proc, float(spec.get("grace_s", DEFAULT_GRACE_S)), lambda: _grace(spec))
+        error = "timeout"
     except KeyboardInterrupt:  # ray.cancel(force=False)
         code = _stop_group(proc, _grace(spec), lambda: _grace(spec)) if proc is not None else None
         error = "cancelled"
@@ -191,9 +225,10 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
         except OSError:
             pass
     return {"code": code, "error": error, "started_at": started, "ended_at": time.time(),
-            "host": socket.gethostname()}
+            "host": _HOST or socket.gethostname()}
 
 
+_HOST = socket.gethostname()
 _TASK: list[Any] = []
 
 

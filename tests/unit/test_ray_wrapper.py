@@ -1,0 +1,85 @@
+"""The Ray task's body (``run_attempt``) with real processes, outside Ray: timeouts, environment."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from rota.core.resources import Gpu, Machine, Node, with_cpu_headroom
+from rota.executors import ray_supervisor as rs
+
+GB = 2**30
+
+
+def _spec(tmp: Path, command: str, **extra: object) -> dict:
+    log = tmp / "logs" / "t" / "attempt-1.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return {"id": "tok:t#1", "key": "t#1", "command": command, "env": {"ROTA_TASK": "t"}, "workdir": str(tmp),
+            "log_path": str(log), "rc_path": f"{log}.rc", "num_gpus": 0, **extra}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_timeout_counts_from_the_real_start_and_stops_the_whole_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    spec = _spec(tmp_path, f"sleep 60 & echo $! > {pidfile}; wait; echo never", timeout_s=1.0, grace_s=2.0)
+    t = time.monotonic()
+    out = rs.run_attempt(spec)
+    took = time.monotonic() - t
+    assert out["error"] == "timeout" and out["code"] == 143, out  # SIGTERM reached the group
+    assert 1.0 <= took < 5.0, took
+    assert Path(spec["rc_path"]).read_text() == "143\n"
+    assert "never" not in Path(spec["log_path"]).read_text()
+    pid = int(pidfile.read_text())
+    deadline = time.time() + 5
+    while not _gone(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "the background grandchild outlived its task's timeout"
+
+
+def test_grace_then_sigkill_for_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "trap '' TERM; sleep 30", timeout_s=0.5, grace_s=0.5)
+    t = time.monotonic()
+    out = rs.run_attempt(spec)
+    assert out["error"] == "timeout" and out["code"] == 137, out
+    assert time.monotonic() - t < 5.0
+
+
+def test_no_timeout_runs_to_the_end(tmp_path: Path) -> None:
+    out = rs.run_attempt(_spec(tmp_path, "sleep 0.3; echo done; exit 3", timeout_s=None))
+    assert out["code"] == 3 and out["error"] == "", out
+    assert out["ended_at"] - out["started_at"] >= 0.3
+    assert "done" in Path(_spec(tmp_path, "")["log_path"]).read_text()
+
+
+def test_task_env_follows_the_worker_environment(monkeypatch) -> None:
+    """The filtered environment is cached per worker, but never stale."""
+    first = rs._task_env({"env": {"A": "1"}, "num_gpus": 0})
+    assert first["A"] == "1"
+    monkeypatch.setenv("ROTA_LEFT_BY_PARENT", "x")
+    monkeypatch.setenv("ADDED_LATER", "y")
+    second = rs._task_env({"env": {"B": "2"}, "num_gpus": 0})
+    assert second["ADDED_LATER"] == "y" and "ROTA_LEFT_BY_PARENT" not in second
+    assert "A" not in second and second["B"] == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    gpu = rs._task_env({"env": {"CUDA_VISIBLE_DEVICES": "0"}, "num_gpus": 1})
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "3" and gpu["ROTA_GPUS"] == "3"  # Ray's grant wins
+    assert os.environ.get("ROTA_LEFT_BY_PARENT") == "x"  # the worker's own environment is untouched
+
+
+def test_cpu_headroom_adds_cpu_slots_only() -> None:
+    m = Machine((Gpu(0, 80 * GB),), 6, 64 * GB, nodes=(Node("a", 1, 4, 32 * GB), Node("b", 0, 2, 32 * GB)))
+    h = with_cpu_headroom(m, 1.0)
+    assert (h.cpus, [n.cpus for n in h.nodes]) == (12, [8, 4])
+    assert h.gpus == m.gpus and h.memory_bytes == m.memory_bytes
+    assert [(n.gpus, n.memory_bytes) for n in h.nodes] == [(1, 32 * GB), (0, 32 * GB)]
+    assert with_cpu_headroom(m, 0.5).cpus == 9
+    assert with_cpu_headroom(m, 0.0) is m
