@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -96,6 +97,10 @@ def test_dashboard_render_is_pure_and_complete(tmp_path):
     for needle in ("GPU 0", "60GB/80GB", "train-a, train-b", "CPU", "4/16", "50/200", "ETA 5m00s", "bad",
                    "cuda out of memory", "/x/bad/attempt-1.log", "done 3", "failed 1"):
         assert needle in text, needle
+    assert "waiting in the backend's queue" not in text
+    console.print(render(dataclasses.replace(snap, cpus_booked=20)))  # Ray: booked ahead of capacity
+    ahead = console.export_text()
+    assert "20/16" in ahead and "4 waiting in the backend's queue" in ahead
 
 
 def test_stop_drain_then_stop_then_nothing_to_stop(tmp_path):

@@ -43,7 +43,9 @@ def render(s: Snapshot) -> Group:
             f"GPU {g.index}", _bar(g.booked_bytes, g.total_bytes),
             f"{format_size(g.booked_bytes)}/{format_size(g.total_bytes)}{live}", ", ".join(g.tasks) or "-",
         )
-    res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}", "")
+    ahead = s.cpus_booked - s.cpus_total  # > 0: attempts queued ahead in the backend (Ray)
+    res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}",
+                f"{ahead} waiting in the backend's queue" if ahead > 0 else "")
     res.add_row("RAM", _bar(s.memory_booked, s.memory_total),
                 f"{format_size(s.memory_booked)}/{format_size(s.memory_total)}", "")
     run = Table(box=None, expand=False, show_edge=False, pad_edge=False)
