@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from rota.core.resources import Gpu, Machine, Node, with_cpu_headroom
-from rota.executors import ray_supervisor as rs
+from rota.executors import ray_task as rs
 
 GB = 2**30
 

@@ -79,7 +79,8 @@ from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
 from rota.executors.base import Handle, Launch, Status
 from rota.executors.local import _read_rc, _status_from_code, rc_path_for
-from rota.executors.ray_supervisor import Supervisor, need_ray, ray, rex
+from rota.executors.ray_supervisor import Supervisor
+from rota.executors.ray_task import need_ray, ray, rex
 
 NAME = "ray"
 SUPERVISOR_PREFIX = "rota-supervisor-"
