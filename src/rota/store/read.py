@@ -1,6 +1,6 @@
 """The reader's side of the state store: ``rota status`` without the controller's machinery.
 
-Imports only ``sqlite3``, ``json``, ``os``, ``time`` and :mod:`rota.errors`, so a
+Imports only ``sqlite3``, ``json``, ``os``, ``time``, :mod:`rota.errors` and :mod:`rota.store.schema`, so a
 ``rota status`` process started once a second during a run costs little CPU
 (the run needs the cores). :func:`read_status` reads everything in ONE short
 read transaction on a read-only connection:
@@ -26,12 +26,9 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from rota.errors import StateError
+from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
 STATUS_VERSION = 1
-DB_NAME = "state.db"
-# Mirrors rota.store.sqlite (not imported: it pulls in the writer's modules).
-_APP_ID = 0x526F7461
-_SCHEMA_VERSION = 1
 _STATES = ("pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted")
 _NO_DURATION = ("pending", "skipped")
 _INF = float("inf")
@@ -252,10 +249,10 @@ def _check_identity(conn: sqlite3.Connection, path: str) -> None:
     app = conn.execute("PRAGMA application_id").fetchone()[0]
     if version == 0 and app == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         raise StateError(f"{path} is empty; run 'rota run SPEC' first")
-    if app != _APP_ID:
+    if app != APP_ID:
         raise StateError(f"{path} is a database but not rota's (application_id {app}); refusing to touch it")
-    if version > _SCHEMA_VERSION:
-        raise StateError(f"{path} was written by a newer rota (schema {version} > {_SCHEMA_VERSION}); upgrade rota")
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path} was written by a newer rota (schema {version} > {SCHEMA_VERSION}); upgrade rota")
 
 
 def controller(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
