@@ -250,3 +250,40 @@ def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path,
         (launched,) = db.execute("SELECT min(ts) FROM events WHERE task='short' AND kind='launching'").fetchone()
     assert recs["short"]["end"] - launched > 2.0  # ... longer than its timeout, and was not stopped
     assert by_name(state)["short"]["state"] == "succeeded"
+
+
+def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ray_cluster):  # noqa: F811
+    """4 blockers hold the cluster's 4 CPUs; 4 more tasks wait in Ray's queue (booked ahead); a
+    0-CPU task fails meanwhile: --fail-fast halts, and the queued tasks never run (left pending)."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: block-{{i}}
+            command: {PY} {REC} {rec} block-{{i}} 3.0
+            matrix: {{i: [0, 1, 2, 3]}}
+            priority: 10
+          - name: bad
+            command: sleep 0.5; exit 3
+            cpus: 0
+            priority: 10
+          - name: later-{{i}}
+            command: {PY} {REC} {rec} later-{{i}} 0.1
+            matrix: {{i: [0, 1, 2, 3]}}
+    """)
+    state = tmp_path / "st"
+    p = ray_run(spec, ray_cluster, state, "--fail-fast")
+    assert p.returncode == 1, p.stdout + p.stderr
+    ran = {r["name"] for r in read_records(rec)}
+    assert ran == {f"block-{i}" for i in range(4)}, ran
+    st = by_name(state)
+    assert st["bad"]["state"] == "failed"
+    assert all(st[f"later-{i}"]["state"] == "pending" for i in range(4)), st
+    import sqlite3
+
+    with sqlite3.connect(state / "state.db") as db:
+        booked = db.execute("SELECT count(*) FROM events WHERE kind='launching' AND task LIKE 'later-%'").fetchone()
+    assert booked[0] == 4  # they had been submitted (queued ahead), yet none started
+    p2 = ray_run(spec, ray_cluster, state)
+    assert p2.returncode == 1, p2.stdout + p2.stderr  # bad fails again; the rest now runs
+    assert {f"later-{i}" for i in range(4)} <= {r["name"] for r in read_records(rec)}

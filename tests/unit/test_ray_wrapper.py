@@ -83,3 +83,15 @@ def test_cpu_headroom_adds_cpu_slots_only() -> None:
     assert [(n.gpus, n.memory_bytes) for n in h.nodes] == [(1, 32 * GB), (0, 32 * GB)]
     assert with_cpu_headroom(m, 0.5).cpus == 9
     assert with_cpu_headroom(m, 0.0) is m
+
+
+def test_an_attempt_queued_when_its_run_halted_does_not_start(tmp_path: Path) -> None:
+    halt = tmp_path / "halted.123"
+    marker = tmp_path / "ran"
+    spec = _spec(tmp_path, f"touch {marker}", halt_path=str(halt))
+    assert rs.run_attempt(spec)["code"] == 0 and marker.exists()  # no marker: it runs
+    marker.unlink()
+    halt.touch()
+    out = rs.run_attempt(spec)
+    assert out["lost"] is True and out["code"] is None and "not started" in out["error"], out
+    assert not marker.exists()

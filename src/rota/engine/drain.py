@@ -1,4 +1,5 @@
-"""``rota stop --drain``: a request file in the state folder, read by the controller each round.
+"""``rota stop --drain``: a request file in the state folder, read by the controller each round;
+and the halt marker that tells attempts still queued in a backend not to start.
 
 A file, not a signal: a signal that arrives before the controller has set its
 handler (while it loads the spec) would kill it, and the loop wakes at least
@@ -55,3 +56,27 @@ def discard_stale(state_dir: str | os.PathLike[str], pid: int) -> None:
     if os.path.exists(path) and _pid_of(path) != pid:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+HALT_PREFIX = "halted."
+
+
+def halt_path(state_dir: str | os.PathLike[str], pid: int) -> str:
+    """The marker controller ``pid`` writes once it launches nothing more (``Launch.halt_path``)."""
+    return os.path.join(os.fspath(state_dir), f"{HALT_PREFIX}{pid}")
+
+
+def mark_halted(path: str) -> None:
+    """Best effort: without the marker, queued attempts start and finish as running ones do."""
+    with contextlib.suppress(OSError), open(path, "w"):
+        pass
+
+
+def clear_halt_markers(state_dir: str | os.PathLike[str]) -> None:
+    """Remove every controller's marker (called by the one controller holding the lock)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(state_dir):
+            if name.startswith(HALT_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(os.fspath(state_dir), name))
+

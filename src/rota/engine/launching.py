@@ -152,7 +152,7 @@ class Launching(EngineState):
                 key=key, task=t.name, attempt=attempt, command=command, env=env, workdir=t.workdir,
                 log_path=log, gpus=p.gpus, gpu_count=req.gpus, gpu_memory_bytes=req.gpu_memory_bytes,
                 gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
-                grace_s=self.opt.grace_s,
+                grace_s=self.opt.grace_s, halt_path=self._halt_path,
                 estimate_s=self.estimate_of(t), array_group=t.group,
             )
             # A backend that queues arms the timeout when the attempt really starts (see _poll);

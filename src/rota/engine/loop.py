@@ -82,6 +82,9 @@ class Engine(Recovery, Finishing, Launching):
         self._enforces_timeout = bool(getattr(executor, "enforces_timeout", False))
         ahead = float(getattr(executor, "queue_ahead", 0.0) or 0.0) if self._enforces_timeout else 0.0
         self.launch_machine = with_cpu_headroom(self.machine, ahead)
+        # Attempts booked ahead may still wait in the backend's queue when the run halts: this marker
+        # (written by _halt) tells them not to start.
+        self._halt_path = drain.halt_path(self.state_dir, os.getpid()) if ahead > 0 else None
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -120,6 +123,7 @@ class Engine(Recovery, Finishing, Launching):
 
     def _run(self) -> int:
         drain.discard_stale(self.state_dir, os.getpid())
+        drain.clear_halt_markers(self.state_dir)
         self._sync()
         if self.ui is not None:
             self.ui.start(self)

@@ -9,6 +9,7 @@ from typing import Any
 
 from rota.core.policy import Candidate
 from rota.core.resources import Machine, Placement, Request
+from rota.engine import drain
 from rota.executors.base import Executor, Handle, Status
 from rota.spec.load import Spec
 from rota.spec.model import Task
@@ -91,6 +92,7 @@ class EngineState:
     _queues: bool  # the executor queues submitted attempts (their start comes later)
     _enforces_timeout: bool  # the executor stops attempts at their timeout itself (no engine deadline)
     launch_machine: Machine  # what the policy books against: the machine, plus queue-ahead CPU slots
+    _halt_path: str | None  # written on halt: queued-ahead attempts must not start (Launch.halt_path)
     running: dict[str, Live]
     halted: bool  # fail_fast tripped: nothing more is launched
     interrupts: int
@@ -128,6 +130,8 @@ class EngineState:
         """Launch nothing more (``--fail-fast``, ``rota stop --drain``); running tasks finish."""
         if not self.halted:
             self.halted = True
+            if self._halt_path is not None:
+                drain.mark_halted(self._halt_path)
             self._event("halt", task, f"{why}: launching nothing more; {len(self.running)} running task(s) finish")
 
     def _event(self, kind: str, task: str, text: str) -> None:

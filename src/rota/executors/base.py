@@ -34,7 +34,10 @@ engine then arms no deadline of its own (Ray: the task's wrapper does it).
 ``ceil(cpus * F)`` CPU slots beyond the backend's capacity (GPUs and RAM never):
 the backend's own queue holds those attempts and starts each as soon as a CPU
 frees, without a round trip through the controller. Only an executor that also
-enforces timeouts may set it (time spent in that queue must not count).
+enforces timeouts may set it (time spent in that queue must not count). Such an
+executor must also honour ``launch.halt_path``: once that file exists (the run
+launches nothing more: ``--fail-fast``, ``rota stop --drain``), an attempt that
+has not started yet must not start; it ends ``lost`` ("not started").
 
 Every executor passes ``tests/contract/test_executor_contract.py``.
 """
@@ -90,6 +93,7 @@ class Launch:
     memory_bytes: int = 0
     timeout_s: float | None = None
     grace_s: float = 10.0  # SIGTERM-to-SIGKILL wait when a backend enforces the timeout itself
+    halt_path: str | None = None  # exists once the run launches nothing more: a queued attempt must not start
     estimate_s: float | None = None
     array_group: str | None = None  # tasks of one matrix: a backend may batch them
 

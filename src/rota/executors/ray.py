@@ -326,7 +326,7 @@ class RayExecutor:
             options["memory"] = la.memory_bytes
         spec = {"id": tid, "key": la.key, "command": la.command, "env": env, "workdir": la.workdir,
                 "log_path": la.log_path, "rc_path": rc_path_for(la.log_path), "num_gpus": num_gpus,
-                "timeout_s": la.timeout_s, "grace_s": la.grace_s,
+                "timeout_s": la.timeout_s, "grace_s": la.grace_s, "halt_path": la.halt_path,
                 "supervisor": self.supervisor_name, "namespace": self.namespace}
         return {"id": tid, "state_dir": state_dir, "options": options, "spec": spec}
 

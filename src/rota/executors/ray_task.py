@@ -168,11 +168,18 @@ def _open_log(log: str) -> Any:
 def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome.
 
-    ``spec["timeout_s"]`` (optional) counts from here, the attempt's real start:
+    ``spec["halt_path"]`` (optional): if that file exists the command is not run
+    (the attempt waited in Ray's queue while its run halted) and the outcome is
+    ``lost``, so the next run starts it, free. ``spec["timeout_s"]`` (optional)
+    counts from here, the attempt's real start:
     past it the group gets SIGTERM, ``spec["grace_s"]``, then SIGKILL, and the
     outcome's error is ``"timeout"``.
     """
     started = time.time()
+    halt = spec.get("halt_path")
+    if halt and os.path.exists(halt):  # booked ahead, and the run stopped launching while it was queued
+        return {"code": None, "error": "not started: the run launches nothing more", "lost": True,
+                "started_at": started, "ended_at": started, "host": _HOST}
     log, rc_path = spec["log_path"], spec["rc_path"]
     proc: subprocess.Popen[bytes] | None = None
     code: int | None = None
