@@ -221,7 +221,8 @@ def stop(
 
 
 def resolve_state_dir(target: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``--state-dir`` wins; else a spec file's ``.rota``; else a folder holding state.db; else ./.rota."""
+    """Where to read: ``--state-dir`` wins; else a spec file's own state folder; else a folder holding state.db; else
+    that folder's (or ./) .rota, or the one spec's state under it (see :func:`rota.store.read.state_dir_of`)."""
     return Path(state_dir_of(target, state_dir))
 
 
