@@ -260,11 +260,12 @@ def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ra
     spec = write_spec(tmp_path, f"""
         tasks:
           - name: block-{{i}}
-            command: {PY} {REC} {rec} block-{{i}} 3.0
+            command: touch {rec}/started-{{i}}; {PY} {REC} {rec} block-{{i}} 3.0
             matrix: {{i: [0, 1, 2, 3]}}
             priority: 10
           - name: bad
-            command: sleep 0.5; exit 3
+            # fails once every blocker has started (Ray starts a new job's workers two at a time)
+            command: for n in $(seq 600); do [ $(ls {rec} | grep -c started-) -ge 4 ] && exit 3; sleep 0.1; done; exit 4
             cpus: 0
             priority: 10
           - name: later-{{i}}
@@ -277,7 +278,7 @@ def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ra
     ran = {r["name"] for r in read_records(rec)}
     assert ran == {f"block-{i}" for i in range(4)}, ran
     st = by_name(state)
-    assert st["bad"]["state"] == "failed"
+    assert st["bad"]["state"] == "failed" and st["bad"]["exit_code"] == 3, st["bad"]
     assert all(st[f"later-{i}"]["state"] == "pending" for i in range(4)), st
     import sqlite3
 
