@@ -60,11 +60,11 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple
             positional_only = True
         elif a == "--json":
             as_json = True
-        elif a in ("--state-dir", "--state") and i < len(args):
-            if a == "--state":
-                states.append(args[i])
-            else:
-                state_dir = args[i]
+        elif a == "--state-dir" and i < len(args):
+            state_dir = args[i]
+            i += 1
+        elif a == "--state" and i < len(args):
+            states.append(args[i])
             i += 1
         elif a.startswith("--state-dir="):
             state_dir = a.split("=", 1)[1]

@@ -20,18 +20,18 @@ class Finishing(EngineState):
         self.running.pop(t.name, None)
         metrics = A.read_metrics(lv.log_path, lv.out)
         attempt_row: dict[str, Any] = {"attempt": lv.attempts, "ended_at": now, "exit_code": st.exit_code}
+        moved: dict[str, Any] = {}  # the task row's start, rewritten only when it moved (not on the common path)
         if (self._enforces_timeout and st.started_at is not None and lv.started_at is not None
                 and lv.started_at < st.started_at < now):
             # It waited in the backend's queue (queue-ahead): its run, and the durations that
             # estimates are learnt from, begin when it really started.
-            lv.started_at = attempt_row["started_at"] = st.started_at
+            lv.started_at = attempt_row["started_at"] = moved["started_at"] = st.started_at
         if st.phase == "succeeded":
             inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
             attempt_row.update(state=S.SUCCEEDED, reason=st.reason)
             self._stage(Change(t.name, S.ACTIVE, "succeeded", {
-                "state": S.SUCCEEDED, "exit_code": 0, "reason": "", "started_at": lv.started_at, "ended_at": now,
-                "handle": None,
-                "inputs_fp": inputs_fp}, attempt_row, metrics))
+                "state": S.SUCCEEDED, "exit_code": 0, "reason": "", "ended_at": now, "handle": None,
+                "inputs_fp": inputs_fp, **moved}, attempt_row, metrics))
             lv.exit_code, lv.reason, lv.ended_at = 0, "", now
             self._finished_hooks(lv, S.SUCCEEDED, metrics)
             self._finish(lv, S.SUCCEEDED, f"done in {now - (lv.started_at or now):.1f}s")
@@ -67,8 +67,8 @@ class Finishing(EngineState):
             self._event("retry", t.name, f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
             return
         self._stage(Change(t.name, S.ACTIVE, "failed", {
-            "state": S.FAILED, "exit_code": st.exit_code, "reason": reason, "started_at": lv.started_at,
-            "ended_at": now, "handle": None},
+            "state": S.FAILED, "exit_code": st.exit_code, "reason": reason, "ended_at": now, "handle": None,
+            **moved},
             attempt_row, metrics))
         lv.exit_code, lv.reason, lv.ended_at = st.exit_code, reason, now
         self._finished_hooks(lv, S.FAILED, metrics)

@@ -221,7 +221,7 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
         except OSError:
             pass
     return {"code": code, "error": error, "started_at": started, "ended_at": time.time(),
-            "host": _HOST or socket.gethostname()}
+            "host": _HOST}
 
 
 _HOST = socket.gethostname()

@@ -67,7 +67,7 @@ def _recorded_spec(sd: str) -> str | None:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=5.0)
+        conn = _connect_ro(path)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key='spec_path'").fetchone()
         finally:
@@ -215,8 +215,7 @@ def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tu
         raise StateError(f"no rota state at {path}; run 'rota run SPEC' first")
     unusable = "{} is not a usable rota state database ({}); move it away or pass another --state-dir"
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = _connect_ro(path)
     except sqlite3.Error as e:
         raise StateError(unusable.format(path, e)) from None
     try:
@@ -236,6 +235,12 @@ def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tu
     finally:
         conn.close()
     return meta, metrics, rows
+
+
+def _connect_ro(path: str) -> sqlite3.Connection:
+    """A read-only connection to the database at ``path`` (never creates it, never writes)."""
+    return sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                           check_same_thread=False)
 
 
 def _uri_path(path: str) -> str:
