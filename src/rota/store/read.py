@@ -1,6 +1,7 @@
 """The reader's side of the state store: ``rota status`` without the controller's machinery.
 
-Imports only ``sqlite3``, ``json``, ``os``, ``time``, :mod:`rota.errors` and :mod:`rota.store.schema`, so a
+Imports only ``sqlite3``, ``json``, ``os``, ``time``, :mod:`rota.errors`, :mod:`rota.store.base` and
+:mod:`rota.store.schema` (plain constants), so a
 ``rota status`` process started once a second during a run costs little CPU
 (the run needs the cores). :func:`read_status` reads everything in ONE short
 read transaction on a read-only connection:
@@ -26,10 +27,10 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from rota.errors import StateError
+from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
 STATUS_VERSION = 1
-_STATES = ("pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted")
 _NO_DURATION = ("pending", "skipped")
 _INF = float("inf")
 
