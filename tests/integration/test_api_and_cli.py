@@ -101,6 +101,10 @@ def test_dashboard_render_is_pure_and_complete(tmp_path):
     console.print(render(dataclasses.replace(snap, cpus_booked=20)))  # Ray: booked ahead of capacity
     ahead = console.export_text()
     assert "20/16" in ahead and "4 waiting in the backend's queue" in ahead
+    held = dataclasses.replace(snap, running=(TaskView("train-q", (1,), 30.0, 120.0, None, queued=True),))
+    console.print(render(held))  # SLURM still holds it PENDING: no elapsed time yet
+    line = next(ln for ln in console.export_text().splitlines() if "train-q" in ln and "GPU" not in ln)
+    assert "queued" in line and "30s" not in line, line
 
 
 def test_stop_drain_then_stop_then_nothing_to_stop(tmp_path):

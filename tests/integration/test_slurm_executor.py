@@ -266,3 +266,39 @@ def test_time_in_the_queue_does_not_count_against_the_timeout(tmp_path):
     assert time.time() - t0 > 10  # both really waited for the blocker
     # Its recorded start is the job's, after the queue: status and report show the run, not the wait.
     assert by["waits"]["started_at"] > t0 + 5 and by["waits"]["duration_s"] < 5, by["waits"]
+
+
+def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
+    """While SLURM holds a job PENDING, `rota status` says queued (no duration); once it ran, not."""
+    import subprocess
+
+    from tests.helpers import ROTA, write_spec
+
+    blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap", "sleep 8"],
+                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    state = tmp_path / "st"
+    spec = write_spec(tmp_path, "tasks:\n  - {name: waits, command: sleep 1}\n")
+    run = subprocess.Popen([*ROTA, "run", str(spec), "--backend", "slurm", "--plain", "--state-dir", str(state)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = None
+        deadline = time.time() + 60
+        while time.time() < deadline and seen is None:
+            p = subprocess.run([*ROTA, "status", "--json", "--state-dir", str(state)], capture_output=True, text=True)
+            if p.returncode == 0:
+                t = json.loads(p.stdout)["tasks"][0]
+                if t["state"] == "running":
+                    seen = t
+            time.sleep(0.2)
+        assert seen is not None, "the task never showed as running"
+        assert seen["queued"] is True and seen["reason"] == "queued in slurm" and seen["duration_s"] is None, seen
+        table = subprocess.run([*ROTA, "status", "--state-dir", str(state)], capture_output=True, text=True).stdout
+        assert any(line.split()[:2] == ["waits", "queued"] for line in table.splitlines()), table
+        out, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        subprocess.run(["scancel", blocker], check=False)
+    assert run.returncode == 0, out
+    t = json.loads(subprocess.run([*ROTA, "status", "--json", "--state-dir", str(state)],
+                                  capture_output=True, text=True).stdout)["tasks"][0]
+    assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 5, t

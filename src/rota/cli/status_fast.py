@@ -15,7 +15,9 @@ Output contracts:
 - the table: a title line (run id, controller), one header and one line per
   task (task, state, attempts, exit, GPUs, duration, log; columns separated by
   two spaces, the log last so a narrow terminal only wraps the log), then the
-  non-zero counts. States are coloured only on a terminal without ``NO_COLOR``.
+  non-zero counts. A running task that its backend still holds in its queue
+  (SLURM's PENDING) shows ``queued`` with no duration. States are coloured
+  only on a terminal without ``NO_COLOR``.
 
 ``--state failed`` (repeatable, or ``failed,running``) lists only the tasks in
 those states, in both forms; the counts still count every task.
@@ -35,7 +37,7 @@ from rota.errors import RotaError
 from rota.store.read import nested_specs, read_status, state_dir_of, status_json
 
 _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
-_COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "interrupted": "35"}
+_COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "queued": "34", "interrupted": "35"}
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple[str, ...]] | None:
@@ -143,7 +145,7 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
     for t in data["tasks"]:
         if states is not None and t["state"] not in states:
             continue
-        rows.append((t["name"], t["state"], str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
+        rows.append((t["name"], "queued" if t.get("queued") else t["state"], str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or ""))
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
     for n, row in enumerate(rows):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Placement, Request
@@ -192,7 +193,10 @@ class Launching(EngineState):
                 lv.reason = f"could not start: {h}"
                 continue
             lv.handle = h
-            changes.append(Change(lv.task.name, S.LAUNCHING, "running", {"state": S.RUNNING, "handle": h.to_json()},
+            fields: dict[str, Any] = {"state": S.RUNNING, "handle": h.to_json()}
+            if lv.queued:  # `rota status` shows it queued until the backend starts it (Engine._started)
+                fields["reason"] = S.QUEUED_PREFIX + self.executor.name
+            changes.append(Change(lv.task.name, S.LAUNCHING, "running", fields,
                                   {"attempt": lv.attempts, "state": S.RUNNING, "handle": h.to_json()}))
         # Staged, not committed now: a controller that dies first leaves these attempts "launching"
         # without a handle, and recovery finds them again (executor.recover: by environment, or

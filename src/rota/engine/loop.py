@@ -243,7 +243,7 @@ class Engine(Recovery, Finishing, Launching):
         lv.started_at = started_at
         if lv.task.timeout_s:
             lv.deadline = started_at + lv.task.timeout_s
-        self._stage(Change(lv.task.name, S.ACTIVE, "started", {"started_at": started_at, "deadline": lv.deadline},
+        self._stage(Change(lv.task.name, S.ACTIVE, "started", {"started_at": started_at, "deadline": lv.deadline, "reason": ""},
                            {"attempt": lv.attempts, "state": S.RUNNING, "started_at": started_at}))
 
     def _timeouts(self, now: float) -> None:

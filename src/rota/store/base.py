@@ -36,3 +36,7 @@ ACTIVE = frozenset({LAUNCHING, RUNNING})
 DONE_OK = frozenset({SUCCEEDED, CACHED})
 FINAL = frozenset({SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED})
 STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED)
+
+QUEUED_PREFIX = "queued in "
+"""A ``running`` task whose ``reason`` starts with this (``queued in slurm``) was submitted to a
+backend that queues and has not been started by it yet; the reason is cleared when it starts."""

@@ -27,6 +27,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from rota.errors import StateError
+from rota.store.base import QUEUED_PREFIX
 from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
@@ -130,12 +131,13 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     tasks = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        duration = _duration(state, started, ended, now)
+        queued = _queued(state, reason)
+        duration = None if queued else _duration(state, started, ended, now)
         tasks.append({
             "name": name, "state": state, "attempts": attempts, "exit_code": exit_code, "reason": reason,
             "gpus": loads(gpus), "cpus": cpus, "started_at": started, "ended_at": ended, "duration_s": duration,
             "log_path": log, "out_dir": out, "vars": loads(vars_), "params": None if params is None else loads(params),
-            "metrics": metrics.get(name, {}), "group": grp,
+            "metrics": metrics.get(name, {}), "group": grp, "queued": queued,
         })
     return {**_head(sd, meta, counts, ctl), "tasks": tasks}
 
@@ -160,14 +162,15 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
         counts[state] = counts.get(state, 0) + 1
         if states is not None and state not in states:
             continue
-        duration = _duration(state, started, ended, now)
+        queued = _queued(state, reason)
+        duration = None if queued else _duration(state, started, ended, now)
         m = metrics.get(name)
         lines.append(
             f'{{"name": {s(name)}, "state": {s(state)}, "attempts": {attempts}, "exit_code": {_jnum(exit_code)}, '
             f'"reason": {s(reason)}, "gpus": {gpus}, "cpus": {cpus}, "started_at": {_jnum(started)}, '
             f'"ended_at": {_jnum(ended)}, "duration_s": {_jnum(duration)}, "log_path": {s(log)}, '
             f'"out_dir": {s(out)}, "vars": {vars_}, "params": {"null" if params is None else params}, '
-            f'"metrics": {json.dumps(m) if m else "{}"}, "group": {s(grp)}}}'
+            f'"metrics": {json.dumps(m) if m else "{}"}, "group": {s(grp)}, "queued": {"true" if queued else "false"}}}'
         )
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
@@ -192,6 +195,11 @@ def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[s
     ctl = controller(sd)
     meta, metrics, rows = _read(sd)
     return ctl, meta, metrics, rows
+
+
+def _queued(state: str, reason: str) -> bool:
+    """Submitted to a backend that queues (SLURM) and not started by it yet (see store.base.QUEUED_PREFIX)."""
+    return state == "running" and reason.startswith(QUEUED_PREFIX)
 
 
 def _duration(state: str, started: float | None, ended: float | None, now: float) -> float | None:

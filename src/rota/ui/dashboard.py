@@ -61,7 +61,8 @@ def render(s: Snapshot) -> Group:
             eta = r.progress.get("eta_s")
             prog = f"{done}/{total}" + (f" {rate:.1f}/s" if rate else "") + (f" eta {format_duration(eta)}" if eta else "")
         run.add_row(r.name, ",".join(map(str, r.gpus)) or "cpu",
-                    f"{format_duration(r.elapsed_s)} / {format_duration(r.estimate_s)}", prog)
+                    "queued" if r.queued else f"{format_duration(r.elapsed_s)} / {format_duration(r.estimate_s)}",
+                    prog)
     if len(s.running) > 20:
         run.add_row(f"... {len(s.running) - 20} more", "", "", "")
     c = s.counts

@@ -29,6 +29,7 @@ class TaskView:
     elapsed_s: float
     estimate_s: float | None
     progress: dict[str, Any] | None = None
+    queued: bool = False  # submitted, still waiting in the backend's own queue (SLURM PENDING)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def snapshot(engine: Any, gpu_live: dict[int, tuple[float, int]] | None = None) 
             mem += p.memory_bytes
         running.append(
             TaskView(lv.task.name, p.gpus if p else (), now - (lv.started_at or now), lv.task.estimate_s,
-                     read_progress(lv.out) if lv.task.shard is not None or lv.out else None)
+                     read_progress(lv.out) if lv.task.shard is not None or lv.out else None, lv.queued)
         )
     gpus = tuple(
         GpuView(g.index, g.name, g.memory_bytes, booked[g.index], tuple(on_gpu[g.index]),
