@@ -294,6 +294,9 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
         assert seen["queued"] is True and seen["reason"] == "queued in slurm" and seen["duration_s"] is None, seen
         table = subprocess.run([*ROTA, "status", "--state-dir", str(state)], capture_output=True, text=True).stdout
         assert any(line.split()[:2] == ["waits", "queued"] for line in table.splitlines()), table
+        only = subprocess.run([*ROTA, "status", "--json", "--state", "queued", "--state-dir", str(state)],
+                              capture_output=True, text=True)
+        assert [t["name"] for t in json.loads(only.stdout)["tasks"]] == ["waits"], only.stdout + only.stderr
         out, _ = run.communicate(timeout=120)
     finally:
         run.kill()
@@ -302,3 +305,6 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
     t = json.loads(subprocess.run([*ROTA, "status", "--json", "--state-dir", str(state)],
                                   capture_output=True, text=True).stdout)["tasks"][0]
     assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 5, t
+    none = subprocess.run([*ROTA, "status", "--json", "--state", "queued", "--state-dir", str(state)],
+                          capture_output=True, text=True)
+    assert json.loads(none.stdout)["tasks"] == [] and json.loads(none.stdout)["counts"]["succeeded"] == 1

@@ -107,7 +107,8 @@ def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> d
 @click.argument("target", required=False, type=click.Path())
 @click.option("--state-dir", type=click.Path(file_okay=False))
 @click.option("--state", "states", multiple=True, metavar="STATE",
-              help="Only tasks in this state (repeat, or failed,running); the counts still count all.")
+              help="Only tasks in this state (repeat, or failed,running; queued: running tasks the backend "
+                   "has not started yet); the counts still count all.")
 @click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
 def status(target: str | None, state_dir: str | None, states: tuple[str, ...], as_json: bool) -> None:
     """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""

@@ -20,7 +20,8 @@ Output contracts:
   only on a terminal without ``NO_COLOR``.
 
 ``--state failed`` (repeatable, or ``failed,running``) lists only the tasks in
-those states, in both forms; the counts still count every task.
+those states, in both forms; the counts still count every task. ``--state queued``
+lists the running tasks that their backend still holds in its queue.
 
 The process runs at nice +10: when the run needs every core, the run wins.
 """
@@ -87,9 +88,9 @@ def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
     if not values:
         return None
     got = {v.strip() for value in values for v in value.split(",") if v.strip()}
-    bad = sorted(got - set(STATES))
+    bad = sorted(got - {*STATES, "queued"})
     if bad:
-        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}")
+        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}, queued")
     return frozenset(got)
 
 
@@ -143,7 +144,7 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
     lines = [f"run {data['run_id']}  ({'running, pid ' + str(c['pid']) if c['alive'] else 'no controller running'})"]
     rows = [_COLUMNS]
     for t in data["tasks"]:
-        if states is not None and t["state"] not in states:
+        if states is not None and t["state"] not in states and not (t.get("queued") and "queued" in states):
             continue
         rows.append((t["name"], "queued" if t.get("queued") else t["state"], str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or ""))

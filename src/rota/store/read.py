@@ -150,7 +150,8 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     from the rows without decoding and re-encoding the JSON columns (gpus,
     vars, params hold ``json.dumps`` text: copying it gives the same bytes),
     which halves the CPU of a ``rota status --json`` on a 5,000-task run.
-    ``states``: list only the tasks in these states (``counts`` still counts all).
+    ``states``: list only the tasks in these states (``counts`` still counts all); ``queued`` selects
+    the running tasks that their backend still holds in its queue.
     """
     sd = os.fspath(state_dir)
     ctl, meta, metrics, rows = _snapshot(sd)
@@ -160,9 +161,9 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     lines = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        if states is not None and state not in states:
-            continue
         queued = _queued(state, reason)
+        if states is not None and state not in states and not (queued and "queued" in states):
+            continue
         duration = None if queued else _duration(state, started, ended, now)
         m = metrics.get(name)
         lines.append(
