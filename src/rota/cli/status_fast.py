@@ -35,7 +35,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 from rota.errors import RotaError
-from rota.store.read import nested_specs, read_status, state_dir_of, status_json
+from rota.store.read import listed, nested_specs, read_status, state_dir_of, status_json
 
 _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
 _COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "queued": "34", "interrupted": "35"}
@@ -144,9 +144,10 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
     lines = [f"run {data['run_id']}  ({'running, pid ' + str(c['pid']) if c['alive'] else 'no controller running'})"]
     rows = [_COLUMNS]
     for t in data["tasks"]:
-        if states is not None and t["state"] not in states and not (t.get("queued") and "queued" in states):
+        if not listed(t["state"], t["queued"], states):
             continue
-        rows.append((t["name"], "queued" if t.get("queued") else t["state"], str(t["attempts"]), "" if t["exit_code"] is None else str(t["exit_code"]),
+        rows.append((t["name"], "queued" if t["queued"] else t["state"], str(t["attempts"]),
+                     "" if t["exit_code"] is None else str(t["exit_code"]),
                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or ""))
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
     for n, row in enumerate(rows):

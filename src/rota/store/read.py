@@ -162,7 +162,7 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = _queued(state, reason)
-        if states is not None and state not in states and not (queued and "queued" in states):
+        if not listed(state, queued, states):
             continue
         duration = None if queued else _duration(state, started, ended, now)
         m = metrics.get(name)
@@ -196,6 +196,12 @@ def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[s
     ctl = controller(sd)
     meta, metrics, rows = _read(sd)
     return ctl, meta, metrics, rows
+
+
+def listed(state: str, queued: bool, states: Collection[str] | None) -> bool:
+    """Whether ``--state`` values ``states`` (None: all) select a task: its state is one of them, or
+    it is queued (a running task its backend has not started yet) and ``queued`` is one of them."""
+    return states is None or state in states or (queued and "queued" in states)
 
 
 def _queued(state: str, reason: str) -> bool:
