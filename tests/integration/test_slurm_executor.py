@@ -272,39 +272,35 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
     """While SLURM holds a job PENDING, `rota status` says queued (no duration); once it ran, not."""
     import subprocess
 
-    from tests.helpers import ROTA, write_spec
+    from tests.helpers import rota, start_rota, status, wait_for, write_spec
 
     blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap", "sleep 8"],
                              capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     state = tmp_path / "st"
     spec = write_spec(tmp_path, "tasks:\n  - {name: waits, command: sleep 1}\n")
-    run = subprocess.Popen([*ROTA, "run", str(spec), "--backend", "slurm", "--plain", "--state-dir", str(state)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = start_rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", state)
+    seen: list[dict] = []
+
+    def running() -> bool:
+        p = rota("status", "--json", "--state-dir", state)
+        task = json.loads(p.stdout)["tasks"][0] if p.returncode == 0 else {}
+        seen[:] = [task] if task.get("state") == "running" else []
+        return bool(seen)
+
     try:
-        seen = None
-        deadline = time.time() + 60
-        while time.time() < deadline and seen is None:
-            p = subprocess.run([*ROTA, "status", "--json", "--state-dir", str(state)], capture_output=True, text=True)
-            if p.returncode == 0:
-                t = json.loads(p.stdout)["tasks"][0]
-                if t["state"] == "running":
-                    seen = t
-            time.sleep(0.2)
-        assert seen is not None, "the task never showed as running"
-        assert seen["queued"] is True and seen["reason"] == "queued in slurm" and seen["duration_s"] is None, seen
-        table = subprocess.run([*ROTA, "status", "--state-dir", str(state)], capture_output=True, text=True).stdout
+        wait_for(running, timeout=60, interval=0.2)
+        t = seen[0]
+        assert t["queued"] is True and t["reason"] == "queued in slurm" and t["duration_s"] is None, t
+        table = rota("status", "--state-dir", state).stdout
         assert any(line.split()[:2] == ["waits", "queued"] for line in table.splitlines()), table
-        only = subprocess.run([*ROTA, "status", "--json", "--state", "queued", "--state-dir", str(state)],
-                              capture_output=True, text=True)
+        only = rota("status", "--json", "--state", "queued", "--state-dir", state)
         assert [t["name"] for t in json.loads(only.stdout)["tasks"]] == ["waits"], only.stdout + only.stderr
         out, _ = run.communicate(timeout=120)
     finally:
         run.kill()
         subprocess.run(["scancel", blocker], check=False)
     assert run.returncode == 0, out
-    t = json.loads(subprocess.run([*ROTA, "status", "--json", "--state-dir", str(state)],
-                                  capture_output=True, text=True).stdout)["tasks"][0]
+    t = status(state)["tasks"][0]
     assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 5, t
-    none = subprocess.run([*ROTA, "status", "--json", "--state", "queued", "--state-dir", str(state)],
-                          capture_output=True, text=True)
-    assert json.loads(none.stdout)["tasks"] == [] and json.loads(none.stdout)["counts"]["succeeded"] == 1
+    none = json.loads(rota("status", "--json", "--state", "queued", "--state-dir", state).stdout)
+    assert none["tasks"] == [] and none["counts"]["succeeded"] == 1
