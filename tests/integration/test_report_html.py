@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -161,16 +162,29 @@ def browser() -> str:
 
 
 def screenshot(page: Path, out: Path, tmp: Path, height: int = 2000) -> Path:
-    profile = tmp / f"profile-{out.stem}"
-    profile.mkdir()
-    cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", "--hide-scrollbars", "--run-all-compositor-stages-before-draw",
-           "--virtual-time-budget=10000", f"--user-data-dir={profile}",
-           f"--screenshot={out}", f"--window-size=1400,{height}", page.resolve().as_uri()]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.exists(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    return out
+    """Chromium's screenshot of ``page``; a browser that hangs (seen once on a loaded 2-core
+    machine: no exit in 120 s) is killed and started once more with a fresh profile."""
+    for attempt in (1, 2):
+        profile = tmp / f"profile-{out.stem}-{attempt}"
+        profile.mkdir()
+        cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--hide-scrollbars", "--run-all-compositor-stages-before-draw",
+               "--virtual-time-budget=10000", f"--user-data-dir={profile}",
+               f"--screenshot={out}", f"--window-size=1400,{height}", page.resolve().as_uri()]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the browser and its renderer/GPU children
+            _, err = proc.communicate()
+            if attempt == 2:
+                raise AssertionError(f"Chromium did not finish in 120 s, twice: {err[-2000:]}") from None
+            continue
+        assert out.exists(), f"no screenshot (rc {proc.returncode}): {err[-2000:]}"
+        return out
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------- tests
