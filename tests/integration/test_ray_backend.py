@@ -288,3 +288,82 @@ def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ra
     p2 = ray_run(spec, ray_cluster, state)
     assert p2.returncode == 1, p2.stdout + p2.stderr  # bad fails again; the rest now runs
     assert {f"later-{i}" for i in range(4)} <= {r["name"] for r in read_records(rec)}
+
+
+def _forget_handles(state: Path) -> None:
+    """Leave what a controller killed between committing ``launching`` and its handles leaves."""
+    import sqlite3
+
+    db = sqlite3.connect(state / "state.db")
+    with db:
+        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
+        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
+    db.close()
+
+
+def _supervisors(address: str) -> set[str]:
+    code = ("import sys, ray; from ray.util import list_named_actors; "
+            "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print('\\n'.join(str(a.get('name') if isinstance(a, dict) else a) "
+            "for a in list_named_actors(all_namespaces=True)))")
+    import subprocess
+
+    p = subprocess.run([PY, "-c", code, address], capture_output=True, text=True, timeout=120, check=True)
+    return {n for n in p.stdout.split() if n.startswith("rota-supervisor-")}
+
+
+def test_crash_before_handle_commit_finds_ray_attempts_again(tmp_path, ray_cluster):  # noqa: F811
+    """Handles of Ray attempts are committed with the next round, so a controller killed in between
+    leaves them ``launching`` without one: the rerun asks the old supervisor by state folder and
+    attempt key and adopts both the running attempt and the one that ended; neither runs twice."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: quick, command: "{PY} {REC} {rec} quick 0.1"}}
+          - {{name: slow, command: "{PY} {REC} {rec} slow 6"}}
+    """)
+    state = tmp_path / "st"
+    ctl = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state)
+    try:
+        def quick_done_slow_running() -> bool:
+            if not (state / "state.db").exists():
+                return False
+            st = by_name(state)
+            return st["quick"]["state"] == "succeeded" and st["slow"]["state"] == "running"
+
+        wait_for(quick_done_slow_running, timeout=120, interval=0.2)
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait(timeout=30)
+    finally:
+        if ctl.poll() is None:
+            os.kill(ctl.pid, signal.SIGKILL)
+    _forget_handles(state)
+    p = ray_run(spec, ray_cluster, state)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("adopted") == 2, p.stdout
+    assert sorted(r["name"] for r in read_records(rec)) == ["quick", "slow"]
+    assert {n: (t["state"], t["attempts"]) for n, t in by_name(state).items()} == {
+        "quick": ("succeeded", 1), "slow": ("succeeded", 1)}
+
+
+def test_unrecorded_ray_attempt_whose_supervisor_is_gone_is_found_by_its_exit_status_file(tmp_path, ray_cluster):  # noqa: F811,E501
+    """The attempt ended and its supervisor exited: the ``<log>.rc`` file is what is left, and is enough."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: once, command: "{PY} {REC} {rec} once 0.1 3"}}
+    """)
+    state = tmp_path / "st"
+    before = _supervisors(ray_cluster)
+    p = ray_run(spec, ray_cluster, state)
+    assert p.returncode == 1, p.stdout + p.stderr  # exit 3: recorded as failed
+    ours = _supervisors(ray_cluster) - before
+    wait_for(lambda: not (_supervisors(ray_cluster) & ours), timeout=60, interval=0.5)
+    _forget_handles(state)
+    p = ray_run(spec, ray_cluster, state)
+    assert "adopted" in p.stdout, p.stdout + p.stderr
+    assert [r["name"] for r in read_records(rec)] == ["once"]  # not run again
+    t = by_name(state)["once"]
+    assert (t["state"], t["attempts"], t["exit_code"]) == ("failed", 1, 3), t

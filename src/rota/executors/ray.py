@@ -49,8 +49,10 @@ the tasks a detached actor submits belong to the job that created it; once
 that driver is gone every task would start a fresh worker process.
 
 A controller that died between committing ``launching`` and committing the
-handle left an attempt the engine cannot see: :meth:`RayExecutor.stop_unrecorded`
-cancels it by state folder and attempt key (the engine must call it).
+handle left an attempt the engine cannot see: :meth:`RayExecutor.recover` finds
+it again (asking the supervisors by state folder and attempt key, or by its rc
+file), so the engine commits handles with its next round rather than at once;
+:meth:`RayExecutor.stop_unrecorded` cancels one that is not to be adopted.
 
 ``capacity``: the cluster's sums (GPUs, CPUs, RAM) to book against, and its live
 nodes, so that validation refuses a task no single node can take (Ray would
@@ -72,7 +74,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rota.core.resources import Gpu, Machine, Node
@@ -279,23 +281,58 @@ class RayExecutor:
             time.sleep(0.1)
         return _read_rc(str(handle.data.get("rc_path", ""))) is not None
 
+    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0) -> Handle | None:
+        """The handle of an attempt a dead controller submitted but never recorded (``launching``, no handle).
+
+        Every rota supervisor in the namespace is asked for it by state folder and
+        key, again until a submission sent at ``started_at`` has surely arrived
+        (``SUBMIT_SETTLE_S``); else its ``<log>.rc`` says it ended (its supervisor
+        is gone). None when neither knows it: it never started. Having this lets
+        the engine commit handles with its next round instead of at once.
+        """
+        rc_path = rc_path_for(log_path) if log_path else ""
+        while True:
+            for name, sup in self._supervisors():
+                try:
+                    ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
+                except rex.RayError:
+                    continue
+                if ids:
+                    return Handle(key, NAME, ids[-1], {"supervisor": name, "namespace": self.namespace,
+                                                      "rc_path": rc_path, "submitted_at": started_at})
+            if time.time() >= started_at + SUBMIT_SETTLE_S:
+                break
+            time.sleep(0.2)
+        if rc_path and _read_rc(rc_path) is not None:
+            return Handle(key, NAME, f"rc:{key}", {"supervisor": "", "namespace": self.namespace,
+                                                   "rc_path": rc_path, "submitted_at": started_at})
+        return None
+
     def stop_unrecorded(self, state_dir: str, key: str) -> None:
         """Cancel an attempt whose handle a dead controller never committed (same state folder and key)."""
-        from ray.util import list_named_actors
-
-        for name in list_named_actors(all_namespaces=True):
-            if isinstance(name, dict):
-                if name.get("namespace") != self.namespace:
-                    continue
-                name = name.get("name", "")
-            if not str(name).startswith(SUPERVISOR_PREFIX):
-                continue
+        for _name, sup in self._supervisors():
             try:
-                sup = ray.get_actor(name, namespace=self.namespace)
                 ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
                 if ids:
                     ray.get(sup.cancel.remote(ids, 0.0), timeout=60)
-            except (ValueError, rex.RayError):
+            except rex.RayError:
+                continue
+
+    def _supervisors(self) -> Iterator[tuple[str, Any]]:
+        """The other controllers' supervisors alive in this namespace, by name."""
+        from ray.util import list_named_actors
+
+        for entry in list_named_actors(all_namespaces=True):
+            name = entry
+            if isinstance(entry, dict):
+                if entry.get("namespace") != self.namespace:
+                    continue
+                name = entry.get("name", "")
+            if not str(name).startswith(SUPERVISOR_PREFIX) or name == self.supervisor_name:
+                continue
+            try:
+                yield str(name), ray.get_actor(str(name), namespace=self.namespace)
+            except ValueError:  # gone since it was listed
                 continue
 
     def close(self) -> None:
@@ -352,6 +389,8 @@ class RayExecutor:
     def _find(self, h: Handle) -> Any:
         name = str(h.data.get("supervisor", self.supervisor_name))
         ns = str(h.data.get("namespace", self.namespace))
+        if not name:  # recovered from its rc file alone
+            return None
         if (name, ns) == (self.supervisor_name, self.namespace):
             return self._sup
         if (name, ns) not in self._others:
