@@ -78,6 +78,30 @@ def test_policy_speed_10000_ready_on_8_gpus():
     assert best < 0.5  # the figure for the README comes from bench/; this only guards against blow-ups
 
 
+def test_policy_with_request_classes_stops_at_once_when_the_machine_is_full():
+    """Given the engine's request classes, a call on a full machine looks at one ready task, not all
+    of them (each round of a 10,000-task run used to walk the whole ready list)."""
+
+    class Counted(list):
+        seen = 0
+
+        def __iter__(self):
+            for c in super().__iter__():
+                self.seen += 1
+                yield c
+
+    m = machine(n_gpus=8)
+    req = Request(gpus=1, gpu_memory_bytes=40 * GB)
+    ready = [Candidate(f"t{i}", req, estimate_s=60.0, order=i) for i in range(10_000)]
+    running = [Running(p, 30.0) for p in schedule(ready[:16], m)]
+    assert len(running) == 16  # two per GPU: the machine is full
+    with_classes, scanning = Counted(ready[16:]), Counted(ready[16:])
+    assert schedule(with_classes, m, running, presorted=True, requests=[req]) == []
+    assert schedule(scanning, m, running, presorted=True) == []
+    assert with_classes.seen == 1
+    assert scanning.seen > len(ready) - 16  # the floor's scan of every ready task
+
+
 def _timed(fn):
     t = time.perf_counter()
     fn()
@@ -173,6 +197,10 @@ def test_same_placements_as_the_reference_policy(m, pool, data):
     ordered = sorted(rest, key=sort_key)
     assert schedule(ordered, m, running, presorted=True, free=led) == want
     assert (dict(led.gpu_free), led.cpus, led.memory_bytes) == before  # ``free`` is not changed
+    # The engine hands over its count of request classes: those of ``rest``, and (a superset)
+    # also of tasks placed earlier, gated out or finished since.
+    classes = {c.request for c in rest} | ({c.request for c in cands} if data.draw(st.booleans()) else set())
+    assert schedule(ordered, m, running, presorted=True, requests=classes) == want
 
 
 @settings(max_examples=500, deadline=None)

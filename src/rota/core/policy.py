@@ -16,7 +16,7 @@ before the shadow time, or if they fit beside the reservation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rota.core.resources import Ledger, Machine, Placement, Request
@@ -62,6 +62,7 @@ def schedule(
     *,
     presorted: bool = False,
     free: Ledger | None = None,
+    requests: Iterable[Request] | None = None,
 ) -> list[Placement]:
     """Decide which ready tasks start now and where. Never oversubscribes.
 
@@ -69,6 +70,9 @@ def schedule(
     caller's ledger of ``machine`` minus every running placement, if it keeps
     one (the planner does); it is copied, never changed, and saves booking
     ``running`` again. Then ``running`` is read only for the reservation.
+    ``requests``: the distinct requests of ``ready`` (a superset will do), if
+    the caller keeps them (the engine does): once the machine is full a call
+    then costs O(placed + distinct requests), not a scan of every ready task.
     """
     if not ready:
         return []
@@ -96,7 +100,7 @@ def schedule(
                 placed_est.append((c.estimate_s, p))
                 continue
             no_fit.add(req)
-            floor = floor or _Floor(ordered)
+            floor = floor or _Floor(ordered, requests)
             if floor.nothing_fits(ledger):
                 break
             shadow_s, shadow = _reserve(c, ledger, running, placed_est)
@@ -106,7 +110,7 @@ def schedule(
         p = ledger.fit(c.name, req)
         if p is None:
             no_fit.add(req)
-            floor = floor or _Floor(ordered)
+            floor = floor or _Floor(ordered, requests)
             if floor.nothing_fits(ledger):
                 break
             continue
@@ -125,15 +129,20 @@ def schedule(
 
 
 class _Floor:
-    """The least any of ``ordered`` asks for, to stop early once nothing more can fit."""
+    """The least any of ``ordered`` asks for, to stop early once nothing more can fit.
 
-    def __init__(self, ordered: Sequence[Candidate]) -> None:
+    Read from ``requests`` (the distinct requests of ``ordered``, or more) when given.
+    """
+
+    def __init__(self, ordered: Sequence[Candidate], requests: Iterable[Request] | None = None) -> None:
         self.cpus: float = math.inf
         self.memory: float = math.inf
         self.gpu_bytes: float = math.inf  # least per-GPU booking of a GPU request with gpu_memory
         self.any_cpu_only = self.any_whole = False
-        # Tasks expanded from one template share one Request object: look at each once.
-        for r in {id(c.request): c.request for c in ordered}.values():
+        if requests is None:
+            # Tasks expanded from one template share one Request object: look at each once.
+            requests = {id(c.request): c.request for c in ordered}.values()
+        for r in requests:
             self.cpus = min(self.cpus, r.cpus)
             self.memory = min(self.memory, r.memory_bytes)
             if not r.gpus:

@@ -54,9 +54,12 @@ class Launching(EngineState):
             names = sorted(self._fresh, key=self.order.__getitem__)
             self._fresh.clear()  # before _cache_hits: a skipped task's dependents become fresh in it
             fresh = self._cache_hits([self.live[n] for n in names])
-            self._sorted.extend(self._candidate(lv) for lv in fresh)
+            new = [self._candidate(lv) for lv in fresh]
+            self._sorted.extend(new)
             self._sorted.sort(key=sort_key)
-            self._sorted_names.update(lv.task.name for lv in fresh)
+            for c in new:
+                self._sorted_names[c.name] = c.request
+                self._requests[c.request] += 1
         gates = [g for g in (getattr(h, "may_launch", None) for h in self.hooks) if g is not None]
         cands = self._sorted
         if gates:
@@ -64,13 +67,22 @@ class Launching(EngineState):
         if not cands:
             return
         running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
-        placements = schedule(cands, self.launch_machine, running, presorted=True)
+        placements = schedule(cands, self.launch_machine, running, presorted=True, requests=self._requests.keys())
         if not placements:
             return
-        started = {p.task for p in placements}
-        self._sorted = _without(self._sorted, started)
-        self._sorted_names -= started
+        self._drop_sorted({p.task for p in placements})
         self._start(placements, now)
+
+    def _drop_sorted(self, names: set[str]) -> None:
+        """Take ``names`` (all in it) out of the policy's ready list and its count of requests."""
+        self._sorted = _without(self._sorted, names)
+        for n in names:
+            req = self._sorted_names.pop(n)
+            left = self._requests[req] - 1
+            if left:
+                self._requests[req] = left
+            else:
+                del self._requests[req]
 
     def _make_ready(self, name: str, delay_until: float = 0.0) -> None:
         self.ready.add(name)
@@ -78,8 +90,7 @@ class Launching(EngineState):
         lv = self.live[name]
         lv.not_before = delay_until
         if name in self._sorted_names:  # its request may have changed (OOM re-booking)
-            self._sorted = _without(self._sorted, {name})
-            self._sorted_names.discard(name)
+            self._drop_sorted({name})
         if delay_until > time.time():
             self.delayed.add(name)
             self._fresh.discard(name)
@@ -91,8 +102,7 @@ class Launching(EngineState):
         self.delayed.discard(name)
         self._fresh.discard(name)
         if name in self._sorted_names:
-            self._sorted = _without(self._sorted, {name})
-            self._sorted_names.discard(name)
+            self._drop_sorted({name})
 
     def _remaining(self, lv: Live, now: float) -> float | None:
         est = self.estimate_of(lv.task)

@@ -15,11 +15,12 @@ import signal
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rota.core.policy import Candidate
-from rota.core.resources import Machine, with_cpu_headroom
+from rota.core.resources import Machine, Request, with_cpu_headroom
 from rota.engine import drain
 from rota.engine.finishing import Finishing
 from rota.engine.launching import Launching
@@ -67,7 +68,8 @@ class Engine(Recovery, Finishing, Launching):
         self.ready: set[str] = set()
         self.delayed: set[str] = set()  # ready but waiting for a retry back-off
         self._sorted: list[Candidate] = []  # candidates of ready tasks, in policy order
-        self._sorted_names: set[str] = set()
+        self._sorted_names: dict[str, Request] = {}  # the tasks in _sorted, with their requests
+        self._requests: Counter[Request] = Counter()  # how many of _sorted ask for each request
         self._fresh: set[str] = set()  # ready, not delayed, not yet in _sorted (so a round costs O(changes))
         self._dirty = True  # something changed since the policy was last asked
         self.running: dict[str, Live] = {}

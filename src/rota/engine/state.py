@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,8 @@ class EngineState:
     ready: set[str]
     delayed: set[str]  # ready but waiting for a retry back-off
     _sorted: list[Candidate]  # candidates of ready tasks, in policy order
-    _sorted_names: set[str]
+    _sorted_names: dict[str, Request]  # the tasks in _sorted, with their requests
+    _requests: Counter[Request]  # how many of _sorted ask for each request (the policy's request classes)
     _fresh: set[str]  # ready, not delayed, not yet in _sorted
     _dirty: bool  # something changed since the policy was last asked
     _queues: bool  # the executor queues submitted attempts (their start comes later)
