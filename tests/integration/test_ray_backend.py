@@ -367,3 +367,28 @@ def test_unrecorded_ray_attempt_whose_supervisor_is_gone_is_found_by_its_exit_st
     assert [r["name"] for r in read_records(rec)] == ["once"]  # not run again
     t = by_name(state)["once"]
     assert (t["state"], t["attempts"], t["exit_code"]) == ("failed", 1, 3), t
+
+
+def test_an_address_where_no_ray_answers_is_one_clear_line_at_once(tmp_path):
+    """Checked before ``ray.init`` (which would retry for minutes); nothing is started or written."""
+    import socket
+    import time
+
+    from tests.ray_cluster import require_ray
+
+    require_ray()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: a, command: "echo hi"}
+    """)
+    t0 = time.monotonic()
+    p = rota("run", spec, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--plain", timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.strip() == (f"rota: error: no Ray cluster answers at 127.0.0.1:{port} (Connection refused); "
+                                "start one with 'ray start --head' or pass --address HOST:PORT"), p.stderr
+    assert not (tmp_path / ".rota").exists()

@@ -68,9 +68,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import logging
-import signal
-import socket
 import threading
 import time
 import uuid
@@ -81,6 +78,7 @@ from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
 from rota.executors.base import Handle, Launch, Status
 from rota.executors.local import _read_rc, _status_from_code, rc_path_for
+from rota.executors.ray_connect import connect, error_of, wake_main_thread
 from rota.executors.ray_supervisor import Supervisor
 from rota.executors.ray_task import need_ray, ray, rex
 
@@ -90,44 +88,6 @@ DEFAULT_GPU_MEMORY = 80 * 2**30  # "80GB" as rota reads sizes; per GPU (Ray know
 RECHECK_S = 1.0  # poll Ray for real at least this often, even without a wake-up from the supervisor
 QUEUE_AHEAD = 1.0  # extra CPU slots the engine may book, as a fraction of the cluster's CPUs
 SUBMIT_SETTLE_S = 5.0  # a submission sent by a controller that then died has arrived (or never will) by then
-
-def _sigchld() -> None:
-    """Default wake-up: SIGCHLD to the main thread, as a local task's exit sends.
-
-    The engine sleeps in ``select`` until SIGCHLD or its poll interval; a signal
-    sent to the process may land on this (watcher) thread and not interrupt
-    the main thread's ``select``, hence ``pthread_kill``.
-    """
-    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGCHLD)
-
-
-def _error_of(ref: Any) -> str:
-    try:
-        ray.get(ref, timeout=60)
-        return ""
-    except rex.RayError as e:
-        return str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-
-
-def _check_reachable(address: str) -> None:
-    """Fail fast on a wrong address: ``ray.init`` retries an unreachable GCS for many minutes."""
-    target = address
-    if address == "auto":
-        try:
-            from ray._private import services
-
-            target = services.canonicalize_bootstrap_address(address) or ""
-        except Exception:  # noqa: BLE001 - private API moved: let ray.init decide
-            return
-    host, sep, port = target.rpartition(":")
-    if not sep or "://" in target or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise ExecutorError(f"no Ray cluster answers at {target} ({e.strerror or e}); start one with "
-                            "'ray start --head' or pass --address HOST:PORT") from None
-
 
 class RayExecutor:
     """Runs attempts on a Ray cluster (``address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``).
@@ -148,7 +108,7 @@ class RayExecutor:
 
     def __init__(self, address: str = "auto", gpu_memory_bytes: int | str | None = None, namespace: str = "rota",
                  supervisor: str | None = None, supervisor_idle_s: float = 1800.0,
-                 waker: Callable[[], None] | None = _sigchld) -> None:
+                 waker: Callable[[], None] | None = wake_main_thread) -> None:
         need_ray()
         if isinstance(gpu_memory_bytes, str):
             from rota.spec.units import parse_size
@@ -168,14 +128,7 @@ class RayExecutor:
         self._ended: dict[str, dict[str, Any]] = {}  # results the watcher brought, by id
         self._must_poll = True  # the watcher may have missed results: ask the supervisor
         self._polled_at = 0.0
-        if not ray.is_initialized():
-            _check_reachable(address)
-            try:
-                ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR,
-                         configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ExecutorError(f"cannot connect to Ray at {address!r}: {e}; start a cluster with "
-                                    "'ray start --head' or pass --address HOST:PORT") from None
+        connect(address, namespace)
         try:
             self._sup = ray.remote(Supervisor).options(
                 name=self.supervisor_name, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
@@ -378,7 +331,7 @@ class RayExecutor:
             ray.get(ready, timeout=60)
             errors = dict.fromkeys(ready, "")
         except rex.RayError:
-            errors = {ref: _error_of(ref) for ref in ready}
+            errors = {ref: error_of(ref) for ref in ready}
         for ref, err in errors.items():
             with self._lock:
                 ids = self._inflight.pop(ref, [])
