@@ -304,3 +304,42 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
     assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 5, t
     none = json.loads(rota("status", "--json", "--state", "queued", "--state-dir", state).stdout)
     assert none["tasks"] == [] and none["counts"]["succeeded"] == 1
+
+
+def test_crash_before_handle_commit_kills_the_unrecorded_job_before_the_rerun(tmp_path):
+    """A controller killed between sbatch and committing the job's handle: the rerun finds the job by its
+    batch script (this state folder, this attempt), kills it, waits until SLURM drops it, and only then
+    runs the attempt again. The task holds a lock for its lifetime: a second execution beside the first
+    would find it taken."""
+    import os
+    import signal
+    import sqlite3
+
+    from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+
+    rec, lock, task = tmp_path / "rec", tmp_path / "lock", tmp_path / "task.sh"
+    task.write_text('exec 9>>"$1"\nif ! flock -n 9; then echo overlap >> "$2"; exit 3; fi\n'
+                    'echo "start $SLURM_JOB_ID" >> "$2"\nsleep "$3"\necho "end $SLURM_JOB_ID" >> "$2"\n')
+    spec = write_spec(tmp_path, f"tasks:\n  - {{name: slow, command: bash {task} {lock} {rec} 6}}\n")
+    state = tmp_path / "st"
+    ctl = start_rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", state)
+    try:
+        wait_for(lambda: rec.exists() and "start" in rec.read_text(), timeout=60, interval=0.2)
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait(timeout=30)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+    db = sqlite3.connect(state / "state.db")
+    with db:  # what a kill between sbatch and the handle's commit leaves
+        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
+        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
+    db.close()
+    p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", state, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "lost" in p.stdout, p.stdout
+    lines = rec.read_text().split("\n")
+    starts = [ln.split()[1] for ln in lines if ln.startswith("start")]
+    assert "overlap" not in lines and len(starts) == 2 and starts[0] != starts[1], lines
+    assert [ln for ln in lines if ln.startswith("end")] == [f"end {starts[1]}"], lines  # the first was killed
+    assert by_name(state)["slow"]["state"] == "succeeded"

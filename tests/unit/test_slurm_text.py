@@ -25,9 +25,11 @@ from rota.errors import ExecutorError
 from rota.executors.base import Launch
 from rota.executors.slurm_text import (
     SlurmOptions,
+    attempts_in_script,
     expand_array_id,
     gres_gpu_count,
     parse_exit_code,
+    parse_job_scripts,
     parse_nodes,
     parse_sacct,
     parse_sbatch_parsable,
@@ -292,3 +294,26 @@ def test_env_values_survive_quoting(tmp_path_factory, value):
     Path(la.log_path).parent.mkdir(parents=True, exist_ok=True)
     p = subprocess.run(["bash", "-c", render_single(la, SlurmOptions())], capture_output=True, timeout=30)
     assert p.stdout == value.encode("utf-8", "surrogateescape")
+
+
+def _keyed(tmp_path: Path, key: str) -> Launch:
+    return _launch(tmp_path, key, env={"ROTA_ATTEMPT_KEY": key, "MY_VAR": "x"})
+
+
+def test_attempts_in_rendered_scripts(tmp_path):
+    """Which attempts a batch script runs, read back from what rota rendered (odd names included)."""
+    odd = "it's a \"task\" $HOME#2"
+    assert attempts_in_script(render_single(_keyed(tmp_path, odd), SlurmOptions())) == [(odd, None)]
+    arr = [_keyed(tmp_path, f"train-{i}#1") for i in range(12)]
+    assert attempts_in_script(render_array(arr, SlurmOptions(), str(tmp_path / "%a"))) == [
+        (f"train-{i}#1", i) for i in range(12)]
+    shared = [_keyed(tmp_path, f"small-{i}#3") for i in range(3)]
+    assert attempts_in_script(render_shared(shared, SlurmOptions(), str(tmp_path / "o"))) == [
+        (f"small-{i}#3", None) for i in range(3)]
+    assert attempts_in_script("#!/bin/bash\nexport ROTA_ATTEMPT_KEY='unclosed\nsleep 1\n") == []
+    assert attempts_in_script("#!/bin/bash\nsrun python train.py\n") == []
+
+
+def test_parse_job_scripts():
+    text = "1234|/home/u/.rota/slurm/a.sbatch\n1234|/home/u/.rota/slurm/a.sbatch\n77|/tmp/x y.sh\n(null)|\n"
+    assert parse_job_scripts(text) == [("1234", "/home/u/.rota/slurm/a.sbatch"), ("77", "/tmp/x y.sh")]

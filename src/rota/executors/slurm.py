@@ -371,6 +371,38 @@ class SlurmExecutor:
             return True
         return handle.external_id in (self._sacct([handle]) or {})
 
+    def stop_unrecorded(self, state_dir: str, key: str) -> None:
+        """Cancel the job (or array element) of an attempt a dead controller submitted but never recorded.
+
+        Found among this user's jobs by its batch script: one in the state
+        folder's ``slurm/`` that runs that attempt (``ROTA_ATTEMPT_KEY``). Killed,
+        then waited for until SLURM lists it no more, so its rerun never overlaps it.
+        """
+        folder = (Path(state_dir) / "slurm").resolve()
+        listed = self._run(["squeue", "--me", "-h", "-o", T.JOB_SCRIPTS_FORMAT], check=False).stdout
+        targets: set[str] = set()
+        for job, script in T.parse_job_scripts(listed):
+            path = Path(script)
+            if path.parent.resolve() != folder:
+                continue
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            targets.update(job if i is None else f"{job}_{i}" for k, i in T.attempts_in_script(text) if k == key)
+        if not targets:
+            return
+        ids = sorted(targets)
+        self._run(["scancel", "--signal=KILL", "--full", *ids], check=False)  # running: at once
+        self._run(["scancel", *ids], check=False)  # pending
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            p = self._run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], check=False)
+            if not p.stdout.strip():
+                return
+            time.sleep(0.3)
+        raise ExecutorError(f"SLURM still lists job(s) {', '.join(ids)} of attempt {key} a minute after scancel")
+
     def close(self) -> None:
         """Nothing to release: jobs outlive the controller on purpose."""
 

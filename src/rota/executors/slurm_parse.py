@@ -16,6 +16,7 @@ the signal; rota reports a signal M as exit code 128+M, like bash.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -227,4 +228,44 @@ def parse_nodes(text: str) -> list[NodeInfo]:
             partitions=tuple(p for p in parts.split(",") if p and p != "(null)"),
             state=_field(line, "State"),
         ))
+    return out
+
+
+JOB_SCRIPTS_FORMAT = "%F|%o"  # squeue: the (array) job id and its batch script
+_ARRAY_LABEL = re.compile(r"^(\d+)\)")
+_KEY_EXPORT = re.compile(r"^\s*export ROTA_ATTEMPT_KEY=(.+)$")
+
+
+def parse_job_scripts(text: str) -> list[tuple[str, str]]:
+    """``(job id, batch script path)`` of each line of ``squeue -h -o JOB_SCRIPTS_FORMAT`` (deduplicated)."""
+    out: dict[tuple[str, str], None] = {}
+    for line in text.splitlines():
+        job, sep, script = line.strip().partition("|")
+        if sep and job.isdigit() and script:
+            out[(job, script)] = None
+    return list(out)
+
+
+def attempts_in_script(text: str) -> list[tuple[str, int | None]]:
+    """The attempts a batch script rota rendered runs: ``(attempt key, array index or None)``.
+
+    Read from each launch's ``export ROTA_ATTEMPT_KEY=...`` line; in an array
+    script the ``i)`` label above it is the element. A script of another
+    program yields nothing.
+    """
+    out: list[tuple[str, int | None]] = []
+    index: int | None = None
+    for line in text.splitlines():
+        label = _ARRAY_LABEL.match(line)
+        if label:
+            index = int(label.group(1))
+            continue
+        m = _KEY_EXPORT.match(line)
+        if m:
+            try:
+                words = shlex.split(m.group(1))
+            except ValueError:
+                continue
+            if len(words) == 1:
+                out.append((words[0], index))
     return out

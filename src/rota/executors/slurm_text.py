@@ -40,15 +40,18 @@ from rota.errors import ExecutorError
 from rota.executors.base import Launch
 from rota.executors.slurm_parse import (
     FAILED_REASONS,
+    JOB_SCRIPTS_FORMAT,
     RETRY_FREE,
     RUNNING_STATES,
     SACCT_FORMAT,
     SQUEUE_FORMAT,
     JobState,
     NodeInfo,
+    attempts_in_script,
     expand_array_id,
     gres_gpu_count,
     parse_exit_code,
+    parse_job_scripts,
     parse_nodes,
     parse_sacct,
     parse_squeue,
@@ -58,9 +61,9 @@ from rota.executors.slurm_parse import (
 )
 
 __all__ = [
-    "FAILED_REASONS", "RETRY_FREE", "RUNNING_STATES", "SACCT_FORMAT", "SQUEUE_FORMAT", "JobState", "NodeInfo",
-    "SlurmOptions", "cancel_path_for", "expand_array_id", "exports", "format_time", "gres_gpu_count",
-    "job_name", "needs_output_link", "parse_exit_code", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
+    "FAILED_REASONS", "JOB_SCRIPTS_FORMAT", "RETRY_FREE", "RUNNING_STATES", "SACCT_FORMAT", "SQUEUE_FORMAT", "JobState", "NodeInfo",
+    "SlurmOptions", "attempts_in_script", "cancel_path_for", "expand_array_id", "exports", "format_time", "gres_gpu_count",
+    "job_name", "needs_output_link", "parse_exit_code", "parse_job_scripts", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
     "parse_time", "rc_path_for", "render_array", "render_shared", "render_single", "resource_key",
     "status_from_rc", "status_of", "time_limit_minutes",
 ]
