@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rota.executors.base import Handle, Launch
-from rota.executors.slurm import is_shared, plan_units, split_cancel
+from rota.executors.slurm_units import is_shared, plan_units, split_cancel
 
 GiB = 2**30
 
