@@ -55,6 +55,18 @@ def wait_for(pred, timeout: float = 30.0, interval: float = 0.05) -> None:
     raise AssertionError("condition not met in time")
 
 
+def forget_handles(state_dir: Path) -> None:
+    """Leave what a controller killed between committing ``launching`` and its handles leaves:
+    every task and attempt ``launching``, with no handle and no end."""
+    import sqlite3
+
+    db = sqlite3.connect(state_dir / "state.db")
+    with db:
+        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
+        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
+    db.close()
+
+
 def processes_with_env(key: str, value: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["pid"]):

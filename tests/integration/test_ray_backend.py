@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import by_name, read_records, rota, start_rota, wait_for, write_spec
+from tests.helpers import (
+    by_name,
+    forget_handles,
+    read_records,
+    rota,
+    start_rota,
+    wait_for,
+    write_spec,
+)
 from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.ray
@@ -290,17 +298,6 @@ def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ra
     assert {f"later-{i}" for i in range(4)} <= {r["name"] for r in read_records(rec)}
 
 
-def _forget_handles(state: Path) -> None:
-    """Leave what a controller killed between committing ``launching`` and its handles leaves."""
-    import sqlite3
-
-    db = sqlite3.connect(state / "state.db")
-    with db:
-        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
-        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
-    db.close()
-
-
 def _supervisors(address: str) -> set[str]:
     code = ("import sys, ray; from ray.util import list_named_actors; "
             "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
@@ -338,7 +335,7 @@ def test_crash_before_handle_commit_finds_ray_attempts_again(tmp_path, ray_clust
     finally:
         if ctl.poll() is None:
             os.kill(ctl.pid, signal.SIGKILL)
-    _forget_handles(state)
+    forget_handles(state)
     p = ray_run(spec, ray_cluster, state)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("adopted") == 2, p.stdout
@@ -361,7 +358,7 @@ def test_unrecorded_ray_attempt_whose_supervisor_is_gone_is_found_by_its_exit_st
     assert p.returncode == 1, p.stdout + p.stderr  # exit 3: recorded as failed
     ours = _supervisors(ray_cluster) - before
     wait_for(lambda: not (_supervisors(ray_cluster) & ours), timeout=60, interval=0.5)
-    _forget_handles(state)
+    forget_handles(state)
     p = ray_run(spec, ray_cluster, state)
     assert "adopted" in p.stdout, p.stdout + p.stderr
     assert [r["name"] for r in read_records(rec)] == ["once"]  # not run again

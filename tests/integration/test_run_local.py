@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     by_name,
+    forget_handles,
     processes_with_env,
     read_records,
     rota,
@@ -234,8 +235,6 @@ def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
     still running (found again by its environment), one already ended (found by its
     line in the exit-status log): both are adopted, neither runs again.
     """
-    import sqlite3
-
     rec = tmp_path / "rec"
     rec.mkdir()
     spec = write_spec(tmp_path, f"""
@@ -250,11 +249,7 @@ def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
     wait_for(lambda: exit_log.exists() and " quick#1\n" in exit_log.read_text(), timeout=30)
     os.killpg(proc.pid, signal.SIGKILL)  # the tasks have their own sessions: they go on
     proc.wait()
-    db = sqlite3.connect(sd / "state.db")
-    with db:
-        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
-        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
-    db.close()
+    forget_handles(sd)
     p = rota("run", spec, "--plain", "--cpus", "2")
     assert p.returncode == 0, p.stdout
     assert p.stdout.count("adopted") == 2, p.stdout

@@ -313,9 +313,8 @@ def test_crash_before_handle_commit_kills_the_unrecorded_job_before_the_rerun(tm
     would find it taken."""
     import os
     import signal
-    import sqlite3
 
-    from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+    from tests.helpers import by_name, forget_handles, rota, start_rota, wait_for, write_spec
 
     rec, lock, task = tmp_path / "rec", tmp_path / "lock", tmp_path / "task.sh"
     task.write_text('exec 9>>"$1"\nif ! flock -n 9; then echo overlap >> "$2"; exit 3; fi\n'
@@ -330,11 +329,7 @@ def test_crash_before_handle_commit_kills_the_unrecorded_job_before_the_rerun(tm
     finally:
         if ctl.poll() is None:
             ctl.kill()
-    db = sqlite3.connect(state / "state.db")
-    with db:  # what a kill between sbatch and the handle's commit leaves
-        db.execute("UPDATE tasks SET state='launching', handle=NULL, exit_code=NULL, ended_at=NULL")
-        db.execute("UPDATE attempts SET state='launching', handle=NULL, ended_at=NULL, exit_code=NULL")
-    db.close()
+    forget_handles(state)  # what a kill between sbatch and the handle's commit leaves
     p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", state, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "lost" in p.stdout, p.stdout
