@@ -83,14 +83,14 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple
 def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
     """``--state`` values (repeated or comma-separated) as a set; None for all. UsageError on a typo."""
     from rota.errors import UsageError
-    from rota.store.base import STATES
+    from rota.store.base import QUEUED, STATES
 
     if not values:
         return None
     got = {v.strip() for value in values for v in value.split(",") if v.strip()}
-    bad = sorted(got - {*STATES, "queued"})
+    bad = sorted(got - {*STATES, QUEUED})
     if bad:
-        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}, queued")
+        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}, {QUEUED}")
     return frozenset(got)
 
 

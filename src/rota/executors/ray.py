@@ -245,14 +245,11 @@ class RayExecutor:
         """
         rc_path = rc_path_for(log_path) if log_path else ""
         while True:
-            for name, sup in self._supervisors():
-                try:
-                    ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
-                except rex.RayError:
-                    continue
-                if ids:
-                    return Handle(key, NAME, ids[-1], {"supervisor": name, "namespace": self.namespace,
-                                                      "rc_path": rc_path, "submitted_at": started_at})
+            found = next(self._knowing(state_dir, key), None)
+            if found is not None:
+                name, _sup, ids = found
+                return Handle(key, NAME, ids[-1], {"supervisor": name, "namespace": self.namespace,
+                                                  "rc_path": rc_path, "submitted_at": started_at})
             if time.time() >= started_at + SUBMIT_SETTLE_S:
                 break
             time.sleep(0.2)
@@ -263,16 +260,14 @@ class RayExecutor:
 
     def stop_unrecorded(self, state_dir: str, key: str) -> None:
         """Cancel an attempt whose handle a dead controller never committed (same state folder and key)."""
-        for _name, sup in self._supervisors():
+        for _name, sup, ids in self._knowing(state_dir, key):
             try:
-                ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
-                if ids:
-                    ray.get(sup.cancel.remote(ids, 0.0), timeout=60)
+                ray.get(sup.cancel.remote(ids, 0.0), timeout=60)
             except rex.RayError:
                 continue
 
-    def _supervisors(self) -> Iterator[tuple[str, Any]]:
-        """The other controllers' supervisors alive in this namespace, by name."""
+    def _knowing(self, state_dir: str, key: str) -> Iterator[tuple[str, Any, list[str]]]:
+        """The other controllers' live supervisors that know the attempt: name, actor, its ids there."""
         from ray.util import list_named_actors
 
         for entry in list_named_actors(all_namespaces=True):
@@ -284,9 +279,12 @@ class RayExecutor:
             if not str(name).startswith(SUPERVISOR_PREFIX) or name == self.supervisor_name:
                 continue
             try:
-                yield str(name), ray.get_actor(str(name), namespace=self.namespace)
-            except ValueError:  # gone since it was listed
+                sup = ray.get_actor(str(name), namespace=self.namespace)
+                ids: list[str] = ray.get(sup.find.remote(state_dir, key), timeout=60)
+            except (ValueError, rex.RayError):  # gone since it was listed
                 continue
+            if ids:
+                yield str(name), sup, ids
 
     def close(self) -> None:
         """Stop the watcher thread (a Ray call in flight at interpreter exit makes it exit 1)."""

@@ -374,7 +374,8 @@ class SlurmExecutor:
         then waited for until SLURM lists it no more, so its rerun never overlaps it.
         """
         folder = (Path(state_dir) / "slurm").resolve()
-        listed = self._run(["squeue", "--me", "-h", "-o", T.JOB_SCRIPTS_FORMAT], check=False).stdout
+        # Not knowing is not "none": an error here stops the recovery rather than risk a second run.
+        listed = self._run(["squeue", "--me", "-h", "-o", T.JOB_SCRIPTS_FORMAT]).stdout
         targets: set[str] = set()
         for job, script in T.parse_job_scripts(listed):
             path = Path(script)
@@ -393,7 +394,8 @@ class SlurmExecutor:
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             p = self._run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], check=False)
-            if not p.stdout.strip():
+            answered = p.returncode == 0 or _INVALID_JOB.search(p.stderr)  # "invalid job id": long gone
+            if answered and not p.stdout.strip():
                 return
             time.sleep(0.3)
         raise ExecutorError(f"SLURM still lists job(s) {', '.join(ids)} of attempt {key} a minute after scancel")

@@ -37,6 +37,8 @@ DONE_OK = frozenset({SUCCEEDED, CACHED})
 FINAL = frozenset({SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED})
 STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED)
 
+QUEUED = "queued"
+"""Not a stored state: what ``rota status`` shows (and ``--state`` selects) for a queued running task."""
 QUEUED_PREFIX = "queued in "
 """A ``running`` task whose ``reason`` starts with this (``queued in slurm``) was submitted to a
 backend that queues and has not been started by it yet; the reason is cleared when it starts."""

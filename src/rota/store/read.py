@@ -27,7 +27,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from rota.errors import StateError
-from rota.store.base import QUEUED_PREFIX
+from rota.store.base import QUEUED, QUEUED_PREFIX
 from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
@@ -201,7 +201,7 @@ def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[s
 def listed(state: str, queued: bool, states: Collection[str] | None) -> bool:
     """Whether ``--state`` values ``states`` (None: all) select a task: its state is one of them, or
     it is queued (a running task its backend has not started yet) and ``queued`` is one of them."""
-    return states is None or state in states or (queued and "queued" in states)
+    return states is None or state in states or (queued and QUEUED in states)
 
 
 def _queued(state: str, reason: str) -> bool:
