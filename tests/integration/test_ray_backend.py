@@ -260,6 +260,59 @@ def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path,
     assert by_name(state)["short"]["state"] == "succeeded"
 
 
+def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_cluster):  # noqa: F811
+    """4 blockers hold the cluster's 4 CPUs; 2 more tasks are booked ahead and wait in Ray's queue:
+    `rota status` says queued (no duration) until each starts, and their durations count from then."""
+    import json
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: block-{{i}}
+            command: touch {rec}/started-{{i}}; sleep 4
+            matrix: {{i: [0, 1, 2, 3]}}
+            priority: 10
+          - name: later-{{i}}
+            command: sleep 0.5
+            matrix: {{i: [0, 1]}}
+    """)
+    state = tmp_path / "st"
+    run = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state)
+    seen: dict[str, dict] = {}
+
+    def waiting() -> bool:
+        if len(list(rec.iterdir())) < 4:
+            return False
+        p = rota("status", "--json", "--state-dir", state)
+        tasks = {t["name"]: t for t in json.loads(p.stdout)["tasks"]} if p.returncode == 0 else {}
+        seen.clear()
+        seen.update(tasks)
+        blocking = all(tasks.get(f"block-{i}", {}).get("queued") is False for i in range(4))  # start seen
+        return blocking and all(tasks.get(f"later-{i}", {}).get("state") == "running" for i in range(2))
+
+    try:
+        wait_for(waiting, timeout=120, interval=0.2)
+        for i in range(2):
+            t = seen[f"later-{i}"]
+            assert t["queued"] is True and t["reason"] == "queued in ray" and t["duration_s"] is None, t
+        for i in range(4):
+            t = seen[f"block-{i}"]
+            assert t["state"] == "running" and t["queued"] is False and t["reason"] == "", t
+        only = rota("status", "--json", "--state", "queued", "--state-dir", state)
+        assert sorted(t["name"] for t in json.loads(only.stdout)["tasks"]) == ["later-0", "later-1"], only.stdout
+        out, _ = run.communicate(timeout=180)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out
+    final = by_name(state)
+    for i in range(2):
+        t = final[f"later-{i}"]
+        # ran 0.5 s once a blocker's CPU freed: its duration is that, not the wait in Ray's queue
+        assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 2.5, t
+        assert t["started_at"] >= min(final[f"block-{j}"]["ended_at"] for j in range(4)) - 0.5, (t, final)
+
+
 def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ray_cluster):  # noqa: F811
     """4 blockers hold the cluster's 4 CPUs; 4 more tasks wait in Ray's queue (booked ahead); a
     0-CPU task fails meanwhile: --fail-fast halts, and the queued tasks never run (left pending)."""

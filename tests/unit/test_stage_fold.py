@@ -68,3 +68,29 @@ def test_committed_handle_is_not_folded(tmp_path):
     eng._flush()
     assert [e["kind"] for e in store.events() if e["task"] == "a"] == ["launching", "running", "succeeded"]
     assert store.task("a").state == S.SUCCEEDED
+
+
+def _started(name: str) -> Change:
+    return Change(name, S.ACTIVE, "started", {"started_at": 1.5, "deadline": None, "reason": ""},
+                  {"attempt": 1, "state": S.RUNNING, "started_at": 1.5})
+
+
+def test_start_seen_before_the_handle_commit_folds_into_it_and_the_end_still_folds(tmp_path):
+    """A queued backend's attempt (Ray) seen starting, then ending, in one round: still one transition."""
+    store = _store(tmp_path)
+    eng = _Staging(store)
+    eng._stage(_launching("a"), _launching("b"))
+    eng._flush()
+    eng._stage(_running("a"), _running("b"))
+    eng._stage(_started("a"), _started("b"))
+    assert [c.event for c in eng._staged] == ["running", "running"]
+    eng._stage(_succeeded("a"))
+    assert [c.event for c in eng._staged] == ["succeeded", "running"]
+    eng._flush()
+    a, b = store.task("a"), store.task("b")
+    assert (a.state, a.started_at, a.ended_at) == (S.SUCCEEDED, 1.5, 2.0)
+    assert (b.state, b.started_at, b.reason) == (S.RUNNING, 1.5, "") and b.handle["data"]["pid"] == 42
+    att = {r["task"]: r for r in store.attempts()}
+    assert att["a"]["started_at"] == 1.5 and att["a"]["handle"]["data"]["pid"] == 42
+    kinds = [(e["task"], e["kind"]) for e in store.events() if e["task"]]
+    assert kinds == [("a", "launching"), ("b", "launching"), ("a", "succeeded"), ("b", "running")]

@@ -21,10 +21,12 @@ class Finishing(EngineState):
         metrics = A.read_metrics(lv.log_path, lv.out)
         attempt_row: dict[str, Any] = {"attempt": lv.attempts, "ended_at": now, "exit_code": st.exit_code}
         moved: dict[str, Any] = {}  # the task row's start, rewritten only when it moved (not on the common path)
-        if (self._enforces_timeout and st.started_at is not None and lv.started_at is not None
-                and lv.started_at < st.started_at < now):
-            # It waited in the backend's queue (queue-ahead): its run, and the durations that
-            # estimates are learnt from, begin when it really started.
+        # It waited in the backend's queue (queue-ahead): its run, and the durations that estimates
+        # are learnt from, begin when it really started (the task's own clock; never before it
+        # was submitted, in case that node's clock is behind).
+        submitted = (lv.handle.data.get("submitted_at") if lv.handle is not None else None) or lv.started_at
+        if (self._enforces_timeout and st.started_at is not None and submitted is not None
+                and submitted <= st.started_at < now and st.started_at != lv.started_at):
             lv.started_at = attempt_row["started_at"] = moved["started_at"] = st.started_at
         if st.phase == "succeeded":
             inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None

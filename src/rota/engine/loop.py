@@ -243,7 +243,7 @@ class Engine(Recovery, Finishing, Launching):
         """A queued attempt began: its run (status, report) and its timeout count from now on."""
         lv.queued = False
         lv.started_at = started_at
-        if lv.task.timeout_s:
+        if lv.task.timeout_s and not self._enforces_timeout:
             lv.deadline = started_at + lv.task.timeout_s
         self._stage(Change(lv.task.name, S.ACTIVE, "started", {"started_at": started_at, "deadline": lv.deadline, "reason": ""},
                            {"attempt": lv.attempts, "state": S.RUNNING, "started_at": started_at}))

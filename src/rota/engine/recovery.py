@@ -95,8 +95,9 @@ class Recovery(EngineState):
         lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
         lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
-        # Not known whether its start was seen before the crash: see it again (the same time, written twice).
-        lv.queued = rec.deadline is None and bool(getattr(self.executor, "queues", False))
+        # Its reason says "queued in ..." until its start was seen (Engine._started clears it).
+        lv.queued = (rec.deadline is None and bool(getattr(self.executor, "queues", False))
+                     and (rec.reason or "").startswith(S.QUEUED_PREFIX))
         h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
         if h is not None:
             if self.executor.adopt(h):

@@ -114,8 +114,13 @@ class EngineState:
             if at is not None:
                 first = self._staged[at]
                 attempt = {**first.attempt, **ch.attempt} if first.attempt and ch.attempt else ch.attempt
-                self._staged[at] = Change(ch.name, first.expect, ch.event, {**first.fields, **ch.fields}, attempt,
-                                          ch.metrics)
+                # A start seen before the handle's commit is part of that "running" change, and
+                # the attempt's end may still fold into it.
+                started = ch.event == "started"
+                self._staged[at] = Change(ch.name, first.expect, first.event if started else ch.event,
+                                          {**first.fields, **ch.fields}, attempt, ch.metrics or first.metrics)
+                if started:
+                    self._staged_handles[ch.name] = at
                 continue
             if ch.event == "running":
                 self._staged_handles[ch.name] = len(self._staged)

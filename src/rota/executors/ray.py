@@ -31,7 +31,11 @@ Contract (see :mod:`rota.executors.base`), as Ray does it:
   SIGKILL) and ends with reason ``timeout``; time spent waiting in Ray's queue
   does not count. So the engine may book ``queue_ahead`` (a fraction of the
   cluster's CPUs) more CPU slots: Ray starts those attempts the moment a CPU
-  frees. rota then shows them ``running`` while they wait in Ray's queue.
+  frees.
+- ``queues``: an attempt is shown ``queued in ray`` until it starts. The task
+  makes no Ray call when it starts; it creates its log file, so ``poll`` reports
+  ``started_at`` (that file's time) once the log exists, one ``stat`` per attempt
+  not yet seen started.
 - ``adopt``: task refs die with their owner, so the owner is not the driver but
   a detached named actor, one per controller (``rota-supervisor-<uuid>`` in
   namespace ``rota``, pinned to the head node, 0 CPUs; its name is in every
@@ -60,14 +64,14 @@ keep it queued forever).
 
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ
-from rota's ledger (a task then waits in Ray's queue while rota shows it
-running); ``ray stop`` forgets every attempt (they are reported ``lost``).
+from rota's ledger (a task then waits in Ray's queue, shown queued); ``ray stop`` forgets every attempt (they are reported ``lost``).
 """
 
 from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import threading
 import time
 import uuid
@@ -105,6 +109,7 @@ class RayExecutor:
     # the controller to hear of the end and submit (bench/bench_ray.py).
     enforces_timeout = True
     queue_ahead = QUEUE_AHEAD
+    queues = True  # shown "queued in ray" until the attempt's log appears (see _seen_start)
 
     def __init__(self, address: str = "auto", gpu_memory_bytes: int | str | None = None, namespace: str = "rota",
                  supervisor: str | None = None, supervisor_idle_s: float = 1800.0,
@@ -127,6 +132,7 @@ class RayExecutor:
         self._refused: dict[str, str] = {}
         self._ended: dict[str, dict[str, Any]] = {}  # results the watcher brought, by id
         self._must_poll = True  # the watcher may have missed results: ask the supervisor
+        self._seen: dict[str, float] = {}  # attempt key -> when its log appeared (it started), until it ends
         self._polled_at = 0.0
         connect(address, namespace)
         try:
@@ -202,7 +208,9 @@ class RayExecutor:
                 except rex.RayError:
                     pass
             for h in hs:
-                out[h.key] = self._status(h, got.get(h.external_id))
+                st = out[h.key] = self._status(h, got.get(h.external_id))
+                if st.phase != "running":
+                    self._seen.pop(h.key, None)
         return out
 
     def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:
@@ -361,7 +369,7 @@ class RayExecutor:
         if h.external_id in self._refused:
             return Status("failed", None, f"could not start on Ray: {self._refused[h.external_id]}")
         if got is not None and got.get("running") or got is None and h.external_id in self._unconfirmed:
-            return Status("running")
+            return Status("running", started_at=self._seen_start(h))
         if got is None:  # the supervisor does not know it (cluster restarted): the rc file may
             rc = _read_rc(str(h.data.get("rc_path", "")))
             if rc is None:
@@ -380,6 +388,23 @@ class RayExecutor:
         if got.get("error") == "cancelled" and st.phase == "succeeded":
             return Status("failed", code, "cancelled", False, start, end)
         return Status(st.phase, st.exit_code, st.reason, False, start, end)
+
+    def _seen_start(self, h: Handle) -> float | None:
+        """When the attempt started, as seen from here: its task creates the log as it starts
+        (``run_attempt``), so the log's modification time at first sight (exact while it is
+        empty; the outcome brings the task's own clock at the end). None while none exists:
+        the attempt still waits in Ray's queue."""
+        seen = self._seen.get(h.key)
+        if seen is None:
+            rc_path = str(h.data.get("rc_path") or "")
+            try:
+                mtime = os.stat(rc_path.removesuffix(".rc")).st_mtime if rc_path.endswith(".rc") else None
+            except OSError:
+                return None
+            if mtime is None:
+                return None
+            seen = self._seen[h.key] = min(mtime, time.time())
+        return seen
 
     def _watch_loop(self) -> None:
         """Wake the engine as soon as one of this supervisor's attempts ends."""

@@ -29,7 +29,7 @@ class TaskView:
     elapsed_s: float
     estimate_s: float | None
     progress: dict[str, Any] | None = None
-    queued: bool = False  # submitted, still waiting in the backend's own queue (SLURM PENDING)
+    queued: bool = False  # submitted, still waiting in the backend's own queue (SLURM PENDING, Ray)
 
 
 @dataclass(frozen=True)
