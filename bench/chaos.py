@@ -1,6 +1,6 @@
 """Chaos suite: SIGKILL the controller and random tasks, restart, check nothing is lost.
 
-    python bench/chaos.py [--runs N] [--short] [--seed S] [--json]
+    python bench/chaos.py [--runs N] [--short] [--seed S] [--json] [--ray ADDRESS]
 
 Each run is a mixed workload on declared GPUs (``--gpus 4x80GB``): tasks
 sharing GPUs by ``gpu_memory``, whole-GPU tasks, two-GPU tasks, CPU tasks,
@@ -21,6 +21,11 @@ process disappears. After the run completes, the checks:
 * GPU memory ledger above capacity: summing each execution's declared
   booking on the GPUs of its recorded CUDA_VISIBLE_DEVICES over its start/end
   times, any GPU above 80GB at any instant (must be 0).
+
+With ``--ray ADDRESS`` the same workload runs with ``--backend ray`` on that
+cluster (4 CPUs and 4 GPUs declared, as ``scripts/test.sh`` starts it): the
+controller's kills then test adoption through the supervisor actor, and the
+task kills hit the task's ``bash`` inside a Ray worker.
 
 Exit status 0 when every check holds, 1 otherwise.
 """
@@ -173,7 +178,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def one_run(index: int, rng: random.Random, short: bool, keep: bool) -> RunStats:
+LOCAL = ["--gpus", "4x80GB", "--cpus", "4"]
+
+
+def one_run(index: int, rng: random.Random, short: bool, keep: bool, backend: list[str] = LOCAL) -> RunStats:
     stats = RunStats()
     root = Path(tempfile.mkdtemp(prefix=f"rota-chaos-{index}-"))
     rec, marks, sd = root / "rec.txt", root / "marks", root / "state"
@@ -193,7 +201,7 @@ def one_run(index: int, rng: random.Random, short: bool, keep: bool) -> RunStats
         if attempts > 40:
             stats.notes.append("gave up after 40 controller starts")
             break
-        proc = subprocess.Popen([*ROTA, "run", str(spec), "--plain", "--gpus", "4x80GB", "--cpus", "4",
+        proc = subprocess.Popen([*ROTA, "run", str(spec), "--plain", *backend,
                                  "--state-dir", str(sd), "--retry-delay", "0.05", "--grace", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         kill_at = None
@@ -324,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the totals as JSON")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder")
+    ap.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (--backend ray)")
     args = ap.parse_args(argv)
     runs = args.runs if args.runs is not None else (2 if args.short else 10)
     rng = random.Random(args.seed)
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     total_runs = 0
     t0 = time.time()
     for i in range(runs):
-        s = one_run(i, rng, args.short, args.keep)
+        s = one_run(i, rng, args.short, args.keep, ["--backend", "ray", "--address", args.ray] if args.ray else LOCAL)
         total_runs += 1
         for k in ("tasks", "controller_kills", "task_kills", "executions", "lost", "finished_again",
                   "finished_again_unadoptable", "overlaps", "orphans", "ledger_over"):

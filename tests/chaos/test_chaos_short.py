@@ -1,25 +1,46 @@
-"""The short chaos suite in CI: controller and tasks SIGKILLed at random, nothing lost."""
+"""The short chaos suite in CI: controller and tasks SIGKILLed at random, nothing lost (local and Ray)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
+
+
+def _chaos() -> Any:
+    """bench/chaos.py, loaded once (it is a script, not a package module)."""
+    if "rota_bench_chaos" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("rota_bench_chaos", BENCH)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["rota_bench_chaos"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("rota_bench_chaos", BENCH)
-    assert spec is not None and spec.loader is not None
-    chaos = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = chaos
-    spec.loader.exec_module(chaos)
-    code = chaos.main(["--short", "--runs", "2", "--seed", "7"])
+    code = _chaos().main(["--short", "--runs", "2", "--seed", "7"])
+    out = capsys.readouterr().out
+    print(out)
+    assert code == 0, out
+    assert "controller kills (SIGKILL)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str) -> None:  # noqa: F811
+    """The same, with --backend ray: controller kills are adopted through the supervisor actor."""
+    code = _chaos().main(["--short", "--runs", "1", "--seed", "7", "--ray", ray_cluster])
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
