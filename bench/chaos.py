@@ -1,6 +1,6 @@
 """Chaos suite: SIGKILL the controller and random tasks, restart, check nothing is lost.
 
-    python bench/chaos.py [--runs N] [--short] [--seed S] [--json] [--ray ADDRESS]
+    python bench/chaos.py [--runs N] [--short] [--seed S] [--json] [--ray ADDRESS | --slurm]
 
 Each run is a mixed workload on declared GPUs (``--gpus 4x80GB``): tasks
 sharing GPUs by ``gpu_memory``, whole-GPU tasks, two-GPU tasks, CPU tasks,
@@ -25,7 +25,9 @@ process disappears. After the run completes, the checks:
 With ``--ray ADDRESS`` the same workload runs with ``--backend ray`` on that
 cluster (4 CPUs and 4 GPUs declared, as ``scripts/test.sh`` starts it): the
 controller's kills then test adoption through the supervisor actor, and the
-task kills hit the task's ``bash`` inside a Ray worker.
+task kills hit the task's ``bash`` inside a Ray worker. With ``--slurm`` it runs
+with ``--backend slurm`` on the local cluster (``scripts/slurm-up.sh``: 4 GPUs,
+8 CPUs): a new controller reattaches to the jobs by the ids in its state.
 
 Exit status 0 when every check holds, 1 otherwise.
 """
@@ -333,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the totals as JSON")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder")
     ap.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (--backend ray)")
+    ap.add_argument("--slurm", action="store_true", help="run on the local SLURM cluster (--backend slurm)")
     args = ap.parse_args(argv)
     runs = args.runs if args.runs is not None else (2 if args.short else 10)
     rng = random.Random(args.seed)
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     total_runs = 0
     t0 = time.time()
     for i in range(runs):
-        s = one_run(i, rng, args.short, args.keep, ["--backend", "ray", "--address", args.ray] if args.ray else LOCAL)
+        backend = ["--backend", "ray", "--address", args.ray] if args.ray else ["--backend", "slurm"] if args.slurm else LOCAL
+        s = one_run(i, rng, args.short, args.keep, backend)
         total_runs += 1
         for k in ("tasks", "controller_kills", "task_kills", "executions", "lost", "finished_again",
                   "finished_again_unadoptable", "overlaps", "orphans", "ledger_over"):

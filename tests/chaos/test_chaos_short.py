@@ -1,4 +1,4 @@
-"""The short chaos suite in CI: controller and tasks SIGKILLed at random, nothing lost (local and Ray)."""
+"""The short chaos suite in CI: controller and tasks SIGKILLed at random, nothing lost (local, Ray, SLURM)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401 - session fixture
 from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
@@ -41,6 +42,19 @@ def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
 def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str) -> None:  # noqa: F811
     """The same, with --backend ray: controller kills are adopted through the supervisor actor."""
     code = _chaos().main(["--short", "--runs", "1", "--seed", "7", "--ray", ray_cluster])
+    out = capsys.readouterr().out
+    print(out)
+    assert code == 0, out
+    assert "controller kills (SIGKILL)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("slurm_cluster")
+def test_chaos_short_on_slurm(capsys: pytest.CaptureFixture[str]) -> None:
+    """The same, with --backend slurm: a killed controller's jobs are reattached by their job ids."""
+    code = _chaos().main(["--short", "--runs", "1", "--seed", "7", "--slurm"])
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
