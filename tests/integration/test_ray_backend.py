@@ -7,6 +7,7 @@ comes from ``RayExecutor.capacity()`` (4 GPUs of 80 GB by default).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -262,11 +263,11 @@ def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path,
 
 def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_cluster):  # noqa: F811
     """4 blockers hold the cluster's 4 CPUs; 2 more tasks are booked ahead and wait in Ray's queue:
-    `rota status` says queued (no duration) until each starts, and their durations count from then."""
+    `rota status` says queued (no duration) until each starts, and their durations count from then.
+    Again on a rerun, where each attempt's log already exists from the first run."""
     import json
 
     rec = tmp_path / "rec"
-    rec.mkdir()
     spec = write_spec(tmp_path, f"""
         tasks:
           - name: block-{{i}}
@@ -278,7 +279,6 @@ def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_clu
             matrix: {{i: [0, 1]}}
     """)
     state = tmp_path / "st"
-    run = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state)
     seen: dict[str, dict] = {}
 
     def waiting() -> bool:
@@ -291,26 +291,32 @@ def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_clu
         blocking = all(tasks.get(f"block-{i}", {}).get("queued") is False for i in range(4))  # start seen
         return blocking and all(tasks.get(f"later-{i}", {}).get("state") == "running" for i in range(2))
 
-    try:
-        wait_for(waiting, timeout=120, interval=0.2)
+    for extra in ((), ("--rerun", "*")):
+        shutil.rmtree(rec, ignore_errors=True)
+        rec.mkdir()
+        run = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state,
+                         *extra)
+
+        try:
+            wait_for(waiting, timeout=120, interval=0.2)
+            for i in range(2):
+                t = seen[f"later-{i}"]
+                assert t["queued"] is True and t["reason"] == "queued in ray" and t["duration_s"] is None, t
+            for i in range(4):
+                t = seen[f"block-{i}"]
+                assert t["state"] == "running" and t["queued"] is False and t["reason"] == "", t
+            only = rota("status", "--json", "--state", "queued", "--state-dir", state)
+            assert sorted(t["name"] for t in json.loads(only.stdout)["tasks"]) == ["later-0", "later-1"], only.stdout
+            out, _ = run.communicate(timeout=180)
+        finally:
+            run.kill()
+        assert run.returncode == 0, out
+        final = by_name(state)
         for i in range(2):
-            t = seen[f"later-{i}"]
-            assert t["queued"] is True and t["reason"] == "queued in ray" and t["duration_s"] is None, t
-        for i in range(4):
-            t = seen[f"block-{i}"]
-            assert t["state"] == "running" and t["queued"] is False and t["reason"] == "", t
-        only = rota("status", "--json", "--state", "queued", "--state-dir", state)
-        assert sorted(t["name"] for t in json.loads(only.stdout)["tasks"]) == ["later-0", "later-1"], only.stdout
-        out, _ = run.communicate(timeout=180)
-    finally:
-        run.kill()
-    assert run.returncode == 0, out
-    final = by_name(state)
-    for i in range(2):
-        t = final[f"later-{i}"]
-        # ran 0.5 s once a blocker's CPU freed: its duration is that, not the wait in Ray's queue
-        assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 2.5, t
-        assert t["started_at"] >= min(final[f"block-{j}"]["ended_at"] for j in range(4)) - 0.5, (t, final)
+            t = final[f"later-{i}"]
+            # ran 0.5 s once a blocker's CPU freed: its duration is that, not the wait in Ray's queue
+            assert t["state"] == "succeeded" and t["queued"] is False and t["duration_s"] < 2.5, t
+            assert t["started_at"] >= min(final[f"block-{j}"]["ended_at"] for j in range(4)) - 0.5, (t, final)
 
 
 def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ray_cluster):  # noqa: F811

@@ -91,6 +91,8 @@ SUPERVISOR_PREFIX = "rota-supervisor-"
 DEFAULT_GPU_MEMORY = 80 * 2**30  # "80GB" as rota reads sizes; per GPU (Ray knows GPU counts, not sizes)
 RECHECK_S = 1.0  # poll Ray for real at least this often, even without a wake-up from the supervisor
 QUEUE_AHEAD = 1.0  # extra CPU slots the engine may book, as a fraction of the cluster's CPUs
+# A log written within this much before the submission is this attempt's (a shared file system's clock may lag).
+CLOCK_SLACK_S = 1.0
 SUBMIT_SETTLE_S = 5.0  # a submission sent by a controller that then died has arrived (or never will) by then
 
 class RayExecutor:
@@ -390,10 +392,11 @@ class RayExecutor:
         return Status(st.phase, st.exit_code, st.reason, False, start, end)
 
     def _seen_start(self, h: Handle) -> float | None:
-        """When the attempt started, as seen from here: its task creates the log as it starts
-        (``run_attempt``), so the log's modification time at first sight (exact while it is
-        empty; the outcome brings the task's own clock at the end). None while none exists:
-        the attempt still waits in Ray's queue."""
+        """When the attempt started, as seen from here: its task opens the log and sets its
+        modification time as it starts (``run_attempt``), so that time at first sight (exact
+        until the task writes; the outcome brings the task's own clock at the end). None while
+        the log is missing or older than the submission (a rerun's earlier attempt of the same
+        number): the attempt still waits in Ray's queue."""
         seen = self._seen.get(h.key)
         if seen is None:
             rc_path = str(h.data.get("rc_path") or "")
@@ -401,7 +404,8 @@ class RayExecutor:
                 mtime = os.stat(rc_path.removesuffix(".rc")).st_mtime if rc_path.endswith(".rc") else None
             except OSError:
                 return None
-            if mtime is None:
+            submitted = float(h.data.get("submitted_at") or 0.0)
+            if mtime is None or mtime < submitted - CLOCK_SLACK_S:
                 return None
             seen = self._seen[h.key] = min(mtime, time.time())
         return seen

@@ -190,6 +190,7 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
         except FileNotFoundError:
             pass
         with _open_log(log) as out:
+            os.utime(out.fileno())  # the controller sees the start by this time (a rerun appends to a log that exists)
             proc = subprocess.Popen(
                 ["bash", "-c", spec["command"]], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, cwd=spec["workdir"], env=_task_env(spec),
