@@ -33,9 +33,9 @@ Contract (see :mod:`rota.executors.base`), as Ray does it:
   cluster's CPUs) more CPU slots: Ray starts those attempts the moment a CPU
   frees.
 - ``queues``: an attempt is shown ``queued in ray`` until it starts. The task
-  makes no Ray call when it starts; it creates its log file, so ``poll`` reports
-  ``started_at`` (that file's time) once the log exists, one ``stat`` per attempt
-  not yet seen started.
+  makes no Ray call when it starts; it opens its log and stamps its time, so
+  ``poll`` reports ``started_at`` (that time) once a log stamped after the
+  submission exists: one ``stat`` per attempt not yet seen started.
 - ``adopt``: task refs die with their owner, so the owner is not the driver but
   a detached named actor, one per controller (``rota-supervisor-<uuid>`` in
   namespace ``rota``, pinned to the head node, 0 CPUs; its name is in every
@@ -64,7 +64,8 @@ keep it queued forever).
 
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ
-from rota's ledger (a task then waits in Ray's queue, shown queued); ``ray stop`` forgets every attempt (they are reported ``lost``).
+from rota's ledger (a task then waits in Ray's queue, shown queued); ``ray stop``
+forgets every attempt (they are reported ``lost``).
 """
 
 from __future__ import annotations
