@@ -26,14 +26,19 @@ def _chaos() -> Any:
     return sys.modules["rota_bench_chaos"]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
-    code = _chaos().main(["--short", "--runs", "2", "--seed", "7"])
+def _chaos_holds(capsys: pytest.CaptureFixture[str], *args: str) -> None:
+    """Run the chaos suite with ``args``: every check holds, and controllers were killed."""
+    code = _chaos().main(["--short", "--seed", "7", *args])
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
     assert "controller kills (SIGKILL)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
+    _chaos_holds(capsys, "--runs", "2")
 
 
 @pytest.mark.slow
@@ -41,11 +46,7 @@ def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.timeout(300)
 def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str) -> None:  # noqa: F811
     """The same, with --backend ray: controller kills are adopted through the supervisor actor."""
-    code = _chaos().main(["--short", "--runs", "1", "--seed", "7", "--ray", ray_cluster])
-    out = capsys.readouterr().out
-    print(out)
-    assert code == 0, out
-    assert "controller kills (SIGKILL)" in out
+    _chaos_holds(capsys, "--runs", "1", "--ray", ray_cluster)
 
 
 @pytest.mark.slow
@@ -54,8 +55,4 @@ def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str
 @pytest.mark.usefixtures("slurm_cluster")
 def test_chaos_short_on_slurm(capsys: pytest.CaptureFixture[str]) -> None:
     """The same, with --backend slurm: a killed controller's jobs are reattached by their job ids."""
-    code = _chaos().main(["--short", "--runs", "1", "--seed", "7", "--slurm"])
-    out = capsys.readouterr().out
-    print(out)
-    assert code == 0, out
-    assert "controller kills (SIGKILL)" in out
+    _chaos_holds(capsys, "--runs", "1", "--slurm")
