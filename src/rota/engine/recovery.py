@@ -96,8 +96,7 @@ class Recovery(EngineState):
         lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
         # Its reason says "queued in ..." until its start was seen (Engine._started clears it).
-        lv.queued = (rec.deadline is None and bool(getattr(self.executor, "queues", False))
-                     and (rec.reason or "").startswith(S.QUEUED_PREFIX))
+        lv.queued = bool(getattr(self.executor, "queues", False)) and S.is_queued(rec.state, rec.reason or "")
         h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
         if h is not None:
             if self.executor.adopt(h):

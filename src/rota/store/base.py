@@ -42,3 +42,8 @@ QUEUED = "queued"
 QUEUED_PREFIX = "queued in "
 """A ``running`` task whose ``reason`` starts with this (``queued in slurm``) was submitted to a
 backend that queues and has not been started by it yet; the reason is cleared when it starts."""
+
+
+def is_queued(state: str, reason: str) -> bool:
+    """Submitted to a backend that queues (SLURM, Ray) and not started by it yet (see QUEUED_PREFIX)."""
+    return state == RUNNING and reason.startswith(QUEUED_PREFIX)

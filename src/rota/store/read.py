@@ -27,7 +27,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from rota.errors import StateError
-from rota.store.base import QUEUED, QUEUED_PREFIX
+from rota.store.base import QUEUED, is_queued
 from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
@@ -131,7 +131,7 @@ def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     tasks = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        queued = _queued(state, reason)
+        queued = is_queued(state, reason)
         duration = None if queued else _duration(state, started, ended, now)
         tasks.append({
             "name": name, "state": state, "attempts": attempts, "exit_code": exit_code, "reason": reason,
@@ -161,7 +161,7 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     lines = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
         counts[state] = counts.get(state, 0) + 1
-        queued = _queued(state, reason)
+        queued = is_queued(state, reason)
         if not listed(state, queued, states):
             continue
         duration = None if queued else _duration(state, started, ended, now)
@@ -202,11 +202,6 @@ def listed(state: str, queued: bool, states: Collection[str] | None) -> bool:
     """Whether ``--state`` values ``states`` (None: all) select a task: its state is one of them, or
     it is queued (a running task its backend has not started yet) and ``queued`` is one of them."""
     return states is None or state in states or (queued and QUEUED in states)
-
-
-def _queued(state: str, reason: str) -> bool:
-    """Submitted to a backend that queues (SLURM) and not started by it yet (see store.base.QUEUED_PREFIX)."""
-    return state == "running" and reason.startswith(QUEUED_PREFIX)
 
 
 def _duration(state: str, started: float | None, ended: float | None, now: float) -> float | None:
