@@ -14,7 +14,9 @@ shorter) = the largest of:
   largest GPU (packing can never do better). At any instant the shares on one
   GPU add up to at most 1, so the bound holds;
 - ``cpu_s``: sum of ``cpus x duration`` / CPUs;
-- ``memory_s``: sum of ``memory x duration`` / RAM.
+- ``memory_s``: sum of ``memory x duration`` / RAM;
+- ``parallel_s``: per concurrency cap group (a sweep's ``parallel:``, see
+  :mod:`rota.plan.limits`), its work / its limit.
 
 Only tasks that ran in the schedule count (unschedulable ones are reported
 elsewhere).
@@ -28,6 +30,7 @@ from operator import attrgetter
 
 from rota.core.intervals import union_length
 from rota.core.resources import Machine, Request
+from rota.plan.limits import Cap, cap_bound_s
 from rota.plan.simulate import Schedule, remaining_ranks_s
 from rota.spec.model import Task
 
@@ -38,15 +41,19 @@ class LowerBound:
     gpu_s: float
     cpu_s: float
     memory_s: float
+    parallel_s: float = 0.0  # the largest cap group's work / its limit
+    parallel_group: str = ""  # that group, e.g. "sweep tune-xgb"
 
     @property
     def value_s(self) -> float:
-        return max(self.critical_path_s, self.gpu_s, self.cpu_s, self.memory_s)
+        return max(self.critical_path_s, self.gpu_s, self.cpu_s, self.memory_s, self.parallel_s)
 
     @property
     def binding(self) -> str:
-        """Which part sets the bound: ``critical path``, ``GPUs``, ``CPUs`` or ``RAM``."""
-        parts = {"critical path": self.critical_path_s, "GPUs": self.gpu_s, "CPUs": self.cpu_s, "RAM": self.memory_s}
+        """Which part sets the bound: ``critical path``, ``GPUs``, ``CPUs``, ``RAM`` or
+        ``<group> parallel`` (e.g. ``sweep tune-xgb parallel``)."""
+        parts = {"critical path": self.critical_path_s, "GPUs": self.gpu_s, "CPUs": self.cpu_s, "RAM": self.memory_s,
+                 f"{self.parallel_group} parallel": self.parallel_s}
         return max(parts, key=lambda k: parts[k])
 
 
@@ -200,10 +207,12 @@ def slot_sums(schedule: Schedule) -> SlotSums:
 
 
 def lower_bound(
-    schedule: Schedule, requests: Mapping[str, Request], critical_path_s: float, sums: SlotSums | None = None
+    schedule: Schedule, requests: Mapping[str, Request], critical_path_s: float, sums: SlotSums | None = None,
+    caps: Mapping[str, Cap] | None = None,
 ) -> LowerBound:
     """The lower bound above for the tasks in ``schedule`` (``requests`` by task name).
-    ``sums``: :func:`slot_sums` of ``schedule`` if already known."""
+    ``sums``: :func:`slot_sums` of ``schedule`` if already known; ``caps``: the
+    concurrency caps the schedule obeyed (task name -> Cap)."""
     m = schedule.machine
     slots = schedule.slots
     sums = sums or slot_sums(schedule)
@@ -236,7 +245,9 @@ def lower_bound(
         if req.gpus:
             g, sh = share[id(req)]
             gpu_work += g * (s.end_s - s.start_s) * sh
+    par_s, par_group = cap_bound_s(caps, {s.name: s.end_s - s.start_s for s in slots}) if caps else (0.0, "")
     return LowerBound(
+        parallel_s=par_s, parallel_group=par_group,
         critical_path_s=critical_path_s,
         gpu_s=gpu_work / len(m.gpus) if m.gpus else 0.0,
         cpu_s=sums.cpu_s / m.cpus if m.cpus else 0.0,

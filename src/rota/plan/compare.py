@@ -22,7 +22,8 @@ machine from the CLI flags) into :class:`MachineOption` records;
       "sequential_s": 32400.0,          # one task at a time, same machine speeds
       "lower_bound_s": 15000.0,         # no schedule can be shorter
       "lower_bound": {"critical_path_s": ..., "gpu_s": ..., "cpu_s": ..., "memory_s": ...,
-                      "binding": "critical path"},
+                      "parallel_s": ...,        # a sweep's work / its parallel: (largest sweep)
+                      "binding": "critical path"},  # or GPUs, CPUs, RAM, "sweep <name> parallel"
       "speedup": 2.0,                   # sequential_s / makespan_s
       "efficiency": 0.93,               # lower_bound_s / makespan_s (1.0 = provably optimal)
       "critical_path": ["a", "b", "c"], "critical_path_s": 15000.0,
@@ -68,6 +69,7 @@ from rota.plan.bounds import (
     utilization,
 )
 from rota.plan.estimates import Durations
+from rota.plan.limits import concurrency_caps
 from rota.plan.simulate import Schedule, Slot, scaled_durations, simulate
 from rota.spec.model import MachineSpec, Task
 
@@ -153,7 +155,8 @@ def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> 
         scaled = seconds  # nothing to scale; every task has its duration (or simulate raises)
     else:
         scaled = scaled_durations(tasks, seconds, option.speed, option.cpu_speed)
-    sched = simulate(tasks, option.machine, scaled)
+    caps = concurrency_caps(tasks)
+    sched = simulate(tasks, option.machine, scaled, caps=caps)
     if sched.complete:
         live = list(tasks)
         path = critical_path(live, scaled, sched.ranks_s)
@@ -168,7 +171,7 @@ def plan(tasks: Sequence[Task], option: MachineOption, durations: Durations) -> 
         durations_s=scaled,
         sequential_s=sequential_s(scaled, list(map(_NAME, live))),
         bound=lower_bound(sched, dict(zip(map(_NAME, live), map(_REQUEST, live), strict=True)),
-                          sum(scaled[n] for n in path), sums),
+                          sum(scaled[n] for n in path), sums, caps),
         critical_path=path,
         utilization=utilization(sched, sums),
         cost=cost(sched, option.prices, sums),
@@ -210,7 +213,7 @@ def plan_figures(p: Plan) -> dict[str, Any]:
         "sequential_s": _r(p.sequential_s),
         "lower_bound_s": _r(b.value_s),
         "lower_bound": {"critical_path_s": _r(b.critical_path_s), "gpu_s": _r(b.gpu_s), "cpu_s": _r(b.cpu_s),
-                        "memory_s": _r(b.memory_s), "binding": b.binding},
+                        "memory_s": _r(b.memory_s), "parallel_s": _r(b.parallel_s), "binding": b.binding},
         "speedup": _r(p.speedup, 4),
         "efficiency": _r(p.efficiency, 4),
         "critical_path": list(p.critical_path),

@@ -18,6 +18,13 @@ called only at event times, which is equivalent because between events nothing
 the policy looks at changes except ``remaining_s``, and shrinking it only
 shrinks the backfill window.
 
+Concurrency caps (:mod:`rota.plan.limits`): the engine also asks each hook's
+``may_launch`` (a sweep's ``parallel:``: at most that many running trials per
+study, lowest trial numbers first). Here a capped task waits outside the ready
+queue in its group's heap and is admitted only while its group has fewer than
+``limit`` tasks running or admitted, lowest ``order`` first: the tasks the
+engine's gate would let the policy see.
+
 Scaling: the engine hands the policy every ready task each round. Here the
 ready tasks are kept sorted incrementally (:class:`rota.plan.queues.ReadyQueue`)
 and the policy gets only a *prefix* of them with ``presorted=True``, with the
@@ -40,6 +47,7 @@ from operator import attrgetter, itemgetter, neg
 
 from rota.core.policy import Candidate, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
+from rota.plan.limits import Cap, concurrency_caps
 from rota.plan.queues import REMAINING_FLOOR_S, ReadyQueue, RunningAt
 from rota.spec.model import Task
 
@@ -165,6 +173,7 @@ def simulate(
     cpu_speed: float = 1.0,
     policy: PolicyFn = schedule,
     key: KeyFn = sort_key,
+    caps: Mapping[str, Cap] | None = None,
 ) -> Schedule:
     """Simulate running ``tasks`` (resolved, acyclic, file order) on ``machine``.
 
@@ -176,7 +185,8 @@ def simulate(
 
     Guarantees: never oversubscribes (the policy's contract); a task starts no
     earlier than the end of each of its ``needs``; every task that can fit the
-    machine and does not need an unschedulable one gets a slot.
+    machine and does not need an unschedulable one gets a slot; at no instant
+    do more than ``limit`` tasks of one cap group run.
     """
     dur = durations_s if gpu_speed == cpu_speed == 1 else scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
     n = len(tasks)
@@ -233,15 +243,23 @@ def simulate(
         at = _ByPos([cands[i] for i in by_pos], [cls[i] for i in by_pos])
     unmet = [0] * n if flat else [len(t.needs) for t in tasks]
     classes = [0] * len(reqs)  # ready tasks per request class
-    if flat and not unschedulable:
+    gates = _Gates(names, concurrency_caps(tasks) if caps is None else caps)
+    if flat and not unschedulable and not gates:
         ready = ReadyQueue(list(range(n)))
         for c, count in Counter(cls).items():
             classes[c] = count
     else:
-        start = [i for i in range(n) if not dead[i] and unmet[i] == 0]
+        start = [i for i in range(n) if not dead[i] and unmet[i] == 0 and gates.group[i] < 0]
         ready = ReadyQueue(sorted(pos[i] for i in start))
         for i in start:
             classes[cls[i]] += 1
+        if gates:
+            for i in range(n):
+                if not dead[i] and unmet[i] == 0 and gates.group[i] >= 0:
+                    gates.wait(i)
+            for i in gates.admit_all():
+                ready.add(pos[i])
+                classes[cls[i]] += 1
 
     running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
     view = RunningAt(running)
@@ -279,19 +297,83 @@ def simulate(
         freed = len(ended)
         for i in ended:
             free.release(running.pop(i)[0])
+            if gates:
+                gates.done(i)
             if flat:
                 continue
             for u in users[i]:
                 unmet[u] -= 1
                 if unmet[u] == 0 and not dead[u]:
+                    if gates and gates.group[u] >= 0:
+                        gates.wait(u)
+                        continue
                     ready.add(pos[u])
                     classes[cls[u]] += 1
-    if len(ready):
+        if gates:
+            for u in gates.admit_all():
+                ready.add(pos[u])
+                classes[cls[u]] += 1
+    if len(ready) or (gates and gates.waiting()):
         # Cannot happen with a policy that keeps its contract: everything left fits an idle machine.
         stuck = [tasks[by_pos[x]].name for x in ready.prefix(len(ready))]
         raise RuntimeError(f"simulation stalled with {len(stuck)} ready tasks, e.g. {stuck[:3]}")
     makespan = max((s.end_s for s in slots), default=0.0)
     return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls, tuple(ranks))
+
+
+class _Gates:
+    """The cap groups of a simulation: which tasks wait outside the ready queue, which may enter.
+
+    ``group[i]``: task ``i``'s group number, -1 when uncapped. ``inflight[g]``:
+    tasks of group ``g`` admitted to the ready queue or running.
+    """
+
+    def __init__(self, names: Sequence[str], caps: Mapping[str, Cap]) -> None:
+        self.group = [-1] * len(names)
+        self.order: list[int] = [0] * len(names)
+        self.limit: list[int] = []
+        number: dict[str, int] = {}
+        if caps:
+            for i, name in enumerate(names):
+                c = caps.get(name)
+                if c is None:
+                    continue
+                g = number.get(c.group)
+                if g is None:
+                    g = number[c.group] = len(self.limit)
+                    self.limit.append(c.limit)
+                self.group[i], self.order[i] = g, c.order
+        self.inflight = [0] * len(self.limit)
+        self.heaps: list[list[tuple[int, int]]] = [[] for _ in self.limit]
+        self.touched: set[int] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.limit)
+
+    def wait(self, i: int) -> None:
+        g = self.group[i]
+        heapq.heappush(self.heaps[g], (self.order[i], i))
+        self.touched.add(g)
+
+    def done(self, i: int) -> None:
+        g = self.group[i]
+        if g >= 0:
+            self.inflight[g] -= 1
+            self.touched.add(g)
+
+    def admit_all(self) -> list[int]:
+        """The waiting tasks that may enter the ready queue now, lowest order first per group."""
+        out = []
+        for g in self.touched:
+            heap = self.heaps[g]
+            while heap and self.inflight[g] < self.limit[g]:
+                out.append(heapq.heappop(heap)[1])
+                self.inflight[g] += 1
+        self.touched.clear()
+        return out
+
+    def waiting(self) -> int:
+        return sum(map(len, self.heaps))
 
 
 @dataclass(frozen=True)
