@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rota.core.resources import Machine, fits_machine
+from rota.core.resources import Machine, fits_machine, how_to_fit
 from rota.errors import SpecError, StateError
 from rota.store.read import (
     STATUS_VERSION as STATUS_VERSION,  # the status format's version, re-exported
@@ -58,7 +58,8 @@ def check_fits(spec: Spec, machine: Machine) -> None:
             field = "gpus" if "GPU" in why else "cpus" if "CPU" in why else "memory" if "RAM" in why else "devices"
             if "per GPU" in why:
                 field = "gpu_memory"
-            raise SpecError(f"can never run here: {why}", file=spec.path, task=t.name, field=field)
+            raise SpecError(f"can never run here: {why}; {how_to_fit(t.request, machine)}", file=spec.path,
+                            task=t.name, field=field)
 
 
 def make_executor(backend: str, **options: Any) -> Any:

@@ -2,8 +2,9 @@
 
 Registered by :mod:`rota.cli.main` through :func:`register`. Bad input (spec,
 flags, unknown ``--machine``, a ``--gantt`` file that is neither .html nor
-.png) exits 2 with one line; nothing is run and nothing is written except the
-``--gantt`` file.
+.png), and a task that can never run on this machine (no ``--machine``: the same
+verdict and line as ``rota run``) exit 2 with one line; nothing is run and nothing
+is written except the ``--gantt`` file.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def plan_command(
     if only:
         loaded = loaded.only(only)
     base = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    if not machines:
+        # Planned for this machine: the verdict of `rota run` on it (a task that can never
+        # run here is bad input: exit 2, the same line). Machines named with --machine are
+        # hypothetical; what cannot run on them is shown in the plan instead.
+        from rota.api import check_fits
+
+        check_fits(loaded, base)
     options = machine_options(list(machines), loaded.file.machines, base)
     paths = _gantt_paths(gantt, [o.name for o in options]) if gantt else []
     sd = Path(state_dir) if state_dir else Path(state_dir_for_spec(loaded.path))

@@ -269,6 +269,28 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
     return _fits_a_node(req, machine.nodes)
 
 
+def how_to_fit(req: Request, machine: Machine) -> str:
+    """The fix for a request that :func:`fits_machine` refuses on the machine of this run
+    (declared with ``rota run``/``rota plan`` flags): raise the flag, or lower the task's key."""
+    from rota.spec.units import format_size
+
+    if req.cpus > machine.cpus:
+        return f"run with --cpus {req.cpus} if this machine has them, or lower the task's 'cpus:' to {machine.cpus}"
+    if req.memory_bytes > machine.memory_bytes:
+        return (f"run with --memory {format_size(req.memory_bytes)} if this machine has it, or lower the task's "
+                f"'memory:' to {format_size(machine.memory_bytes)}")
+    if req.devices is not None and any(d not in machine.gpu_indices for d in req.devices):
+        return "list only GPUs this machine has in 'devices:', or declare them with --gpus"
+    pool = [g for g in machine.gpus if req.devices is None or g.index in req.devices]
+    if req.gpus > len(pool):
+        where = "widen 'devices:'" if req.devices is not None else f"declare {req.gpus} GPUs with --gpus"
+        return f"{where}, or lower the task's 'gpus:' to {len(pool)}"
+    if req.gpus and req.gpu_memory_bytes is not None:
+        return (f"declare larger GPUs with --gpus {req.gpus}x{format_size(req.gpu_memory_bytes)}, or lower the "
+                "task's 'gpu_memory:'")
+    return "lower the task's 'gpus:', 'cpus:' or 'memory:' to what one node has"
+
+
 def _fits_a_node(req: Request, nodes: Sequence[Node]) -> str | None:
     """Why no single node of a cluster can take ``req`` (the sums may, but a task never spans nodes)."""
     if not nodes or any(n.gpus >= req.gpus and n.cpus >= req.cpus and n.memory_bytes >= req.memory_bytes
