@@ -36,14 +36,10 @@ fi
 if "$PY" -c "import ray" 2>/dev/null && [ -z "${ROTA_TEST_RAY_ADDRESS:-}" ]; then
   log "Ray: ray start --head (4 CPUs, 4 declared GPUs)"
   ray stop --force >/dev/null 2>&1 || true
-  ray start --head --num-cpus 4 --num-gpus 4 --object-store-memory 200000000 \
+  ray start --head --node-ip-address 127.0.0.1 --port 6379 --num-cpus 4 --num-gpus 4 --object-store-memory 200000000 \
     --disable-usage-stats --include-dashboard=false >/tmp/rota-test-ray.log 2>&1
-  export ROTA_TEST_RAY_ADDRESS=$("$PY" - <<'PYEOF'
-import ray
-ray.init(address="auto", logging_level="ERROR")
-print(ray.get_runtime_context().gcs_address)
-PYEOF
-)
+  # Loopback only: tests never talk to this machine's other addresses.
+  export ROTA_TEST_RAY_ADDRESS=127.0.0.1:6379
   trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
 fi
 

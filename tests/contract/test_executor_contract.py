@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from rota.executors.base import Executor, Handle, Launch, Status
+from tests.helpers import wait_for
 
 
 def _launch(tmp_path: Path, key: str, command: str, **kw) -> Launch:
@@ -66,18 +67,20 @@ def test_poll_is_batched_over_many(executor, tmp_path):
 
 
 def test_cancel_stops_a_running_attempt(executor, tmp_path):
-    marker = tmp_path / "finished"
-    h = executor.submit(_launch(tmp_path, "long#1", f"sleep 30; touch {marker}"))
-    deadline = time.time() + 60
-    while executor.poll([h])[h.key].phase != "running" and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    t0 = time.time()
+    """Cancel reaches the attempt after it started and before it wrote its markers: neither
+    the task nor its background grandchild ever writes one (each would 3 s after the start)."""
+    started, marker, grandchild = tmp_path / "started", tmp_path / "finished", tmp_path / "grandchild"
+    h = executor.submit(_launch(tmp_path, "long#1",
+                                f"touch {started}; (sleep 3; touch {grandchild}) & sleep 3; touch {marker}"))
+    wait_for(started.exists, timeout=60)
+    seen_started = time.time()
     executor.cancel([h], grace_s=2.0)
     st = _wait(executor, [h], timeout_s=60)[h.key]
     assert st.phase in ("failed", "lost")
-    assert time.time() - t0 < 30
-    assert not marker.exists()
+    # Past the moment both markers were due (3 s after the start), with a margin.
+    wait_for(lambda: time.time() > seen_started + 4.5, timeout=10)
+    assert not marker.exists(), "the cancelled task ran to its end"
+    assert not grandchild.exists(), "the cancelled task's grandchild outlived it"
 
 
 def test_adopt_after_controller_restart(executor, fresh_executor, tmp_path):
