@@ -75,21 +75,32 @@ class Utilization:
 
 @dataclass(frozen=True)
 class Prices:
-    """Prices in dollars; all default to 0 (then cost is 0)."""
+    """Prices in dollars; 0 means not given (then that pricing model's cost is None).
+
+    ``per_hour``: the whole machine, rented (billed for the makespan); ``per_gpu_hour``
+    and ``per_cpu_hour``: a shared cluster's charge per booked GPU-hour and CPU-hour."""
 
     per_gpu_hour: float = 0.0
     per_cpu_hour: float = 0.0
-    per_hour: float = 0.0  # whole machine, paid for the makespan
+    per_hour: float = 0.0
 
 
 @dataclass(frozen=True)
 class Cost:
-    """``total_usd = gpu_hours x per_gpu_hour + cpu_hours x per_cpu_hour + machine_hours x per_hour``.
+    """The two ways a machine is paid for, kept apart:
 
-    ``gpu_hours``: booked GPU time, summed over GPUs, of the time each GPU holds
-    at least one task (a GPU is paid while anything runs on it, however little
-    memory it books; tasks packed on one GPU are not counted twice); ``cpu_hours``: ``cpus x duration`` summed; ``machine_hours``:
-    the makespan (whole-machine pricing).
+    - ``rent_usd`` (``machine_hours x per_hour``): a rented machine (a cloud VM) is
+      billed for every hour it is held, busy or idle, so for the makespan
+      (``machine_hours``). None when no ``price_per_hour`` is given.
+    - ``usage_usd`` (``gpu_hours x per_gpu_hour + cpu_hours x per_cpu_hour``): a
+      shared cluster charges what the run books. ``gpu_hours``: summed over GPUs,
+      the time each GPU holds at least one task (a GPU is paid while anything runs
+      on it, however little memory it books; tasks packed on one GPU are not
+      counted twice); ``cpu_hours``: ``cpus x duration`` summed. None when neither
+      ``price_per_gpu_hour`` nor ``price_per_cpu_hour`` is given.
+
+    ``total_usd`` is the sum of every priced term (the documented JSON field; with
+    one pricing model given, it is that model's figure).
     """
 
     gpu_hours: float
@@ -98,10 +109,16 @@ class Cost:
     gpu_usd: float
     cpu_usd: float
     machine_usd: float
+    rent_usd: float | None = None
+    usage_usd: float | None = None
 
     @property
     def total_usd(self) -> float:
         return self.gpu_usd + self.cpu_usd + self.machine_usd
+
+    @property
+    def priced(self) -> bool:
+        return self.rent_usd is not None or self.usage_usd is not None
 
 
 def critical_path(
@@ -282,11 +299,14 @@ def cost(schedule: Schedule, prices: Prices, sums: SlotSums | None = None) -> Co
     gpu_h = sum(sums.gpu_busy_s.values()) / 3600.0
     cpu_h = sums.cpu_s / 3600.0
     mach_h = schedule.makespan_s / 3600.0
+    gpu_usd, cpu_usd, machine_usd = gpu_h * prices.per_gpu_hour, cpu_h * prices.per_cpu_hour, mach_h * prices.per_hour
     return Cost(
         gpu_hours=gpu_h,
         cpu_hours=cpu_h,
         machine_hours=mach_h,
-        gpu_usd=gpu_h * prices.per_gpu_hour,
-        cpu_usd=cpu_h * prices.per_cpu_hour,
-        machine_usd=mach_h * prices.per_hour,
+        gpu_usd=gpu_usd,
+        cpu_usd=cpu_usd,
+        machine_usd=machine_usd,
+        rent_usd=machine_usd if prices.per_hour else None,
+        usage_usd=gpu_usd + cpu_usd if prices.per_gpu_hour or prices.per_cpu_hour else None,
     )

@@ -30,7 +30,9 @@ machine from the CLI flags) into :class:`MachineOption` records;
       "utilization": {"gpus": 0.5, "cpus": 0.1, "memory": 0.0,
                       "gpu": {"0": {"busy": 0.5, "memory": 0.4}}},
       "cost": {"total_usd": 2.95, "gpu_hours": 3.75, "cpu_hours": 3.3, "machine_hours": 4.5,
-               "gpu_usd": 2.62, "cpu_usd": 0.33, "machine_usd": 0.0},
+               "gpu_usd": 2.62, "cpu_usd": 0.33, "machine_usd": 0.0,
+               "rent_usd": null,        # price_per_hour x makespan: a rented VM; null: no price_per_hour
+               "usage_usd": 2.95},      # booked GPU-h and CPU-h x their prices: a shared cluster; null: none
       "unschedulable": [{"task": "x", "reason": "asks for 2 GPUs but the machine has 1"}],
       "blocked": [{"task": "y", "needs": "x"}],
       "tasks": [{"name": "a", "start_s": 0.0, "end_s": 900.0, "duration_s": 900.0, "gpus": [0],
@@ -38,11 +40,14 @@ machine from the CLI flags) into :class:`MachineOption` records;
       "machines": [ <the same object without "machines"/"version"/"spec"/"estimates">, ... ]
     }
 
-Cost: ``gpu_hours x price_per_gpu_hour + cpu_hours x price_per_cpu_hour +
-machine_hours x price_per_hour`` where GPU-hours are *booked*: per GPU, the time it
-holds at least one task (packed tasks are not counted twice; a GPU is paid in
-full while anything runs on it), CPU-hours are ``cpus x duration``
-and machine-hours are the makespan (whole-machine pricing). Tasks' times are
+Cost, two pricing models kept apart (:class:`rota.plan.bounds.Cost`): ``rent_usd`` =
+``machine_hours x price_per_hour``, a rented machine (a cloud VM) billed for every
+hour of the makespan; ``usage_usd`` = ``gpu_hours x price_per_gpu_hour + cpu_hours
+x price_per_cpu_hour``, a shared cluster's charge for what the run books, where
+GPU-hours are *booked*: per GPU, the time it holds at least one task (packed tasks
+are not counted twice; a GPU is paid in full while anything runs on it) and
+CPU-hours are ``cpus x duration``. Each is null when its prices are not given.
+``total_usd`` (kept from version 1) is the sum of all priced terms. Tasks' times are
 seconds from the start of the plan, on that machine (durations divided by its
 ``speed`` for GPU tasks and ``cpu_speed`` for CPU-only tasks).
 """
@@ -182,6 +187,10 @@ def _r(x: float, nd: int = 3) -> float:
     return round(float(x), nd)
 
 
+def _opt(x: float | None) -> float | None:
+    return None if x is None else _r(x, 4)
+
+
 def plan_dict(p: Plan, source: Mapping[str, str]) -> dict[str, Any]:
     """One machine's plan as the documented JSON object (see the module docstring)."""
     return {**plan_figures(p), "tasks": [task_dict(s, source) for s in p.schedule.slots]}
@@ -224,7 +233,8 @@ def plan_figures(p: Plan) -> dict[str, Any]:
         },
         "cost": {"total_usd": _r(c.total_usd, 4), "gpu_hours": _r(c.gpu_hours, 4), "cpu_hours": _r(c.cpu_hours, 4),
                  "machine_hours": _r(c.machine_hours, 4), "gpu_usd": _r(c.gpu_usd, 4),
-                 "cpu_usd": _r(c.cpu_usd, 4), "machine_usd": _r(c.machine_usd, 4)},
+                 "cpu_usd": _r(c.cpu_usd, 4), "machine_usd": _r(c.machine_usd, 4),
+                 "rent_usd": _opt(c.rent_usd), "usage_usd": _opt(c.usage_usd)},
         "unschedulable": [{"task": t, "reason": r} for t, r in p.schedule.unschedulable],
         "blocked": [{"task": t, "needs": n} for t, n in p.schedule.blocked],
     }

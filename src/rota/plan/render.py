@@ -71,17 +71,37 @@ def gantt(p: Plan, width: int = 100) -> str:
 
 
 def cost_terms(p: Plan) -> str:
-    """``GPU 13.50 h x $0.35 + CPU 17.35 h x $0.10``: booked hours times prices."""
+    """``GPU 13.50 h x $0.35 + CPU 17.35 h x $0.10``: booked hours times prices (the usage model)."""
     c, pr = p.cost, p.option.prices
-    terms = [f"GPU {c.gpu_hours:.2f} h x ${pr.per_gpu_hour:g}", f"CPU {c.cpu_hours:.2f} h x ${pr.per_cpu_hour:g}"]
-    if pr.per_hour:
-        terms.append(f"machine {c.machine_hours:.2f} h x ${pr.per_hour:g}")
+    terms = [f"GPU {c.gpu_hours:.2f} h booked x {price(pr.per_gpu_hour)}",
+             f"CPU {c.cpu_hours:.2f} h x {price(pr.per_cpu_hour)}"]
     return " + ".join(terms)
 
 
-def _priced(p: Plan) -> bool:
-    pr = p.option.prices
-    return bool(pr.per_gpu_hour or pr.per_cpu_hour or pr.per_hour)
+def price(x: float) -> str:
+    """A unit price: ``$0.10``, ``$0.035``."""
+    return f"${x:.2f}" if round(x, 2) == x else f"${x:g}"
+
+
+def usd(x: float | None) -> str:
+    """``$6.13``; ``-`` without a price (never ``$0.00`` for "not priced")."""
+    return "-" if x is None else f"${x:.2f}"
+
+
+def cost_lines(p: Plan) -> list[str]:
+    """The cost under each pricing model the machine has prices for, each saying how it is billed."""
+    c, pr = p.cost, p.option.prices
+    if not c.priced:
+        return [f"  cost         -  (no prices; GPU {c.gpu_hours:.2f} h, CPU {c.cpu_hours:.2f} h booked, machine "
+                f"{c.machine_hours:.2f} h: give a 'machines:' entry price_per_hour (a rented VM) or "
+                "price_per_gpu_hour (a shared cluster), see --machine)"]
+    out = []
+    if c.rent_usd is not None:
+        out.append(f"  cost, rented {usd(c.rent_usd)}  (whole machine {price(pr.per_hour)}/h x {c.machine_hours:.2f} h "
+                   "makespan: a VM is billed every hour it is held)")
+    if c.usage_usd is not None:
+        out.append(f"  cost, usage  {usd(c.usage_usd)}  ({cost_terms(p)}: what a shared cluster charges)")
+    return out
 
 
 def _pct(x: float) -> str:
@@ -100,16 +120,14 @@ def machine_line(p: Plan) -> str:
 
 def summary(p: Plan) -> str:
     """The figures for one machine, one per line."""
-    b, c, u = p.bound, p.cost, p.utilization
+    b, u = p.bound, p.utilization
     lines = [
         machine_line(p),
         f"  makespan     {format_duration(p.makespan_s)}",
         f"  sequential   {format_duration(p.sequential_s)}  (speedup {p.speedup:.2f}x)",
         f"  lower bound  {format_duration(b.value_s)}  (set by {b.binding}; plan is "
         f"{p.makespan_s / b.value_s if b.value_s else 1:.2f}x the bound)",
-        f"  cost         ${c.total_usd:.2f}  ({cost_terms(p)})" if _priced(p) else
-        f"  cost         no prices (GPU {c.gpu_hours:.2f} h, CPU {c.cpu_hours:.2f} h booked; "
-        "prices go in a 'machines:' entry, see --machine)",
+        *cost_lines(p),
         "  utilisation  " + "  ".join(
             [f"gpu{i} {_pct(x)}" for i, x in u.gpu_busy.items()] + [f"CPUs {_pct(u.cpus)}", f"RAM {_pct(u.memory)}"]
         ),
@@ -143,10 +161,14 @@ def estimates_line(d: Durations) -> str:
 
 
 def comparison_table(plans: Sequence[Plan]) -> Table:
-    """Machines side by side: makespan, cost, utilisation."""
-    t = Table(title="rota plan: machines compared")
+    """Machines side by side: makespan, cost, utilisation. Cost in two columns: ``rent``
+    (price_per_hour x makespan: a rented VM) and ``usage`` (booked GPU-h and CPU-h x
+    their prices: a shared cluster); ``-`` where the machine has no such price."""
+    t = Table(title="rota plan: machines compared",
+              caption="rent: price_per_hour x makespan (a VM is billed every hour); "
+                      "usage: booked GPU-h, CPU-h x prices (a shared cluster)")
     for col in ("machine", "GPUs", "speed", "makespan", "sequential", "lower bound", "speedup",
-                "GPU util", "CPU util", "GPU-h", "cost", "cannot run"):
+                "GPU util", "CPU util", "GPU-h", "rent", "usage", "cannot run"):
         t.add_column(col, justify="left" if col in ("machine", "GPUs") else "right", no_wrap=True)
     for p in plans:
         m = p.option.machine
@@ -156,7 +178,7 @@ def comparison_table(plans: Sequence[Plan]) -> Table:
             p.option.name, gpus, f"x{p.option.speed:g}", format_duration(p.makespan_s),
             format_duration(p.sequential_s), format_duration(p.bound.value_s), f"{p.speedup:.2f}x",
             _pct(p.utilization.gpus) if m.gpus else "-", _pct(p.utilization.cpus),
-            f"{p.cost.gpu_hours:.2f}", f"${p.cost.total_usd:.2f}",
+            f"{p.cost.gpu_hours:.2f}", usd(p.cost.rent_usd), usd(p.cost.usage_usd),
             str(len(p.schedule.unschedulable) + len(p.schedule.blocked)) or "0",
         )
     return t
