@@ -171,3 +171,48 @@ def test_launching_is_a_state_and_plan_lanes_show_in_html() -> None:
     assert "(still running)" in "\n".join(v for _, v in header_lines(data))
     text = render_html(data, [], plan=[("gpu0", [("warm", 0.0, 60.0)])])
     assert "Plan (simulated)" in text and "launching" in text
+
+
+def _many_metrics_data() -> ReportData:
+    """A suite as a real one looks: a 3x3 grid with 20 metrics each, a lone prep task, a
+    multi-GPU task, long names."""
+    metrics = {f"metric_{k:02d}_score": 0.0912345 + k / 7 for k in range(20)}
+    tasks = [TaskRow("prep-corpus", "succeeded", 1, 0, start_s=T0, end_s=T0 + 30, cpus=16, base="prep-corpus")]
+    for i, ds in enumerate(["sst2", "agnews", "trec"]):
+        for seed in (42, 123, 456):
+            tasks.append(TaskRow(
+                f"main-medium-{ds}-s{seed}", "succeeded", 2, 0, start_s=T0 + 30 + i, end_s=T0 + 4000 + i,
+                gpus=(i,), cpus=4, gpu_memory_bytes=70 * GB, peak_gpu_memory_bytes=61 * GB,
+                vars={"dataset": ds, "seed": str(seed)}, metrics=metrics, base="main-medium-{dataset}-s{seed}"))
+    tasks.append(TaskRow("xsum-train", "succeeded", 1, 0, start_s=T0 + 40, end_s=T0 + 9000, gpus=(0, 1, 2, 3),
+                         base="xsum-train", metrics={"rouge_l": 0.3561}))
+    return ReportData("run-2", "/very/long/path/to/examples/experiment-suite/rota.yaml",
+                      tuple(GpuInfo(g, "H100", 80 * GB) for g in range(4)), 64, tuple(tasks), (), T0, T0 + 9000)
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_text_report_never_truncates_a_cell(width: int) -> None:
+    """At a terminal's 160 columns and a pipe's 80, every cell is whole: no `dura…`, no `0.09…`."""
+    console = Console(width=width, record=True)
+    console.print(*to_rich_tables(_many_metrics_data(), ["dataset"]))
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    for word in ("duration", "main-medium-agnews-s456", "metric_19_score", "0.09123", "2.806", "rouge_l"):
+        assert word in text, word
+    # one table per task group
+    assert "Tasks of main-medium-{dataset}-s{seed} (9)" in text
+    assert "Metrics of main-medium-{dataset}-s{seed} by dataset (95% CI)" in text
+
+
+def test_text_report_metrics_are_columns_when_they_fit_and_rows_when_not() -> None:
+    few = Console(width=160, record=True)
+    few.print(*to_rich_tables(_data(), ["model"]))
+    header = next(line for line in few.export_text().splitlines() if "duration" in line)
+    assert "acc" in header and "loss" in header  # two metrics: columns
+    many = Console(width=160, record=True)
+    many.print(*to_rich_tables(_many_metrics_data(), ["dataset"]))
+    text = many.export_text()
+    header = next(line for line in text.splitlines() if "duration" in line and "metric" in line)
+    assert "metric_00_score" not in header and "value" in header  # twenty: one row per metric
+    assert sum("metric_07_score" in line for line in text.splitlines()) >= 9  # once per task, plus the groups

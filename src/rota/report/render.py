@@ -50,6 +50,14 @@ from rota.report.stats import (
     run_summary,
     task_table,
 )
+from rota.report.tables import (
+    STATE_COLORS,
+    GroupedTasks,
+    fmt_ci,
+    fmt_mean_std,
+    fmt_value,
+    group_tables,
+)
 from rota.spec.units import format_duration, format_size
 
 __all__ = [
@@ -69,20 +77,6 @@ __all__ = [
 ]
 
 JSON_FORMAT = "rota-report/1"
-
-STATE_COLORS: dict[str, str] = {
-    "succeeded": "#2ca02c",
-    "failed": "#d62728",
-    "interrupted": "#ff7f0e",
-    "running": "#1f77b4",
-    "launching": "#aec7e8",
-    "cached": "#9467bd",
-    "skipped": "#bcbd22",
-    "pending": "#7f7f7f",
-    "": "#17becf",
-}
-"""Hex colour per task state (``""``: an item without state, e.g. a planned one)."""
-
 
 # --------------------------------------------------------------- JSON / CSV
 
@@ -240,28 +234,6 @@ def to_csv(
 # --------------------------------------------------------------- rich
 
 
-def fmt_value(x: float | None) -> str:
-    """A metric value with 4 significant digits; ``-`` for unknown."""
-    if x is None or not math.isfinite(x):
-        return "-" if x is None else str(x)
-    return f"{x:.4g}"
-
-
-def fmt_mean_std(mean: float, std: float | None) -> str:
-    """``0.9123 ± 0.012`` (``± -`` when the spread is unknown)."""
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g} ± -"
-
-
-def fmt_ci(low: float | None, high: float | None) -> str:
-    """``[0.88, 0.94]`` or ``-``."""
-    return "-" if low is None or high is None else f"[{low:.4g}, {high:.4g}]"
-
-
-def _mem(peak: int | None, declared: int | None) -> str:
-    p = format_size(peak) if peak is not None else "-"
-    return f"{p} / {format_size(declared)}" if declared is not None else p
-
-
 def header_lines(data: ReportData) -> list[tuple[str, str]]:
     """``(label, value)`` pairs of the run summary, shared by terminal and HTML headers."""
     s = run_summary(data)
@@ -285,71 +257,28 @@ def header_lines(data: ReportData) -> list[tuple[str, str]]:
 
 
 def to_rich_tables(data: ReportData, by: Sequence[str]) -> list[RenderableType]:
-    """Renderables for ``console.print(*...)``: the run header, the task table,
-    the grouped metrics (when any), GPU-memory flags (when any), and one panel
-    per failed or interrupted task with its reason and last log lines."""
+    """Renderables for ``console.print(*...)``: the run header, one task table per
+    task group (metrics as columns where they fit the console's width, else as
+    rows), the grouped metrics (one table per spec task, when any), GPU-memory
+    flags (when any), and one panel per failed or interrupted task with its
+    reason and last log lines. No cell is ever cut short with an ellipsis."""
     out: list[RenderableType] = []
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     for label, value in header_lines(data):
         head.add_row(label, Text(value))
     out.append(head)
 
-    metrics = metric_names(data.tasks)
-    tasks = Table(title="Tasks", title_justify="left")
-    tasks.add_column("task")
-    tasks.add_column("state")
-    tasks.add_column("att.", justify="right")
-    tasks.add_column("duration", justify="right")
-    tasks.add_column("GPUs")
-    tasks.add_column("peak / declared GPU mem", justify="right")
-    for m in metrics:
-        tasks.add_column(Text(m), justify="right")
-    for row in task_table(data.tasks):
-        state = Text(row.state, style=STATE_COLORS.get(row.state, ""))
-        gpus = ",".join(map(str, row.gpus)) or f"cpu x{row.cpus}"
-        tasks.add_row(
-            Text(row.name),
-            state,
-            str(row.attempts),
-            format_duration(row.duration_s),
-            gpus,
-            _mem(row.peak_gpu_memory_bytes, row.gpu_memory_bytes),
-            *(fmt_value(row.metrics.get(m)) for m in metrics),
-        )
-    out.append(tasks)
-
-    groups = group_metrics(data.tasks, by)
-    if groups:
-        with_base = any(g.base for g in groups)
-        gt = Table(title=f"Metrics by {', '.join(by) or 'task'} (95% CI)", title_justify="left")
-        if with_base:
-            gt.add_column("task")
-        for v in by:
-            gt.add_column(Text(v))
-        gt.add_column("metric")
-        gt.add_column("mean ± std", justify="right")
-        gt.add_column("n", justify="right")
-        gt.add_column("95% CI", justify="right")
-        for g in groups:
-            s = g.summary
-            gt.add_row(
-                *([Text(g.base or "-")] if with_base else []),
-                *(Text(g.vars[v]) for v in by),
-                Text(g.metric),
-                fmt_mean_std(s.mean, s.std),
-                str(s.n),
-                fmt_ci(s.ci_low, s.ci_high),
-            )
-        out.append(gt)
+    out.append(GroupedTasks(data.tasks))
+    out.extend(group_tables(group_metrics(data.tasks, by), by))
 
     flags = memory_flags(data.tasks)
     if flags:
         ft = Table(title="GPU memory declared vs measured", title_justify="left")
-        ft.add_column("task")
-        ft.add_column("flag")
-        ft.add_column("advice")
+        ft.add_column("task", overflow="fold")
+        ft.add_column("flag", overflow="fold")
+        ft.add_column("advice", overflow="fold")
         for f in flags:
             ft.add_row(Text(f.task), f.kind, Text(f.message))
         out.append(ft)
