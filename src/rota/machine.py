@@ -18,6 +18,7 @@ from rota.errors import MachineError
 from rota.spec.units import format_size, parse_size
 
 _DECL = re.compile(r"^\s*(?:(\d+)\s*[xX]\s*)?(\d+(?:\.\d+)?\s*[A-Za-z]*)\s*$")
+_BARE_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 
 
 def detect_gpus_nvml() -> list[Gpu] | None:
@@ -90,17 +91,21 @@ def parse_gpus_flag(value: str, detected: list[Gpu]) -> list[Gpu]:
             )
         return [by_index[w] for w in wanted]
     gpus: list[Gpu] = []
-    for p in parts:
+    for p in (p.strip() for p in value.split(",")):  # the user's own text, for messages
         m = _DECL.match(p)
         if not m:
             raise MachineError(f"--gpus {value}: expected 'none', indices like '0,2', or sizes like '4x80GB', found {p!r}")
         count = int(m.group(1) or 1)
+        size_text = m.group(2)
         try:
-            size = parse_size(m.group(2).upper())
+            size = parse_size(size_text)
         except ValueError as e:
+            if _BARE_NUMBER.match(size_text):
+                example = f"{m.group(1) + 'x' if m.group(1) else ''}{size_text.strip()}GB"
+                raise MachineError(f"--gpus {value}: GPU memory needs a unit, found {p!r}; write e.g. {example!r}") from None
             raise MachineError(f"--gpus {value}: {e}") from None
-        if count > 1024 or size <= 0:
-            raise MachineError(f"--gpus {value}: expected 1-1024 GPUs of a positive size")
+        if count > 1024 or count < 1 or size <= 0:
+            raise MachineError(f"--gpus {value}: expected 1-1024 GPUs of a positive size, found {p!r}")
         for _ in range(count):
             gpus.append(Gpu(index=len(gpus), memory_bytes=size, name=f"declared {format_size(size)}"))
     return gpus
@@ -176,7 +181,8 @@ def detect_machine(
 def describe(machine: Machine) -> list[str]:
     lines = []
     if not machine.gpus:
-        lines.append(f"GPUs: none ({machine.source})")
+        why = {"none": "", "declared": " (declared)", "nvml": " (NVML sees none)"}.get(machine.source, f" ({machine.source})")
+        lines.append(f"GPUs: none{why}")
     for g in machine.gpus:
         uuid = f" {g.uuid}" if g.uuid else ""
         lines.append(f"GPU {g.index}: {g.name}, {format_size(g.memory_bytes)}{uuid} (CUDA_VISIBLE_DEVICES={g.cuda_id})")

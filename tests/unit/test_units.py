@@ -7,8 +7,8 @@ from rota.spec.units import format_duration, parse_duration, parse_size
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("30GB", 30 * 2**30), ("30 GiB", 30 * 2**30), ("512M", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), (1024, 1024),
-     ("80gb", 80 * 2**30), ("0", 0)],
+    [("30GB", 30 * 2**30), ("30 GiB", 30 * 2**30), ("512M", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), ("1024B", 1024),
+     ("80gb", 80 * 2**30), ("0", 0), (0, 0), (0.0, 0), ("0GB", 0)],
 )
 def test_sizes(text, expected):
     assert parse_size(text) == expected
@@ -27,6 +27,21 @@ def test_durations(text, expected):
 def test_bad_sizes(bad):
     with pytest.raises(ValueError):
         parse_size(bad)
+
+
+@pytest.mark.parametrize("bare", [24, "24", " 24 ", 1.5, "1.5", 1024])
+def test_a_size_without_a_unit_is_refused(bare):
+    """Issue 17: ``--gpus 2x24`` booked 24-byte GPUs; a bare number other than 0 is refused."""
+    with pytest.raises(ValueError, match=r"a size needs a unit.*'24GB'|a size needs a unit"):
+        parse_size(bare)
+
+
+def test_size_messages_quote_the_users_text_once():
+    with pytest.raises(ValueError) as e:
+        parse_size("30G B")
+    assert str(e.value).count("'30G B'") == 1
+    with pytest.raises(ValueError, match=r"write e.g. '24GB' \(or '24B'"):
+        parse_size("24")
 
 
 @pytest.mark.parametrize("bad", ["45x", "h", "", "1h 2", True, -5, float("inf"), "99999999999d"])

@@ -6,6 +6,7 @@ shard and sweep expansion, with sizes in bytes and durations in seconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -30,9 +31,39 @@ def _str_list(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
+def _whole(v: Any) -> Any:
+    # YAML's true/false are Python ints: 'gpus: true' must not book one GPU.
+    if isinstance(v, bool):
+        raise ValueError(f"expected a whole number, found {str(v).lower()}")
+    return v
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, found {str(v).lower()}")
+    return v
+
+
 Size = Annotated[int | None, BeforeValidator(_size)]
 Duration = Annotated[float | None, BeforeValidator(_dur)]
 StrList = Annotated[list[str], BeforeValidator(_str_list)]
+Int = Annotated[int, BeforeValidator(_whole)]
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+
+# Environment variables rota sets for every task (engine.attempt.task_env): a spec's ``env:``
+# must not override them (a task writing to another task's ROTA_OUT, or seeing GPUs it did not book).
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
+RESERVED_ENV_PREFIX = "ROTA_"
+# Largest grid a ``sampler: grid`` sweep may walk: Optuna's GridSampler lists every point up front.
+MAX_GRID_POINTS = 1_000_000
+MAX_INT_PARAM = 2**53  # int parameters pass through floats in Optuna's samplers
+# Linux's limit on one argument or environment string, its NUL included (measured: a
+# 131,071-byte ``bash -c`` argument runs, 131,072 gives E2BIG "Argument list too long").
+MAX_ARG_STRLEN = 131_072
+# A task runs as ``bash -c PROLOGUE+COMMAND`` with ``{out}`` and sweep parameters filled at launch:
+# the expanded command keeps 8 KiB of that argument for them.
+MAX_COMMAND_BYTES = MAX_ARG_STRLEN - 8 * 1024
+MAX_ENV_BYTES = 2**20  # a task's env: entries together; Linux's ARG_MAX (2 MiB) holds them, the command, the rest
 
 
 class _Strict(BaseModel):
@@ -43,10 +74,10 @@ class ParamSpec(_Strict):
     """One dimension of a sweep's search space."""
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: Number | None = None
+    high: Number | None = None
     log: bool = False
-    step: float | None = None
+    step: Number | None = None
     choices: list[Scalar] | None = None
 
     @model_validator(mode="after")
@@ -62,9 +93,20 @@ def check_param(name: str, p: ParamSpec) -> str | None:
     if p.type == "categorical":
         if not p.choices:
             return "a categorical parameter needs 'choices'"
+        bad = [c for c in p.choices if isinstance(c, float) and not math.isfinite(c)]
+        if bad:
+            return f"choices must be finite, found {bad[0]!r}"
         return None
     if p.low is None or p.high is None:
         return f"a {p.type} parameter needs 'low' and 'high'"
+    for key in ("low", "high", "step"):
+        value = getattr(p, key)
+        if value is not None and not math.isfinite(value):  # models built without validation
+            return f"{key} must be a finite number, found {value!r}"
+    if p.type == "float" and not math.isfinite(p.high - p.low):
+        return f"the range from low ({p.low:g}) to high ({p.high:g}) is too wide to sample; narrow it"
+    if p.type == "int" and max(abs(p.low), abs(p.high)) > MAX_INT_PARAM:
+        return f"an int parameter's low and high must lie within +-2**53, found {p.low:g} .. {p.high:g}"
     if p.low > p.high:
         return f"low ({p.low:g}) is above high ({p.high:g})"
     if p.log and p.low <= 0:
@@ -75,19 +117,50 @@ def check_param(name: str, p: ParamSpec) -> str | None:
         return "an int parameter needs whole-number low and high"
     if p.step is not None and p.step <= 0:
         return "step must be > 0"
+    if p.type == "int" and p.step is not None and p.step != int(p.step):
+        return f"an int parameter needs a whole-number step, found {p.step:g}"
     return None
+
+
+def check_command(command: str) -> str | None:
+    """Why ``command`` (matrix values filled in) cannot be launched as ``bash -c``, or None. Fast on ASCII."""
+    if "\x00" in command:
+        return "the command has a NUL byte, which no process argument can hold"
+    if len(command) * 4 < MAX_COMMAND_BYTES and command.isascii():
+        return None
+    try:
+        size = len(command.encode())
+    except UnicodeEncodeError:
+        return "the command holds a lone surrogate (an invalid \\u escape); write the character itself"
+    if size > MAX_COMMAND_BYTES:
+        return (f"the command is {size:,} bytes; bash -c takes at most {MAX_COMMAND_BYTES:,} here (Linux's "
+                f"MAX_ARG_STRLEN is {MAX_ARG_STRLEN:,}, less room for {{out}}): put a long script in a file "
+                "and run that")
+    return None
+
+
+def grid_points(p: ParamSpec) -> int | None:
+    """How many points ``sampler: grid`` walks on ``p`` (None: it cannot, a float without step)."""
+    if p.type == "categorical":
+        return len(p.choices or [])
+    low, high = p.low or 0.0, p.high or 0.0
+    if p.type == "int":
+        return int(high - low) // int(p.step or 1) + 1
+    if p.step is None:
+        return None
+    return int(round((high - low) / p.step)) + 1
 
 
 class SweepSpec(_Strict):
     """An Optuna study whose trials run as rota tasks."""
 
-    trials: int = Field(ge=1, le=100_000)
+    trials: Int = Field(ge=1, le=100_000)
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
-    parallel: int | None = Field(default=None, ge=1)
+    parallel: Int | None = Field(default=None, ge=1)
     pruner: Literal["none", "median", "hyperband"] = "none"
-    seed: int | None = None
+    seed: Int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy's RandomState range
     params: dict[str, ParamSpec]
 
     @field_validator("params")
@@ -97,25 +170,80 @@ class SweepSpec(_Strict):
             raise ValueError("a sweep needs at least one parameter under 'params'")
         return v
 
+    @model_validator(mode="after")
+    def _grid_fits(self) -> SweepSpec:
+        # Found here, at load time, not when the study starts after other tasks ran.
+        if self.sampler == "grid":
+            total = 1
+            for name, p in self.params.items():
+                n = grid_points(p)
+                if n is None:
+                    raise ValueError(f"sampler: grid needs 'step' on float parameter {name!r} (or choices)")
+                total *= n
+                if total > MAX_GRID_POINTS:
+                    raise ValueError(f"sampler: grid would walk more than {MAX_GRID_POINTS:,} points; "
+                                     "use a larger step, fewer parameters, or sampler: tpe")
+        return self
+
 
 class TaskFields(_Strict):
     """Fields a task and ``defaults:`` share."""
 
     needs: StrList = Field(default_factory=list)
-    gpus: int = Field(default=0, ge=0, le=1024)
+    gpus: Int = Field(default=0, ge=0, le=1024)
     gpu_memory: Size = None
-    cpus: int = Field(default=1, ge=0, le=100_000)
+    cpus: Int = Field(default=1, ge=0, le=100_000)
     memory: Size = None
     estimate: Duration = None
-    retries: int = Field(default=0, ge=0, le=1000)
+    retries: Int = Field(default=0, ge=0, le=1000)
     timeout: Duration = None
     env: dict[str, Scalar] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    priority: Int = Field(default=0, ge=-1_000_000, le=1_000_000)
     workdir: str | None = None
     outputs: StrList = Field(default_factory=list)
     inputs: StrList = Field(default_factory=list)
-    devices: list[int] | None = None
+    devices: list[Int] | None = None
     enforce_gpu_memory: bool = False
+
+    @field_validator("env")
+    @classmethod
+    def _env_launchable(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+        total = 0
+        for key, value in v.items():
+            why = check_env_entry(key, value)
+            if why is not None:
+                raise ValueError(why)
+            total += len(key) + len(str(value)) + 2
+        if total > MAX_ENV_BYTES:
+            raise ValueError(f"env: holds {total:,} bytes; at most {MAX_ENV_BYTES:,} fit beside the command "
+                             "(Linux's ARG_MAX): pass large values in a file")
+        return v
+
+
+def check_env_entry(key: str, value: object, *, rota_may_set: bool = False) -> str | None:
+    """Why ``key=value`` cannot be put in a task's environment, or None.
+
+    ``rota_may_set``: skip the reserved-name check (an expanded task's env holds rota's own
+    ``ROTA_SHARD_INDEX``/``ROTA_SHARD_COUNT``).
+    """
+    if not key:
+        return "an environment variable needs a name, found ''"
+    if "=" in key or "\x00" in key:
+        return f"environment variable name {key!r} contains {'=' if '=' in key else 'a NUL byte'}, which a name cannot hold"
+    if not rota_may_set and (key in RESERVED_ENV or key.upper().startswith(RESERVED_ENV_PREFIX)):
+        return (f"environment variable {key!r} is set by rota itself for every task (ROTA_* variables, "
+                "CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER); remove it from env:")
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        return f"environment variable {key!r} has a NUL byte in its value; a process environment cannot hold one"
+    try:
+        size = len(key.encode()) + 1 + len(text.encode())
+    except UnicodeEncodeError:
+        return f"environment variable {key!r} holds a lone surrogate (an invalid \\u escape); write the character itself"
+    if size >= MAX_ARG_STRLEN:
+        return (f"environment variable {key!r} is {size:,} bytes; Linux limits one to {MAX_ARG_STRLEN - 1:,} "
+                "(MAX_ARG_STRLEN): pass large values in a file")
+    return None
 
 
 class DefaultsSpec(TaskFields):
@@ -126,8 +254,16 @@ class TaskSpec(TaskFields):
     name: str = Field(min_length=1, max_length=200)
     command: str = Field(min_length=1)
     matrix: dict[str, list[Scalar]] | None = None
-    shards: int | None = Field(default=None, ge=1, le=100_000)
+    shards: Int | None = Field(default=None, ge=1, le=100_000)
     sweep: SweepSpec | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_launchable(cls, v: str) -> str:
+        why = check_command(v)
+        if why is not None:
+            raise ValueError(why)
+        return v
 
     @field_validator("matrix")
     @classmethod
@@ -145,13 +281,30 @@ class MachineSpec(_Strict):
     """A machine to compare in ``rota plan`` (``machines:`` section)."""
 
     gpus: str | None = None
-    cpus: int | None = Field(default=None, ge=1)
+    cpus: Int | None = Field(default=None, ge=1)
     memory: Size = None
-    price_per_gpu_hour: float = Field(default=0.0, ge=0)
-    price_per_cpu_hour: float = Field(default=0.0, ge=0)
-    price_per_hour: float = Field(default=0.0, ge=0)
-    speed: float = Field(default=1.0, gt=0)
-    cpu_speed: float = Field(default=1.0, gt=0)
+    price_per_gpu_hour: Number = Field(default=0.0, ge=0)
+    price_per_cpu_hour: Number = Field(default=0.0, ge=0)
+    price_per_hour: Number = Field(default=0.0, ge=0)
+    speed: Number = Field(default=1.0, gt=0)
+    cpu_speed: Number = Field(default=1.0, gt=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_declared(cls, v: str | None) -> str | None:
+        # Checked at load (``rota run`` too), not only by ``rota plan --machine``.
+        if v is not None:
+            from rota.errors import MachineError
+            from rota.machine import parse_gpus_flag
+
+            if v.replace(",", "").strip().isdigit():
+                raise ValueError(f"expected GPU sizes such as '4x80GB' or 'none' (a machine to plan for "
+                                 f"is declared, not detected), found {v!r}")
+            try:
+                parse_gpus_flag(v, [])
+            except MachineError as e:
+                raise ValueError(str(e).removeprefix(f"--gpus {v}: ")) from None
+        return v
 
 
 class SlurmSpec(_Strict):
@@ -171,7 +324,7 @@ class SpecFile(_Strict):
     tasks: list[dict[str, Any]]
     machines: dict[str, MachineSpec] = Field(default_factory=dict)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
-    max_tasks: int = Field(default=200_000, ge=1, le=10_000_000)
+    max_tasks: Int = Field(default=200_000, ge=1, le=10_000_000)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Parse sizes and durations with the usual units.
 
-Sizes: ``30GB``, ``30 GiB``, ``512M``, ``1.5TB``, a bare number is bytes.
+Sizes: ``30GB``, ``30 GiB``, ``512M``, ``1.5TB``, ``100B`` (bytes). A size needs a
+unit: a bare number (``24``, ``--gpus 2x24``) is refused, since it almost always
+means GB and would book bytes; only ``0`` stands alone (it is zero in any unit).
 Decimal (GB) and binary (GiB) prefixes are both accepted; ``G``/``GB`` mean
 10**9 except for GPU sizes, where vendors say "80GB" for 80 GiB-ish cards:
 rota treats ``GB`` as 2**30 everywhere, which matches ``nvidia-smi`` MiB figures
@@ -16,7 +18,7 @@ import math
 import re
 
 _SIZE_UNITS = {
-    "": 1,
+    "": 1,  # only for 0: parse_size refuses any other bare number
     "b": 1,
     "k": 2**10, "kb": 2**10, "kib": 2**10,
     "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -32,22 +34,37 @@ MAX_DURATION_S = 10 * 365 * 86400.0
 
 
 def parse_size(value: object) -> int:
-    """Return a size in bytes; raise ValueError with a helpful message."""
+    """Return a size in bytes; raise ValueError with a helpful message.
+
+    A unit is required (``30GB``, ``512MB``, ``100B``); ``0`` alone is allowed.
+    Messages quote ``value`` exactly as given.
+    """
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as '30GB', found {value!r}")
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0 or value > MAX_SIZE_BYTES:
-            raise ValueError(f"expected a size between 0 and 1EB, found {value!r}")
-        return int(value)
+            raise ValueError(f"expected a size such as '30GB' (between 0 and 1EB), found {value!r}")
+        if value == 0:
+            return 0
+        raise ValueError(_no_unit(value))
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as '30GB', found {type(value).__name__}")
     m = _SIZE_RE.match(value)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size such as '30GB', '512MB' or '1.5TiB', found {value!r}")
-    number = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    number = float(m.group(1))
+    if not m.group(2) and number != 0:
+        raise ValueError(_no_unit(value))
+    number *= _SIZE_UNITS[m.group(2).lower()]
     if number > MAX_SIZE_BYTES:
-        raise ValueError(f"size {value!r} is too large")
+        raise ValueError(f"size {value!r} is too large (at most 1EB)")
     return int(number)
+
+
+def _no_unit(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (f"a size needs a unit, found {value!r}; write e.g. '{text}GB' "
+            f"(or '{text}B' if you mean bytes)")
 
 
 def parse_duration(value: object) -> float:

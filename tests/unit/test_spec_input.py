@@ -1,0 +1,152 @@
+"""Bad spec input found by fuzzing (issue 17): each case is refused at load time, before anything runs.
+
+The loader is the real one (``load_spec`` on YAML text); the CLI cases run ``rota`` as a
+subprocess and check the contract: one ``rota: error:`` line, exit 2, no state written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rota.errors import SpecError
+from rota.spec.load import BYTES_PER_TASK, count_tasks, load_spec
+from rota.spec.model import MAX_COMMAND_BYTES, TaskSpec
+from tests.helpers import rota, write_spec
+
+
+def _sweep(params: str, extra: str = "") -> str:
+    return f"tasks:\n- name: s\n  command: echo {{x}}\n  sweep: {{trials: 2, metric: loss, {extra}params: {{x: {params}}}}}\n"
+
+
+def _task(extra: str, name: str = "a", command: str = "echo hi") -> str:
+    return f"tasks:\n- name: {name}\n  command: {command}\n{extra}"
+
+
+REFUSED = {
+    # YAML tags whose value does not parse: a traceback before (ValueError, KeyError)
+    "!!int x": (_task("  priority: !!int x\n"), "'x' is not a valid int"),
+    "!!float x": (_task("  estimate: !!float x\n"), "'x' is not a valid float"),
+    "!!bool x": (_task("  enforce_gpu_memory: !!bool x\n"), "'x' is not a valid bool"),
+    "!!timestamp 2001-99-99": (_task("  name2: !!timestamp 2001-99-99\n"), "month must be in 1..12"),
+    "implicit 2001-02-30": (_task("  workdir: 2001-02-30\n"), "'2001-02-30' is not a valid timestamp"),
+    "tag in a matrix": (_task("  matrix: {v: [!!int 0x]}\n", name="a-{v}"), "is not a valid int"),
+    # sweep bounds that crashed the sweep after other tasks ran
+    "low .nan": (_sweep("{type: float, low: .nan, high: 1}"), "finite number"),
+    "high .inf": (_sweep("{type: int, low: 0, high: .inf}"), "finite number"),
+    "step .inf": (_sweep("{type: float, low: 0, high: 1, step: .inf}"), "finite number"),
+    "range overflows": (_sweep("{type: float, low: -1e308, high: 1e308}"), "too wide to sample"),
+    "choices .nan": (_sweep("{type: categorical, choices: [1, .nan]}"), "choices must be finite"),
+    "int step 0.5": (_sweep("{type: int, low: 0, high: 3, step: 0.5}"), "whole-number step"),
+    "grid without step": (_sweep("{type: float, low: 0, high: 1}", "sampler: grid, "), "grid needs 'step'"),
+    "grid of 1e9 points": (_sweep("{type: int, low: 0, high: 1000000000}", "sampler: grid, "), "more than 1,000,000"),
+    "seed -1": (_sweep("{type: int, low: 0, high: 3}", "seed: -1, "), "sweep.seed"),
+    "seed 2**40": (_sweep("{type: int, low: 0, high: 3}", f"seed: {2**40}, "), "sweep.seed"),
+    # environments and commands no process can take
+    "env name with =": (_task("  env: {'A=B': 1}\n"), "contains =, which a name cannot hold"),
+    "empty env name": (_task("  env: {'': 1}\n"), "needs a name"),
+    "NUL in env name": (_task('  env: {"A\\0": 1}\n'), "contains a NUL byte"),
+    "NUL in env value": (_task('  env: {A: "x\\0y"}\n'), "NUL byte in its value"),
+    "NUL in command": (_task("", command='"echo \\0"'), "the command has a NUL byte"),
+    "NUL from a matrix value": (_task('  matrix: {v: ["x\\0"]}\n', command="echo {v}"), "NUL"),
+    "1 MB command": (_task("", command="echo " + "x" * 2**20), "put a long script in a file"),
+    "long command from a matrix value": (
+        _task(f"  matrix: {{i: [1], v: [{'y' * MAX_COMMAND_BYTES}]}}\n", name="a-{i}", command="echo {v}"),
+        "put a long script in a file"),
+    "lone surrogate in command": (_task("", command='"echo \\ud800"'), "field 'command'"),
+    "env value over MAX_ARG_STRLEN": (_task(f"  env: {{A: {'v' * 131_072}}}\n"), "MAX_ARG_STRLEN"),
+    # env: must not override what rota sets
+    "env ROTA_OUT": (_task("  env: {ROTA_OUT: /tmp}\n"), "is set by rota itself"),
+    "env ROTA_TASK": (_task("  env: {ROTA_TASK: x}\n"), "is set by rota itself"),
+    "env CUDA_VISIBLE_DEVICES in defaults": (
+        "defaults: {env: {CUDA_VISIBLE_DEVICES: '0'}}\n" + _task(""), "is set by rota itself"),
+    # names no terminal line, log or table can hold
+    "name with U+2028": (_task("", name='"a\\u2028b"'), "U+2028 (a line or paragraph separator)"),
+    "name with U+2029": (_task("", name='"a\\u2029b"'), "U+2029"),
+    "name with \\x85 from a matrix": (_task('  matrix: {v: ["\\x85"]}\n', name="a-{v}"), "U+0085"),
+    "name with \\x9f": (_task("", name='"a\\x9fb"'), "U+009F (a control character)"),
+    # booleans are not numbers
+    "gpus: true": (_task("  gpus: true\n"), "expected a whole number, found true"),
+    "devices: [true]": (_task("  gpus: 1\n  devices: [true]\n"), "expected a whole number, found true"),
+    "cpus: false": (_task("  cpus: false\n"), "found false"),
+    "shards: true": (_task("  shards: true\n"), "found true"),
+    "max_tasks: true": ("max_tasks: true\n" + _task(""), "found true"),
+    # machines: is checked by every command, not only plan --machine
+    "machines gpus 1xGB": (_task("") + "machines: {t4: {gpus: 1xGB}}\n", "field 'machines.t4.gpus'"),
+    "machines gpus 2x16": (_task("") + "machines: {t4: {gpus: 2x16}}\n", "write e.g. '2x16GB'"),
+    "machines gpus by index": (_task("") + "machines: {t4: {gpus: '0,1'}}\n", "declared, not detected"),
+    "machines price .inf": (_task("") + "machines: {t4: {price_per_hour: .inf}}\n", "finite number"),
+    "machines memory bare": (_task("") + "machines: {t4: {memory: 64}}\n", "a size needs a unit"),
+    # sizes need a unit (item 4)
+    "memory: 1000": (_task("  memory: 1000\n"), "a size needs a unit, found 1000; write e.g. '1000GB'"),
+    "gpu_memory: '24'": (_task("  gpus: 1\n  gpu_memory: '24'\n"), "a size needs a unit, found '24'"),
+    "gpu_memory: 1.5": (_task("  gpus: 1\n  gpu_memory: 1.5\n"), "a size needs a unit"),
+    "slurm gpu_memory: 80": (_task("") + "slurm: {gpu_memory: 80}\n", "a size needs a unit"),
+}
+
+
+@pytest.mark.parametrize("label", list(REFUSED))
+def test_refused_at_load(label: str, tmp_path: Path) -> None:
+    text, expected = REFUSED[label]
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "rota.yaml", text=text)
+    assert expected in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+ACCEPTED = {
+    "memory: 0": _task("  memory: 0\n"),
+    "memory: '0'": _task("  memory: '0'\n"),
+    "memory: 100B": _task("  memory: 100B\n"),
+    "gpu_memory: 30GB": _task("  gpus: 1\n  gpu_memory: 30GB\n"),
+    "env OMP_NUM_THREADS": _task("  env: {OMP_NUM_THREADS: 2, PYTHONPATH: src}\n"),
+    "name with an emoji and ZWJ": _task("", name='"a-\\U0001F468\\u200D\\U0001F469"'),
+    "command of 100 KB": _task("", command="echo " + "x" * 100_000),
+    "machines 2x16GB": _task("") + "machines: {t4: {gpus: 2x16GB, memory: 64GB, price_per_hour: 0.5}, cpu: {gpus: none}}\n",
+    "sweep grid": _sweep("{type: float, low: 0, high: 1, step: 0.25}", "sampler: grid, seed: 7, "),
+}
+
+
+@pytest.mark.parametrize("label", list(ACCEPTED))
+def test_still_accepted(label: str, tmp_path: Path) -> None:
+    assert load_spec(tmp_path / "rota.yaml", text=ACCEPTED[label]).tasks
+
+
+def test_duplicate_name_message_names_the_template_once(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "rota.yaml", text=_task("") + "- name: a\n  command: echo\n")
+    assert "two tasks are named 'a';" in str(e.value)
+    assert "'a' and 'a'" not in str(e.value)
+
+
+def test_size_messages_do_not_repeat_what_was_found(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "rota.yaml", text=_task("  memory: 30G B\n"))
+    assert str(e.value).count("found") == 1, str(e.value)
+
+
+def test_count_tasks_matches_the_expansion(tmp_path: Path) -> None:
+    text = ("tasks:\n- name: m-{a}-{b}\n  command: echo\n  matrix: {a: [1, 2, 3], b: [x, y]}\n"
+            "- name: sh\n  command: echo\n  shards: 4\n  matrix: {a: [1, 2]}\n"
+            "- name: sw\n  command: echo {x}\n  sweep: {trials: 5, metric: l, params: {x: {type: int, low: 0, high: 3}}}\n")
+    spec = load_spec(tmp_path / "rota.yaml", text=text)
+    specs = [TaskSpec.model_validate(t) for t in spec.file.tasks]
+    assert count_tasks(specs) == len(spec.tasks) == 6 + 8 + 5
+
+
+def test_a_spec_that_would_not_fit_in_memory_is_refused_before_expanding(tmp_path: Path) -> None:
+    """10 million tasks (max_tasks raised) need ~30 GB: refused in a second, naming the memory, not a
+    MemoryError minutes later. Skipped only on a machine with that much memory free."""
+    import psutil
+
+    if psutil.virtual_memory().available > 10_000_000 * BYTES_PER_TASK:
+        pytest.skip("this machine has the memory for 10 million tasks")
+    spec = write_spec(tmp_path, "max_tasks: 10000000\ntasks:\n  - name: t-{a}-{b}\n    command: 'true'\n"
+                      f"    matrix: {{a: {list(range(10_000))}, b: {list(range(1000))}}}\n")
+    p = rota("run", spec, "--plain", "--gpus", "none", timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rota: error: "), p.stderr
+    assert "10,000,000 tasks" in lines[0] and "of memory" in lines[0] and "available here" in lines[0]
+    assert not (tmp_path / ".rota").exists()
