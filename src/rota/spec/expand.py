@@ -202,8 +202,9 @@ def _expand_matrix(
 
 
 def _duplicate(name: str, first: str, template: str, file: str) -> None:
+    origin = f" (one from {first!r}, one from {template!r})" if first != template else ""
     raise SpecError(
-        f"two tasks are named {name!r} (from {first!r} and {template!r}); "
+        f"two tasks are named {name!r}{origin}; "
         "add a matrix variable to the name, e.g. 'train-{seed}'",
         file=file, task=template, field="name",
     )
