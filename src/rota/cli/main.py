@@ -45,7 +45,7 @@ def machine_options(f: Any) -> Any:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())  # a folder: load_spec says which file
 @machine_options
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State folder (default: .rota beside SPEC; .rota/specs/NAME for a spec file NAME.yaml other than rota.yaml).")
 @click.option("--rerun", multiple=True, metavar="PATTERN", help="Run these tasks again even if done (glob).")

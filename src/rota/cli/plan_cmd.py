@@ -124,7 +124,7 @@ def register(cli: click.Group) -> None:
     from rota.cli.main import CONTEXT, machine_options
 
     @cli.command("plan", context_settings=CONTEXT)
-    @click.argument("spec", type=click.Path(dir_okay=False))
+    @click.argument("spec", type=click.Path())  # a folder: load_spec says which file
     @machine_options
     @click.option("--machine", "machines", multiple=True, metavar="NAME",
                   help="A machine from the spec's 'machines:' section; repeat to compare side by side.")
