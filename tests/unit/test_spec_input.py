@@ -150,3 +150,20 @@ def test_a_spec_that_would_not_fit_in_memory_is_refused_before_expanding(tmp_pat
     assert len(lines) == 1 and lines[0].startswith("rota: error: "), p.stderr
     assert "10,000,000 tasks" in lines[0] and "of memory" in lines[0] and "available here" in lines[0]
     assert not (tmp_path / ".rota").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_folder_for_spec_is_one_rota_error_line(command: str, tmp_path: Path) -> None:
+    """``rota run DIRECTORY`` gave click's 'Error: Invalid value' (and usage); now rota's own line."""
+    write_spec(tmp_path, _task(""))
+    p = rota(command, tmp_path, "--gpus", "none")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"rota: error: {tmp_path}: is a folder, not a spec file; did you mean '{tmp_path / 'rota.yaml'}'?"]
+    assert not (tmp_path / ".rota").exists()
+
+
+def test_status_of_a_folder_without_state_is_one_rota_error_line(tmp_path: Path) -> None:
+    write_spec(tmp_path, _task(""))
+    p = rota("status", tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("rota: error: ") and len(p.stderr.strip().splitlines()) == 1

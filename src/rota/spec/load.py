@@ -207,7 +207,9 @@ def load_spec(
         except FileNotFoundError:
             raise SpecError("no such file; pass the path of a rota.yaml", file=file) from None
         except IsADirectoryError:
-            raise SpecError("is a folder; pass the path of a rota.yaml inside it", file=file) from None
+            inside = p / "rota.yaml"
+            hint = f"did you mean {str(inside)!r}?" if inside.is_file() else "pass the path of a rota.yaml inside it"
+            raise SpecError(f"is a folder, not a spec file; {hint}", file=file) from None
         except UnicodeDecodeError as e:
             raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=file) from None
         except OSError as e:
