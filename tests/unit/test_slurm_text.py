@@ -232,13 +232,51 @@ def _bash(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProces
 
 
 def test_single_script_runs(tmp_path):
-    la = _launch(tmp_path, command='echo "var=$MY_VAR cvd=${CUDA_VISIBLE_DEVICES:-unset}"; pwd; exit 4')
+    la = _launch(tmp_path, command='echo "var=$MY_VAR cvd=${CUDA_VISIBLE_DEVICES-unset}"; pwd; exit 4', gpu_count=1)
     Path(la.log_path).parent.mkdir(parents=True)
     p = _bash(render_single(la, SlurmOptions()), tmp_path, CUDA_VISIBLE_DEVICES="1")
     assert p.returncode == 4
     assert "var=hello world cvd=1" in p.stdout  # SLURM's CUDA_VISIBLE_DEVICES, not the launch's "3"
     assert str(tmp_path) in p.stdout
     assert Path(la.log_path + ".rc").read_text() == "4\n"
+
+
+CVD = 'echo "cvd=${CUDA_VISIBLE_DEVICES-unset}"'
+
+
+@pytest.mark.parametrize("inherited", [None, "0,1,2,3"])
+def test_cpu_task_sees_no_gpu(tmp_path, inherited):
+    """A CPU launch gets CUDA_VISIBLE_DEVICES empty (as on the local and Ray backends), whether the
+    job inherited none (SLURM sets none for a job without GPUs) or the submitting shell's."""
+    env = {} if inherited is None else {"CUDA_VISIBLE_DEVICES": inherited}
+    la = _launch(tmp_path, command=CVD, env={"MY_VAR": "x", "CUDA_VISIBLE_DEVICES": ""})
+    Path(la.log_path).parent.mkdir(parents=True)
+    clean = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    path = tmp_path / "job.sh"
+    path.write_text(render_single(la, SlurmOptions()))
+    p = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={**clean, **env}, timeout=60)
+    assert p.returncode == 0 and p.stdout == "cvd=\n"
+
+
+def test_array_cpu_elements_see_no_gpu_gpu_elements_keep_slurms(tmp_path):
+    cpu = [_launch(tmp_path, f"c{i}#1", CVD, array_group="c") for i in range(2)]
+    gpu = [_launch(tmp_path, f"g{i}#1", CVD, array_group="g", gpu_count=1) for i in range(2)]
+    Path(cpu[0].log_path).parent.mkdir(parents=True)
+    cpu_script = render_array(cpu, SlurmOptions(), str(tmp_path / "c" / "%a"))
+    gpu_script = render_array(gpu, SlurmOptions(), str(tmp_path / "g" / "%a"))
+    for i in range(2):
+        assert _bash(cpu_script, tmp_path, SLURM_ARRAY_TASK_ID=str(i), CUDA_VISIBLE_DEVICES="2").stdout == "cvd=\n"
+        assert _bash(gpu_script, tmp_path, SLURM_ARRAY_TASK_ID=str(i), CUDA_VISIBLE_DEVICES="2").stdout == "cvd=2\n"
+
+
+def test_shared_gpu_members_keep_slurms_gpu(tmp_path):
+    las = [_launch(tmp_path, f"s{i}#1", CVD, gpu_count=1, gpus=(0,), gpu_memory_bytes=2**30, gpu_fraction=0.5)
+           for i in range(2)]
+    Path(las[0].log_path).parent.mkdir(parents=True)
+    script = render_shared(las, SlurmOptions(), str(tmp_path / "shared.out"))
+    assert "export CUDA_VISIBLE_DEVICES" not in script
+    assert _bash(script, tmp_path, CUDA_VISIBLE_DEVICES="3").returncode == 0
+    assert [Path(la.log_path).read_text() for la in las] == ["cvd=3\n"] * 2
 
 
 def test_array_script_runs_each_element(tmp_path):

@@ -4,8 +4,10 @@ Pure functions, no I/O, so every line SLURM sees or says is unit-tested
 against real output saved in ``tests/data/slurm/``.
 
 Scripts. Every launch runs as ``bash -c COMMAND`` in its ``workdir`` with its
-``env`` exported (except ``CUDA_VISIBLE_DEVICES``: inside a job SLURM sets it
-from the GPUs it granted), stdout+stderr appended to its ``log_path``, and its
+``env`` exported (except ``CUDA_VISIBLE_DEVICES`` of a GPU launch: inside a job
+SLURM sets it from the GPUs it granted; a CPU launch gets it empty, as on the
+other backends, so that it never sees a GPU of its node it did not book, nor
+one named by the submitting shell), stdout+stderr appended to its ``log_path``, and its
 exit status written to ``rc_path`` (``<log_path>.rc``) when the command ends,
 so a finished attempt's exit code is known without accounting.  Three shapes:
 
@@ -63,7 +65,7 @@ from rota.executors.slurm_parse import (
 __all__ = [
     "FAILED_REASONS", "JOB_SCRIPTS_FORMAT", "RETRY_FREE", "RUNNING_STATES", "SACCT_FORMAT", "SQUEUE_FORMAT", "JobState", "NodeInfo",
     "SlurmOptions", "attempts_in_script", "cancel_path_for", "expand_array_id", "exports", "format_time", "gres_gpu_count",
-    "job_name", "needs_output_link", "parse_exit_code", "parse_job_scripts", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
+    "job_name", "launch_exports", "needs_output_link", "parse_exit_code", "parse_job_scripts", "parse_nodes", "parse_sacct", "parse_sbatch_parsable", "parse_squeue",
     "parse_time", "rc_path_for", "render_array", "render_shared", "render_single", "resource_key",
     "status_from_rc", "status_of", "time_limit_minutes",
 ]
@@ -157,8 +159,13 @@ def _directives(
     return [f"#SBATCH {x}" for x in d]
 
 
+#: a CPU launch's line: the job inherits the submitting shell's environment and SLURM sets
+#: CUDA_VISIBLE_DEVICES only for jobs that asked for GPUs, so without it a CPU task could see every GPU
+CPU_ONLY_DEVICES = "export CUDA_VISIBLE_DEVICES=''"
+
+
 def exports(env: Mapping[str, str]) -> list[str]:
-    """``export K=V`` lines for a launch's env, without CUDA_VISIBLE_DEVICES (SLURM's own)."""
+    """``export K=V`` lines for a launch's env, without CUDA_VISIBLE_DEVICES (see :func:`launch_exports`)."""
     out = []
     for k in sorted(env):
         if k == "CUDA_VISIBLE_DEVICES":
@@ -167,6 +174,18 @@ def exports(env: Mapping[str, str]) -> list[str]:
             raise ExecutorError(f"environment variable name {k!r} is not valid in a shell")
         out.append(f"export {k}={shlex.quote(str(env[k]))}")
     return out
+
+
+def launch_exports(launch: Launch) -> list[str]:
+    """A launch's ``export`` lines: its env, and for a CPU launch an empty CUDA_VISIBLE_DEVICES.
+
+    A GPU launch keeps the CUDA_VISIBLE_DEVICES SLURM sets from its ``--gres``/``--gpus``
+    (``launch.gpus`` are the engine's bookkeeping, not the node's device ids).
+    """
+    lines = exports(launch.env)
+    if launch.gpu_count == 0:
+        lines.insert(0, CPU_ONLY_DEVICES)
+    return lines
 
 
 def _run_line(launch: Launch) -> str:
@@ -184,7 +203,7 @@ def render_single(launch: Launch, opts: SlurmOptions, output: str | None = None)
     lines = [SHEBANG, *_directives(
         opts, name=job_name(launch), output=output or launch.log_path, gpus=launch.gpu_count, cpus=launch.cpus,
         memory_bytes=launch.memory_bytes, minutes=time_limit_minutes(launch), workdir=launch.workdir,
-    ), f"# rota launch {launch.key}", RUN_FUNCTION, *exports(launch.env), _run_line(launch)]
+    ), f"# rota launch {launch.key}", RUN_FUNCTION, *launch_exports(launch), _run_line(launch)]
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +228,7 @@ def render_array(launches: Sequence[Launch], opts: SlurmOptions, output_pattern:
         'case "$SLURM_ARRAY_TASK_ID" in']
     for i, la in enumerate(launches):
         lines.append(f"{i})  # {la.key}")
-        lines.extend("  " + e for e in exports(la.env))
+        lines.extend("  " + e for e in launch_exports(la))
         lines.append("  " + _run_line(la))
         lines.append("  ;;")
     lines += ['*) echo "rota: no launch for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
@@ -267,7 +286,7 @@ def render_shared(launches: Sequence[Launch], opts: SlurmOptions, output: str) -
         "set -m  # each member in its own process group", "pids=(); cancels=(); rcs=()"]
     for la in launches:
         lines.append(f"(  # {la.key}")
-        lines.extend("  " + e for e in exports(la.env))
+        lines.extend("  " + e for e in launch_exports(la))  # GPU launches: SLURM's one GPU
         lines.append("  " + _run_line(la))
         lines.append(f") >>{q(la.log_path)} 2>&1 &")
         lines.append(f"pids+=($!); cancels+=({q(cancel_path_for(la.log_path))}); "
