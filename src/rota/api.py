@@ -116,10 +116,13 @@ def run(
         spec = full.only(only)  # a pattern that matches nothing is bad input: before anything (Ray, SLURM, state)
     executor = None
     if backend != "local":
+        from rota.executors.cluster_limits import limited_capacity, parse_limits
+
+        # On a cluster --gpus/--cpus/--memory cap what this run takes; a bad one is refused before connecting.
+        limits = parse_limits(backend, gpus=gpus, cpus=cpus, memory=memory)
         executor = make_executor(backend, **dict(backend_options or {}))
-        cap = getattr(executor, "capacity", None)
-        if machine is None and cap is not None:
-            machine = cap()
+        if machine is None and getattr(executor, "capacity", None) is not None:
+            machine = limited_capacity(executor, limits)
     if machine is None:
         machine = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
     check_fits(spec, machine)
