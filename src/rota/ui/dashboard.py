@@ -17,7 +17,7 @@ from rich.text import Text
 from rota.spec.units import format_duration, format_size
 from rota.store import base as S
 from rota.ui.plain import PlainUI, event_line
-from rota.ui.snapshot import Snapshot, snapshot
+from rota.ui.snapshot import EtaTracker, Snapshot, snapshot
 
 __all__ = ["LiveUI", "PlainUI", "event_line", "render"]
 
@@ -95,9 +95,10 @@ class LiveUI:
         self.console = console or Console()
         self._live: Live | None = None
         self.gpu_live: dict[int, tuple[float, int]] = {}
+        self.eta = EtaTracker()
 
     def start(self, engine: Any) -> None:
-        self._live = Live(render(snapshot(engine)), console=self.console, auto_refresh=False, transient=False)
+        self._live = Live(render(snapshot(engine, eta=self.eta)), console=self.console, auto_refresh=False, transient=False)
         self._live.start()
 
     def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
@@ -106,11 +107,11 @@ class LiveUI:
 
     def refresh(self, engine: Any) -> None:
         if self._live is not None:
-            self._live.update(render(snapshot(engine, self.gpu_live)), refresh=True)
+            self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
 
     def stop(self, engine: Any) -> None:
         if self._live is not None:
-            self._live.update(render(snapshot(engine, self.gpu_live)), refresh=True)
+            self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
             self._live.stop()
             self._live = None
         PlainUI(self.console.file).stop(engine)

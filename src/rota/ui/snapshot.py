@@ -61,8 +61,70 @@ def read_progress(out_dir: str | None) -> dict[str, Any] | None:
         return None
 
 
-def snapshot(engine: Any, gpu_live: dict[int, tuple[float, int]] | None = None) -> Snapshot:
-    """Build a Snapshot from an Engine (duck-typed to keep ui/ free of engine imports)."""
+class EtaTracker:
+    """The dashboard's ETA: :func:`rota.plan.eta.remaining_s` on the engine's live state,
+    recomputed at most every ``min_interval_s`` (and never more than ~5% of the time:
+    the wait grows to 20x what the last simulation took), counted down in between.
+
+    At the start it is ``rota plan --use-history``'s makespan (history read once from
+    the store); as tasks finish it learns how long they really take.
+    """
+
+    def __init__(self, min_interval_s: float = 3.0, max_interval_s: float = 30.0) -> None:
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
+        self._history: dict[str, float] | None = None
+        self._at = float("-inf")  # when the last value was computed
+        self._value: float | None = None
+        self._cost_s = 0.0
+        self._seen: tuple[int, int] = (-1, -1)  # (finished, running) at the last computation
+
+    def eta_s(self, engine: Any, now: float) -> float | None:
+        finished = sum(1 for lv in engine.live.values() if lv.state in S.FINAL)
+        seen = (finished, len(engine.running))
+        wait = max(self.min_interval_s, 20 * self._cost_s)
+        changed = seen != self._seen
+        if now - self._at >= (wait if changed else max(wait, self.max_interval_s)):
+            t0 = time.perf_counter()
+            self._value = _remaining(engine, now, self._learn_history(engine))
+            self._cost_s = time.perf_counter() - t0
+            self._at, self._seen = now, seen
+        if self._value is None:
+            return None
+        return max(self._value - (now - self._at), 0.0)
+
+    def _learn_history(self, engine: Any) -> dict[str, float]:
+        if self._history is None:
+            import statistics
+
+            self._history = {}
+            try:
+                past = engine.store.durations_by_command()
+            except Exception:  # noqa: BLE001 - no history is not an error for an ETA
+                past = {}
+            # Only attempts from before this run: the ETA learns this run's from its own tasks.
+            for cmd, runs in past.items():
+                if runs:
+                    self._history[cmd] = max(statistics.median(runs), 0.001)
+        return self._history
+
+
+def _remaining(engine: Any, now: float, history_s: dict[str, float]) -> float | None:
+    from rota.plan.eta import Progress, remaining_s
+
+    tasks = [lv.task for lv in engine.live.values()]
+    progress = {lv.task.name: Progress(lv.state, lv.started_at, lv.ended_at) for lv in engine.live.values()}
+    try:
+        return remaining_s(tasks, engine.machine, progress, now, history_s)
+    except Exception:  # noqa: BLE001 - an ETA must never stop the run; show none
+        return None
+
+
+def snapshot(
+    engine: Any, gpu_live: dict[int, tuple[float, int]] | None = None, eta: EtaTracker | None = None
+) -> Snapshot:
+    """Build a Snapshot from an Engine (duck-typed to keep ui/ free of engine imports).
+    ``eta``: the tracker that throttles the ETA (a fresh one computes it now)."""
     now = time.time()
     m = engine.machine
     booked: dict[int, int] = {g.index: 0 for g in m.gpus}
@@ -93,6 +155,6 @@ def snapshot(engine: Any, gpu_live: dict[int, tuple[float, int]] | None = None) 
     return Snapshot(
         now=now, started_at=engine.started_at, gpus=gpus, cpus_total=m.cpus, cpus_booked=cpus,
         memory_total=m.memory_bytes, memory_booked=mem, running=tuple(sorted(running, key=lambda r: r.name)),
-        counts=engine.counts(), total=len(engine.live), eta_s=engine.eta_s(now), failures=failures,
+        counts=engine.counts(), total=len(engine.live), eta_s=(eta or EtaTracker()).eta_s(engine, now), failures=failures,
         recent=tuple(engine.events[-8:]),
     )

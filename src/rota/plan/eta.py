@@ -1,0 +1,125 @@
+"""How long a run still has to go: the plan simulator on the remaining work, with durations
+learned from the tasks that already finished.
+
+Pure (:func:`remaining_s`, :func:`learned_durations`): the dashboard calls them on the
+engine's live state (:class:`rota.ui.snapshot.EtaTracker` throttles it), tests call them
+on a real run's store; both see the same answer for the same progress.
+
+Durations. Before anything finishes, every task's duration is what
+``rota plan --use-history`` takes (:func:`rota.plan.estimates.resolve_durations` with
+``use_history=True``: history of the same command, else the estimate, else the
+default), so the ETA at the start is that plan's makespan. Once tasks finish, a task
+still to run takes ``base x ratio``, where ``ratio`` is the median of ``actual / base``
+over the finished tasks of its own group (matrix, shards or sweep template) when any
+has finished, else over the finished tasks whose base came from the same source
+(estimate, history or default), else 1. A running task takes what is left of its
+learned duration (at least :data:`rota.plan.queues.REMAINING_FLOOR_S`).
+
+Then the ETA is the makespan of :func:`rota.plan.simulate.simulate` on the running
+tasks (first, with what they have left) and the pending ones (their needs on
+finished tasks dropped), on the run's machine, with the run's concurrency caps.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from rota.core.resources import Machine
+from rota.plan.estimates import DEFAULT_DURATION_S, resolve_durations
+from rota.plan.queues import REMAINING_FLOOR_S
+from rota.plan.simulate import simulate
+from rota.spec.model import Task
+from rota.store import base as S
+
+_FIRST = 10**9  # a priority above any spec's (their range is +-1,000,000): running tasks go first
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One task's progress in a run: its state and, once started/ended, when (epoch seconds)."""
+
+    state: str
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+def _median_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
+    ratios = [actual / base for actual, base in pairs if base > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def learned_durations(
+    tasks: Sequence[Task],
+    progress: Mapping[str, Progress],
+    history_s: Mapping[str, float] | None = None,
+    default_s: float = DEFAULT_DURATION_S,
+) -> dict[str, float]:
+    """Each task's expected duration given what finished (see the module docstring).
+
+    ``progress``: by task name; a task missing from it counts as pending.
+    ``history_s``: command -> learned seconds (:func:`rota.plan.estimates.load_history`).
+    Finished tasks (succeeded with both times) get their actual duration.
+    """
+    base = resolve_durations(tasks, history_s or {}, use_history=True, default_s=default_s)
+    actual: dict[str, float] = {}
+    by_group: dict[str, list[tuple[float, float]]] = {}
+    by_source: dict[str, list[tuple[float, float]]] = {}
+    for t in tasks:
+        p = progress.get(t.name)
+        if p is None or p.state != S.SUCCEEDED or p.started_at is None or p.ended_at is None:
+            continue
+        took = max(p.ended_at - p.started_at, 0.0)
+        actual[t.name] = took
+        pair = (took, base.seconds[t.name])
+        by_group.setdefault(t.group or t.name, []).append(pair)
+        by_source.setdefault(base.source[t.name], []).append(pair)
+    if not actual:
+        return dict(base.seconds)
+    group_ratio = {g: _median_ratio(v) for g, v in by_group.items()}
+    source_ratio = {s: _median_ratio(v) for s, v in by_source.items()}
+    out: dict[str, float] = {}
+    for t in tasks:
+        name = t.name
+        if name in actual:
+            out[name] = actual[name]
+            continue
+        ratio = group_ratio.get(t.group or name)
+        if ratio is None:
+            ratio = source_ratio.get(base.source[name])
+        out[name] = base.seconds[name] * (ratio if ratio is not None else 1.0)
+    return out
+
+
+def remaining_s(
+    tasks: Sequence[Task],
+    machine: Machine,
+    progress: Mapping[str, Progress],
+    now: float,
+    history_s: Mapping[str, float] | None = None,
+    default_s: float = DEFAULT_DURATION_S,
+) -> float | None:
+    """Seconds until the run ends, as the plan simulator predicts from ``now``; None when
+    nothing is left to run (every task final)."""
+    durations = learned_durations(tasks, progress, history_s, default_s)
+    left: list[Task] = []
+    seconds: dict[str, float] = {}
+    running: list[Task] = []
+    for t in tasks:
+        p = progress.get(t.name)
+        state = p.state if p is not None else S.PENDING
+        if state in S.ACTIVE:
+            started = p.started_at if p is not None and p.started_at is not None else now
+            seconds[t.name] = max(durations[t.name] - (now - started), REMAINING_FLOOR_S)
+            running.append(replace(t, needs=(), priority=_FIRST))
+        elif state == S.PENDING:
+            seconds[t.name] = durations[t.name]
+            left.append(t)
+    if not running and not left:
+        return None
+    todo = {t.name for t in running} | {t.name for t in left}
+    pending = [t if all(n in todo for n in t.needs) else replace(t, needs=tuple(n for n in t.needs if n in todo))
+               for t in left]
+    sched = simulate(running + pending, machine, seconds)
+    return sched.makespan_s
