@@ -60,7 +60,9 @@ file), so the engine commits handles with its next round rather than at once;
 
 ``capacity``: the cluster's sums (GPUs, CPUs, RAM) to book against, and its live
 nodes, so that validation refuses a task no single node can take (Ray would
-keep it queued forever).
+keep it queued forever). ``rota run``'s ``--gpus``/``--cpus``/``--memory`` cap it
+for the run (:mod:`rota.executors.cluster_limits`; under a ``--cpus`` cap below the
+cluster's CPUs nothing is booked ahead: ``queue_ahead`` is set to 0).
 
 Known limits: a Ray worker killed from outside (OOM killer, node loss) leaves
 the task's process group orphaned on that node; Ray's GPU placement may differ

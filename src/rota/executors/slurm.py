@@ -11,14 +11,16 @@ launch's ``log_path`` and ``workdir``); scripts go to ``<state_dir>/slurm/``.
 ``capacity()`` describes the biggest node of the partition as a
 :class:`~rota.core.resources.Machine` (GPUs from ``Gres=gpu:N``, CPUs,
 RealMemory); SLURM does not know GPU memory, so every GPU gets
-``gpu_memory_bytes``.
+``gpu_memory_bytes``. ``rota run``'s ``--gpus``/``--cpus``/``--memory`` cap it
+for the run (:mod:`rota.executors.cluster_limits`).
 
 What runs: ``bash -c COMMAND`` in ``workdir`` with the launch's env exported
 on top of the submitting environment (the controller's task variables (``ROTA_TASK``...) and
 ``SLURM_*`` but ``SLURM_CONF`` removed, so a controller inside a SLURM job
 does not pass its allocation on),
 except ``CUDA_VISIBLE_DEVICES``, which SLURM sets from the GPUs it granted
-(the launch's ``gpus`` are the engine's bookkeeping, not real device ids).
+(the launch's ``gpus`` are the engine's bookkeeping, not real device ids); a
+CPU launch gets it empty (SLURM sets none for a job without GPUs).
 stdout+stderr are appended to ``log_path``; the exit status goes to
 ``<log_path>.rc``. SLURM never requeues (``--no-requeue``): rota retries.
 
