@@ -167,3 +167,39 @@ def test_status_of_a_folder_without_state_is_one_rota_error_line(tmp_path: Path)
     write_spec(tmp_path, _task(""))
     p = rota("status", tmp_path)
     assert p.returncode == 2 and p.stderr.startswith("rota: error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_never_run_message_says_1_gpu_not_1_gpus(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, _task("  gpus: 1\n"))
+    p = rota("run", spec, "--gpus", "none", "--plain")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "asks for 1 GPU but the machine has 0" in p.stderr, p.stderr
+    assert not (tmp_path / ".rota").exists()
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("2x24", "rota: error: --gpus 2x24: GPU memory needs a unit, found '2x24'; write e.g. '2x24GB'"),
+    ("24GB,16", "rota: error: --gpus 24GB,16: GPU memory needs a unit, found '16'; write e.g. '16GB'"),
+    ("30G B", "rota: error: --gpus 30G B: expected 'none', indices like '0,2', or sizes like '4x80GB', found '30G B'"),
+])
+def test_gpus_flag_needs_a_unit_and_echoes_the_users_text(flag: str, expected: str, tmp_path: Path) -> None:
+    """Issue 17 item 4: ``--gpus 2x24`` declared 24-byte GPUs and ran whole-GPU tasks on them."""
+    spec = write_spec(tmp_path, _task("  gpus: 1\n"))
+    for command in (["run", spec, "--plain"], ["plan", spec], ["machine"]):
+        p = rota(*command, "--gpus", flag)
+        assert p.returncode == 2, (command, p.stdout, p.stderr)
+        assert p.stderr.strip().splitlines() == [expected], (command, p.stderr)
+    assert not (tmp_path / ".rota").exists()
+
+
+def test_memory_flag_needs_a_unit(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, _task(""))
+    p = rota("run", spec, "--plain", "--gpus", "none", "--memory", "64")
+    assert p.returncode == 2 and "--memory 64: a size needs a unit" in p.stderr, p.stderr
+    assert not (tmp_path / ".rota").exists()
+    assert rota("machine", "--gpus", "none", "--memory", "0").returncode == 0
+
+
+def test_machine_without_gpus_says_none_once() -> None:
+    p = rota("machine", "--gpus", "none")
+    assert p.returncode == 0 and p.stdout.splitlines()[0] == "GPUs: none", p.stdout

@@ -235,10 +235,15 @@ def with_cpu_headroom(machine: Machine, extra: float) -> Machine:
                    nodes=tuple(replace(n, cpus=n.cpus + math.ceil(n.cpus * extra)) for n in machine.nodes))
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 GPU``, ``2 GPUs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fits_machine(req: Request, machine: Machine) -> str | None:
     """Why ``req`` can never run on ``machine`` (empty), or None if it can."""
     if req.cpus > machine.cpus:
-        return f"asks for {req.cpus} CPUs but the machine has {machine.cpus}"
+        return f"asks for {_n(req.cpus, 'CPU')} but the machine has {machine.cpus}"
     if req.memory_bytes > machine.memory_bytes:
         from rota.spec.units import format_size
 
@@ -255,7 +260,7 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
             return f"devices {missing} are not among the machine's GPUs {list(machine.gpu_indices)}"
         pool = [g for g in machine.gpus if g.index in req.devices]
     if req.gpus > len(pool):
-        return f"asks for {req.gpus} GPUs but {'its devices pool' if req.devices else 'the machine'} has {len(pool)}"
+        return f"asks for {_n(req.gpus, 'GPU')} but {'its devices pool' if req.devices else 'the machine'} has {len(pool)}"
     if req.gpu_memory_bytes is not None:
         big = [g for g in pool if g.memory_bytes >= req.gpu_memory_bytes]
         if len(big) < req.gpus:
@@ -263,7 +268,7 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
 
             largest = max((g.memory_bytes for g in pool), default=0)
             return (
-                f"asks for {format_size(req.gpu_memory_bytes)} per GPU on {req.gpus} GPU(s) "
+                f"asks for {format_size(req.gpu_memory_bytes)} per GPU on {_n(req.gpus, 'GPU')} "
                 f"but the largest GPU has {format_size(largest)}"
             )
     return _fits_a_node(req, machine.nodes)
@@ -301,12 +306,12 @@ def _fits_a_node(req: Request, nodes: Sequence[Node]) -> str | None:
     most_gpus, most_cpus = max(n.gpus for n in nodes), max(n.cpus for n in nodes)
     most_memory = max(n.memory_bytes for n in nodes)
     if req.gpus > most_gpus:
-        return f"asks for {req.gpus} GPUs but the largest node has {most_gpus} (a task runs on one node)"
+        return f"asks for {_n(req.gpus, 'GPU')} but the largest node has {most_gpus} (a task runs on one node)"
     if req.cpus > most_cpus:
-        return f"asks for {req.cpus} CPUs but the largest node has {most_cpus} (a task runs on one node)"
+        return f"asks for {_n(req.cpus, 'CPU')} but the largest node has {most_cpus} (a task runs on one node)"
     if req.memory_bytes > most_memory:
         return (f"asks for {format_size(req.memory_bytes)} RAM but the largest node has "
                 f"{format_size(most_memory)} (a task runs on one node)")
-    return (f"asks for {req.gpus} GPUs, {req.cpus} CPUs and {format_size(req.memory_bytes)} together but no "
+    return (f"asks for {_n(req.gpus, 'GPU')}, {_n(req.cpus, 'CPU')} and {format_size(req.memory_bytes)} together but no "
             f"node has all of them: " + ", ".join(
                 f"{n.name}: {n.gpus} GPUs, {n.cpus} CPUs, {format_size(n.memory_bytes)}" for n in nodes[:8]))
