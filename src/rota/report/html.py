@@ -101,12 +101,14 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
     parts.append("<h2>Planned vs actual duration</h2>")
     pva = plan_vs_actual_figure(data)
     if pva is not None:
+        # Only tasks with an estimate: the others were planned at the default duration,
+        # a guess that says nothing about the plan's accuracy.
         ratios = [t.duration_s / t.planned_duration_s for t in data.tasks
-                  if t.duration_s is not None and t.planned_duration_s]  # fmt: skip
+                  if t.duration_s is not None and t.planned_duration_s and t.estimate_s is not None]  # fmt: skip
         if ratios:
-            parts.append(
-                f"<p>median actual / planned: {statistics.median(ratios):.2f}x over {len(ratios)} tasks</p>"
-            )
+            median_ratio = statistics.median(ratios)
+            shown = f"{median_ratio:.2f}" if median_ratio >= 0.1 or median_ratio == 0 else f"{median_ratio:.2g}"
+            parts.append(f"<p>median actual / planned: {shown}x over {len(ratios)} tasks with an estimate</p>")
         parts.append(fig_html(pva))
     else:
         parts.append("<p class=note>No task has both a planned and an actual duration.</p>")
