@@ -287,7 +287,7 @@ def _matrix_spec(name: str, matrix: dict[str, int], head: str = "", extra: str =
 MILLIONS = {
     "8M by matrix": _matrix_spec("t-{a}-{b}-{c}", {"a": 200, "b": 200, "c": 200}),
     "100M by shards x matrix": _matrix_spec("s-{a}", {"a": 1000}, extra="    shards: 100000\n"),
-    "10M+1 with max_tasks raised": _matrix_spec("t-{a}-{b}", {"a": 10001, "b": 1000}, head="max_tasks: 10000000\n"),
+    "1M+1 with max_tasks at its ceiling": _matrix_spec("t-{a}-{b}", {"a": 1001, "b": 1000}, head="max_tasks: 1000000\n"),
     "1000 templates of 1000": "tasks:\n" + "".join(
         f"  - name: g{k}-{{a}}\n    command: touch SENTINEL\n    matrix: {{a: *v}}\n" if k else
         f"  - name: g{k}-{{a}}\n    command: touch SENTINEL\n    matrix: {{a: &v {list(range(1000))}}}\n"

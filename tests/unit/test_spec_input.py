@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rota.errors import SpecError
-from rota.spec.load import BYTES_PER_TASK, count_tasks, load_spec
-from rota.spec.model import MAX_COMMAND_BYTES, TaskSpec
+from rota.spec.load import count_tasks, load_spec
+from rota.spec.model import MAX_COMMAND_BYTES, MAX_TASKS_CEILING, TaskSpec
 from tests.helpers import rota, write_spec
 
 
@@ -135,21 +135,34 @@ def test_count_tasks_matches_the_expansion(tmp_path: Path) -> None:
     assert count_tasks(specs) == len(spec.tasks) == 6 + 8 + 5
 
 
-def test_a_spec_that_would_not_fit_in_memory_is_refused_before_expanding(tmp_path: Path) -> None:
-    """10 million tasks (max_tasks raised) need ~30 GB: refused in a second, naming the memory, not a
-    MemoryError minutes later. Skipped only on a machine with that much memory free."""
-    import psutil
+def _limit_address_space(limit_bytes: int) -> None:
+    import resource
 
-    if psutil.virtual_memory().available > 10_000_000 * BYTES_PER_TASK:
-        pytest.skip("this machine has the memory for 10 million tasks")
-    spec = write_spec(tmp_path, "max_tasks: 10000000\ntasks:\n  - name: t-{a}-{b}\n    command: 'true'\n"
-                      f"    matrix: {{a: {list(range(10_000))}, b: {list(range(1000))}}}\n")
-    p = rota("run", spec, "--plain", "--gpus", "none", timeout=60)
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def test_a_spec_that_would_not_fit_in_memory_is_refused_before_expanding(tmp_path: Path) -> None:
+    """A million tasks need ~3 GB: under a 1.5 GB address-space limit (``ulimit -v``) the run is refused
+    at once, naming the memory, instead of dying of MemoryError minutes later with its state written."""
+    import subprocess
+
+    from tests.helpers import ROTA
+
+    spec = write_spec(tmp_path, "max_tasks: 1000000\ntasks:\n  - name: t-{a}-{b}\n    command: 'true'\n"
+                      f"    matrix: {{a: {list(range(1000))}, b: {list(range(1000))}}}\n")
+    p = subprocess.run([*ROTA, "run", str(spec), "--plain", "--gpus", "none"], capture_output=True, text=True,
+                       timeout=60, preexec_fn=lambda: _limit_address_space(1536 * 2**20))
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rota: error: "), p.stderr
-    assert "10,000,000 tasks" in lines[0] and "of memory" in lines[0] and "available here" in lines[0]
+    assert "1,000,000 tasks" in lines[0] and "of memory" in lines[0] and "available here" in lines[0], lines[0]
     assert not (tmp_path / ".rota").exists()
+
+
+def test_max_tasks_has_a_ceiling_rota_can_run(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"field 'max_tasks': at most 1,000,000, found 10,000,000"):
+        load_spec(tmp_path / "rota.yaml", text="max_tasks: 10000000\n" + _task(""))
+    assert load_spec(tmp_path / "rota.yaml", text=f"max_tasks: {MAX_TASKS_CEILING}\n" + _task("")).tasks
 
 
 @pytest.mark.parametrize("command", ["run", "plan"])

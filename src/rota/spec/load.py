@@ -292,12 +292,10 @@ def count_tasks(specs: Iterable[TaskSpec]) -> int:
 
 def _check_memory(count: int, specs: Sequence[tuple[TaskSpec, int | None]], file: str) -> None:
     """Refuse a spec whose run would not fit in this machine's available memory (before expanding it)."""
-    import psutil
-
     from rota.spec.units import format_size
 
     need = count * BYTES_PER_TASK
-    available = int(psutil.virtual_memory().available)
+    available = available_memory_bytes()
     if need > available:
         biggest = max(specs, key=lambda s: count_tasks([s[0]]))
         raise SpecError(
@@ -306,6 +304,27 @@ def _check_memory(count: int, specs: Sequence[tuple[TaskSpec, int | None]], file
             "split the spec into smaller ones or run it on a machine with more memory",
             file=file, task=biggest[0].name, field="matrix", line=biggest[1],
         )
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still take: the least of the machine's available RAM, what its
+    cgroup (a container, a SLURM job) leaves, and its own address-space limit (``ulimit -v``)."""
+    import resource
+
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        available = min(available, soft - int(psutil.Process().memory_info().vms))
+    return max(available, 0)
 
 
 def _progress(file: str, count: int, done: threading.Event) -> None:
