@@ -152,7 +152,9 @@ def test_shards(tmp_path):
 
 @pytest.mark.parametrize("name,command,matrix,extra", [
     ("job-{a}-{b}", "python t.py --a {a} --b {b} --out {out}", {"a": [1, 2.5, True], "b": ["x y", "$H"]}, {}),
-    ("r-{b}-{a}%x{", "echo %s {b} {a} {b} {HOME} ${X} 100% {{a}} %(a)s", {"a": ["%d", "{a}", "}{"], "b": [1, "%"]}, {}),
+    ("r-{b}-{a}%x{", "echo %s {b} {a} {b} {{HOME}} ${X} 100% {{a}} %(a)s", {"a": ["%d", "{a}", "}{"], "b": [1, "%"]}, {}),
+    ("t-{task}", "run {task} {rota.task} {out} {{task}} {o{task}}", {"task": ["sst2", "{out}", "ut"]},
+     {"env": {"T": "{task}-{rota.task}"}, "outputs": ["{rota.task}/o"]}),
     ("plain", "run {v}", {"v": [1, 2]}, {"env": {"A": 1}, "gpus": 1, "gpu_memory": "10GB"}),
     ("w-{v}", "run", {"v": ["a", "b"]}, {"workdir": "runs/{v}", "outputs": ["{v}/o", "f"], "inputs": "in/{v}"}),
     ("n-{v}", "run", {"v": ["a", "b"]}, {"needs": ["prep-{v}", "all"]}),

@@ -84,14 +84,18 @@ def log_path(state_dir: str, task_name: str, attempt: int) -> str:
     return os.path.join(state_dir, "logs", slug(task_name), f"attempt-{attempt}.log")
 
 
-def render_command(task: Task, out: str, params: Mapping[str, object] | None = None) -> str:
-    """Fill launch-time placeholders: ``{out}`` and a sweep trial's ``{param}``."""
-    from rota.spec.expand import substitute, value_text
+def render_command(
+    task: Task, out: str, params: Mapping[str, object] | None = None, *, run_id: str = "", attempt: int = 1
+) -> str:
+    """The command an attempt runs: the launch-time placeholders filled, shell-quoted
+    (``{out}``, ``{task}``, ``{run}``, ``{attempt}``, their ``{rota.*}`` forms, a sweep
+    trial's ``{param}``: a parameter wins over a bare built-in of its name) and
+    ``{{name}}`` escapes made literal (see :mod:`rota.spec.placeholders`)."""
+    from rota.spec.expand import value_text
+    from rota.spec.placeholders import launch_values, render
 
-    values = {"out": out}
-    if params:
-        values.update({k: value_text(v) for k, v in params.items()})
-    return substitute(task.command, values, quote=True)
+    texts = {k: value_text(v) for k, v in params.items()} if params else None
+    return render(task.command, launch_values(task.name, out, run_id, str(attempt), texts))
 
 
 def task_env(

@@ -155,7 +155,7 @@ class Launching(EngineState):
                 attempt=attempt, key=key, needs_out=needs_out, params=public,
                 gpu_memory_bytes=(p.gpu_bytes[0] if p.gpu_bytes else None),
             )
-            command = A.render_command(t, out, public)
+            command = A.render_command(t, out, public, run_id=self.run_id, attempt=attempt)
             frac = 1.0
             if p.gpus and req.gpu_memory_bytes is not None:
                 frac = min(1.0, req.gpu_memory_bytes / self.machine.gpu(p.gpus[0]).memory_bytes)
