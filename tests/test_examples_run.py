@@ -54,7 +54,7 @@ def test_quickstart_cpu_and_gpus(tmp_path):
 def test_experiment_suite_and_report_over_seeds(tmp_path):
     spec = _copy("experiment-suite", tmp_path)
     _run(spec, "--gpus", "4x80GB", "--cpus", "16", env={"ROTA_EXAMPLE_TIME_SCALE": "0.0002"})
-    rep = json.loads(rota("report", spec, "--json", "--by", "model,dataset", check=True).stdout)
+    rep = json.loads(rota("report", spec, "--json", "--by", "model,task", check=True).stdout)
     seeds = [g for g in rep["groups"] if g["n"] == 3 and g["metric"] == "accuracy"]
     assert seeds and all(g["ci_low"] <= g["mean"] <= g["ci_high"] for g in seeds)
 
