@@ -8,6 +8,10 @@ at most ``parallel`` running trials per study, lowest trial numbers first. This
 module states those gates as data the simulator can obey: a :class:`Cap` per
 capped task (its group and the group's limit).
 
+Not a limit on what runs at once, so not modelled: retry back-off, ``--fail-fast``;
+Ray's queue-ahead CPU slots (``rota.core.resources.with_cpu_headroom``) book attempts
+that wait in Ray's own queue, so what *runs* at once is still the machine's.
+
 Pure; imports no Optuna. A new gate in the engine must be added here too
 (``tests/integration/test_plan_limits.py`` compares the plan's concurrency per
 group with a real run's).
