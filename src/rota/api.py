@@ -6,12 +6,14 @@
     for t in rota.status(result.state_dir)["tasks"]:
         print(t["name"], t["state"])
 
-Tasks can also be built in Python: ``rota.spec_from_dict({"tasks": [...]}, root=".")``.
+Tasks can also be built in Python: ``rota.spec_from_dict({"tasks": [...]}, name="NAME")`` (state in
+``.rota/dicts/NAME``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +32,58 @@ if TYPE_CHECKING:  # the spec machinery (pydantic) is imported only where a spec
 
 @dataclass(frozen=True)
 class RunResult:
+    """What a run did. ``counts``: tasks per state at its end; ``ran``: tasks that started an
+    attempt in this run; ``kept``: tasks done in an earlier run and left as they were."""
+
     exit_code: int
     state_dir: str
     counts: Mapping[str, int]
+    ran: int = 0
+    kept: int = 0
 
 
-def spec_from_dict(data: Mapping[str, Any], root: str | os.PathLike[str] = ".", name: str = "rota.yaml") -> Spec:
-    """Validate a spec given as a Python mapping, as if it were ``root/name``."""
+_DICT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_DICT_PATH = re.compile(r"^<dict spec ([A-Za-z0-9][A-Za-z0-9._-]{0,99})>$")
+DICT_SPECS_FOLDER = "dicts"  # inside .rota: one state folder per spec built with spec_from_dict
+
+
+def spec_from_dict(data: Mapping[str, Any], root: str | os.PathLike[str] = ".", name: str | None = None) -> Spec:
+    """Validate a spec given as a Python mapping; its relative paths (workdir, inputs) resolve in ``root``.
+
+    Such a spec has a state folder of its own, ``root/.rota/dicts/NAME/`` (never a
+    spec file's): NAME is ``name``, else ``dict-`` and 12 hex digits of the
+    mapping's content (a changed mapping is then a new spec: give ``name`` to
+    continue one state across changes). Errors name it ``<dict spec NAME>``.
+    A ``name`` ending in ``.yaml`` or ``.yml`` means "as if it were the file
+    ``root/name``", sharing that file's state folder.
+    """
+    import hashlib
+
     import yaml
 
     from rota.spec.load import load_spec
 
-    path = Path(root) / name
-    return load_spec(path, text=yaml.safe_dump(dict(data), sort_keys=False))
+    try:
+        text = yaml.safe_dump(dict(data), sort_keys=False)
+        canonical = yaml.safe_dump(dict(data), sort_keys=True)
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec_from_dict: the mapping holds a value YAML cannot represent ({e})") from None
+    if name is not None and name.endswith((".yaml", ".yml")):
+        return load_spec(Path(root) / name, text=text)
+    if name is None:
+        name = "dict-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    elif not isinstance(name, str) or not _DICT_NAME.match(name):
+        raise SpecError(f"spec_from_dict: name {name!r} must be 1 to 100 letters, digits, '.', '_' or '-' "
+                        "(it names the spec's state folder), e.g. name='sweep-v2'")
+    return load_spec(Path(root) / f"<dict spec {name}>", text=text)
 
 
 def default_state_dir(spec: Spec) -> str:
-    """Where ``spec``'s state lives without ``--state-dir`` (see :func:`rota.store.read.state_dir_for_spec`)."""
+    """Where ``spec``'s state lives without ``--state-dir``: a spec file's, see
+    :func:`rota.store.read.state_dir_for_spec`; a dict spec's, ``.rota/dicts/NAME`` in its root."""
+    m = _DICT_PATH.match(os.path.basename(spec.path))
+    if m is not None:
+        return os.path.join(os.path.dirname(spec.path), ".rota", DICT_SPECS_FOLDER, m.group(1))
     return state_dir_for_spec(spec.path)
 
 
@@ -87,6 +124,7 @@ def run(
     machine: Machine | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     rerun: Sequence[str] = (),
+    rerun_dependents: bool = True,
     only: Sequence[str] = (),
     fail_fast: bool = False,
     backend: str = "local",
@@ -100,6 +138,10 @@ def run(
     ``only`` (globs, ``--only``): run just the matching tasks and the tasks they
     need; the others are left as they are (not run, not skipped). Attempts that a
     killed controller left running are adopted whether they match or not.
+    ``rerun`` (globs, ``--rerun``): run these tasks again even if done. A task
+    that runs again (rerun, changed command, failed before) sends the done tasks
+    that need it, transitively, back to pending, unless ``rerun_dependents`` is
+    False (``--no-rerun-dependents``).
     ``fail_fast``: once a task has failed for good (its retries spent), launch
     nothing more; running tasks finish, the rest stays pending for the next run.
     """
@@ -149,12 +191,13 @@ def run(
                 executor = make_executor("local")
             engine = Engine(
                 spec, machine, store, executor,
-                options=Options(rerun=tuple(rerun), grace_s=grace_s, retry_delay_s=retry_delay_s,
+                options=Options(rerun=tuple(rerun), rerun_dependents=rerun_dependents, grace_s=grace_s,
+                                retry_delay_s=retry_delay_s,
                                 fail_fast=fail_fast),
                 ui=ui, hooks=hooks,
             )
             code = engine.run()
-            return RunResult(code, str(sd), engine.counts())
+            return RunResult(code, str(sd), engine.counts(), ran=len(engine.ran), kept=len(engine.kept))
         finally:
             store.close()
 

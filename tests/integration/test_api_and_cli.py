@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 import rota
+from rota.api import default_state_dir
 from rota.core.resources import Gpu
 from rota.machine import apply_visible_devices, detect_machine, parse_gpus_flag
 from tests.helpers import rota as rota_cli
@@ -169,3 +170,54 @@ def test_stop_now_kills_a_task_that_ignores_sigterm(tmp_path):
     ctl.communicate(timeout=30)
     assert ctl.returncode == 130
     assert processes_with_env("ROTA_STATE_DIR", str(sd)) == []
+
+
+def _readme_python_snippet() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_python_api_snippet_runs_as_written(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "examples" / "quickstart", tmp_path / "examples" / "quickstart")
+    code = _readme_python_snippet()
+    got = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert got.returncode == 0, got.stderr
+    assert f"{tmp_path.resolve()}/.rota/dicts/hello" in got.stdout
+    assert "summary succeeded" in got.stdout
+    # The built spec's task is not in the quickstart's state (nor the other way round).
+    quick = rota.status(tmp_path / "examples" / "quickstart" / "rota.yaml")
+    assert "hello" not in {t["name"] for t in quick["tasks"]}
+
+
+def test_a_dict_spec_has_its_own_state_folder_never_rota_yaml_s(tmp_path):
+    (tmp_path / "rota.yaml").write_text("tasks:\n  - {name: from-file, command: echo file}\n")
+    rota_cli("run", tmp_path / "rota.yaml", "--gpus", "none", "--plain", check=True)
+    data = {"tasks": [{"name": "from-dict", "command": "echo dict"}]}
+    result = rota.run(rota.spec_from_dict(data, root=tmp_path), gpus="none")
+    assert result.exit_code == 0
+    sd = Path(result.state_dir)
+    # Before: the dict spec ran in ./.rota as if it were ./rota.yaml.
+    assert sd.parent == (tmp_path / ".rota" / "dicts").resolve() and sd.name.startswith("dict-")
+    listed = json.loads(rota_cli("status", tmp_path / "rota.yaml", "--json", check=True).stdout)
+    assert [t["name"] for t in listed["tasks"]] == ["from-file"]
+    # The same mapping finds the same state; a name keeps one state across changes.
+    assert default_state_dir(rota.spec_from_dict(data, root=tmp_path)) == str(sd)
+    named = rota.spec_from_dict(data, root=tmp_path, name="mine")
+    assert default_state_dir(named) == str((tmp_path / ".rota" / "dicts" / "mine").resolve())
+    try:
+        rota.spec_from_dict({"tasks": [{"name": "a", "command": "x", "gpus": "two"}]}, root=tmp_path, name="mine")
+    except rota.SpecError as e:
+        assert "<dict spec mine>" in str(e) and "rota.yaml" not in str(e)
+    else:
+        raise AssertionError("a bad dict spec was accepted")
+    try:
+        rota.spec_from_dict(data, root=tmp_path, name="../x")
+    except rota.SpecError as e:
+        assert "name '../x'" in str(e)
+    else:
+        raise AssertionError("a name with a path was accepted")

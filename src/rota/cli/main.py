@@ -48,7 +48,11 @@ def machine_options(f: Any) -> Any:
 @click.argument("spec", type=click.Path())  # a folder: load_spec says which file
 @machine_options
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State folder (default: .rota beside SPEC; .rota/specs/NAME for a spec file NAME.yaml other than rota.yaml).")
-@click.option("--rerun", multiple=True, metavar="PATTERN", help="Run these tasks again even if done (glob).")
+@click.option("--rerun", multiple=True, metavar="PATTERN",
+              help="Run these tasks again even if done (glob); the tasks that use them run again after them.")
+@click.option("--rerun-dependents/--no-rerun-dependents", default=True, show_default=True,
+              help="A task that runs again (--rerun, changed command, failed before) reruns the done tasks "
+                   "that need it, transitively; --no-rerun-dependents keeps them as done.")
 @click.option("--only", multiple=True, metavar="PATTERN",
               help="Run only these tasks (glob) and the tasks they need; leave the others as they are.")
 @click.option("--fail-fast", is_flag=True,
@@ -61,8 +65,8 @@ def machine_options(f: Any) -> Any:
 @click.option("--retry-delay", "retry_delay_s", type=float, default=1.0, show_default=True,
               help="First retry delay in seconds; doubles on each retry.")
 def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state_dir: str | None,
-        rerun: tuple[str, ...], only: tuple[str, ...], fail_fast: bool, backend: str, address: str | None, partition: str | None,
-        plain: bool, grace_s: float, retry_delay_s: float) -> None:
+        rerun: tuple[str, ...], rerun_dependents: bool, only: tuple[str, ...], fail_fast: bool, backend: str,
+        address: str | None, partition: str | None, plain: bool, grace_s: float, retry_delay_s: float) -> None:
     """Run (or continue) every task of SPEC."""
     from rota import api
     from rota.spec.load import load_spec
@@ -88,9 +92,48 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
             options["gpu_memory_bytes"] = max(g.memory_bytes for g in declared)
     result = api.run(
         loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only, fail_fast=fail_fast, backend=backend,
+        rerun_dependents=rerun_dependents,
         backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
     )
+    for line in _run_end(result, spec, state_dir):
+        click.echo(line)
     sys.exit(result.exit_code)
+
+
+def _run_end(result: Any, spec: str, state_dir: str | None) -> list[str]:
+    """The lines after a run: what it did when it did nothing, where its files are, what to run next.
+
+    Paths are absolute (as the first line's state folder); commands name the spec as it was given.
+    """
+    import shlex
+
+    c = result.counts
+    sd = result.state_dir
+    where = shlex.quote(spec) + (f" --state-dir {shlex.quote(state_dir)}" if state_dir else "")
+    if result.exit_code == 130:
+        return [f"rota: stopped; 'rota run {where}' continues where this run stopped"]
+    if result.ran == 0 and result.exit_code == 0:
+        n = sum(c.values())
+        why = (f"all {n} tasks succeeded in an earlier run with the same commands" if result.kept >= n else
+               f"of {n} tasks, {result.kept} succeeded in an earlier run and {n - result.kept} found their outputs")
+        return [f"rota: nothing ran: {why} (state {sd}); 'rota run {where} --rerun PATTERN' runs tasks again"]
+    lines = [f"rota: outputs in {os.path.join(sd, 'out', 'TASK')}, logs in {os.path.join(sd, 'logs', 'TASK', '')}"]
+    nxt = [f"'rota report {where}'"]
+    failed = _failed_tasks(sd)[:1]
+    nxt.append(f"'rota logs {shlex.quote(failed[0])} {where}'" if failed else f"'rota logs TASK {where}'")
+    lines.append("rota: next: " + ", ".join(nxt))
+    return lines
+
+
+def _failed_tasks(state_dir: str) -> list[str]:
+    """Names of the failed tasks of ``state_dir`` (none when it cannot be read)."""
+    from rota.errors import StateError
+    from rota.store.read import read_status
+
+    try:
+        return [t["name"] for t in read_status(state_dir)["tasks"] if t["state"] == "failed"]
+    except StateError:
+        return []
 
 
 def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> dict[str, Any]:

@@ -80,6 +80,135 @@ def out_dir(state_dir: str, task_name: str) -> str:
     return os.path.join(state_dir, "out", slug(task_name))
 
 
+# ----------------------------------------------------------- output folders
+# A task's output folder records what made it (``{out}/.rota/made-by.json``): the
+# identity of its command, its inputs, the runs of the tasks it needs, and whether
+# it succeeded. A retry (within a run, or after a crash or Ctrl-C) finds the same
+# record and resumes from whatever the folder holds (shard checkpoints); a new run
+# of the task (it succeeded before and runs again: --rerun, a need that ran again;
+# or its command or inputs changed) starts in an empty folder, the old one set
+# aside in ``<state>/out/.previous/<task>`` until the new run succeeds.
+MADE_BY = os.path.join(".rota", "made-by.json")
+PREVIOUS = ".previous"  # no task's slug starts with "." (see slug): never a task's folder
+
+
+def output_key(task: Task) -> str:
+    """Identity of what makes a task's outputs: its command, env and workdir (not its resources)."""
+    payload = {"command": task.command, "env": list(task.env), "workdir": task.workdir}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def previous_dir(state_dir: str, task_name: str) -> str:
+    """Where a task's former output folder waits while a new run of it has not succeeded."""
+    return os.path.join(state_dir, "out", PREVIOUS, slug(task_name))
+
+
+def made_by(out: str) -> dict[str, Any] | None:
+    """The record of what made ``out`` (None: none, or unreadable)."""
+    try:
+        with open(os.path.join(out, MADE_BY), "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_made_by(out: str, record: Mapping[str, Any]) -> None:
+    path = os.path.join(out, MADE_BY)
+    tmp = f"{path}.tmp"
+    text = json.dumps(record, sort_keys=True)
+    try:
+        f = open(tmp, "w")
+    except FileNotFoundError:  # the first record of a folder: make its .rota/
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(tmp, "w")
+    with f:
+        f.write(text)
+    os.replace(tmp, path)  # never half a record: a torn one would read as "made by something else"
+
+
+def _why_new_run(old: dict[str, Any] | None, made: Mapping[str, Any], out: str) -> str | None:
+    """Why ``out`` cannot be resumed by an attempt that ``made`` describes (None: it can)."""
+    if old is None:
+        try:
+            empty = not os.listdir(out)
+        except OSError:
+            empty = True
+        return None if empty else "its output folder was made by an earlier rota that did not record by what"
+    if old.get("succeeded"):
+        return "it succeeded before: a new run of it starts in an empty output folder"
+    if old.get("key") != made["key"]:
+        return "its command changed since its output folder was made"
+    if old.get("inputs") != made["inputs"]:
+        return "its inputs changed since its output folder was made"
+    if old.get("needs") != made["needs"]:
+        return "a task it needs ran again since its output folder was made"
+    return None
+
+
+def prepare_out(state_dir: str, task_name: str, out: str, made: Mapping[str, Any]) -> str | None:
+    """Make ``out`` ready for an attempt of ``task_name``; return why an old folder was set aside.
+
+    ``made``: ``key`` (:func:`output_key`), ``inputs`` (fingerprint), ``needs``
+    (each need's output ``id``). A folder whose record matches is kept as it is
+    (a retry resumes from its checkpoints); any other is set aside (see
+    :func:`previous_dir`: the last one that succeeded is kept there) and the
+    attempt gets an empty folder with a fresh record.
+    """
+    why: str | None = None
+    try:
+        os.mkdir(out)
+    except FileNotFoundError:
+        os.makedirs(out, exist_ok=True)
+    except FileExistsError:
+        old = made_by(out)
+        why = _why_new_run(old, made, out)
+        if why is None:
+            if old is not None:
+                return None  # a retry: resume
+        else:
+            _set_aside(state_dir, task_name, out, bool(old and old.get("succeeded")))
+            os.mkdir(out)
+    _write_made_by(out, {**made, "task": task_name, "id": os.urandom(8).hex(), "succeeded": False})
+    return why
+
+
+def _set_aside(state_dir: str, task_name: str, out: str, succeeded: bool) -> None:
+    """Move ``out`` to its previous-folder; keep there the newest folder that succeeded."""
+    import shutil
+
+    prev = previous_dir(state_dir, task_name)
+    if os.path.lexists(prev):
+        if not succeeded:  # a partial folder of a failed new run: the one that succeeded stays aside
+            shutil.rmtree(out)
+            return
+        shutil.rmtree(prev)
+    os.makedirs(os.path.dirname(prev), exist_ok=True)
+    os.rename(out, prev)
+
+
+def out_succeeded(state_dir: str, task_name: str, out: str | None) -> None:
+    """Record that ``out`` is a finished run's output; drop the folder set aside for it."""
+    if not out:
+        return
+    record = made_by(out)
+    if record is not None:
+        record["succeeded"] = True
+        _write_made_by(out, record)
+    prev = previous_dir(state_dir, task_name)
+    if os.path.lexists(prev):
+        import shutil
+
+        shutil.rmtree(prev, ignore_errors=True)
+
+
+def out_id(out: str) -> str | None:
+    """The id of the run that made ``out`` (None: unrecorded): a dependent's record names it."""
+    record = made_by(out)
+    got = record.get("id") if record else None
+    return got if isinstance(got, str) else None
+
+
 def log_path(state_dir: str, task_name: str, attempt: int) -> str:
     return os.path.join(state_dir, "logs", slug(task_name), f"attempt-{attempt}.log")
 

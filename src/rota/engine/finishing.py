@@ -29,6 +29,9 @@ class Finishing(EngineState):
                 and submitted <= st.started_at < now and st.started_at != lv.started_at):
             lv.started_at = attempt_row["started_at"] = moved["started_at"] = st.started_at
         if st.phase == "succeeded":
+            # Before the commit: a crash between the two reruns a finished task from scratch, never
+            # lets a later run of it take the finished folder for checkpoints to resume.
+            A.out_succeeded(self.state_dir, t.name, lv.out)
             inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
             attempt_row.update(state=S.SUCCEEDED, reason=st.reason)
             self._stage(Change(t.name, S.ACTIVE, "succeeded", {

@@ -16,7 +16,7 @@ from typing import Any
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Placement, Request
 from rota.engine import attempt as A
-from rota.engine.state import STORAGE_ERRNOS, EngineState, Live, _mkdir
+from rota.engine.state import STORAGE_ERRNOS, EngineState, Live
 from rota.executors.base import Handle, Launch, Status
 from rota.spec.model import Task
 from rota.store import base as S
@@ -156,6 +156,7 @@ class Launching(EngineState):
                 gpu_memory_bytes=(p.gpu_bytes[0] if p.gpu_bytes else None),
             )
             command = A.render_command(t, out, public, run_id=self.run_id, attempt=attempt)
+            env["ROTA_COMMAND"] = t.command  # what made its checkpoints (rota.shard records it)
             frac = 1.0
             if p.gpus and req.gpu_memory_bytes is not None:
                 frac = min(1.0, req.gpu_memory_bytes / self.machine.gpu(p.gpus[0]).memory_bytes)
@@ -182,7 +183,8 @@ class Launching(EngineState):
         self._stage(*changes)
         self._flush()  # ends of this round and the launches: one commit, before any process starts
         for lv, _ in launches:
-            _mkdir(lv.out or ".")
+            self._prepare_out(lv)
+            self.ran.add(lv.task.name)
             self.ready.discard(lv.task.name)
             self.delayed.discard(lv.task.name)
             self._fresh.discard(lv.task.name)
@@ -220,6 +222,17 @@ class Launching(EngineState):
             self._event("start", lv.task.name, f"attempt {lv.attempts}{gp}")
             if lv.handle is None:
                 self._end_attempt(lv, Status("failed", None, lv.reason), time.time())
+
+    def _prepare_out(self, lv: Live) -> None:
+        """The attempt's output folder: kept for a retry, a fresh one for a new run (see A.prepare_out)."""
+        t, out = lv.task, lv.out or "."
+        paths = list(t.inputs) + self._need_outputs(t)
+        made = {"key": A.output_key(t), "inputs": A.inputs_fingerprint(paths) if paths else None,
+                "needs": {n: A.out_id(A.out_dir(self.state_dir, n)) for n in t.needs}}
+        why = A.prepare_out(self.state_dir, t.name, out, made)
+        if why is not None:
+            self._event("fresh", t.name, f"{why}; the old folder waits in "
+                        f"{A.previous_dir(self.state_dir, t.name)} until this run succeeds")
 
     def _submit(self, launches: list[Launch]) -> list[Handle | Exception]:
         many = getattr(self.executor, "submit_many", None)

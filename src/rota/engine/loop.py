@@ -64,6 +64,8 @@ class Engine(Recovery, Finishing, Launching):
         self.users: dict[str, list[str]] = {}
         self.ranks = critical_path_ranks(spec.tasks)
         self.learned: dict[str, float] = {}  # name -> seconds, from history (filled in _sync)
+        self.kept: set[str] = set()
+        self.ran: set[str] = set()
         self.order = {t.name: i for i, t in enumerate(spec.tasks)}
         self.ready: set[str] = set()
         self.delayed: set[str] = set()  # ready but waiting for a retry back-off
@@ -127,12 +129,12 @@ class Engine(Recovery, Finishing, Launching):
         drain.discard_stale(self.state_dir, os.getpid())
         drain.clear_halt_markers(self.state_dir)
         self._sync()
-        if self.ui is not None:
-            self.ui.start(self)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         old_chld = signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
         try:
+            if self.ui is not None:  # under the engine's handlers: a Ctrl-C never cuts a frame short
+                self.ui.start(self)
             for hook in self.hooks:
                 getattr(hook, "start", lambda *_: None)(self)
             code = self._loop()
@@ -142,14 +144,18 @@ class Engine(Recovery, Finishing, Launching):
                 self._stop_all_for_storage(str(err))
             raise
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            signal.signal(signal.SIGCHLD, old_chld)
-            for hook in self.hooks:
-                getattr(hook, "stop", lambda *_: None)(self)
-            if self.ui is not None:
-                self.ui.stop(self)
-            self.executor.close()
+            try:
+                for hook in self.hooks:
+                    getattr(hook, "stop", lambda *_: None)(self)
+                if self.ui is not None:
+                    # Still under the engine's handlers: a Ctrl-C now must not raise KeyboardInterrupt
+                    # inside the dashboard's last frame (it left a half-drawn box border behind).
+                    self.ui.stop(self)
+                self.executor.close()
+            finally:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
+                signal.signal(signal.SIGCHLD, old_chld)
         return code
 
     def _on_signal(self, signum: int, frame: object) -> None:

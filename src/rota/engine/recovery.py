@@ -51,14 +51,17 @@ class Recovery(EngineState):
             else:
                 rows.append(self._row(t, fp, S.PENDING))
             self.live[t.name] = lv
+        for t in self.spec.tasks:
+            for n in t.needs:
+                self.users.setdefault(n, []).append(t.name)
+        if self.opt.rerun_dependents:
+            rows.extend(self._stale_dependents())
+        self.kept = {t.name for t in self.spec.tasks if self.live[t.name].state in S.DONE_OK}
         if rows:
             self.store.upsert_tasks(rows, event="sync")
         for t, rec in adopt:
             self._recover(t, rec)
         self._learn_estimates()
-        for t in self.spec.tasks:
-            for n in t.needs:
-                self.users.setdefault(n, []).append(t.name)
         for t in self.spec.tasks:
             lv = self.live[t.name]
             lv.unmet = sum(1 for n in t.needs if self.live[n].state not in S.DONE_OK)
@@ -66,6 +69,33 @@ class Recovery(EngineState):
             lv = self.live[t.name]
             if lv.state == S.PENDING and lv.unmet == 0:
                 self._make_ready(t.name)
+
+    def _stale_dependents(self) -> list[dict[str, Any]]:
+        """Rows that send back to pending every task kept as done whose needs run again (as make does).
+
+        A task runs again in this run when it is not kept as done (``--rerun``, a
+        changed command, a failure before); whatever used its output is stale, so
+        each transitive dependent that had succeeded (or was cached) runs again
+        after it. A cached one is checked against its outputs again when ready.
+        """
+        again = [t.name for t in self.spec.tasks if self.live[t.name].state not in S.DONE_OK]
+        stack = [(u, n) for n in again for u in self.users.get(n, ())]
+        rows: list[dict[str, Any]] = []
+        while stack:
+            name, because = stack.pop()
+            lv = self.live[name]
+            if lv.state not in S.DONE_OK:
+                continue
+            lv.state, lv.attempts, lv.exit_code, lv.ended_at = S.PENDING, 0, None, None
+            lv.reason = f"needs {because}, which runs again"
+            row = self._row(lv.task, A.fingerprint(lv.task), S.PENDING)
+            row["reason"] = lv.reason
+            rows.append(row)
+            stack.extend((u, name) for u in self.users.get(name, ()))
+        if rows:
+            names = ", ".join(r["name"] for r in rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+            self._event("rerun", "", f"{len(rows)} task(s) that use what runs again run again too: {names}")
+        return rows
 
     def _learn_estimates(self) -> None:
         """Tasks without an estimate use their command's history (as ``rota plan`` does)."""

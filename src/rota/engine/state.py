@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +17,6 @@ from rota.store.sqlite import Change, SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
-def _mkdir(path: str) -> None:
-    """``makedirs(exist_ok=True)`` in one syscall when the parent exists (the hot path)."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-
-
 # OSErrors from writing logs/out folders that mean "the state folder cannot be written".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -39,6 +28,7 @@ class Options:
     retry_delay_s: float = 1.0  # first retry delay; doubles each attempt, capped at 300 s
     poll_interval_s: float = 0.5
     fail_fast: bool = False  # after a task fails for good, launch nothing more; running tasks finish
+    rerun_dependents: bool = True  # a task that runs again sends its done dependents back to pending
 
 
 @dataclass
@@ -83,6 +73,8 @@ class EngineState:
     ranks: dict[str, float]
     learned: dict[str, float]
     forced: set[str]
+    kept: set[str]  # done in an earlier run and kept as done by this one (nothing to do)
+    ran: set[str]  # tasks that started an attempt in this run
     order: dict[str, int]  # task -> position in the spec (the policy's last tie-break)
     ready: set[str]
     delayed: set[str]  # ready but waiting for a retry back-off

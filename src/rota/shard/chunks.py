@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,16 @@ def saved_chunks(directory: str | os.PathLike[str] | None = None, name: str = "c
     return found
 
 
+def made_by_command() -> str:
+    """What makes this process's chunks: the task's command under rota (``$ROTA_COMMAND``, as the
+    spec gives it), else this process's command line (its program's file name and arguments)."""
+    got = os.environ.get("ROTA_COMMAND")
+    if got:
+        return got
+    argv = list(sys.argv) or [""]
+    return shlex.join([os.path.basename(argv[0]), *argv[1:]])
+
+
 def chunks(
     items_or_n: int | Sequence[Any] | Iterable[Any],
     chunk_size: int,
@@ -137,7 +148,10 @@ def chunks(
     :meth:`Chunk.mark_done`) before the next one is requested, else
     :class:`ShardError` is raised. After each chunk the progress file is
     rewritten (unless ``report=False``). Rerunning in the same folder with a
-    different ``chunk_size`` or range raises :class:`ShardError`.
+    different ``chunk_size`` or range raises :class:`ShardError`, and so does a
+    folder whose chunks another command made: the manifest records the command
+    (``$ROTA_COMMAND`` under rota, else the process's command line), so chunks
+    are never silently reused by a changed command.
 
     Arguments are checked, the manifest written and the first progress record
     reported when ``chunks()`` is called (not lazily at the first iteration).
@@ -169,7 +183,8 @@ def chunks(
     cdir = base / CHUNK_DIR
     cdir.mkdir(parents=True, exist_ok=True)
     shard_i, shard_n = index(), count()
-    manifest = {"name": name, "start": first, "stop": last, "chunk_size": chunk_size, "shard": shard_i, "count": shard_n}
+    manifest = {"name": name, "start": first, "stop": last, "chunk_size": chunk_size, "shard": shard_i, "count": shard_n,
+                "command": made_by_command()}
     mpath = cdir / f"{name}.manifest.json"
     if mpath.exists():
         try:
@@ -184,6 +199,16 @@ def chunks(
                         f"but this run uses {key}={manifest[key]!r}; use the same arguments to resume, "
                         "or delete that folder to start over"
                     )
+            if old.get("command") != manifest["command"]:
+                made = "an unrecorded command" if old.get("command") is None else repr(old["command"])
+                raise ShardError(
+                    f"{cdir} holds chunks of loop {name!r} made by {made}, but this is {manifest['command']!r}: "
+                    "they are not this command's results; delete that folder to start over (under rota, a "
+                    "task whose command changed starts in an empty output folder by itself)"
+                )
+        elif saved_chunks(base, name):
+            raise ShardError(f"{cdir} holds chunks of loop {name!r} but an unreadable manifest, so nothing says "
+                             "what made them; delete that folder to start over")
     _atomic_json(mpath, manifest)
     for stale in cdir.glob(f".{name}-*.tmp"):  # temp files of a killed writer
         try:
