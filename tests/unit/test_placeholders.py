@@ -260,3 +260,31 @@ def test_examples_still_load() -> None:
     suite = load_spec(root / "experiment-suite" / "rota.yaml")
     t = next(t for t in suite.tasks if t.name == "main-small-sst2-s42")
     assert "--task sst2 --seed 42" in t.command and ("task", "sst2") in t.vars
+
+
+def test_needs_may_name_another_template_as_written(tmp_path: Path) -> None:
+    """The README's 'spec-task names (all expansions: train or train-{seed})' still holds:
+    a needs entry that is a template's name keeps the placeholders this task has no value for."""
+    spec = load_spec(write_spec(tmp_path, """
+        tasks:
+          - {name: "train-{seed}", command: "true", matrix: {seed: [1, 2]}}
+          - {name: report, command: "true", needs: "train-{seed}"}
+          - {name: "eval-{seed}", command: "true", needs: "train-{seed}", matrix: {seed: [1, 2]}}
+    """))
+    assert spec.task("report").needs == ("train-1", "train-2")
+    assert spec.task("eval-2").needs == ("train-2",)
+    with pytest.raises(SpecError, match=r"'\{sed\}' is not .* did you mean the spec task 'train-\{seed\}'\?"):
+        load_spec(write_spec(tmp_path, """
+            tasks:
+              - {name: "train-{seed}", command: "true", matrix: {seed: [1, 2]}}
+              - {name: report, command: "true", needs: "train-{sed}"}
+        """))
+
+
+def test_a_template_named_with_rota_shard_is_needed_by_its_base_name(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, """
+        tasks:
+          - {name: "embed-{rota.shard}", command: "true", shards: 2}
+          - {name: merge, command: "true", needs: embed}
+    """))
+    assert spec.task("merge").needs == ("embed-0", "embed-1")

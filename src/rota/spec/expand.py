@@ -10,11 +10,12 @@ launch-time ones (``{out}``, ``{task}``, ``{run}``, ``{attempt}``, a sweep's
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from rota.core.resources import Request
 from rota.errors import SpecError
@@ -73,7 +74,8 @@ def expand_tasks(
                 "split the spec or raise 'max_tasks:'",
                 file=file, task=ts.name, field="matrix",
             )
-    fixed = [_Fixed(ts, root, file, line) for ts, line in specs]  # every placeholder checked before expanding
+    templates = frozenset(ts.name for ts, _line in specs)
+    fixed = [_Fixed(ts, root, file, line, templates) for ts, line in specs]  # all placeholders checked first
     out: list[Task] = []
     seen: dict[str, str] = {}
     for (ts, _line), f in zip(specs, fixed, strict=True):
@@ -102,7 +104,10 @@ class _Fixed:
     """What a template's expansions share, computed once (100,000-task matrices stay fast):
     its request, and each field compiled into literals and slots (placeholders checked)."""
 
-    def __init__(self, ts: TaskSpec, root: str, file: str = "spec", line: int | None = None) -> None:
+    def __init__(
+        self, ts: TaskSpec, root: str, file: str = "spec", line: int | None = None,
+        templates: frozenset[str] = frozenset(),
+    ) -> None:
         self.root = root
         self.request = Request(
             gpus=ts.gpus,
@@ -124,7 +129,7 @@ class _Fixed:
         self.workdir = parts(ts.workdir or ".", "workdir")
         self.outputs = [parts(o, "outputs") for o in ts.outputs]
         self.inputs = [parts(i, "inputs") for i in ts.inputs]
-        self.needs_parts = [parts(n, "needs") for n in ts.needs]
+        self.needs_parts = [self._need(n, templates, parts) for n in ts.needs]
         self.env_parts = {k: parts(value_text(v), "env", f"env.{k}") for k, v in ts.env.items()}
         # What has no slot is the same for every expansion.
         self.paths_vary = any(literal_text(p) is None for p in (self.workdir, *self.outputs, *self.inputs))
@@ -134,6 +139,21 @@ class _Fixed:
         self.needs = None if self.needs_vary else tuple("".join(p) for p in self.needs_parts)  # type: ignore[arg-type]
         self.env = {} if self.env_vary else {k: "".join(p) for k, p in self.env_parts.items()}  # type: ignore[arg-type]
         self.env_items = tuple(sorted(self.env.items()))
+
+    @staticmethod
+    def _need(need: str, templates: frozenset[str], parts: Callable[[str, str], list[Part]]) -> list[Part]:
+        """A ``needs`` entry; one that is another spec task's name as written (``train-{seed}``:
+        all its expansions) keeps placeholders this task cannot fill."""
+        try:
+            return parts(need, "needs")
+        except SpecError as e:
+            if need in templates:
+                return [need]
+            close = difflib.get_close_matches(need, templates, n=1, cutoff=0.8)
+            if not close:
+                raise
+            raise SpecError(f"{e.detail}; or did you mean the spec task {close[0]!r}?",
+                            file=e.file, task=e.task, field=e.field, line=e.line) from None
 
     def fill_paths(self, values: Mapping[str, str], shard: str, task: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         workdir = os.path.normpath(os.path.join(self.root, fill(self.workdir, values, shard, task)))

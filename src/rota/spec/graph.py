@@ -17,7 +17,7 @@ from rota.errors import SpecError
 from rota.spec.model import Task
 
 DEFAULT_ESTIMATE_S = 60.0
-_PLACEHOLDER_PART = re.compile(r"[-_.:/]?\{[A-Za-z_][A-Za-z0-9_]*\}")
+_PLACEHOLDER_PART = re.compile(r"[-_.:/]?\{(?:rota\.)?[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def resolve_needs(tasks: Sequence[Task], *, file: str) -> list[Task]:
