@@ -23,7 +23,7 @@ from rota.shard import MergeError, ShardError
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("ROTA_SHARD_INDEX", "ROTA_SHARD_COUNT", "ROTA_OUT", "ROTA_NEEDS_OUT"):
+    for var in ("ROTA_SHARD_INDEX", "ROTA_SHARD_COUNT", "ROTA_OUT", "ROTA_NEEDS_OUT", "ROTA_COMMAND"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -146,6 +146,21 @@ def test_changed_chunk_size_is_refused(tmp_path: Path) -> None:
         shard.chunks(10, 4, out_dir=tmp_path)  # raised at the call, before any iteration
     with pytest.raises(ShardError, match="positive int"):
         shard.chunks(10, 0, out_dir=tmp_path)
+
+
+def test_chunks_of_another_command_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROTA_COMMAND", "python embed.py --model old")
+    for c in shard.chunks(10, 5, out_dir=tmp_path):
+        c.save([1.0])
+        break
+    assert next(iter(shard.chunks(10, 5, out_dir=tmp_path))).start == 5  # the same command resumes
+    monkeypatch.setenv("ROTA_COMMAND", "python embed.py --model new")
+    # Before: the new command skipped the chunk the old one wrote and the merge mixed them.
+    with pytest.raises(ShardError, match="made by 'python embed.py --model old'.*--model new"):
+        shard.chunks(10, 5, out_dir=tmp_path)
+    monkeypatch.delenv("ROTA_COMMAND")
+    with pytest.raises(ShardError, match="made by 'python embed.py --model old'"):
+        shard.chunks(10, 5, out_dir=tmp_path)  # by hand: this process's command line is another command
 
 
 def test_chunks_default_to_rota_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
