@@ -89,6 +89,7 @@ TOKENS = [
 ]
 KEYS = ["name", "command", "needs", "gpus", "gpu_memory", "cpus", "memory", "estimate", "retries", "timeout", "env",
         "priority", "devices", "shards", "matrix", "sweep", "max_tasks", "machines", "low", "high", "step", "seed",
+        "workdir", "outputs", "inputs",
         "trials", "choices", "type", "gpus_x"]
 
 
@@ -143,6 +144,7 @@ ISSUE_CASES = {
     "machines 1xGB": FIRST + "machines: {t4: {gpus: 1xGB}}\n",
     "env ROTA_OUT": FIRST + "  - name: b\n    command: touch SENTINEL\n    env: {ROTA_OUT: /tmp/x}\n",
     "env ROTA_TASK": FIRST + "  - name: b\n    command: touch SENTINEL\n    env: {ROTA_TASK: x}\n",
+    "NUL in inputs (found by this fuzz)": FIRST + '  - name: b\n    command: touch SENTINEL\n    inputs: ["a\\0b"]\n',
     "gpu_memory without a unit": FIRST + "  - name: b\n    command: touch SENTINEL\n    gpus: 1\n    gpu_memory: 24\n",
 }
 LOAD = settings(max_examples=EXAMPLES * 2, deadline=None, derandomize=True,

@@ -56,6 +56,11 @@ REFUSED = {
         "put a long script in a file"),
     "lone surrogate in command": (_task("", command='"echo \\ud800"'), "field 'command'"),
     "env value over MAX_ARG_STRLEN": (_task(f"  env: {{A: {'v' * 131_072}}}\n"), "MAX_ARG_STRLEN"),
+    "NUL in workdir": (_task('  workdir: "a\\0b"\n'), "field 'workdir': path 'a\\x00b' has a NUL byte"),
+    "NUL in outputs": (_task('  outputs: ["a\\0b"]\n'), "field 'outputs'"),
+    "NUL in inputs (a traceback at launch)": (_task('  inputs: ["a\\0b"]\n'), "field 'inputs'"),
+    "NUL in a path from a matrix value": (
+        _task('  outputs: ["x-{v}"]\n  matrix: {i: [1], v: ["a\\0"]}\n', name="b-{i}"), "a path (workdir, outputs"),
     # env: must not override what rota sets
     "env ROTA_OUT": (_task("  env: {ROTA_OUT: /tmp}\n"), "is set by rota itself"),
     "env ROTA_TASK": (_task("  env: {ROTA_TASK: x}\n"), "is set by rota itself"),

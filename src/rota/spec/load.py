@@ -336,7 +336,8 @@ def _progress(file: str, count: int, done: threading.Event) -> None:
 
 def check_launchable(tasks: Sequence[Task], file: str) -> None:
     """SpecError for the first expanded task that could not be launched: a name with a control
-    or line-separator character, a command with a NUL byte or too long for ``bash -c``.
+    or line-separator character, a command with a NUL byte or too long for ``bash -c``, a NUL
+    byte in a path or an env value.
 
     Matrix values are filled in by now, so this catches what the template alone does not.
     """
@@ -353,6 +354,9 @@ def check_launchable(tasks: Sequence[Task], file: str) -> None:
         why = check_command(t.command)
         if why is not None:
             raise SpecError(why, file=file, task=t.name, field="command")
+        if "\x00" in t.workdir or any("\x00" in path for path in (*t.outputs, *t.inputs)):
+            raise SpecError("a path (workdir, outputs or inputs) has a NUL byte, which no file name can hold",
+                            file=file, task=t.name, field="workdir")
         if t.env is not env_seen:  # expansions of a template share one env tuple unless {var} fills it
             env_seen = t.env
             for key, value in t.env:

@@ -209,6 +209,14 @@ class TaskFields(_Strict):
     devices: list[Int] | None = None
     enforce_gpu_memory: bool = False
 
+    @field_validator("workdir", "outputs", "inputs")
+    @classmethod
+    def _path_has_no_nul(cls, v: Any) -> Any:
+        for path in [v] if isinstance(v, str) else v or []:
+            if "\x00" in path:
+                raise ValueError(f"path {path!r} has a NUL byte, which no file name can hold")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env_launchable(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
