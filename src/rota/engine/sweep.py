@@ -12,12 +12,13 @@ is the only writer (readers such as ``rota report`` only read).
 
 Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
 
-- ``params_for``: ``study.ask()`` with the spec's distributions; returns the
-  sampled values plus ``_optuna_trial`` (the trial number). The engine commits
-  that dict with the ``launching`` state, so the slot attempt <-> Optuna trial
-  mapping is durable; keys starting with ``_`` are never put into the command
-  or the environment. The trial also records ``rota_task``/``rota_attempt``
-  user attributes.
+- ``params_for``: ``study.ask()`` with the spec's distributions (or a trial a
+  killed controller asked but never launched, see :mod:`rota.engine.sweep_studies`);
+  returns the sampled values plus ``_optuna_trial`` (the trial number) and
+  ``_optuna_study`` (the study's name). The engine commits that dict with the
+  ``launching`` state, so the slot attempt <-> Optuna trial mapping is durable;
+  keys starting with ``_`` are never put into the command or the environment.
+  The trial also records ``rota_task``/``rota_attempt`` user attributes.
 - ``finished``: succeeded with the metric -> ``tell(value)``; succeeded
   without it -> ``tell(FAIL)`` with user attribute ``rota_fail_reason`` and an
   engine event; failed, interrupted -> ``tell(FAIL)``. A retried slot asks a
@@ -25,10 +26,14 @@ Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
 - ``lost``: the attempt vanished with the previous controller -> ``FAIL``;
   the engine runs the slot again, which asks a new trial.
 - ``adopted``: nothing; the adopted attempt keeps its trial and tells it later.
-- ``start`` (after adoption): reconcile trials a killed controller left
-  ``RUNNING``: told from the rota store when the slot's attempt ended
-  (succeeded -> its stored metric), kept when the slot is still running,
-  ``FAIL`` otherwise (asked but never launched).
+- ``start`` (after adoption): pick each sweep's current study (a new one,
+  ``<name>@2`` ..., when the run starts the sweep over; see
+  :mod:`rota.engine.sweep_studies`, which also says how a resumed study is
+  re-seeded so it never asks the same parameters again), then reconcile trials
+  a killed controller left ``RUNNING``: told from the rota store when the
+  slot's attempt ended (succeeded -> its stored metric), kept when the slot is
+  still running, kept for the next launch when no slot refers to them (asked
+  but never launched).
 - ``may_launch``: at most ``parallel`` running slots per sweep, lowest slot
   numbers first.
 - Pruning (``pruner: median|hyperband``): ``tick`` reads new
@@ -56,6 +61,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rota.engine import sweep_studies as G
 from rota.engine.sweep_prune import ReportReader
 from rota.engine.sweep_space import distributions, make_pruner, make_sampler, study_name
 from rota.errors import RotaError
@@ -148,7 +154,6 @@ class SweepHook:
         self.state_dir = state_dir
         self.sweeps: dict[str, SweepSpec] = {}
         self.dists: dict[str, dict[str, Any]] = {}
-        self.samplers: dict[str, Any] = {}
         for t in spec.tasks:
             if t.sweep is None:
                 continue
@@ -156,9 +161,11 @@ class SweepHook:
             if name not in self.sweeps:
                 self.sweeps[name] = t.sweep
                 self.dists[name] = distributions(self.optuna, t.sweep, file=spec.path, task=t.group)
-                self.samplers[name] = make_sampler(self.optuna, t.sweep, file=spec.path, task=t.group)
+                make_sampler(self.optuna, t.sweep, file=spec.path, task=t.group)  # bad input: raised now
         self._storage: Any = None
-        self._studies: dict[str, optuna.Study] = {}
+        self._studies: dict[str, optuna.Study] = {}  # by Optuna study name
+        self._current: dict[str, str] = {}  # sweep -> the name of the study it asks trials from
+        self._unlaunched: dict[str, list[int]] = {}  # sweep -> trials asked but never launched, to reuse
         self._allowed: dict[str, set[str]] | None = None
         self._reports = ReportReader()
         self._pruned: set[str] = set()  # attempt keys stopped by the pruner
@@ -166,33 +173,51 @@ class SweepHook:
 
     # -------------------------------------------------------------- studies
     def study(self, name: str) -> optuna.Study:
-        """The study for sweep ``name``, created on first use. Raises StateError on a direction change."""
+        """The Optuna study ``name`` (a sweep's, or an earlier study of it), created on first use.
+
+        A study that already holds trials gets a sampler seeded from the spec's
+        ``seed`` and its trial count, so a resumed study never replays the
+        parameters it asked before. Raises StateError on a direction change.
+        """
         st = self._studies.get(name)
         if st is not None:
             return st
         if self._storage is None:
             self._storage = open_storage(self.state_dir)
-        sw = self.sweeps[name]
+        sweep = G.base_of(name, self.sweeps) or name
+        sw = self.sweeps[sweep]
         st = self.optuna.create_study(
-            study_name=name, storage=self._storage, direction=sw.direction, sampler=self.samplers[name],
+            study_name=name, storage=self._storage, direction=sw.direction, sampler=make_sampler(self.optuna, sw),
             pruner=make_pruner(self.optuna, sw), load_if_exists=True,
         )
         if st.direction.name.lower() != sw.direction:
             from rota.errors import StateError
 
             raise StateError(
-                f"sweep {name!r}: the study in {os.path.join(self.state_dir, DB_NAME)} was made with "
+                f"sweep {sweep!r}: the study {name!r} in {os.path.join(self.state_dir, DB_NAME)} was made with "
                 f"direction {st.direction.name.lower()}, the spec now says {sw.direction}; "
                 "use a new --state-dir to start a new study"
             )
+        n_trials = len(st.get_trials(deepcopy=False))
+        if sw.seed is not None and n_trials:
+            st.sampler = make_sampler(self.optuna, sw, seed=G.resumed_seed(sw.seed, n_trials))
         attrs = st.user_attrs
-        if attrs.get("rota_metric") != sw.metric:
-            st.set_user_attr("rota_metric", sw.metric)
+        wanted = {"rota_metric": sw.metric, "rota_sweep": sweep,
+                  "rota_generation": G.generation_of(name, self.sweeps)}
+        for k, v in wanted.items():
+            if attrs.get(k) != v:
+                st.set_user_attr(k, v)
         self._studies[name] = st
         return st
 
-    def _tell(self, name: str, number: int, value: float | None, reason: str = "") -> None:
-        """Tell a trial once: a value -> COMPLETE, None -> FAIL (with ``rota_fail_reason``)."""
+    def _new_study(self, sweep: str, summaries: list[tuple[str, dict[str, Any]]]) -> optuna.Study:
+        """Start the next study of ``sweep`` (``<sweep>@<n>``)."""
+        gens = G.generations(summaries, sweep, self.sweeps)
+        name = G.next_study_name(sweep, gens[-1][0] if gens else 0, {n for n, _ in summaries})
+        return self.study(name)
+
+    def _tell(self, name: str, number: int, value: float | None, reason: str = "", *, not_run: bool = False) -> None:
+        """Tell a trial of study ``name`` once: a value -> COMPLETE, None -> FAIL (with ``rota_fail_reason``)."""
         st = self.study(name)
         trial = self._trial(st, number)
         if trial is None or trial.state.is_finished():
@@ -200,6 +225,8 @@ class SweepHook:
         if value is None:
             if reason:
                 st._storage.set_trial_user_attr(trial._trial_id, "rota_fail_reason", reason)
+            if not_run:
+                st._storage.set_trial_user_attr(trial._trial_id, G.NOT_RUN_ATTR, True)
             st.tell(number, state=self.optuna.trial.TrialState.FAIL, skip_if_finished=True)
         else:
             st.tell(number, value, skip_if_finished=True)
@@ -215,30 +242,63 @@ class SweepHook:
     # ---------------------------------------------------------------- hooks
     @_guarded
     def start(self, engine: Any) -> None:
-        """Settle trials a killed controller left RUNNING (runs after adoption)."""
-        records = {r.name: r for r in engine.store.tasks()}
+        """Pick each sweep's current study; settle trials a killed controller left RUNNING (after adoption)."""
+        records = list(engine.store.tasks())
         metrics = engine.store.metrics()
-        for name, sw in self.sweeps.items():
-            st = self.study(name)
-            owners: dict[int, Any] = {}
-            for rec in records.values():
-                n = (rec.params or {}).get(TRIAL_KEY)
-                lv = engine.live.get(rec.name)
-                if isinstance(n, int) and lv is not None and lv.task.sweep is not None and study_name(lv.task) == name:
-                    owners[n] = rec
-            running = st.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.RUNNING,))
-            for tr in running:
-                rec = owners.get(tr.number)
-                if rec is not None and rec.state in S.ACTIVE:
-                    continue  # adopted; it will be told when it ends
-                if rec is not None and rec.state == S.SUCCEEDED:
-                    value = metrics.get(rec.name, {}).get(sw.metric)
-                    why = "" if value is not None else f"succeeded without reporting metric {sw.metric!r}"
-                    self._tell(name, tr.number, value, why)
-                    continue
-                why = (f"{rec.state} ({rec.reason})" if rec is not None and rec.state in S.FINAL
-                       else "asked but never launched (controller stopped)")
-                self._tell(name, tr.number, None, why)
+        if self._storage is None:
+            self._storage = open_storage(self.state_dir)
+        summaries = [(s.study_name, dict(s.user_attrs)) for s in self._storage.get_all_studies()]
+        for sweep, sw in self.sweeps.items():
+            refs: dict[tuple[str, int], Any] = {}
+            for rec in records:
+                if rec.trial is not None and rec.name.endswith(f"-trial-{rec.trial}") and \
+                        rec.name[: -len(f"-trial-{rec.trial}")] == sweep:
+                    ref = G.trial_ref(rec.params, sweep, TRIAL_KEY)
+                    if ref is not None:
+                        refs[ref] = rec
+            gens = G.generations(summaries, sweep, self.sweeps)
+            current = gens[-1][1] if gens else sweep
+            st = self.study(current)
+            results = {t.number for t in st.get_trials(deepcopy=False, states=(
+                self.optuna.trial.TrialState.COMPLETE, self.optuna.trial.TrialState.PRUNED))}
+            if results and not any((current, n) in refs for n in results):
+                # Every slot that produced a result here is being run again: a new run of the sweep.
+                self._settle(current, sw, refs, metrics, keep_unlaunched=0, engine=engine)
+                st = self._new_study(sweep, summaries)
+                current = st.study_name
+            self._current[sweep] = current
+            will_launch = sum(
+                1 for lv in engine.live.values()
+                if lv.task.sweep is not None and study_name(lv.task) == sweep
+                and lv.state not in S.DONE_OK and lv.state not in S.ACTIVE
+            )
+            self._unlaunched[sweep] = self._settle(current, sw, refs, metrics, keep_unlaunched=will_launch,
+                                                   engine=engine)
+
+    def _settle(self, name: str, sw: SweepSpec, refs: Mapping[tuple[str, int], Any], metrics: Mapping[str, Any],
+                *, keep_unlaunched: int, engine: Any) -> list[int]:
+        """Tell study ``name``'s RUNNING trials what became of them; return the unlaunched ones kept for reuse."""
+        st = self.study(name)
+        kept: list[int] = []
+        for tr in st.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.RUNNING,)):
+            rec = refs.get((name, tr.number))
+            if rec is None:  # asked, never launched: the next launch takes it over
+                if len(kept) < keep_unlaunched:
+                    kept.append(tr.number)
+                else:
+                    self._tell(name, tr.number, None, "asked but never launched (no slot left to run it)",
+                               not_run=True)
+                continue
+            if rec.state in S.ACTIVE and rec.name in engine.running:
+                continue  # adopted; it will be told when it ends
+            if rec.state == S.SUCCEEDED:
+                value = metrics.get(rec.name, {}).get(sw.metric)
+                why = "" if value is not None else f"succeeded without reporting metric {sw.metric!r}"
+                self._tell(name, tr.number, value, why)
+                continue
+            self._tell(name, tr.number, None, f"{rec.state} ({rec.reason})" if rec.state in S.FINAL
+                       else "ended while the controller was stopped")
+        return kept
 
     @_guarded
     def tick(self, engine: Any, now: float) -> None:
@@ -250,12 +310,12 @@ class SweepHook:
 
     def _scan_reports(self, engine: Any, lv: Any) -> None:
         """Report a running trial's new intermediate values; stop it if the pruner says so."""
-        number = self._number(lv)
-        if number is None or lv.handle is None:
+        ref = self._ref(lv)
+        if ref is None or lv.handle is None:
             return
-        name = study_name(lv.task)
+        name, number = ref
         key = f"{lv.task.name}#{lv.attempts}"
-        if self.sweeps[name].pruner == "none" or key in self._pruned:
+        if self.sweeps[study_name(lv.task)].pruner == "none" or key in self._pruned:
             return
         trial = self._record_reports(lv, name, number)
         st = self.study(name)
@@ -290,12 +350,12 @@ class SweepHook:
                       ended_at=status.ended_at)
 
     def _was_pruned(self, lv: Any) -> bool:
-        number = self._number(lv)
-        if number is None or self.sweeps[study_name(lv.task)].pruner == "none":
+        ref = self._ref(lv)
+        if ref is None or self.sweeps[study_name(lv.task)].pruner == "none":
             return False
         if f"{lv.task.name}#{lv.attempts}" in self._pruned:
             return True
-        trial = self._trial(self.study(study_name(lv.task)), number)  # decided by a previous controller?
+        trial = self._trial(self.study(ref[0]), ref[1])  # decided by a previous controller?
         return trial is not None and "rota_pruned_at" in trial.user_attrs
 
     def may_launch(self, engine: Any, lv: Any) -> bool:
@@ -328,28 +388,42 @@ class SweepHook:
 
     @_guarded
     def params_for(self, engine: Any, lv: Any) -> dict[str, Any] | None:
-        """Ask the study for a new trial for this slot's next attempt."""
+        """A trial for this slot's next attempt: one asked but never launched, else a new one."""
         if lv.task.sweep is None:
             return None
-        name = study_name(lv.task)
-        old = (lv.params or {}).get(TRIAL_KEY)
-        if isinstance(old, int):  # never leave an earlier attempt's trial RUNNING
-            self._tell(name, old, None, "replaced by a new attempt")
+        sweep = study_name(lv.task)
+        old = self._ref(lv)
+        if old is not None:  # never leave an earlier attempt's trial RUNNING
+            self._tell(old[0], old[1], None, "replaced by a new attempt")
+        name = self._current.get(sweep, sweep)
         st = self.study(name)
-        trial = st.ask(self.dists[name])
+        trial = None
+        waiting = self._unlaunched.get(sweep, [])
+        while trial is None and waiting:
+            number = waiting.pop(0)
+            frozen = self._trial(st, number)
+            if frozen is None or frozen.state != self.optuna.trial.TrialState.RUNNING:
+                continue
+            trial = G.take_over(self.optuna, st, frozen._trial_id, self.dists[sweep])
+            if trial is None:
+                self._tell(name, number, None, "asked but never launched; its parameters no longer fit the "
+                           "search space", not_run=True)
+        if trial is None:
+            trial = st.ask(self.dists[sweep])
         trial.set_user_attr("rota_task", lv.task.name)
         trial.set_user_attr("rota_attempt", lv.attempts + 1)
         params: dict[str, Any] = dict(trial.params)
         params[TRIAL_KEY] = trial.number
+        params[G.STUDY_KEY] = name
         return params
 
     @_guarded
     def finished(self, engine: Any, lv: Any, state: str, metrics: Mapping[str, float]) -> None:
-        number = self._number(lv)
-        if number is None:
+        ref = self._ref(lv)
+        if ref is None:
             return
-        name = study_name(lv.task)
-        sw = self.sweeps[name]
+        name, number = ref
+        sw = self.sweeps[study_name(lv.task)]
         key = f"{lv.task.name}#{lv.attempts}"
         if sw.pruner != "none":
             self._record_reports(lv, name, number)  # the last values, so later trials compare against them
@@ -372,9 +446,9 @@ class SweepHook:
 
     @_guarded
     def lost(self, engine: Any, lv: Any) -> None:
-        number = self._number(lv)
-        if number is not None:
-            self._tell(study_name(lv.task), number, None, "lost with the previous controller")
+        ref = self._ref(lv)
+        if ref is not None:
+            self._tell(ref[0], ref[1], None, "lost with the previous controller")
 
     def adopted(self, engine: Any, lv: Any) -> None:
         """Nothing to do: the attempt keeps its trial and tells it when it ends."""
@@ -387,8 +461,8 @@ class SweepHook:
                 pass
 
     @staticmethod
-    def _number(lv: Any) -> int | None:
+    def _ref(lv: Any) -> tuple[str, int] | None:
+        """``(study name, trial number)`` of the slot's current attempt, or None."""
         if lv.task.sweep is None:
             return None
-        n = (lv.params or {}).get(TRIAL_KEY)
-        return n if isinstance(n, int) else None
+        return G.trial_ref(lv.params, study_name(lv.task), TRIAL_KEY)

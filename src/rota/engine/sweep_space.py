@@ -54,19 +54,28 @@ def distributions(optuna: Any, sweep: SweepSpec, *, file: str | None = None, tas
     return out
 
 
-def make_sampler(optuna: Any, sweep: SweepSpec, *, file: str | None = None, task: str | None = None) -> Any:
-    """The sampler the spec names (TPE by default, with a constant liar for parallel trials)."""
+_SPEC_SEED: Any = object()  # "the spec's seed"
+
+
+def make_sampler(optuna: Any, sweep: SweepSpec, *, file: str | None = None, task: str | None = None,
+                 seed: int | None = _SPEC_SEED) -> Any:
+    """The sampler the spec names (TPE by default, with a constant liar for parallel trials).
+
+    ``seed`` overrides the spec's ``seed`` (a resumed study is re-seeded, see
+    :mod:`rota.engine.sweep_studies`).
+    """
+    s = sweep.seed if seed is _SPEC_SEED else seed
     if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=s)
     if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_values(sweep, file=file, task=task), seed=sweep.seed)
+        return optuna.samplers.GridSampler(grid_values(sweep, file=file, task=task), seed=s)
     if sweep.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401
         except ImportError:
             raise RotaError("sampler: cmaes needs the cmaes package: pip install cmaes") from None
-        return optuna.samplers.CmaEsSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed, constant_liar=True)
+        return optuna.samplers.CmaEsSampler(seed=s)
+    return optuna.samplers.TPESampler(seed=s, constant_liar=True)
 
 
 def make_pruner(optuna: Any, sweep: SweepSpec) -> Any:

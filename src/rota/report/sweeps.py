@@ -3,6 +3,9 @@
 Reads the Optuna study storage (``<state_dir>/optuna.db``) without writing to
 it, joined with rota's store for the slot task names, so it is safe while a
 controller is running. Optuna is imported through :mod:`rota.engine.sweep`.
+A sweep run again from scratch (``--rerun``, a changed command) has a new
+study (``hpo@2``, see :mod:`rota.engine.sweep_studies`); the report shows each
+sweep's current study and names the earlier ones.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from rota.errors import RotaError
 def _task_names(state_dir: Path) -> dict[tuple[str, int], str]:
     """(sweep, trial number) -> rota task name, from the store's committed params."""
     from rota.engine.sweep import TRIAL_KEY
+    from rota.engine.sweep_studies import trial_ref
     from rota.store.sqlite import DB_NAME, SqliteStore
 
     if not (state_dir / DB_NAME).exists():
@@ -25,27 +29,29 @@ def _task_names(state_dir: Path) -> dict[tuple[str, int], str]:
     try:
         out: dict[tuple[str, int], str] = {}
         for r in store.tasks():
-            n = (r.params or {}).get(TRIAL_KEY)
-            if isinstance(n, int) and r.trial is not None:
-                sweep = (
-                    r.name[: -len(f"-trial-{r.trial}")]
-                    if r.name.endswith(f"-trial-{r.trial}")
-                    else r.name
-                )
-                out[(sweep, n)] = r.name
+            if r.trial is None:
+                continue
+            sweep = r.name[: -len(f"-trial-{r.trial}")] if r.name.endswith(f"-trial-{r.trial}") else r.name
+            ref = trial_ref(r.params, sweep, TRIAL_KEY)
+            if ref is not None:
+                out[ref] = r.name
         return out
     finally:
         store.close()
 
 
 def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
-    """One dict per sweep (study), sorted by sweep name; ``[]`` when there are no sweeps.
+    """One dict per sweep (its current study), sorted by sweep name; ``[]`` when there are no sweeps.
 
-    Each dict: ``sweep`` (study name), ``metric``, ``direction`` ("minimize" or
-    "maximize"), ``counts`` ({"complete", "fail", "running", "pruned"}: Optuna
-    trial counts) and ``best``: at most ``top`` COMPLETE trials, best first,
-    each ``{"rank", "number" (Optuna trial number), "task" (the rota slot task
-    that ran it), "params" (name -> value), "value", "duration_s"}``.
+    Each dict: ``sweep`` (the current study's name: ``hpo``, or ``hpo@2`` after
+    the sweep was run again from scratch), ``group`` (the sweep task's name),
+    ``earlier`` (names of the sweep's earlier studies, oldest first), ``metric``,
+    ``direction`` ("minimize" or "maximize"), ``counts`` ({"complete", "fail",
+    "running", "pruned", "not_run"}: Optuna trial counts; ``fail`` leaves out
+    the ``not_run`` trials, asked by a killed controller and never launched)
+    and ``best``: at most ``top`` COMPLETE trials, best first, each ``{"rank",
+    "number" (Optuna trial number), "task" (the rota slot task that ran it),
+    "params" (name -> value), "value", "duration_s"}``.
 
     Raises RotaError when a study exists but Optuna is not installed.
     """
@@ -53,6 +59,7 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
     if not (sd / "optuna.db").exists():
         return []
     from rota.engine.sweep import import_optuna, open_storage
+    from rota.engine.sweep_studies import NOT_RUN_ATTR, group_studies
 
     optuna = import_optuna()
     try:
@@ -65,11 +72,11 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
     TS = optuna.trial.TrialState
     out: list[dict[str, Any]] = []
     try:
-        for summary in sorted(
-            optuna.get_all_study_summaries(storage, include_best_trial=False),
-            key=lambda s: s.study_name,
-        ):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        studies = group_studies((s.study_name, s.user_attrs) for s in storage.get_all_studies())
+        for group in sorted(studies):
+            gens = sorted(studies[group])
+            name = gens[-1][1]
+            study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             direction = study.direction.name.lower()
             done = [t for t in trials if t.state == TS.COMPLETE and t.value is not None]
@@ -81,7 +88,7 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
                     if (t.datetime_complete and t.datetime_start)
                     else None
                 )
-                task = names.get((summary.study_name, t.number)) or t.user_attrs.get("rota_task")
+                task = names.get((name, t.number)) or t.user_attrs.get("rota_task")
                 best.append(
                     {
                         "rank": rank,
@@ -94,14 +101,17 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
                 )
             out.append(
                 {
-                    "sweep": summary.study_name,
+                    "sweep": name,
+                    "group": group,
+                    "earlier": [n for _, n in gens[:-1]],
                     "metric": study.user_attrs.get("rota_metric"),
                     "direction": direction,
                     "counts": {
                         "complete": sum(1 for t in trials if t.state == TS.COMPLETE),
-                        "fail": sum(1 for t in trials if t.state == TS.FAIL),
+                        "fail": sum(1 for t in trials if t.state == TS.FAIL and not t.user_attrs.get(NOT_RUN_ATTR)),
                         "running": sum(1 for t in trials if t.state == TS.RUNNING),
                         "pruned": sum(1 for t in trials if t.state == TS.PRUNED),
+                        "not_run": sum(1 for t in trials if t.state == TS.FAIL and t.user_attrs.get(NOT_RUN_ATTR)),
                     },
                     "best": best,
                 }
@@ -130,6 +140,8 @@ def best_trials_text(sweeps: list[dict[str, Any]]) -> str:
             f"{c['complete']} complete, {c['fail']} failed, {c['pruned']} pruned, {c['running']} running"
         )
         lines = [head]
+        if s.get("earlier"):
+            lines.append(f"  (earlier studies of this sweep, kept in optuna.db: {', '.join(s['earlier'])})")
         if not s["best"]:
             lines.append("  no complete trial yet")
         for b in s["best"]:
