@@ -252,7 +252,7 @@ def test_names_and_values_cannot_escape_the_state_folder() -> None:
     names = [n.replace("{tag}", tag) for n in ESCAPING]
     box = Sandbox()
     try:
-        tasks = [{"name": n, "command": f"touch {box.sentinel}"} for n in names]
+        tasks: list[dict[str, Any]] = [{"name": n, "command": f"touch {box.sentinel}"} for n in names]
         tasks.append({"name": "v-{v}", "command": f"touch {box.sentinel}; echo {{v}}", "matrix": {"v": names}})
         box.spec.write_text(yaml.safe_dump({"tasks": tasks}, allow_unicode=True))
         code, out, err = cli_run(box)
