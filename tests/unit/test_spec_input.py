@@ -221,3 +221,27 @@ def test_memory_flag_needs_a_unit(tmp_path: Path) -> None:
 def test_machine_without_gpus_says_none_once() -> None:
     p = rota("machine", "--gpus", "none")
     assert p.returncode == 0 and p.stdout.splitlines()[0] == "GPUs: none", p.stdout
+
+
+def test_every_variable_rota_sets_for_a_task_is_refused_in_env(tmp_path: Path) -> None:
+    """What ``task_env`` (and the local executor) set is exactly what ``env:`` may not: a new variable
+    rota adds without reserving it would again be silently overridden by a spec."""
+    from rota.engine.attempt import task_env
+    from rota.machine import detect_machine
+    from rota.spec.model import check_env_entry
+
+    spec = load_spec(tmp_path / "rota.yaml", text=(
+        "tasks:\n- name: t-{seed}\n  command: echo {x}\n  gpus: 1\n  gpu_memory: 8GB\n  enforce_gpu_memory: true\n"
+        "  shards: 2\n  matrix: {seed: [1]}\n"
+        "  sweep: {trials: 1, metric: l, params: {x: {type: int, low: 0, high: 3}}}\n"))
+    task = spec.tasks[0]
+    machine = detect_machine(gpus="1x16GB", cpus=2, memory="8GB", environ={})
+    env = task_env(task, machine=machine, gpus=[0], run_id="r", state_dir=str(tmp_path), out=str(tmp_path / "o"),
+                   attempt=1, key="k", needs_out={}, params={"x": 1}, gpu_memory_bytes=8 * 2**30)
+    env.update(task.env)  # the shard variables expansion put there
+    env.update({"ROTA_WORKDIR": "/w", "ROTA_COMMAND": "c"})  # the local executor's and the launcher's
+    rota_names = [k for k in env if k.startswith(("ROTA_", "CUDA_"))]
+    assert {"ROTA_OUT", "ROTA_TASK", "ROTA_SHARD_INDEX", "ROTA_PARAM_X", "ROTA_VAR_SEED"} <= set(rota_names)
+    for name in rota_names:
+        assert check_env_entry(name, "x") is not None, name
+    assert check_env_entry("ROTA_EXAMPLE_TIME_SCALE", "0.01") is None  # the user's own ROTA_* names pass

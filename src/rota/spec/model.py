@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from rota.core.resources import Request
+from rota.executors.base import TASK_VAR_PREFIXES
 from rota.spec.units import parse_duration, parse_size
 
 Scalar = str | int | float | bool
@@ -50,10 +51,11 @@ StrList = Annotated[list[str], BeforeValidator(_str_list)]
 Int = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 
-# Environment variables rota sets for every task (engine.attempt.task_env): a spec's ``env:``
-# must not override them (a task writing to another task's ROTA_OUT, or seeing GPUs it did not book).
-RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
-RESERVED_ENV_PREFIX = "ROTA_"
+# Environment variables rota sets for a task (engine.attempt.task_env, the executors): a spec's
+# ``env:`` must not override them (a task writing to another task's ROTA_OUT, or seeing GPUs it did
+# not book). The user's other ROTA_* names (ROTA_EXAMPLE_TIME_SCALE) pass, as in executors.base.
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ROTA_WORKDIR", "ROTA_COMMAND"})
+RESERVED_ENV_PREFIXES = TASK_VAR_PREFIXES
 # Largest grid a ``sampler: grid`` sweep may walk: Optuna's GridSampler lists every point up front.
 MAX_GRID_POINTS = 1_000_000
 MAX_INT_PARAM = 2**53  # int parameters pass through floats in Optuna's samplers
@@ -242,9 +244,9 @@ def check_env_entry(key: str, value: object, *, rota_may_set: bool = False) -> s
         return "an environment variable needs a name, found ''"
     if "=" in key or "\x00" in key:
         return f"environment variable name {key!r} contains {'=' if '=' in key else 'a NUL byte'}, which a name cannot hold"
-    if not rota_may_set and (key in RESERVED_ENV or key.upper().startswith(RESERVED_ENV_PREFIX)):
-        return (f"environment variable {key!r} is set by rota itself for every task (ROTA_* variables, "
-                "CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER); remove it from env:")
+    if not rota_may_set and (key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES)):
+        return (f"environment variable {key!r} is set by rota itself for every task (as are ROTA_TASK, "
+                "ROTA_OUT, ROTA_RUN, CUDA_VISIBLE_DEVICES, ...: see docs/spec.md); remove it from env:")
     text = value if isinstance(value, str) else str(value)
     if "\x00" in text:
         return f"environment variable {key!r} has a NUL byte in its value; a process environment cannot hold one"
