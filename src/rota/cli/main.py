@@ -6,10 +6,12 @@ Exit codes: 0 all succeeded, 1 some failed or were skipped, 2 bad input,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -90,14 +92,45 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
         declared = parse_gpus_flag(gpus, []) if not gpus.replace(",", "").isdigit() else []
         if declared:
             options["gpu_memory_bytes"] = max(g.memory_bytes for g in declared)
-    result = api.run(
-        loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only, fail_fast=fail_fast, backend=backend,
-        rerun_dependents=rerun_dependents,
-        backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
-    )
+    with _no_control_echo(not isinstance(ui, PlainUI)):
+        result = api.run(
+            loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only,
+            fail_fast=fail_fast, backend=backend, rerun_dependents=rerun_dependents,
+            backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
+        )
     for line in _run_end(result, spec, state_dir):
         click.echo(line)
     sys.exit(result.exit_code)
+
+
+@contextlib.contextmanager
+def _no_control_echo(active: bool) -> Iterator[None]:
+    """While the live dashboard draws, the terminal does not echo Ctrl-C as ``^C``.
+
+    The echo lands after the dashboard's last line (a full-width border), wraps the
+    cursor to a new line, and every later frame was drawn one line too low: a
+    stray box border was left behind. ECHOCTL off, the key still sends SIGINT.
+    """
+    fd = sys.stdin.fileno() if active and sys.stdin is not None and sys.stdin.isatty() else -1
+    saved = None
+    if fd >= 0:
+        import termios
+
+        try:
+            saved = termios.tcgetattr(fd)
+            quiet = list(saved)
+            quiet[3] &= ~termios.ECHOCTL
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        except termios.error:
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            import termios
+
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _run_end(result: Any, spec: str, state_dir: str | None) -> list[str]:
