@@ -239,3 +239,19 @@ def test_pip_install_lines_name_existing_extras() -> None:
                     missing = set(m.group(1).split(",")) - extras
                     assert not missing, f"{path.relative_to(ROOT)}:{n}: no extra {missing} in pyproject.toml"
     assert seen, "no pip install line with extras found"
+
+
+def test_examples_install_takes_the_cpu_torch_first() -> None:
+    """The `examples` extra needs torch; without a CPU build installed first, pip fetches the
+    multi-GB CUDA build. Every README line that installs the extra follows the CPU line."""
+    seen = 0
+    for path in READMES:
+        torch_cpu_at = -1
+        for n, words in _shell_commands(path):
+            if words[:3] == ["pip", "install", "torch"] and "https://download.pytorch.org/whl/cpu" in words:
+                torch_cpu_at = n
+            if words[:2] == ["pip", "install"] and any(re.fullmatch(r"(\.|rota)\[[\w,-]*examples[\w,-]*\]", w)
+                                                      for w in words[2:]):
+                seen += 1
+                assert 0 <= n - torch_cpu_at <= 2, f"{path.relative_to(ROOT)}:{n}: no CPU torch line just before"
+    assert seen >= 4  # the README, examples/README.md and the examples that need torch
