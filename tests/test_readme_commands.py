@@ -255,3 +255,32 @@ def test_examples_install_takes_the_cpu_torch_first() -> None:
                 seen += 1
                 assert 0 <= n - torch_cpu_at <= 2, f"{path.relative_to(ROOT)}:{n}: no CPU torch line just before"
     assert seen >= 4  # the README, examples/README.md and the examples that need torch
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings."""
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^#{1,6} (.+)$", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+def test_links_between_readmes_and_docs_resolve() -> None:
+    """The README points at docs/ for the details it leaves out: every relative link (and its
+    #anchor) in the READMEs and docs/*.md reaches a file and a heading that exist."""
+    checked = 0
+    for path in [*READMES, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            dest = (path.parent / file_part).resolve() if file_part else path
+            where = f"{path.relative_to(ROOT)} -> {target}"
+            assert dest.exists(), f"{where}: no such file"
+            if anchor and dest.suffix == ".md":
+                assert anchor in _anchors(dest), f"{where}: no heading with that anchor"
+            checked += 1
+    assert checked > 10
