@@ -245,3 +245,19 @@ def test_every_variable_rota_sets_for_a_task_is_refused_in_env(tmp_path: Path) -
     for name in rota_names:
         assert check_env_entry(name, "x") is not None, name
     assert check_env_entry("ROTA_EXAMPLE_TIME_SCALE", "0.01") is None  # the user's own ROTA_* names pass
+
+
+def test_expanding_a_big_spec_says_so_on_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """Over PROGRESS_MIN_TASKS a line every PROGRESS_EVERY_S while the expansion lasts (both made small
+    here, so that 20,000 tasks take several periods); a small spec prints nothing."""
+    import rota.spec.load as load
+
+    text = f"tasks:\n- name: t-{{a}}-{{b}}\n  command: echo\n  matrix: {{a: {list(range(200))}, b: {list(range(100))}}}\n"
+    load_spec(tmp_path / "rota.yaml", text=text)
+    assert capfd.readouterr().err == ""
+    monkeypatch.setattr(load, "PROGRESS_MIN_TASKS", 10_000)
+    monkeypatch.setattr(load, "PROGRESS_EVERY_S", 0.001)
+    assert len(load_spec(tmp_path / "rota.yaml", text=text).tasks) == 20_000
+    lines = capfd.readouterr().err.splitlines()
+    assert lines and lines[0].startswith(f"rota: {tmp_path / 'rota.yaml'}: expanding 20,000 tasks ("), lines
