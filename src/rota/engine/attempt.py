@@ -89,6 +89,7 @@ def out_dir(state_dir: str, task_name: str) -> str:
 # or its command or inputs changed) starts in an empty folder, the old one set
 # aside in ``<state>/out/.previous/<task>`` until the new run succeeds.
 MADE_BY = os.path.join(".rota", "made-by.json")
+SUCCEEDED_MARK = os.path.join(".rota", "succeeded")  # empty: created when a run of the task succeeds
 PREVIOUS = ".previous"  # no task's slug starts with "." (see slug): never a task's folder
 
 
@@ -104,27 +105,16 @@ def previous_dir(state_dir: str, task_name: str) -> str:
 
 
 def made_by(out: str) -> dict[str, Any] | None:
-    """The record of what made ``out`` (None: none, or unreadable)."""
+    """The record of what made ``out`` (None: none, or unreadable), with ``succeeded`` from its mark."""
     try:
         with open(os.path.join(out, MADE_BY), "rb") as f:
             data = json.loads(f.read())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_made_by(out: str, record: Mapping[str, Any]) -> None:
-    path = os.path.join(out, MADE_BY)
-    tmp = f"{path}.tmp"
-    text = json.dumps(record, sort_keys=True)
-    try:
-        f = open(tmp, "w")
-    except FileNotFoundError:  # the first record of a folder: make its .rota/
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        f = open(tmp, "w")
-    with f:
-        f.write(text)
-    os.replace(tmp, path)  # never half a record: a torn one would read as "made by something else"
+    if not isinstance(data, dict):
+        return None
+    data["succeeded"] = os.path.exists(os.path.join(out, SUCCEEDED_MARK))
+    return data
 
 
 def _why_new_run(old: dict[str, Any] | None, made: Mapping[str, Any], out: str) -> str | None:
@@ -150,10 +140,10 @@ def prepare_out(state_dir: str, task_name: str, out: str, made: Mapping[str, Any
     """Make ``out`` ready for an attempt of ``task_name``; return why an old folder was set aside.
 
     ``made``: ``key`` (:func:`output_key`), ``inputs`` (fingerprint), ``needs``
-    (each need's output ``id``). A folder whose record matches is kept as it is
-    (a retry resumes from its checkpoints); any other is set aside (see
-    :func:`previous_dir`: the last one that succeeded is kept there) and the
-    attempt gets an empty folder with a fresh record.
+    (each need's output ``id``). A folder whose record matches and which has no
+    success mark is kept as it is (a retry resumes from its checkpoints); any
+    other is set aside (see :func:`previous_dir`: the last one that succeeded is
+    kept there) and the attempt gets an empty folder with a fresh record.
     """
     why: str | None = None
     try:
@@ -169,7 +159,17 @@ def prepare_out(state_dir: str, task_name: str, out: str, made: Mapping[str, Any
         else:
             _set_aside(state_dir, task_name, out, bool(old and old.get("succeeded")))
             os.mkdir(out)
-    _write_made_by(out, {**made, "task": task_name, "id": os.urandom(8).hex(), "succeeded": False})
+    # Written once per run of the task, in a folder nothing else uses yet: no temp file. A record
+    # torn by a crash reads as "unrecorded", and a non-empty folder with one is set aside (safe side).
+    record = json.dumps({**made, "task": task_name, "id": os.urandom(8).hex()}, sort_keys=True)
+    path = os.path.join(out, MADE_BY)
+    try:
+        f = open(path, "w")
+    except FileNotFoundError:
+        os.mkdir(os.path.dirname(path))
+        f = open(path, "w")
+    with f:
+        f.write(record)
     return why
 
 
@@ -188,13 +188,14 @@ def _set_aside(state_dir: str, task_name: str, out: str, succeeded: bool) -> Non
 
 
 def out_succeeded(state_dir: str, task_name: str, out: str | None) -> None:
-    """Record that ``out`` is a finished run's output; drop the folder set aside for it."""
+    """Mark ``out`` as a finished run's output; drop the folder set aside for it."""
     if not out:
         return
-    record = made_by(out)
-    if record is not None:
-        record["succeeded"] = True
-        _write_made_by(out, record)
+    try:
+        os.close(os.open(os.path.join(out, SUCCEEDED_MARK), os.O_WRONLY | os.O_CREAT, 0o644))
+    except FileNotFoundError:  # the task removed its .rota/ (or its folder): mark it all the same
+        os.makedirs(os.path.join(out, ".rota"), exist_ok=True)
+        os.close(os.open(os.path.join(out, SUCCEEDED_MARK), os.O_WRONLY | os.O_CREAT, 0o644))
     prev = previous_dir(state_dir, task_name)
     if os.path.lexists(prev):
         import shutil
@@ -204,8 +205,12 @@ def out_succeeded(state_dir: str, task_name: str, out: str | None) -> None:
 
 def out_id(out: str) -> str | None:
     """The id of the run that made ``out`` (None: unrecorded): a dependent's record names it."""
-    record = made_by(out)
-    got = record.get("id") if record else None
+    try:
+        with open(os.path.join(out, MADE_BY), "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    got = record.get("id") if isinstance(record, dict) else None
     return got if isinstance(got, str) else None
 
 
