@@ -151,6 +151,22 @@ def _launched_running(sd: Path) -> bool:
     return [json.loads(p)["_optuna_trial"] for (p,) in launched] == [running[0][0]]
 
 
+@contextlib.contextmanager
+def _lock_while_a_launched_trial_runs(sd: Path) -> Iterator[None]:
+    """Hold optuna.db's write lock, taken while one launched trial runs and nothing else is under way."""
+    while True:
+        wait_for(lambda: _count(sd, "COMPLETE") >= 1 and _launched_running(sd), timeout=60, interval=0.02)
+        lock = _write_lock(sd / "optuna.db")
+        lock.__enter__()
+        if _launched_running(sd):  # still so now that the controller cannot write: it cannot change
+            break
+        lock.__exit__(None, None, None)  # the trial ended just before: let the controller go on, try again
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("partial", [False, True])
 def test_kill_between_ask_and_launch(tmp_path, partial):
     """The controller dies after Optuna's ask committed and before rota's launch commit.
@@ -166,8 +182,7 @@ def test_kill_between_ask_and_launch(tmp_path, partial):
     sd = tmp_path / "st"
     proc = _start(spec, sd)
     try:
-        wait_for(lambda: _count(sd, "COMPLETE") >= 1 and _launched_running(sd), timeout=60, interval=0.02)
-        with _write_lock(sd / "optuna.db"):
+        with _lock_while_a_launched_trial_runs(sd):
             done = _count(sd, "COMPLETE")
             asked = done + 1
             wait_for(lambda: len(_q(sd / "state.db", "SELECT name FROM tasks WHERE state='succeeded'")) == asked,

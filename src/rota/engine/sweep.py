@@ -2,13 +2,15 @@
 
 A task with ``sweep: {trials: N, ...}`` expands into N *slots*
 (``<name>-trial-<i>``). Each launch of a slot asks the study for one Optuna
-trial; the slot's exit and metric are told back. This module is the only place
-that imports Optuna (the ``sweep`` extra).
+trial; the slot's exit and metric are told back. Optuna (the ``sweep`` extra) is
+imported through :mod:`rota.engine.sweep_storage` only.
 
-Storage: Optuna's RDB storage on SQLite, ``<state_dir>/optuna.db``. SQLite
-commits are atomic and durable, so a controller killed with SIGKILL at any
-instant leaves either the whole ``ask``/``tell`` or none of it; the controller
-is the only writer (readers such as ``rota report`` only read).
+Storage: Optuna's RDB storage on SQLite, ``<state_dir>/optuna.db``. Each
+commit is atomic and durable; a ``tell`` is one, an ``ask`` several (the
+trial, each parameter, the user attributes), so a controller killed inside an
+ask leaves a RUNNING trial with some parameters, which the next launch takes
+over (see :mod:`rota.engine.sweep_studies`). The controller is the only
+writer (readers such as ``rota report`` only read).
 
 Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
 
@@ -50,21 +52,24 @@ not rerun (the engine skips them).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
-import sqlite3
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rota.engine import sweep_studies as G
 from rota.engine.sweep_prune import ReportReader
 from rota.engine.sweep_space import distributions, make_pruner, make_sampler, study_name
-from rota.errors import RotaError
+from rota.engine.sweep_storage import (  # noqa: F401 - INSTALL_HINT, storage_url: re-exported, as before
+    DB_NAME,
+    INSTALL_HINT,
+    import_optuna,
+    open_storage,
+    storage_errors,
+    storage_url,
+)
 from rota.executors.base import Status
 from rota.spec.model import SweepSpec
 from rota.store import base as S
@@ -72,52 +77,8 @@ from rota.store import base as S
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-DB_NAME = "optuna.db"
 TRIAL_KEY = "_optuna_trial"
-INSTALL_HINT = "sweeps need Optuna: pip install 'rota[sweep]'"
-
-
-def import_optuna() -> Any:
-    """Import Optuna quietly, or raise RotaError saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise RotaError(INSTALL_HINT) from None
-    optuna.logging.set_verbosity(logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
-
-
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@contextlib.contextmanager
-def storage_errors(state_dir: str) -> Iterator[None]:
-    """Turn Optuna/SQLAlchemy storage failures into what the engine understands.
-
-    A SQLite error underneath (disk full, read-only) is re-raised as the
-    ``sqlite3.OperationalError`` itself, so the engine stops cleanly with its
-    "nothing is lost" StateError; anything else becomes a StateError naming
-    ``optuna.db``.
-    """
-    try:
-        yield
-    except RotaError:
-        raise
-    except Exception as e:
-        optuna = import_optuna()
-        import sqlalchemy.exc
-
-        if not isinstance(e, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError):
-            raise
-        cause: BaseException | None = e
-        while cause is not None:
-            if isinstance(cause, sqlite3.OperationalError):
-                raise cause from None
-            cause = getattr(cause, "orig", None) or cause.__cause__ or cause.__context__
-        from rota.errors import StateError
-
-        raise StateError(f"sweep studies in {os.path.join(state_dir, DB_NAME)}: {e}") from None
 
 
 def _guarded(fn: F) -> F:
@@ -127,21 +88,6 @@ def _guarded(fn: F) -> F:
             return fn(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def storage_url(state_dir: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{os.path.join(os.fspath(state_dir), DB_NAME)}"
-
-
-def open_storage(state_dir: str | os.PathLike[str], *, readonly: bool = False) -> Any:
-    """The RDB storage in ``state_dir``. ``readonly`` skips table creation (for reports)."""
-    optuna = import_optuna()
-    return optuna.storages.RDBStorage(
-        storage_url(state_dir),
-        engine_kwargs={"connect_args": {"timeout": 60}},
-        skip_table_creation=readonly,
-        skip_compatibility_check=readonly,
-    )
 
 
 class SweepHook:
