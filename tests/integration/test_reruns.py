@@ -171,3 +171,54 @@ def test_a_changed_command_starts_from_an_empty_output_folder(tmp_path):
     assert _made(tmp_path) == [("emb-0", 4), ("emb-1", 4)], out.stdout
     assert "its command changed" in out.stdout
     assert not (sd / "out" / ".previous").exists() or not any((sd / "out" / ".previous").iterdir())
+
+
+def test_a_dependent_with_outputs_runs_again_though_its_outputs_exist(tmp_path):
+    spec = write_spec(tmp_path, """\
+        tasks:
+          - name: prep
+            command: echo prep >> runs.txt
+          - name: model
+            needs: [prep]
+            outputs: [model.txt]
+            command: echo model >> runs.txt && echo m > model.txt
+    """)
+    rota("run", spec, "--gpus", "none", "--plain", check=True)
+    (tmp_path / "runs.txt").unlink()
+    rota("run", spec, "--gpus", "none", "--plain", "--rerun", "prep", check=True)
+    assert _runs(tmp_path) == ["prep", "model"]  # not "cached": what it read has changed
+    assert by_name(tmp_path / ".rota")["model"]["state"] == "succeeded"
+
+
+def _out_spec(folder: Path, version: str) -> Path:
+    return write_spec(folder, f"""\
+        tasks:
+          - name: t
+            command: test ! -f broken && echo {version} > {{out}}/result.txt
+    """)
+
+
+def test_a_failed_new_run_keeps_the_last_good_folder_aside_until_one_succeeds(tmp_path):
+    sd = tmp_path / ".rota"
+    rota("run", _out_spec(tmp_path, "v1"), "--gpus", "none", "--plain", check=True)
+    out, prev = sd / "out" / "t", sd / "out" / ".previous" / "t"
+    (tmp_path / "broken").touch()
+    assert rota("run", _out_spec(tmp_path, "v2"), "--gpus", "none", "--plain").returncode == 1
+    assert (prev / "result.txt").read_text() == "v1\n" and not (out / "result.txt").exists()
+    assert rota("run", _out_spec(tmp_path, "v3"), "--gpus", "none", "--plain").returncode == 1
+    assert (prev / "result.txt").read_text() == "v1\n"  # the failed v2 folder did not replace it
+    (tmp_path / "broken").unlink()
+    rota("run", _out_spec(tmp_path, "v3"), "--gpus", "none", "--plain", check=True)
+    assert (out / "result.txt").read_text() == "v3\n" and not prev.exists()
+
+
+def test_a_folder_an_earlier_rota_made_is_set_aside_on_a_rerun(tmp_path):
+    spec = _shard_spec(tmp_path)
+    sd = tmp_path / ".rota"
+    rota("run", spec, "--gpus", "none", "--plain", check=True)
+    _made(tmp_path)
+    for i in (0, 1):  # what a rota without records left: chunks, and nothing saying what made them
+        shutil.rmtree(sd / "out" / f"emb-{i}" / ".rota")
+    out = rota("run", spec, "--gpus", "none", "--plain", "--rerun", "*", check=True)
+    assert _made(tmp_path) == [("emb-0", 4), ("emb-1", 4)], out.stdout
+    assert "made by an earlier rota that did not record by what" in out.stdout

@@ -114,7 +114,7 @@ class Launching(EngineState):
         keep = []
         for lv in ready:
             t = lv.task
-            if t.outputs and t.name not in self.forced and A.outputs_exist(t):
+            if t.outputs and t.name not in self.forced and t.name not in self.stale and A.outputs_exist(t):
                 rec = self.store.task(t.name)
                 now_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t))
                 if rec is not None and (rec.inputs_fp is None or rec.inputs_fp == now_fp):

@@ -65,6 +65,7 @@ class Engine(Recovery, Finishing, Launching):
         self.ranks = critical_path_ranks(spec.tasks)
         self.learned: dict[str, float] = {}  # name -> seconds, from history (filled in _sync)
         self.kept: set[str] = set()
+        self.stale: set[str] = set()
         self.ran: set[str] = set()
         self.order = {t.name: i for i, t in enumerate(spec.tasks)}
         self.ready: set[str] = set()

@@ -76,7 +76,7 @@ class Recovery(EngineState):
         A task runs again in this run when it is not kept as done (``--rerun``, a
         changed command, a failure before); whatever used its output is stale, so
         each transitive dependent that had succeeded (or was cached) runs again
-        after it. A cached one is checked against its outputs again when ready.
+        after it, even where its declared outputs exist (what it read has changed).
         """
         again = [t.name for t in self.spec.tasks if self.live[t.name].state not in S.DONE_OK]
         stack = [(u, n) for n in again for u in self.users.get(n, ())]
@@ -88,6 +88,7 @@ class Recovery(EngineState):
                 continue
             lv.state, lv.attempts, lv.exit_code, lv.ended_at = S.PENDING, 0, None, None
             lv.reason = f"needs {because}, which runs again"
+            self.stale.add(name)
             row = self._row(lv.task, A.fingerprint(lv.task), S.PENDING)
             row["reason"] = lv.reason
             rows.append(row)

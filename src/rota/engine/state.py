@@ -74,6 +74,7 @@ class EngineState:
     learned: dict[str, float]
     forced: set[str]
     kept: set[str]  # done in an earlier run and kept as done by this one (nothing to do)
+    stale: set[str]  # done in an earlier run, run again because a task they need runs again
     ran: set[str]  # tasks that started an attempt in this run
     order: dict[str, int]  # task -> position in the spec (the policy's last tie-break)
     ready: set[str]
