@@ -86,7 +86,8 @@ class Recovery(EngineState):
             lv = self.live[name]
             if lv.state not in S.DONE_OK:
                 continue
-            lv.state, lv.attempts, lv.exit_code, lv.ended_at = S.PENDING, 0, None, None
+            lv.state, lv.attempts, lv.exit_code = S.PENDING, 0, None
+            lv.started_at = lv.ended_at = lv.log_path = None
             lv.reason = f"needs {because}, which runs again"
             self.stale.add(name)
             row = self._row(lv.task, A.fingerprint(lv.task), S.PENDING)
