@@ -113,7 +113,8 @@ def _no_control_echo(active: bool) -> Iterator[None]:
     """
     fd = sys.stdin.fileno() if active and sys.stdin is not None and sys.stdin.isatty() else -1
     saved = None
-    if fd >= 0:
+    # Only from the terminal's foreground: tcsetattr from `rota run ... &` would stop rota (SIGTTOU).
+    if fd >= 0 and _foreground(fd):
         import termios
 
         try:
@@ -131,6 +132,13 @@ def _no_control_echo(active: bool) -> Iterator[None]:
 
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def _foreground(fd: int) -> bool:
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def _run_end(result: Any, spec: str, state_dir: str | None) -> list[str]:
