@@ -142,3 +142,28 @@ def test_cpu_task_on_slurm_gets_empty_cuda_visible_devices(tmp_path, slurm_clust
     for name in ("cpu-0", "cpu-1", "alone"):  # an array of two, and a job of its own
         assert (logs / name / "attempt-1.log").read_text().splitlines()[-1] == "cvd=[]", name
     assert (logs / "gpu" / "attempt-1.log").read_text().splitlines()[-1] in {f"cvd=[{i}]" for i in range(4)}
+
+
+@pytest.mark.slurm
+def test_memory_shared_gpu_tasks_under_a_gpu_cap_hold_one_slurm_gpu(tmp_path, slurm_cluster):  # noqa: F811
+    """40GB tasks under --gpus 1x80GB share one GPU two at a time. One placed beside a running shared job in a
+    later round must not take a second SLURM GPU (beyond the cap): it waits for that job instead."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    tasks = "".join(f"""
+          - name: s{i}
+            command: {PY} {REC} {rec} s{i} {sleep_s}
+            gpus: 1
+            gpu_memory: 40GB
+            cpus: 1""" for i, sleep_s in enumerate((1.0, 4.0, 1.0, 1.0)))
+    spec = write_spec(tmp_path, "tasks:" + tasks + "\n")
+    p = rota("run", spec, "--backend", "slurm", "--gpus", "1x80GB", "--plain", "--state-dir", tmp_path / "st",
+             timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = read_records(rec)
+    assert len(recs) == 4
+    assert _max_at_once([(r["start"], r["end"]) for r in recs]) <= 2
+    for a in recs:  # tasks running at the same time run on the same SLURM GPU
+        for b in recs:
+            if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                assert a["cvd"] == b["cvd"], (a, b)

@@ -91,10 +91,15 @@ def limited_capacity(executor: Any, limits: ClusterLimits) -> Machine:
 
     An executor that books CPU slots ahead of its capacity (``queue_ahead``,
     Ray) stops doing so when ``--cpus`` caps the run below the cluster: the
-    cluster would start those attempts at once, beyond the cap.
+    cluster would start those attempts at once, beyond the cap. One that may
+    hold more GPUs than the engine booked (SLURM: a memory-shared launch placed
+    beside a running shared job gets a GPU of its own) is made ``strict_gpus``
+    when ``--gpus`` caps the run below the cluster's GPUs.
     """
     cluster: Machine = executor.capacity()
     machine = apply_limits(cluster, limits)
     if machine.cpus < cluster.cpus and float(getattr(executor, "queue_ahead", 0.0) or 0.0) > 0:
         executor.queue_ahead = 0.0
+    if len(machine.gpus) < len(cluster.gpus) and hasattr(executor, "strict_gpus"):
+        executor.strict_gpus = True  # SLURM: never hold more GPUs than the engine booked under the cap
     return machine

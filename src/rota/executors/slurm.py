@@ -40,7 +40,10 @@ submitted and raises :class:`ExecutorError`):
   shared launch placed in a later round next to a running shared job gets a
   job (and a whole GPU) of its own: SLURM may queue it where the engine's
   ledger saw room. That is conservative (a GPU is never oversubscribed), at
-  the cost of some packing across rounds.
+  the cost of some packing across rounds. With ``strict_gpus`` (set when
+  ``--gpus`` caps the run below the cluster's GPUs) such a launch instead waits
+  for the shared job on its engine GPU (``--dependency=afterany:JOB``, shown
+  queued), so the run never holds more SLURM GPUs than the cap.
 - launches of one ``array_group`` with identical resources (GPUs, CPUs,
   memory, time limit) become ONE ``sbatch --array=0-(n-1)``.
 - everything else: one sbatch each.
@@ -64,7 +67,8 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +76,7 @@ from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
 from rota.executors import slurm_text as T
 from rota.executors.base import Handle, Launch, Status, inherited_env
-from rota.executors.slurm_units import plan_units, split_cancel
+from rota.executors.slurm_units import is_shared, plan_units, split_cancel
 
 NAME = "slurm"
 DEFAULT_GPU_MEMORY = 80 * 2**30
@@ -127,6 +131,10 @@ class SlurmExecutor:
         self._failing_since: float | None = None
         self._sacct_c: bool | None = None  # None: not known yet whether slurmdbd exists
         self._raw: dict[str, str] = {}  # "123_4" -> raw job id, from squeue
+        #: never hold more SLURM GPUs than the engine booked (see the module docstring)
+        self.strict_gpus = False
+        # engine GPU index -> the latest memory-shared job placed there, and its members not yet seen ending
+        self._shared_on: dict[int, tuple[str, set[str]]] = {}
         self.command_counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ plumbing
@@ -149,6 +157,25 @@ class SlurmExecutor:
         path = self.dir / f"{tag}.sbatch"
         path.write_text(script)
         return T.parse_sbatch_parsable(self._run(["sbatch", "--parsable", str(path)]).stdout)
+
+    def _after_shared(self, group: Sequence[Launch]) -> str | None:
+        """The running shared job a memory-shared ``group`` must wait for (``strict_gpus``), if any."""
+        if not self.strict_gpus or not is_shared(group[0]):
+            return None
+        live = self._shared_on.get(group[0].gpus[0])
+        return live[0] if live and live[1] else None
+
+    def _sbatch_after(self, render: Callable[[T.SlurmOptions], str], after: str | None, tag: str) -> str:
+        """sbatch ``render(options)``, waiting for job ``after`` when given; a job SLURM no longer
+        knows ("dependency" refused) has long ended: then without the dependency."""
+        if after is not None:
+            opts = dataclasses.replace(self.options, extra=(*self.options.extra, f"--dependency=afterany:{after}"))
+            try:
+                return self._sbatch(render(opts), tag)
+            except ExecutorError as e:
+                if "dependency" not in str(e).lower():
+                    raise
+        return self._sbatch(render(self.options), tag)
 
     @staticmethod
     def _prepare(launch: Launch) -> None:
@@ -191,7 +218,8 @@ class SlurmExecutor:
                         self.dir.mkdir(parents=True, exist_ok=True)
                         output = str(self.dir / f"{tag}.log")
                         os.symlink(os.path.abspath(group[0].log_path), output)
-                    job = self._sbatch(T.render_single(group[0], self.options, output), tag)
+                    job = self._sbatch_after(partial(T.render_single, group[0], output=output),
+                                             self._after_shared(group), tag)
                     out[idxs[0]] = self._handle(group[0], job, kind)
                 elif kind == "array":
                     links = self.dir / tag
@@ -202,11 +230,14 @@ class SlurmExecutor:
                     for n, i in enumerate(idxs):
                         out[i] = self._handle(launches[i], job, kind, n)
                 else:
-                    job = self._sbatch(T.render_shared(group, self.options, str(self.dir / f"{tag}.out")), tag)
+                    job = self._sbatch_after(partial(T.render_shared, group, output=str(self.dir / f"{tag}.out")),
+                                             self._after_shared(group), tag)
                     keys = [la.key for la in group]
                     for i in idxs:
                         out[i] = self._handle(launches[i], job, kind, members=keys)
                 done_jobs.append(job)
+                if is_shared(group[0]):
+                    self._shared_on[group[0].gpus[0]] = (job, {la.key for la in group})
         except Exception:
             if done_jobs:
                 self._run(["scancel", *done_jobs], check=False)
@@ -277,6 +308,16 @@ class SlurmExecutor:
         the rest and at most one sacct for those squeue no longer shows. When squeue does not
         answer within ``poll_timeout_s`` (slurmctld down), only the rc-file statuses come back;
         after ``poll_failure_limit_s`` of that, ExecutorError."""
+        out = self._poll(handles)
+        if self._shared_on:
+            ended = {k for k, st in out.items() if st.phase != "running"}
+            for gpu, (_job, members) in list(self._shared_on.items()):
+                members -= ended
+                if not members:
+                    del self._shared_on[gpu]
+        return out
+
+    def _poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
         if not handles:
             return {}
         out: dict[str, Status] = {}
