@@ -144,10 +144,9 @@ def test_cpu_task_on_slurm_gets_empty_cuda_visible_devices(tmp_path, slurm_clust
     assert (logs / "gpu" / "attempt-1.log").read_text().splitlines()[-1] in {f"cvd=[{i}]" for i in range(4)}
 
 
-@pytest.mark.slurm
-def test_memory_shared_gpu_tasks_under_a_gpu_cap_hold_one_slurm_gpu(tmp_path, slurm_cluster):  # noqa: F811
+def test_memory_shared_gpu_tasks_under_a_gpu_cap_hold_one_gpu(tmp_path, backend):
     """40GB tasks under --gpus 1x80GB share one GPU two at a time. One placed beside a running shared job in a
-    later round must not take a second SLURM GPU (beyond the cap): it waits for that job instead."""
+    later round must not take a second GPU (beyond the cap): on SLURM it waits for that job instead."""
     rec = tmp_path / "rec"
     rec.mkdir()
     tasks = "".join(f"""
@@ -157,8 +156,7 @@ def test_memory_shared_gpu_tasks_under_a_gpu_cap_hold_one_slurm_gpu(tmp_path, sl
             gpu_memory: 40GB
             cpus: 1""" for i, sleep_s in enumerate((1.0, 4.0, 1.0, 1.0)))
     spec = write_spec(tmp_path, "tasks:" + tasks + "\n")
-    p = rota("run", spec, "--backend", "slurm", "--gpus", "1x80GB", "--plain", "--state-dir", tmp_path / "st",
-             timeout=300)
+    p = rota("run", spec, *backend, "--gpus", "1x80GB", "--plain", "--state-dir", tmp_path / "st", timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     recs = read_records(rec)
     assert len(recs) == 4
