@@ -15,7 +15,7 @@ import psutil
 
 from rota.core.resources import Gpu, Machine
 from rota.errors import MachineError
-from rota.spec.units import format_size, parse_size
+from rota.units import format_size, parse_size
 
 _DECL = re.compile(r"^\s*(?:(\d+)\s*[xX]\s*)?(\d+(?:\.\d+)?\s*[A-Za-z]*)\s*$")
 _BARE_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")

@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from rota.units import format_size
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -245,7 +247,6 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
     if req.cpus > machine.cpus:
         return f"asks for {_n(req.cpus, 'CPU')} but the machine has {machine.cpus}"
     if req.memory_bytes > machine.memory_bytes:
-        from rota.spec.units import format_size
 
         return (
             f"asks for {format_size(req.memory_bytes)} RAM but the machine has "
@@ -264,7 +265,6 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
     if req.gpu_memory_bytes is not None:
         big = [g for g in pool if g.memory_bytes >= req.gpu_memory_bytes]
         if len(big) < req.gpus:
-            from rota.spec.units import format_size
 
             largest = max((g.memory_bytes for g in pool), default=0)
             return (
@@ -277,7 +277,6 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
 def how_to_fit(req: Request, machine: Machine) -> str:
     """The fix for a request that :func:`fits_machine` refuses on the machine of this run
     (declared with ``rota run``/``rota plan`` flags): raise the flag, or lower the task's key."""
-    from rota.spec.units import format_size
 
     if req.cpus > machine.cpus:
         return f"run with --cpus {req.cpus} if this machine has them, or lower the task's 'cpus:' to {machine.cpus}"
@@ -301,7 +300,6 @@ def _fits_a_node(req: Request, nodes: Sequence[Node]) -> str | None:
     if not nodes or any(n.gpus >= req.gpus and n.cpus >= req.cpus and n.memory_bytes >= req.memory_bytes
                         for n in nodes):
         return None
-    from rota.spec.units import format_size
 
     most_gpus, most_cpus = max(n.gpus for n in nodes), max(n.cpus for n in nodes)
     most_memory = max(n.memory_bytes for n in nodes)

@@ -24,7 +24,7 @@ from typing import Any
 
 from rota.core.resources import Gpu, Machine
 from rota.errors import MachineError
-from rota.spec.units import format_size, parse_size
+from rota.units import format_size, parse_size
 
 
 @dataclass(frozen=True)

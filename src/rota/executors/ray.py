@@ -121,7 +121,7 @@ class RayExecutor:
                  waker: Callable[[], None] | None = wake_main_thread) -> None:
         need_ray()
         if isinstance(gpu_memory_bytes, str):
-            from rota.spec.units import parse_size
+            from rota.units import parse_size
 
             gpu_memory_bytes = parse_size(gpu_memory_bytes)
         self.gpu_memory_bytes = int(gpu_memory_bytes or DEFAULT_GPU_MEMORY)

@@ -15,7 +15,7 @@ from rich.table import Table
 from rota.plan.compare import Plan
 from rota.plan.estimates import Durations
 from rota.report.model import Lane
-from rota.spec.units import format_duration, format_size
+from rota.units import format_duration, format_size
 
 MAX_GANTT_ITEMS = 300
 _SHADES = " .:-=+*#%@"

@@ -24,7 +24,7 @@ from rota.report.model import (
     as_lanes,
 )
 from rota.report.render import STATE_COLORS
-from rota.spec.units import format_duration
+from rota.units import format_duration
 
 _INSTALL_HINT = "pip install 'rota[report]'"
 MAX_POINTS_PER_GPU = 2000

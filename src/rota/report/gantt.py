@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from rota.report.model import Lane, LaneItem, LaneLike, ReportData, ReportError, as_lanes
-from rota.spec.units import format_duration
+from rota.units import format_duration
 
 _STATE_FILL = {
     "succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "launching": ">",

@@ -24,7 +24,7 @@ from rota.report.gantt import lanes_from_report, stack_rows
 from rota.report.model import FAILED_STATES, Lane, LaneLike, ReportData, ReportError, as_lanes
 from rota.report.render import STATE_COLORS, fmt_ci, fmt_mean_std, fmt_value, header_lines
 from rota.report.stats import group_metrics, memory_flags, run_summary, task_table
-from rota.spec.units import format_duration, format_size
+from rota.units import format_duration, format_size
 
 __all__ = ["gantt_figure", "render_gantt_file", "render_html"]
 

@@ -58,7 +58,7 @@ from rota.report.tables import (
     fmt_value,
     group_tables,
 )
-from rota.spec.units import format_duration, format_size
+from rota.units import format_duration, format_size
 
 __all__ = [
     "JSON_FORMAT",

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from rota.report.model import TaskRow
 from rota.report.stats import GroupRow, metric_names, task_table
-from rota.spec.units import format_duration, format_size
+from rota.units import format_duration, format_size
 
 STATE_COLORS: dict[str, str] = {
     "succeeded": "#2ca02c",

@@ -14,7 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from rota.spec.units import format_duration, format_size
+from rota.units import format_duration, format_size
 from rota.store import base as S
 from rota.ui.plain import PlainUI, event_line
 from rota.ui.snapshot import EtaTracker, Snapshot, snapshot

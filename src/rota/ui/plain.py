@@ -6,7 +6,7 @@ import sys
 import time
 from typing import IO, Any
 
-from rota.spec.units import format_size
+from rota.units import format_size
 from rota.store import base as S
 
 
