@@ -76,3 +76,9 @@ class ExecutorError(RotaError):
     """A backend (local, SLURM, Ray) failed to submit, poll or cancel."""
 
     exit_code = 1
+
+
+class ReportError(RotaError):
+    """A report or chart cannot be built or written (bad input, missing optional package)."""
+
+    exit_code = 1

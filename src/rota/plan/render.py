@@ -1,7 +1,7 @@
 """Text for ``rota plan``: the summary, the side-by-side table, the Gantt lanes.
 
 Pure functions returning strings or rich renderables; the CLI prints them.
-The Gantt drawing itself is :func:`rota.report.gantt.gantt_text` (one bar per
+The Gantt drawing itself is :func:`rota.lanes.gantt_text` (one bar per
 task); above :data:`MAX_GANTT_ITEMS` tasks it would be unreadable, so
 :func:`occupancy_text` draws one line per lane with how busy it is per column.
 """
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from rota.lanes import Lane, gantt_text
 from rota.plan.compare import Plan
 from rota.plan.estimates import Durations
-from rota.report.model import Lane
 from rota.units import format_duration, format_size
 
 MAX_GANTT_ITEMS = 300
@@ -62,8 +62,6 @@ def occupancy_text(lns: Sequence[Lane], width: int = 100) -> str:
 
 def gantt(p: Plan, width: int = 100) -> str:
     """The chart for the terminal: bars per task, or occupancy for large plans."""
-    from rota.report.gantt import gantt_text
-
     lns = lanes(p)
     if len(p.schedule.slots) > MAX_GANTT_ITEMS:
         return occupancy_text(lns, width)

@@ -4,14 +4,14 @@ The report layer never reads the store itself. The caller (``rota report``)
 builds a :class:`ReportData` from SQLite and hands it to :mod:`rota.report.stats`,
 :mod:`rota.report.render` or :mod:`rota.report.html`, which are pure functions of
 it. Times are epoch seconds in :class:`TaskRow` and :class:`GpuSample`, and
-seconds *relative to the start of the run (or plan)* in :class:`Lane` and in
+seconds *relative to the start of the run (or plan)* in :class:`~rota.lanes.Lane` (re-exported here) and in
 ``TaskRow.planned_*``.
 
 Contracts checked at construction (a :class:`ReportError` otherwise):
 
 - ``TaskRow.state`` is one of :data:`TASK_STATES`;
 - ``end_s >= start_s`` when both are known; ``attempts >= 0``;
-- a ``Lane`` item ends no earlier than it starts.
+- a ``Lane`` item ends no earlier than it starts (checked in :mod:`rota.lanes`).
 
 Sequences given as lists are stored as tuples, so every object is immutable
 except the ``vars``/``metrics`` dicts, which callers must not mutate.
@@ -19,10 +19,14 @@ except the ``vars``/``metrics`` dicts, which callers must not mutate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rota.errors import RotaError
+from rota.errors import ReportError
+from rota.lanes import Lane, LaneItem, LaneLike, as_lanes
+
+__all__ = ["FAILED_STATES", "TASK_STATES", "GpuInfo", "GpuSample", "Lane", "LaneItem", "LaneLike", "ReportData",
+           "ReportError", "TaskRow", "as_lanes"]
 
 TASK_STATES: tuple[str, ...] = (
     "succeeded",
@@ -39,12 +43,6 @@ TASK_STATES: tuple[str, ...] = (
 
 FAILED_STATES: frozenset[str] = frozenset({"failed", "interrupted"})
 """States whose log tail is shown in the failures section."""
-
-
-class ReportError(RotaError):
-    """The report cannot be built or written (bad input, missing optional package)."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -184,51 +182,3 @@ class ReportData:
         for t in self.tasks:
             counts[t.state] += 1
         return {s: n for s, n in counts.items() if n}
-
-
-LaneItem = tuple[str, float, float]
-"""``(label, start_s, end_s)`` in seconds relative to the chart's origin."""
-
-
-@dataclass(frozen=True)
-class Lane:
-    """One row of a Gantt chart: a GPU (``"gpu0"``), ``"cpu"``, or anything else.
-
-    Items may overlap in time (several tasks packed on one GPU); charts stack
-    them in sub-rows. ``states`` optionally gives one state per item (same
-    length as ``items``) so charts can colour by it; empty means "no state".
-    """
-
-    name: str
-    items: tuple[LaneItem, ...] = ()
-    states: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        items = tuple((str(label), float(a), float(b)) for label, a, b in self.items)
-        for label, a, b in items:
-            if b < a:
-                raise ReportError(
-                    f"lane {self.name!r}: item {label!r} ends ({b}) before it starts ({a})"
-                )
-        object.__setattr__(self, "items", items)
-        object.__setattr__(self, "states", tuple(self.states))
-        if self.states and len(self.states) != len(items):
-            raise ReportError(
-                f"lane {self.name!r}: {len(self.states)} states for {len(items)} items"
-            )
-
-
-LaneLike = Lane | tuple[str, Sequence[LaneItem]]
-"""A :class:`Lane`, or a ``(name, items)`` pair."""
-
-
-def as_lanes(lanes: Sequence[LaneLike]) -> list[Lane]:
-    """Accept ``Lane`` objects or ``(name, items)`` pairs; return ``Lane`` objects."""
-    out: list[Lane] = []
-    for lane in lanes:
-        if isinstance(lane, Lane):
-            out.append(lane)
-        else:
-            name, items = lane
-            out.append(Lane(name, tuple(items)))
-    return out
