@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from rota.engine.sweep_prune import ReportReader
-from rota.engine.sweep_space import check_param, grid_values, study_name
+from rota.engine.sweep_space import check_param, grid_values
 from rota.errors import SpecError
 from rota.spec.model import ParamSpec, SweepSpec, Task
+from rota.studies.names import study_name
 
 
 @pytest.mark.parametrize(("p", "why"), [

@@ -1,8 +1,8 @@
-"""Study names and resume seeds of sweeps (rota.engine.sweep_studies): pure functions."""
+"""Study names and resume seeds of sweeps (rota.studies.names): pure functions."""
 
 from __future__ import annotations
 
-from rota.engine.sweep_studies import (
+from rota.studies.names import (
     base_of,
     generation_of,
     group_studies,

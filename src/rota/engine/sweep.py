@@ -3,19 +3,19 @@
 A task with ``sweep: {trials: N, ...}`` expands into N *slots*
 (``<name>-trial-<i>``). Each launch of a slot asks the study for one Optuna
 trial; the slot's exit and metric are told back. Optuna (the ``sweep`` extra) is
-imported through :mod:`rota.engine.sweep_storage` only.
+imported through :mod:`rota.studies.storage` only.
 
 Storage: Optuna's RDB storage on SQLite, ``<state_dir>/optuna.db``. Each
 commit is atomic and durable; a ``tell`` is one, an ``ask`` several (the
 trial, each parameter, the user attributes), so a controller killed inside an
 ask leaves a RUNNING trial with some parameters, which the next launch takes
-over (see :mod:`rota.engine.sweep_studies`). The controller is the only
+over (see :mod:`rota.studies.names`). The controller is the only
 writer (readers such as ``rota report`` only read).
 
 Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
 
 - ``params_for``: ``study.ask()`` with the spec's distributions (or a trial a
-  killed controller asked but never launched, see :mod:`rota.engine.sweep_studies`);
+  killed controller asked but never launched, see :mod:`rota.studies.names`);
   returns the sampled values plus ``_optuna_trial`` (the trial number) and
   ``_optuna_study`` (the study's name). The engine commits that dict with the
   ``launching`` state, so the slot attempt <-> Optuna trial mapping is durable;
@@ -30,7 +30,7 @@ Contract with the engine (hook methods, see :mod:`rota.engine.loop`):
 - ``adopted``: nothing; the adopted attempt keeps its trial and tells it later.
 - ``start`` (after adoption): pick each sweep's current study (a new one,
   ``<name>@2`` ..., when the run starts the sweep over; see
-  :mod:`rota.engine.sweep_studies`, which also says how a resumed study is
+  :mod:`rota.studies.names`, which also says how a resumed study is
   re-seeded so it never asks the same parameters again), then reconcile trials
   a killed controller left ``RUNNING``: told from the rota store when the
   slot's attempt ended (succeeded -> its stored metric), kept when the slot is
@@ -59,10 +59,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rota.engine import sweep_studies as G
 from rota.engine.sweep_prune import ReportReader
-from rota.engine.sweep_space import distributions, make_pruner, make_sampler, study_name
-from rota.engine.sweep_storage import (  # noqa: F401 - INSTALL_HINT, storage_url: re-exported, as before
+from rota.engine.sweep_space import distributions, make_pruner, make_sampler
+from rota.executors.base import Status
+from rota.spec.model import SweepSpec
+from rota.store import base as S
+from rota.studies import names as G
+from rota.studies.names import TRIAL_KEY, study_name
+from rota.studies.storage import (  # noqa: F401 - INSTALL_HINT, storage_url: re-exported, as before
     DB_NAME,
     INSTALL_HINT,
     import_optuna,
@@ -70,14 +74,10 @@ from rota.engine.sweep_storage import (  # noqa: F401 - INSTALL_HINT, storage_ur
     storage_errors,
     storage_url,
 )
-from rota.executors.base import Status
-from rota.spec.model import SweepSpec
-from rota.store import base as S
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-TRIAL_KEY = "_optuna_trial"
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -1,6 +1,5 @@
-"""A sweep's search space, sampler, pruner and naming.
+"""A sweep's search space, sampler and pruner (naming: :mod:`rota.studies.names`).
 
-``study_name`` maps a slot task (``<name>-trial-<i>``) to its study;
 ``check_param`` says why one ``params:`` entry is invalid; ``grid_values``
 lists the points ``sampler: grid`` walks. The Optuna builders take the
 imported ``optuna`` module as an argument: this module never imports it (only
@@ -12,13 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rota.errors import RotaError, SpecError
-from rota.spec.model import SweepSpec, Task, check_param
-
-
-def study_name(task: Task) -> str:
-    """The study a sweep slot belongs to: its name without ``-trial-<i>``."""
-    suffix = f"-trial-{task.trial}"
-    return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
+from rota.spec.model import SweepSpec, check_param
 
 
 def grid_values(sweep: SweepSpec, *, file: str | None, task: str | None) -> dict[str, list[Any]]:
@@ -62,7 +55,7 @@ def make_sampler(optuna: Any, sweep: SweepSpec, *, file: str | None = None, task
     """The sampler the spec names (TPE by default, with a constant liar for parallel trials).
 
     ``seed`` overrides the spec's ``seed`` (a resumed study is re-seeded, see
-    :mod:`rota.engine.sweep_studies`).
+    :mod:`rota.studies.names`).
     """
     s = sweep.seed if seed is _SPEC_SEED else seed
     if sweep.sampler == "random":

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rota.engine.sweep_space import study_name
 from rota.spec.model import Task
+from rota.studies.names import study_name
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Cap:
 def concurrency_caps(tasks: Sequence[Task]) -> dict[str, Cap]:
     """Task name -> its cap, for every task a run would gate (sweep trials with ``parallel:``).
 
-    The group is the study (:func:`rota.engine.sweep_space.study_name`, as the
+    The group is the study (:func:`rota.studies.names.study_name`, as the
     engine groups them) and the order the trial number, as ``may_launch`` sorts them.
     """
     out: dict[str, Cap] = {}

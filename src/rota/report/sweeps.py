@@ -4,7 +4,7 @@ Reads the Optuna study storage (``<state_dir>/optuna.db``) without writing to
 it, joined with rota's store for the slot task names, so it is safe while a
 controller is running. Optuna is imported through :mod:`rota.engine.sweep`.
 A sweep run again from scratch (``--rerun``, a changed command) has a new
-study (``hpo@2``, see :mod:`rota.engine.sweep_studies`); the report shows each
+study (``hpo@2``, see :mod:`rota.studies.names`); the report shows each
 sweep's current study and names the earlier ones.
 """
 
@@ -19,9 +19,8 @@ from rota.errors import RotaError
 
 def _task_names(state_dir: Path) -> dict[tuple[str, int], str]:
     """(sweep, trial number) -> rota task name, from the store's committed params."""
-    from rota.engine.sweep import TRIAL_KEY
-    from rota.engine.sweep_studies import trial_ref
     from rota.store.sqlite import DB_NAME, SqliteStore
+    from rota.studies.names import TRIAL_KEY, trial_ref
 
     if not (state_dir / DB_NAME).exists():
         return {}
@@ -58,8 +57,8 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
     sd = Path(state_dir)
     if not (sd / "optuna.db").exists():
         return []
-    from rota.engine.sweep import import_optuna, open_storage
-    from rota.engine.sweep_studies import NOT_RUN_ATTR, group_studies
+    from rota.studies.names import NOT_RUN_ATTR, group_studies
+    from rota.studies.storage import import_optuna, open_storage
 
     optuna = import_optuna()
     try:

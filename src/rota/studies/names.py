@@ -38,11 +38,21 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rota.spec.model import Task
 
 STUDY_KEY = "_optuna_study"  # in a slot's stored params: the Optuna study its trial is in
+TRIAL_KEY = "_optuna_trial"  # in a slot's stored params: its trial's number in that study
 NOT_RUN_ATTR = "rota_not_run"
 _GEN_SUFFIX = re.compile(r"^(?P<base>.+)@(?P<gen>[0-9]+)$")
+
+
+def study_name(task: Task) -> str:
+    """The sweep a slot task (``<name>-trial-<i>``) belongs to: its name without ``-trial-<i>``."""
+    suffix = f"-trial-{task.trial}"
+    return task.name[: -len(suffix)] if task.name.endswith(suffix) else task.name
 
 
 def resumed_seed(seed: int, n_trials: int) -> int:
