@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rota.core.resources import Machine
+from rota.logtail import tail  # noqa: F401 - the engine reads log tails as A.tail
 from rota.spec.model import Task
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -366,19 +367,6 @@ def _metric_lines(f: Any, max_bytes: int) -> Iterator[bytes]:
                     yield line
     if pending.startswith(b"ROTA_METRIC") and not skipping:
         yield pending
-
-
-def tail(path: str | None, max_bytes: int = 64 * 1024) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def is_oom(log_tail: str) -> bool:

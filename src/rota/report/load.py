@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rota.core.resources import Gpu, Machine
-from rota.engine.attempt import tail
+from rota.logtail import tail
 from rota.report.model import FAILED_STATES, GpuInfo, GpuSample, ReportData, TaskRow
 from rota.store.sqlite import SqliteStore
 
