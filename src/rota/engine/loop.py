@@ -28,7 +28,7 @@ from rota.engine.recovery import Recovery
 from rota.engine.state import EXIT_FAILED, EXIT_OK, STORAGE_ERRNOS, Live, Options
 from rota.engine.wake import Waker
 from rota.executors.base import Executor
-from rota.executors.local import discard_rc_files
+from rota.executors.common import discard_rc_files
 from rota.spec.graph import critical_path_ranks
 from rota.spec.load import Spec
 from rota.store import base as S

@@ -40,6 +40,7 @@ import psutil
 
 from rota.executors import exits
 from rota.executors.base import Handle, Launch, Status, inherited_env
+from rota.executors.common import discard_rc_files, read_rc, status_from_code
 
 PROLOGUE = (
     exits.TRAP
@@ -49,41 +50,6 @@ PROLOGUE = (
 NAME = "local"
 # A process whose start is this close to our spawn time is ours (pids are not reused that fast).
 PID_REUSE_TOLERANCE_S = 2.0
-
-
-def rc_path_for(log_path: str) -> str:
-    """Where SLURM and Ray attempts (and local ones of rota 0.1) write their exit status."""
-    return log_path + ".rc"
-
-
-def _read_rc(path: str) -> int | None:
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def discard_rc_files(handles: Sequence[Handle]) -> None:
-    """``discard_status`` for attempts that write ``<log>.rc`` (SLURM, Ray): remove a failure's file."""
-    for h in handles:
-        path = str(h.data.get("rc_path") or "")
-        if path and _read_rc(path) not in (None, 0):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _status_from_code(code: int) -> Status:
-    if code == 0:
-        return Status("succeeded", 0, "exit 0")
-    if code < 0:
-        return Status("failed", 128 - code, f"signal {-code}")
-    if code > 128 and code - 128 < 65:
-        return Status("failed", code, f"exit {code} (signal {code - 128})")
-    return Status("failed", code, f"exit {code}")
 
 
 class LocalExecutor:
@@ -186,7 +152,7 @@ class LocalExecutor:
         """The exit status the attempt's bash recorded, if it did (rota 0.1 handles: its ``.rc`` file)."""
         if h.data.get("exit_log"):
             return self._exit_log(str(h.data["exit_log"])).status(h.key, float(h.data.get("spawned_at") or 0.0))
-        return _read_rc(str(h.data.get("rc_path", "")))
+        return read_rc(str(h.data.get("rc_path", "")))
 
     def discard_status(self, handles: Sequence[Handle]) -> None:
         """Forget the recorded failures of attempts rota stopped itself, so a next run counts them as lost.
@@ -218,7 +184,7 @@ class LocalExecutor:
                 # waitpid's status is the one the EXIT trap writes (TERM/INT/HUP exit as 128+n);
                 # the file matters only to a controller that did not start the attempt.
                 _reap_group(int(h.data["pgid"]))
-                out[h.key] = _status_from_code(ended[h.key])
+                out[h.key] = status_from_code(ended[h.key])
                 continue
             if h.key in ours:
                 out[h.key] = Status("running")
@@ -231,7 +197,7 @@ class LocalExecutor:
             if rc is None:
                 out[h.key] = Status("lost", None, "vanished (no exit status recorded)")
             else:
-                out[h.key] = _status_from_code(rc)
+                out[h.key] = status_from_code(rc)
         return out
 
     def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:

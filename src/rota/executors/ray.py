@@ -84,7 +84,7 @@ from typing import Any
 from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
 from rota.executors.base import Handle, Launch, Status
-from rota.executors.local import _read_rc, _status_from_code, rc_path_for
+from rota.executors.common import rc_path_for, read_rc, status_from_code
 from rota.executors.ray_connect import connect, error_of, wake_main_thread
 from rota.executors.ray_supervisor import Supervisor
 from rota.executors.ray_task import need_ray, ray, rex
@@ -245,7 +245,7 @@ class RayExecutor:
             if time.time() >= settle:
                 break
             time.sleep(0.1)
-        return _read_rc(str(handle.data.get("rc_path", ""))) is not None
+        return read_rc(str(handle.data.get("rc_path", ""))) is not None
 
     def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0) -> Handle | None:
         """The handle of an attempt a dead controller submitted but never recorded (``launching``, no handle).
@@ -266,7 +266,7 @@ class RayExecutor:
             if time.time() >= started_at + SUBMIT_SETTLE_S:
                 break
             time.sleep(0.2)
-        if rc_path and _read_rc(rc_path) is not None:
+        if rc_path and read_rc(rc_path) is not None:
             return Handle(key, NAME, f"rc:{key}", {"supervisor": "", "namespace": self.namespace,
                                                    "rc_path": rc_path, "submitted_at": started_at})
         return None
@@ -376,20 +376,20 @@ class RayExecutor:
         if got is not None and got.get("running") or got is None and h.external_id in self._unconfirmed:
             return Status("running", started_at=self._seen_start(h))
         if got is None:  # the supervisor does not know it (cluster restarted): the rc file may
-            rc = _read_rc(str(h.data.get("rc_path", "")))
+            rc = read_rc(str(h.data.get("rc_path", "")))
             if rc is None:
                 return Status("lost", None, "vanished from Ray (no exit status recorded)", retry_free=True)
-            return _status_from_code(rc)
+            return status_from_code(rc)
         code, start, end = got.get("code"), got.get("started_at"), got.get("ended_at")
         if code is None:
-            code = _read_rc(str(h.data.get("rc_path", "")))
+            code = read_rc(str(h.data.get("rc_path", "")))
         if got.get("lost"):
             return Status("lost", code, got.get("error", "lost"), True, start, end)
         if got.get("error") == "timeout":
             return Status("failed", code, "timeout", False, start, end)
         if code is None:
             return Status("failed", None, got.get("error") or "failed", False, start, end)
-        st = _status_from_code(int(code))
+        st = status_from_code(int(code))
         if got.get("error") == "cancelled" and st.phase == "succeeded":
             return Status("failed", code, "cancelled", False, start, end)
         return Status(st.phase, st.exit_code, st.reason, False, start, end)

@@ -40,6 +40,7 @@ from typing import Literal
 
 from rota.errors import ExecutorError
 from rota.executors.base import Launch
+from rota.executors.common import rc_path_for
 from rota.executors.slurm_parse import (
     FAILED_REASONS,
     JOB_SCRIPTS_FORMAT,
@@ -101,11 +102,6 @@ rota_run() {  # rota_run RC_PATH WORKDIR COMMAND: the exit status lands in RC_PA
   printf '%s\\n' "$rc" >"$1.tmp" && mv -f -- "$1.tmp" "$1"
   return "$rc"
 }"""
-
-
-def rc_path_for(log_path: str) -> str:
-    """Where the exit status of the launch logging to ``log_path`` is written."""
-    return log_path + ".rc"
 
 
 def time_limit_minutes(launch: Launch) -> int | None:

@@ -1,0 +1,54 @@
+"""What several executors share, public so none imports another's private names.
+
+The ``<log>.rc`` exit-status file (written by SLURM and Ray attempts, and by local
+attempts of rota 0.1), reading it, discarding a failure's file, and turning an exit
+code into a :class:`~rota.executors.base.Status`. The engine uses :func:`discard_rc_files`
+as the default ``discard_status`` without importing a concrete executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rota.executors.base import Handle, Status
+
+
+def rc_path_for(log_path: str) -> str:
+    """Where the exit status of the attempt logging to ``log_path`` is written."""
+    return log_path + ".rc"
+
+
+def read_rc(path: str) -> int | None:
+    """The exit status in an ``.rc`` file; ``None`` when it is missing, unreadable or not a number yet."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def discard_rc_files(handles: Sequence[Handle]) -> None:
+    """``discard_status`` for attempts that write ``<log>.rc`` (SLURM, Ray): remove a failure's file."""
+    for h in handles:
+        path = str(h.data.get("rc_path") or "")
+        if path and read_rc(path) not in (None, 0):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def status_from_code(code: int) -> Status:
+    """A process's exit code as a Status: 0 succeeded; negative (killed by signal N) and
+    128+N (a shell reporting signal N) failed, saying which signal."""
+    if code == 0:
+        return Status("succeeded", 0, "exit 0")
+    if code < 0:
+        return Status("failed", 128 - code, f"signal {-code}")
+    if code > 128 and code - 128 < 65:
+        return Status("failed", code, f"exit {code} (signal {code - 128})")
+    return Status("failed", code, f"exit {code}")
