@@ -327,6 +327,11 @@ class SqliteStore:
     def gpu_samples(self) -> list[tuple[float, int, float | None, int | None, int | None]]:
         return [tuple(r) for r in self.conn.execute("SELECT * FROM gpu_samples ORDER BY ts, gpu")]  # type: ignore[misc]
 
+    def set_peak_gpu_memory(self, task: str, attempt: int, peak_bytes: int) -> None:
+        """Record the most GPU memory attempt ``attempt`` of ``task`` was seen using (the GPU monitor)."""
+        self.conn.execute("UPDATE attempts SET peak_gpu_memory_bytes=? WHERE task=? AND attempt=?",
+                          (peak_bytes, task, attempt))
+
     def history(self, command: str) -> list[dict[str, Any]]:
         """Finished successful attempts of any task with this command (learned estimates)."""
         rows = self.conn.execute(
