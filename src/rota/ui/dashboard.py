@@ -14,10 +14,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from rota.units import format_duration, format_size
 from rota.store import base as S
 from rota.ui.plain import PlainUI, event_line
 from rota.ui.snapshot import EtaTracker, Snapshot, snapshot
+from rota.ui.view import RunView
+from rota.units import format_duration, format_size
 
 __all__ = ["LiveUI", "PlainUI", "event_line", "render"]
 
@@ -97,19 +98,19 @@ class LiveUI:
         self.gpu_live: dict[int, tuple[float, int]] = {}
         self.eta = EtaTracker()
 
-    def start(self, engine: Any) -> None:
+    def start(self, engine: RunView) -> None:
         self._live = Live(render(snapshot(engine, eta=self.eta)), console=self.console, auto_refresh=False, transient=False)
         self._live.start()
 
-    def event(self, engine: Any, ev: tuple[float, str, str, str]) -> None:
+    def event(self, engine: RunView, ev: tuple[float, str, str, str]) -> None:
         if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout", "halt") and self._live is not None:
             self._live.console.print(event_line(ev))
 
-    def refresh(self, engine: Any) -> None:
+    def refresh(self, engine: RunView) -> None:
         if self._live is not None:
             self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
 
-    def stop(self, engine: Any) -> None:
+    def stop(self, engine: RunView) -> None:
         if self._live is not None:
             self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
             self._live.stop()

@@ -1,4 +1,4 @@
-"""A frozen picture of a run, built from the engine, rendered by pure functions."""
+"""A frozen picture of a run, built from the engine (read through :class:`rota.ui.view.RunView`), rendered by pure functions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rota.store import base as S
+from rota.ui.view import RunView
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class EtaTracker:
         self._cost_s = 0.0
         self._seen: tuple[int, int] = (-1, -1)  # (finished, running) at the last computation
 
-    def eta_s(self, engine: Any, now: float) -> float | None:
+    def eta_s(self, engine: RunView, now: float) -> float | None:
         finished = sum(1 for lv in engine.live.values() if lv.state in S.FINAL)
         seen = (finished, len(engine.running))
         wait = max(self.min_interval_s, 20 * self._cost_s)
@@ -93,7 +94,7 @@ class EtaTracker:
             return None
         return max(self._value - (now - self._at), 0.0)
 
-    def _learn_history(self, engine: Any) -> dict[str, float]:
+    def _learn_history(self, engine: RunView) -> dict[str, float]:
         if self._history is None:
             import statistics
 
@@ -109,7 +110,7 @@ class EtaTracker:
         return self._history
 
 
-def _remaining(engine: Any, now: float, history_s: dict[str, float]) -> float | None:
+def _remaining(engine: RunView, now: float, history_s: dict[str, float]) -> float | None:
     from rota.plan.eta import Progress, remaining_s
 
     tasks = [lv.task for lv in engine.live.values()]
@@ -121,9 +122,9 @@ def _remaining(engine: Any, now: float, history_s: dict[str, float]) -> float | 
 
 
 def snapshot(
-    engine: Any, gpu_live: dict[int, tuple[float, int]] | None = None, eta: EtaTracker | None = None
+    engine: RunView, gpu_live: dict[int, tuple[float, int]] | None = None, eta: EtaTracker | None = None
 ) -> Snapshot:
-    """Build a Snapshot from an Engine (duck-typed to keep ui/ free of engine imports).
+    """Build a Snapshot from a running engine (read through :class:`~rota.ui.view.RunView`, so ui/ imports no engine).
     ``eta``: the tracker that throttles the ETA (a fresh one computes it now)."""
     now = time.time()
     m = engine.machine
