@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401 - session fixture
-from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
-
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 
 
@@ -44,7 +41,7 @@ def test_chaos_short(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str) -> None:  # noqa: F811
+def test_chaos_short_on_ray(capsys: pytest.CaptureFixture[str], ray_cluster: str) -> None:
     """The same, with --backend ray: controller kills are adopted through the supervisor actor."""
     _chaos_holds(capsys, "--runs", "1", "--ray", ray_cluster)
 

@@ -10,8 +10,6 @@ import pytest
 import yaml
 
 from tests.helpers import rota
-from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401  (session fixture)
-from tests.ray_cluster import ray_cluster  # noqa: F401  (session fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.ray]
@@ -36,7 +34,7 @@ def _groups(state_dir: Path) -> dict:
             for g in rep["groups"]}
 
 
-def test_suite_same_results_on_local_slurm_and_ray(suite, tmp_path, slurm_cluster, ray_cluster):  # noqa: F811
+def test_suite_same_results_on_local_slurm_and_ray(suite, tmp_path, slurm_cluster, ray_cluster):
     runs = {
         "local": ["--gpus", "4x80GB", "--cpus", "16"],
         "slurm": ["--backend", "slurm", "--gpus", "4x80GB"],

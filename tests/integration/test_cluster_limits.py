@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROTA, read_records, rota, write_spec
-from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401  (session fixture)
-from tests.ray_cluster import ray_cluster  # noqa: F401  (session fixture)
 
 REC = str(Path(__file__).resolve().parent.parent / "recorder.py")
 PY = sys.executable
@@ -120,7 +118,7 @@ def test_what_the_caps_rule_out_is_refused_before_anything_runs(tmp_path, backen
 
 
 @pytest.mark.slurm
-def test_cpu_task_on_slurm_gets_empty_cuda_visible_devices(tmp_path, slurm_cluster):  # noqa: F811
+def test_cpu_task_on_slurm_gets_empty_cuda_visible_devices(tmp_path, slurm_cluster):
     """SLURM sets CUDA_VISIBLE_DEVICES only for jobs that asked for GPUs; a CPU task gets it empty, as on the
     local and Ray backends, so it never uses a GPU it did not book. A GPU task keeps the one SLURM granted."""
     spec = write_spec(tmp_path, """

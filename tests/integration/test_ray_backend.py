@@ -23,7 +23,6 @@ from tests.helpers import (
     wait_for,
     write_spec,
 )
-from tests.ray_cluster import ray_cluster  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +35,7 @@ def ray_run(spec: Path, address: str, state: Path, *extra: str, timeout: float =
                 *extra, timeout=timeout)
 
 
-def test_memory_shared_gpu_tasks_pack_on_ray(tmp_path, ray_cluster):  # noqa: F811
+def test_memory_shared_gpu_tasks_pack_on_ray(tmp_path, ray_cluster):
     """8 tasks of 40GB on 4 declared 80GB GPUs: Ray gets num_gpus=0.5, two share a GPU at once."""
     rec = tmp_path / "rec"
     rec.mkdir()
@@ -77,7 +76,7 @@ def test_memory_shared_gpu_tasks_pack_on_ray(tmp_path, ray_cluster):  # noqa: F8
     assert all(t["state"] == "succeeded" for t in by_name(tmp_path / "st").values())
 
 
-def test_failures_and_retries_on_ray(tmp_path, ray_cluster):  # noqa: F811
+def test_failures_and_retries_on_ray(tmp_path, ray_cluster):
     count = tmp_path / "count"
     spec = write_spec(tmp_path, f"""
         tasks:
@@ -101,7 +100,7 @@ def test_failures_and_retries_on_ray(tmp_path, ray_cluster):  # noqa: F811
     assert st["after-bad"]["state"] == "skipped"
 
 
-def test_controller_killed_then_rerun_adopts(tmp_path, ray_cluster):  # noqa: F811
+def test_controller_killed_then_rerun_adopts(tmp_path, ray_cluster):
     """kill -9 of `rota run` while tasks run on Ray: the rerun adopts them, reruns nothing."""
     rec = tmp_path / "rec"
     rec.mkdir()
@@ -147,7 +146,7 @@ def test_controller_killed_then_rerun_adopts(tmp_path, ray_cluster):  # noqa: F8
         assert lines.count("start") == 1 and lines.count("end") == 1, (name, lines)
 
 
-def test_timeout_and_interrupt_stop_ray_tasks(tmp_path, ray_cluster):  # noqa: F811
+def test_timeout_and_interrupt_stop_ray_tasks(tmp_path, ray_cluster):
     """A task past its timeout is stopped (cancel from the engine's thread); Ctrl-C stops the rest."""
     marker = tmp_path / "marker"
     spec = write_spec(tmp_path, f"""
@@ -199,7 +198,7 @@ def _max_overlap(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
-def test_queue_ahead_keeps_ray_fed_and_records_real_starts(tmp_path, ray_cluster):  # noqa: F811
+def test_queue_ahead_keeps_ray_fed_and_records_real_starts(tmp_path, ray_cluster):
     """rota books one extra CPU slot per cluster CPU: 8 one-CPU tasks on 4 CPUs are all submitted at
     once, Ray runs at most 4 together, and each attempt's recorded run starts when Ray started it."""
     rec = tmp_path / "rec"
@@ -232,7 +231,7 @@ def test_queue_ahead_keeps_ray_fed_and_records_real_starts(tmp_path, ray_cluster
     assert waited, "no attempt waited in Ray's queue"
 
 
-def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path, ray_cluster):  # noqa: F811
+def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path, ray_cluster):
     """4 blockers fill the cluster's CPUs for 4s; a 1s task with a 2s timeout, submitted ahead,
     waits in Ray's queue longer than its timeout and still succeeds."""
     rec = tmp_path / "rec"
@@ -261,7 +260,7 @@ def test_time_waiting_in_rays_queue_does_not_count_against_the_timeout(tmp_path,
     assert by_name(state)["short"]["state"] == "succeeded"
 
 
-def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_cluster):  # noqa: F811
+def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_cluster):
     """4 blockers hold the cluster's 4 CPUs; 2 more tasks are booked ahead and wait in Ray's queue:
     `rota status` says queued (no duration) until each starts, and their durations count from then.
     Again on a rerun, where each attempt's log already exists from the first run."""
@@ -319,7 +318,7 @@ def test_status_shows_attempts_waiting_in_rays_queue_as_queued(tmp_path, ray_clu
             assert t["started_at"] >= min(final[f"block-{j}"]["ended_at"] for j in range(4)) - 0.5, (t, final)
 
 
-def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ray_cluster):  # noqa: F811
+def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ray_cluster):
     """4 blockers hold the cluster's 4 CPUs; 4 more tasks wait in Ray's queue (booked ahead); a
     0-CPU task fails meanwhile: --fail-fast halts, and the queued tasks never run (left pending)."""
     rec = tmp_path / "rec"
@@ -368,7 +367,7 @@ def _supervisors(address: str) -> set[str]:
     return {n for n in p.stdout.split() if n.startswith("rota-supervisor-")}
 
 
-def test_crash_before_handle_commit_finds_ray_attempts_again(tmp_path, ray_cluster):  # noqa: F811
+def test_crash_before_handle_commit_finds_ray_attempts_again(tmp_path, ray_cluster):
     """Handles of Ray attempts are committed with the next round, so a controller killed in between
     leaves them ``launching`` without one: the rerun asks the old supervisor by state folder and
     attempt key and adopts both the running attempt and the one that ended; neither runs twice."""
@@ -403,7 +402,7 @@ def test_crash_before_handle_commit_finds_ray_attempts_again(tmp_path, ray_clust
         "quick": ("succeeded", 1), "slow": ("succeeded", 1)}
 
 
-def test_unrecorded_ray_attempt_whose_supervisor_is_gone_is_found_by_its_exit_status_file(tmp_path, ray_cluster):  # noqa: F811,E501
+def test_unrecorded_ray_attempt_whose_supervisor_is_gone_is_found_by_its_exit_status_file(tmp_path, ray_cluster):  # noqa: E501
     """The attempt ended and its supervisor exited: the ``<log>.rc`` file is what is left, and is enough."""
     rec = tmp_path / "rec"
     rec.mkdir()

@@ -207,7 +207,8 @@ def test_sigkill_controller_then_resume(tmp_path):
     sd = tmp_path / ".rota"
     proc = start_rota("run", spec, "--plain", "--cpus", "3")
     wait_for(lambda: len(read_records(rec)) >= 3, timeout=60)
-    time.sleep(0.5)
+    # Some tasks finished; kill the controller once later ones are running (they must be adopted).
+    wait_for(lambda: any(t["state"] == "running" for t in by_name(sd).values()), timeout=60)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = by_name(sd)

@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_records, write_spec
-from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401  (session fixture)
+from tests.helpers import read_records, wait_for, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 REC = str(ROOT / "tests" / "recorder.py")
 pytestmark = pytest.mark.slurm
 
 
-def test_sbatch_script_runs_rota_inside_the_allocation(tmp_path, slurm_cluster):  # noqa: F811
+def test_sbatch_script_runs_rota_inside_the_allocation(tmp_path, slurm_cluster):
     rec = tmp_path / "rec"
     rec.mkdir()
     spec = write_spec(tmp_path, f"""
@@ -39,12 +37,8 @@ def test_sbatch_script_runs_rota_inside_the_allocation(tmp_path, slurm_cluster):
     out = subprocess.run(["sbatch", "--parsable", str(script), str(spec), "--gpus", "2x80GB"],
                          capture_output=True, text=True, check=True, cwd=tmp_path)
     job = out.stdout.strip().split(";")[0]
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
-        if not q.stdout.strip():
-            break
-        time.sleep(0.5)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
+             timeout=180, interval=0.5)
     log = (tmp_path / f"rota-{job}.out").read_text()
     assert "4 succeeded" in log, log
     recs = read_records(rec)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import rota.shard as shard
 from rota.errors import RotaError
 from rota.shard import MergeError, ShardError
+from tests.helpers import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -211,11 +212,7 @@ def test_sigkill_midway_redoes_at_most_one_chunk(tmp_path: Path, kill_after: int
     out = tmp_path / "out"
     env = {**os.environ, "ROTA_OUT": str(out), "ROTA_SHARD_INDEX": "0", "ROTA_SHARD_COUNT": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(side)], env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if side.exists() and len(side.read_text().splitlines()) >= kill_after:
-            break
-        time.sleep(0.005)
+    wait_for(lambda: side.exists() and len(side.read_text().splitlines()) >= kill_after, timeout=60, interval=0.005)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     first = side.read_text().splitlines()
