@@ -18,9 +18,10 @@ from typing import Any
 import psutil
 
 from rota.core.resources import Machine
+from rota.engine.hooks import Hook
 
 
-class GpuMonitor:
+class GpuMonitor(Hook):
     def __init__(self, machine: Machine, interval_s: float = 1.0, window_s: float = 10.0) -> None:
         self.machine = machine
         self.interval_s = interval_s

@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rota.engine.hooks import Hook
 from rota.engine.sweep_prune import ReportReader
 from rota.engine.sweep_space import distributions, make_pruner, make_sampler
 from rota.executors.base import Status
@@ -90,7 +91,7 @@ def _guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class SweepHook:
+class SweepHook(Hook):
     """Engine hook that drives one Optuna study per sweep (see the module docstring)."""
 
     commit_before_finished = True  # tells the study: the engine commits the attempt's end first

@@ -12,25 +12,25 @@ the spec or the UI. Three operations, all batch-friendly (submitit style):
 - ``cancel(handles, grace_s)``: SIGTERM-then-SIGKILL (or scancel / ray.cancel)
   for every handle; returns when they are gone or the grace period is over.
 
-``submit_many(launches) -> [Handle]`` is optional: when an executor has it, the
-engine hands it every launch decided in one scheduling round, so a backend can
-batch (one ``sbatch --array`` for many tasks of one matrix).
+``submit_many(launches) -> [Handle]``: the engine hands it every launch decided
+in one scheduling round, so a backend can batch (one ``sbatch --array`` for many
+tasks of one matrix); the default submits each.
 
 ``adopt(handle) -> bool`` is called on a handle left by a dead controller: it
 returns True when the attempt can be followed again (still running or its
 result is readable), False when it is gone without a trace.
 
-``queues = True`` (optional attribute) says a submitted attempt may wait in the
+``queues = True`` says a submitted attempt may wait in the
 backend's own queue (SLURM's PENDING): the engine then starts a task's
 ``timeout`` at the ``started_at`` that ``poll`` reports with ``running``, not
 at submission, so time spent queued never counts against it.
 
-``enforces_timeout = True`` (optional attribute) says the backend itself stops
+``enforces_timeout = True`` says the backend itself stops
 an attempt ``launch.timeout_s`` after it really starts (SIGTERM to its group,
 ``launch.grace_s``, SIGKILL) and reports that end with reason ``"timeout"``; the
 engine then arms no deadline of its own (Ray: the task's wrapper does it).
 
-``queue_ahead = F`` (optional attribute, a fraction) lets the engine book
+``queue_ahead = F`` (a fraction) lets the engine book
 ``ceil(cpus * F)`` CPU slots beyond the backend's capacity (GPUs and RAM never):
 the backend's own queue holds those attempts and starts each as soon as a CPU
 frees, without a round trip through the controller. Only an executor that also
@@ -39,14 +39,16 @@ executor must also honour ``launch.halt_path``: once that file exists (the run
 launches nothing more: ``--fail-fast``, ``rota stop --drain``), an attempt that
 has not started yet must not start; it ends ``lost`` ("not started").
 
-Every executor passes ``tests/contract/test_executor_contract.py``.
+Every executor subclasses :class:`Executor`, whose defaults declare each of these
+capabilities (and ``kill_now``, ``recover``, ``stop_unrecorded``, ``discard_status``),
+and passes ``tests/contract/test_executor_contract.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 Phase = Literal["running", "succeeded", "failed", "lost"]
 
@@ -134,16 +136,76 @@ class Status:
     ended_at: float | None = None
 
 
-@runtime_checkable
-class Executor(Protocol):
-    name: str
+class Executor:
+    """The base class of every executor (submitit's ``Executor`` is the model).
 
-    def submit(self, launch: Launch) -> Handle: ...
+    Subclasses implement :meth:`submit`, :meth:`poll`, :meth:`cancel`, :meth:`adopt`
+    and set :attr:`name`; everything else is a declared capability with a default
+    that the engine relies on (it calls each one directly, never probes for it).
+    """
 
-    def poll(self, handles: Sequence[Handle]) -> dict[str, Status]: ...
+    name: str = "?"
 
-    def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None: ...
+    queues: bool = False
+    """A submitted attempt may wait in the backend's own queue (SLURM's PENDING): its timeout
+    starts at the ``started_at`` that :meth:`poll` reports with ``running``."""
 
-    def adopt(self, handle: Handle) -> bool: ...
+    enforces_timeout: bool = False
+    """The backend stops an attempt ``launch.timeout_s`` after it really starts and reports
+    reason ``"timeout"``; the engine arms no deadline of its own."""
 
-    def close(self) -> None: ...
+    queue_ahead: float = 0.0
+    """A fraction: the engine may book ``ceil(cpus * F)`` CPU slots beyond :meth:`capacity`
+    (only with :attr:`enforces_timeout`; attempts honour ``launch.halt_path``)."""
+
+    def submit(self, launch: Launch) -> Handle:
+        raise NotImplementedError
+
+    def submit_many(self, launches: Sequence[Launch]) -> list[Handle]:
+        """Every launch of one scheduling round (a backend may batch them: one ``sbatch --array``).
+        Default: :meth:`submit` each."""
+        return [self.submit(la) for la in launches]
+
+    @property
+    def batches_submits(self) -> bool:
+        """Whether :meth:`submit_many` is the executor's own (it is overridden): the engine then hands
+        it a round's launches at once; otherwise it submits each, so one failure is that task's alone."""
+        return type(self).submit_many is not Executor.submit_many
+
+    def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
+        raise NotImplementedError
+
+    def cancel(self, handles: Sequence[Handle], grace_s: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def kill_now(self, handles: Sequence[Handle]) -> None:
+        """A second Ctrl-C: stop these at once (SIGKILL). Default: nothing more than :meth:`cancel` does."""
+
+    def adopt(self, handle: Handle) -> bool:
+        raise NotImplementedError
+
+    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0, *,
+                attempt_id: int | None = None) -> Handle | None:
+        """The handle of attempt ``key`` whose handle a dead controller never committed, or None.
+        Default: None (such executors get their handles committed at once; see :attr:`finds_unrecorded`)."""
+        return None
+
+    @property
+    def finds_unrecorded(self) -> bool:
+        """Whether :meth:`recover` can find an attempt whose handle was never committed (it is
+        overridden): the engine may then stage handles and commit them with the next round."""
+        return type(self).recover is not Executor.recover
+
+    def stop_unrecorded(self, state_dir: str, key: str, *, attempt_id: int | None = None) -> None:
+        """Stop attempt ``key`` if a process of it exists although its handle was never committed.
+        Default: nothing (a backend whose attempts cannot outlive an unrecorded submit)."""
+
+    def discard_status(self, handles: Sequence[Handle]) -> None:
+        """Forget the exit status of attempts the engine stopped (the next run counts them lost).
+        Default: remove a failure's ``<log>.rc`` file (SLURM, Ray)."""
+        from rota.executors.common import discard_rc_files  # common imports this module
+
+        discard_rc_files(handles)
+
+    def close(self) -> None:
+        """Release the backend's resources at the end of a run."""

@@ -39,7 +39,7 @@ from pathlib import Path
 import psutil
 
 from rota.executors import exits
-from rota.executors.base import Handle, Launch, Status, inherited_env
+from rota.executors.base import Executor, Handle, Launch, Status, inherited_env
 from rota.executors.common import discard_rc_files, read_rc, status_from_code
 
 PROLOGUE = (
@@ -52,7 +52,7 @@ NAME = "local"
 PID_REUSE_TOLERANCE_S = 2.0
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Runs attempts as local process groups. Thread-safe for cancel()."""
 
     name = NAME

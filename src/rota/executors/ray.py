@@ -83,7 +83,7 @@ from typing import Any
 
 from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
-from rota.executors.base import Handle, Launch, Status
+from rota.executors.base import Executor, Handle, Launch, Status
 from rota.executors.common import rc_path_for, read_rc, status_from_code
 from rota.executors.ray_connect import connect, error_of, wake_main_thread
 from rota.executors.ray_supervisor import Supervisor
@@ -98,7 +98,7 @@ QUEUE_AHEAD = 1.0  # extra CPU slots the engine may book, as a fraction of the c
 CLOCK_SLACK_S = 1.0
 SUBMIT_SETTLE_S = 5.0  # a submission sent by a controller that then died has arrived (or never will) by then
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs attempts on a Ray cluster (``address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``).
 
     ``gpu_memory_bytes`` (int or ``"80GB"``) is each GPU's memory for rota's

@@ -75,7 +75,7 @@ from typing import Any
 from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
 from rota.executors import slurm_text as T
-from rota.executors.base import Handle, Launch, Status, inherited_env
+from rota.executors.base import Executor, Handle, Launch, Status, inherited_env
 from rota.executors.slurm_units import is_shared, plan_units, split_cancel
 
 NAME = "slurm"
@@ -83,7 +83,7 @@ DEFAULT_GPU_MEMORY = 80 * 2**30
 _INVALID_JOB = re.compile(r"invalid job id", re.IGNORECASE)
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     """Runs attempts as SLURM jobs. ``command_counts`` counts calls per SLURM command."""
 
     name = NAME
