@@ -97,6 +97,9 @@ class RecordingUI:
     def refresh(self, engine) -> None:
         self._record(engine)
 
+    def flush(self) -> None:
+        pass
+
     def event(self, engine, ev) -> None:
         pass
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Placement, Request
 from rota.engine import attempt as A
+from rota.engine import runstate as R
+from rota.engine.runstate import Transition
 from rota.engine.state import STORAGE_ERRNOS, EngineState, Live
 from rota.executors.base import Handle, Launch, Status
 from rota.spec.model import Task
-from rota.store import base as S
-from rota.store.sqlite import Change
 
 
 class Launching(EngineState):
@@ -44,15 +43,18 @@ class Launching(EngineState):
             return
         if self.delayed and any(self.live[n].not_before <= now for n in self.delayed):
             due = {n for n in self.delayed if self.live[n].not_before <= now}
-            self.delayed -= due
-            self._fresh |= due
+            self.rs.delayed -= due
+            self.rs.fresh |= due
             self._dirty = True
         if not self._dirty or not self.ready:
             return
         self._dirty = False
-        if self._fresh:
-            names = sorted(self._fresh, key=self.order.__getitem__)
-            self._fresh.clear()  # before _cache_hits: a skipped task's dependents become fresh in it
+        if self.rs.fresh:
+            names = sorted(self.rs.fresh, key=self.order.__getitem__)
+            self.rs.fresh.clear()  # before _cache_hits: a skipped task's dependents become fresh in it
+            again = [n for n in names if n in self._sorted_names]  # ready again (an OOM retry's new request)
+            if again:
+                self._drop_sorted(set(again))
             fresh = self._cache_hits([self.live[n] for n in names])
             new = [self._candidate(lv) for lv in fresh]
             self._sorted.extend(new)
@@ -60,10 +62,10 @@ class Launching(EngineState):
             for c in new:
                 self._sorted_names[c.name] = c.request
                 self._requests[c.request] += 1
-        gates = [g for g in (getattr(h, "may_launch", None) for h in self.hooks) if g is not None]
+        gates = [h for h in self.hooks if h.gates]
         cands = self._sorted
         if gates:
-            cands = [c for c in cands if all(g(self, self.live[c.name]) for g in gates)]
+            cands = [c for c in cands if all(g.may_launch(self, self.live[c.name]) for g in gates)]
         if not cands:
             return
         running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
@@ -84,26 +86,6 @@ class Launching(EngineState):
             else:
                 del self._requests[req]
 
-    def _make_ready(self, name: str, delay_until: float = 0.0) -> None:
-        self.ready.add(name)
-        self._dirty = True
-        lv = self.live[name]
-        lv.not_before = delay_until
-        if name in self._sorted_names:  # its request may have changed (OOM re-booking)
-            self._drop_sorted({name})
-        if delay_until > time.time():
-            self.delayed.add(name)
-            self._fresh.discard(name)
-        else:
-            self._fresh.add(name)
-
-    def _unready(self, name: str) -> None:
-        self.ready.discard(name)
-        self.delayed.discard(name)
-        self._fresh.discard(name)
-        if name in self._sorted_names:
-            self._drop_sorted({name})
-
     def _remaining(self, lv: Live, now: float) -> float | None:
         est = self.estimate_of(lv.task)
         if est is None or lv.started_at is None:
@@ -118,9 +100,10 @@ class Launching(EngineState):
                 rec = self.store.task(t.name)
                 now_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t))
                 if rec is not None and (rec.inputs_fp is None or rec.inputs_fp == now_fp):
-                    self.store.transition(t.name, expect=S.PENDING, event="cached", state=S.CACHED,
-                                          reason="outputs exist", inputs_fp=now_fp, ended_at=time.time())
-                    self._finish(lv, S.CACHED, "outputs exist; skipped")
+                    now = time.time()
+                    tr = R.cached(t.name, now_fp, now)
+                    self._apply([tr], commit_now=True)
+                    self._settle(tr, now)
                     continue
             keep.append(lv)
         return keep
@@ -133,17 +116,19 @@ class Launching(EngineState):
 
     def _start(self, placements: Sequence[Placement], now: float) -> None:
         launches: list[tuple[Live, Launch]] = []
-        changes = []
+        placed: list[Transition] = []
         for p in placements:
             lv = self.live[p.task]
             t = lv.task
-            attempt = lv.attempts + 1
+            # Numbers never restart (a reset keeps lv.attempt): attempt-N.log is one attempt's alone;
+            # the id, from the store, is unique in the state folder (executors find attempts by it).
+            attempt, attempt_id = lv.attempt + 1, self.store.new_attempt_id()
             key = f"{t.name}#{attempt}"
             out = A.out_dir(self.state_dir, t.name)
             log = A.log_path(self.state_dir, t.name, attempt)
             params = lv.params
             for hook in self.hooks:
-                got = getattr(hook, "params_for", lambda *_: None)(self, lv)
+                got = hook.params_for(self, lv)
                 if got is not None:
                     params = got
             req = self.request_of(lv)
@@ -152,7 +137,7 @@ class Launching(EngineState):
             public = {k: v for k, v in params.items() if not k.startswith("_")} if params else params
             env = A.task_env(
                 t, machine=self.machine, gpus=p.gpus, run_id=self.run_id, state_dir=self.state_dir, out=out,
-                attempt=attempt, key=key, needs_out=needs_out, params=public,
+                attempt=attempt, attempt_id=attempt_id, key=key, needs_out=needs_out, params=public,
                 gpu_memory_bytes=(p.gpu_bytes[0] if p.gpu_bytes else None),
             )
             command = A.render_command(t, out, public, run_id=self.run_id, attempt=attempt)
@@ -161,7 +146,8 @@ class Launching(EngineState):
             if p.gpus and req.gpu_memory_bytes is not None:
                 frac = min(1.0, req.gpu_memory_bytes / self.machine.gpu(p.gpus[0]).memory_bytes)
             launch = Launch(
-                key=key, task=t.name, attempt=attempt, command=command, env=env, workdir=t.workdir,
+                key=key, task=t.name, attempt=attempt, attempt_id=attempt_id, command=command, env=env,
+                workdir=t.workdir,
                 log_path=log, gpus=p.gpus, gpu_count=req.gpus, gpu_memory_bytes=req.gpu_memory_bytes,
                 gpu_fraction=frac, cpus=req.cpus, memory_bytes=req.memory_bytes, timeout_s=t.timeout_s,
                 grace_s=self.opt.grace_s, halt_path=self._halt_path,
@@ -170,56 +156,29 @@ class Launching(EngineState):
             # A backend that queues arms the timeout when the attempt really starts (see _poll);
             # one that enforces timeouts itself needs no deadline here.
             deadline = now + t.timeout_s if t.timeout_s and not (self._queues or self._enforces_timeout) else None
-            changes.append(Change(t.name, S.PENDING, "launching", {
-                "state": S.LAUNCHING, "attempts": attempt, "gpus": list(p.gpus), "gpu_bytes": list(p.gpu_bytes),
-                "cpus": p.cpus, "memory_bytes": p.memory_bytes, "started_at": now, "deadline": deadline,
-                "log_path": log, "out_dir": out, "params": params, "handle": None, "exit_code": None, "reason": "",
-                "ended_at": None,
-            }, {"attempt": attempt, "state": S.LAUNCHING, "gpus": list(p.gpus), "started_at": now,
-                "log_path": log, "command": t.command}))
-            lv.attempts, lv.placement, lv.started_at, lv.deadline = attempt, p, now, deadline
-            lv.log_path, lv.out, lv.params, lv.timed_out, lv.queued = log, out, params, False, self._queues
+            placed.append(R.placed(lv, p, attempt=attempt, attempt_id=attempt_id, now=now, deadline=deadline,
+                                   log_path=log, out=out, params=params))
             launches.append((lv, launch))
-        self._stage(*changes)
+        self._apply(placed)
         self._flush()  # ends of this round and the launches: one commit, before any process starts
         for lv, _ in launches:
             self._prepare_out(lv)
-            self.ran.add(lv.task.name)
-            self.ready.discard(lv.task.name)
-            self.delayed.discard(lv.task.name)
-            self._fresh.discard(lv.task.name)
-            lv.state = S.LAUNCHING
-            self.running[lv.task.name] = lv
         handles = self._submit([la for _, la in launches])
         full = [h for h in handles if isinstance(h, OSError) and h.errno in STORAGE_ERRNOS]
         if full:  # a log could not be written: the state folder's problem, not the tasks'
             for (lv, _la), h in zip(launches, handles, strict=True):
                 lv.handle = h if isinstance(h, Handle) else None
             raise full[0]
-        changes = []
-        for (lv, _launch), h in zip(launches, handles, strict=True):
-            if isinstance(h, Exception):
-                changes.append(Change(lv.task.name, S.LAUNCHING, "submit-failed", {
-                    "state": S.RUNNING, "handle": None}))
-                lv.handle = None
-                lv.reason = f"could not start: {h}"
-                continue
-            lv.handle = h
-            fields: dict[str, Any] = {"state": S.RUNNING, "handle": h.to_json()}
-            if lv.queued:  # `rota status` shows it queued until the backend starts it (Engine._started)
-                fields["reason"] = S.QUEUED_PREFIX + self.executor.name
-            changes.append(Change(lv.task.name, S.LAUNCHING, "running", fields,
-                                  {"attempt": lv.attempts, "state": S.RUNNING, "handle": h.to_json()}))
+        queued_in = self.executor.name if self._queues else ""
+        self._apply([R.submitted(lv, h, queued_in=queued_in) for (lv, _la), h in zip(launches, handles, strict=True)])
         # Staged, not committed now: a controller that dies first leaves these attempts "launching"
         # without a handle, and recovery finds them again (executor.recover: by environment, or
         # by their exit-status file). Executors that cannot do that get their handles committed now.
-        self._stage(*changes)
-        if getattr(self.executor, "recover", None) is None:
+        if not self.executor.finds_unrecorded:
             self._flush()
         for lv, launch in launches:
-            lv.state = S.RUNNING
             gp = f" on GPU {','.join(map(str, launch.gpus))}" if launch.gpus else ""
-            self._event("start", lv.task.name, f"attempt {lv.attempts}{gp}")
+            self._event("start", lv.task.name, f"attempt {lv.attempt}{gp}")
             if lv.handle is None:
                 self._end_attempt(lv, Status("failed", None, lv.reason), time.time())
 
@@ -235,10 +194,9 @@ class Launching(EngineState):
                         f"{A.previous_dir(self.state_dir, t.name)} until this run succeeds")
 
     def _submit(self, launches: list[Launch]) -> list[Handle | Exception]:
-        many = getattr(self.executor, "submit_many", None)
-        if many is not None and len(launches) > 1:
+        if len(launches) > 1 and self.executor.batches_submits:
             try:
-                return list(many(launches))
+                return list(self.executor.submit_many(launches))
             except Exception as e:  # noqa: BLE001 - reported per task
                 return [e] * len(launches)
         out: list[Handle | Exception] = []

@@ -16,19 +16,20 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rota.core.policy import Candidate
 from rota.core.resources import Machine, Request, with_cpu_headroom
 from rota.engine import drain
+from rota.engine import runstate as R
 from rota.engine.finishing import Finishing
+from rota.engine.hooks import UI, Hook
 from rota.engine.launching import Launching
 from rota.engine.recovery import Recovery
+from rota.engine.runstate import RunState
 from rota.engine.state import EXIT_FAILED, EXIT_OK, STORAGE_ERRNOS, Live, Options
 from rota.engine.wake import Waker
 from rota.executors.base import Executor
-from rota.executors.common import discard_rc_files
 from rota.spec.graph import critical_path_ranks
 from rota.spec.load import Spec
 from rota.store import base as S
@@ -48,8 +49,8 @@ class Engine(Recovery, Finishing, Launching):
         executor: Executor,
         *,
         options: Options | None = None,
-        ui: Any = None,
-        hooks: Sequence[Any] = (),
+        ui: UI | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         self.spec = spec
         self.machine = machine
@@ -60,22 +61,20 @@ class Engine(Recovery, Finishing, Launching):
         self.hooks = list(hooks)
         self.state_dir = str(store.state_dir)
         self.run_id = ""
-        self.live: dict[str, Live] = {}
-        self.users: dict[str, list[str]] = {}
+        self._queues = executor.queues
+        self._enforces_timeout = executor.enforces_timeout
+        # The run's state (tasks, dependents, ready, running attempts): filled by _sync, changed by
+        # runstate.apply only.
+        self.rs = RunState(queues=self._queues)
         self.ranks = critical_path_ranks(spec.tasks)
         self.learned: dict[str, float] = {}  # name -> seconds, from history (filled in _sync)
         self.kept: set[str] = set()
         self.stale: set[str] = set()
-        self.ran: set[str] = set()
         self.order = {t.name: i for i, t in enumerate(spec.tasks)}
-        self.ready: set[str] = set()
-        self.delayed: set[str] = set()  # ready but waiting for a retry back-off
         self._sorted: list[Candidate] = []  # candidates of ready tasks, in policy order
         self._sorted_names: dict[str, Request] = {}  # the tasks in _sorted, with their requests
         self._requests: Counter[Request] = Counter()  # how many of _sorted ask for each request
-        self._fresh: set[str] = set()  # ready, not delayed, not yet in _sorted (so a round costs O(changes))
         self._dirty = True  # something changed since the policy was last asked
-        self.running: dict[str, Live] = {}
         self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
         self._staged_handles: dict[str, int] = {}
         self.interrupts = 0
@@ -83,9 +82,7 @@ class Engine(Recovery, Finishing, Launching):
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
-        self._queues = bool(getattr(executor, "queues", False))
-        self._enforces_timeout = bool(getattr(executor, "enforces_timeout", False))
-        ahead = float(getattr(executor, "queue_ahead", 0.0) or 0.0) if self._enforces_timeout else 0.0
+        ahead = float(executor.queue_ahead or 0.0) if self._enforces_timeout else 0.0
         self.launch_machine = with_cpu_headroom(self.machine, ahead)
         # Attempts booked ahead may still wait in the backend's queue when the run halts: this marker
         # (written by _halt) tells them not to start.
@@ -121,7 +118,7 @@ class Engine(Recovery, Finishing, Launching):
             self.executor.cancel(handles, self.opt.grace_s)
             # An attempt we stopped must not be adopted as failed: drop its exit status
             # (kept only if it succeeded on its own) so the next run counts it as lost.
-            getattr(self.executor, "discard_status", discard_rc_files)(handles)
+            self.executor.discard_status(handles)
         self.running.clear()
         self._staged.clear()
         self._staged_handles.clear()
@@ -137,7 +134,7 @@ class Engine(Recovery, Finishing, Launching):
             if self.ui is not None:  # under the engine's handlers: a Ctrl-C never cuts a frame short
                 self.ui.start(self)
             for hook in self.hooks:
-                getattr(hook, "start", lambda *_: None)(self)
+                hook.start(self)
             code = self._loop()
         except (sqlite3.OperationalError, OSError) as e:
             err = self._storage_error(e)
@@ -147,7 +144,7 @@ class Engine(Recovery, Finishing, Launching):
         finally:
             try:
                 for hook in self.hooks:
-                    getattr(hook, "stop", lambda *_: None)(self)
+                    hook.stop(self)
                 if self.ui is not None:
                     # Still under the engine's handlers: a Ctrl-C now must not raise KeyboardInterrupt
                     # inside the dashboard's last frame (it left a half-drawn box border behind).
@@ -163,10 +160,7 @@ class Engine(Recovery, Finishing, Launching):
         self.interrupts += 1
         self._wake.set()
         if self.interrupts >= 2:
-            kill = getattr(self.executor, "kill_now", None)
-            handles = [lv.handle for lv in self.running.values() if lv.handle]
-            if kill is not None:
-                kill(handles)
+            self.executor.kill_now([lv.handle for lv in self.running.values() if lv.handle])
 
     def _loop(self) -> int:
         last_ui = 0.0
@@ -181,7 +175,7 @@ class Engine(Recovery, Finishing, Launching):
             self._timeouts(now)
             self._launch(now)
             for hook in self.hooks:
-                getattr(hook, "tick", lambda *_: None)(self, now)
+                hook.tick(self, now)
             if not self.running and (self.halted or not self._pending_left()):
                 break
             if self.ui is not None and now - last_ui > 0.2:
@@ -204,9 +198,8 @@ class Engine(Recovery, Finishing, Launching):
         Nothing waits on them: everything that acts on a change flushes first.
         """
         sleep_s = self._sleep_for(now)
-        flush = getattr(self.ui, "flush", None)
-        if flush is not None:
-            flush()
+        if self.ui is not None:
+            self.ui.flush()
         if self._staged and sleep_s > STAGE_WAIT_S:
             if self._wake.wait(STAGE_WAIT_S):
                 self._wake.clear()
@@ -248,12 +241,8 @@ class Engine(Recovery, Finishing, Launching):
 
     def _started(self, lv: Live, started_at: float) -> None:
         """A queued attempt began: its run (status, report) and its timeout count from now on."""
-        lv.queued = False
-        lv.started_at = started_at
-        if lv.task.timeout_s and not self._enforces_timeout:
-            lv.deadline = started_at + lv.task.timeout_s
-        self._stage(Change(lv.task.name, S.ACTIVE, "started", {"started_at": started_at, "deadline": lv.deadline, "reason": ""},
-                           {"attempt": lv.attempts, "state": S.RUNNING, "started_at": started_at}))
+        deadline = started_at + lv.task.timeout_s if lv.task.timeout_s and not self._enforces_timeout else lv.deadline
+        self._apply([R.started(lv, started_at, deadline)])
 
     def _timeouts(self, now: float) -> None:
         for lv in list(self.running.values()):
@@ -261,12 +250,6 @@ class Engine(Recovery, Finishing, Launching):
                 lv.timed_out = True
                 self._event("timeout", lv.task.name, f"ran past its timeout of {lv.task.timeout_s:g}s; stopping it")
                 threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
-
-    def _hook(self, name: str, *args: Any) -> None:
-        for hook in self.hooks:
-            fn: Callable[..., Any] | None = getattr(hook, name, None)
-            if fn is not None:
-                fn(self, *args)
 
     def _event(self, kind: str, task: str, text: str) -> None:
         ev = (time.time(), kind, task, text)

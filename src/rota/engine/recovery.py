@@ -11,6 +11,7 @@ from typing import Any
 
 from rota.core.resources import Placement
 from rota.engine import attempt as A
+from rota.engine import runstate as R
 from rota.engine.state import EngineState, Live
 from rota.executors.base import Handle
 from rota.spec.graph import critical_path_ranks
@@ -26,7 +27,7 @@ class Recovery(EngineState):
         machine_json = json.dumps({
             "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
             "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source,
-            "executor": getattr(self.executor, "name", "?"),
+            "executor": self.executor.name,
         })
         self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})
         existing = {r.name: r for r in self.store.tasks()}
@@ -38,6 +39,8 @@ class Recovery(EngineState):
             rec = existing.get(t.name)
             forced = t.name in self.forced
             lv = Live(t, S.PENDING)
+            if rec is not None:
+                lv.attempt = rec.attempt  # numbers go on from its latest attempt, whatever is reset
             if rec is not None and rec.state in S.ACTIVE:
                 adopt.append((t, rec))
                 lv.state = rec.state
@@ -53,7 +56,7 @@ class Recovery(EngineState):
             self.live[t.name] = lv
         for t in self.spec.tasks:
             for n in t.needs:
-                self.users.setdefault(n, []).append(t.name)
+                self.rs.dependents.setdefault(n, []).append(t.name)
         if self.opt.rerun_dependents:
             rows.extend(self._stale_dependents())
         self.kept = {t.name for t in self.spec.tasks if self.live[t.name].state in S.DONE_OK}
@@ -62,13 +65,9 @@ class Recovery(EngineState):
         for t, rec in adopt:
             self._recover(t, rec)
         self._learn_estimates()
-        for t in self.spec.tasks:
-            lv = self.live[t.name]
-            lv.unmet = sum(1 for n in t.needs if self.live[n].state not in S.DONE_OK)
-        for t in self.spec.tasks:
-            lv = self.live[t.name]
-            if lv.state == S.PENDING and lv.unmet == 0:
-                self._make_ready(t.name)
+        self.rs.count_unmet()
+        self._apply([R.made_ready(t.name) for t in self.spec.tasks
+                     if self.live[t.name].state == S.PENDING and self.live[t.name].unmet == 0])
 
     def _stale_dependents(self) -> list[dict[str, Any]]:
         """Rows that send back to pending every task kept as done whose needs run again (as make does).
@@ -79,13 +78,10 @@ class Recovery(EngineState):
         after it, even where its declared outputs exist (what it read has changed).
         """
         again = [t.name for t in self.spec.tasks if self.live[t.name].state not in S.DONE_OK]
-        stack = [(u, n) for n in again for u in self.users.get(n, ())]
+        users, live = self.rs.dependents, self.live
         rows: list[dict[str, Any]] = []
-        while stack:
-            name, because = stack.pop()
-            lv = self.live[name]
-            if lv.state not in S.DONE_OK:
-                continue
+        for name, because in R.blocked(lambda n: users.get(n, ()), again, lambda u: live[u].state in S.DONE_OK):
+            lv = live[name]
             lv.state, lv.attempts, lv.exit_code = S.PENDING, 0, None
             lv.started_at = lv.ended_at = lv.log_path = None
             lv.reason = f"needs {because}, which runs again"
@@ -93,7 +89,6 @@ class Recovery(EngineState):
             row = self._row(lv.task, A.fingerprint(lv.task), S.PENDING)
             row["reason"] = lv.reason
             rows.append(row)
-            stack.extend((u, name) for u in self.users.get(name, ()))
         if rows:
             names = ", ".join(r["name"] for r in rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
             self._event("rerun", "", f"{len(rows)} task(s) that use what runs again run again too: {names}")
@@ -125,51 +120,43 @@ class Recovery(EngineState):
     def _recover(self, t: Task, rec: Any) -> None:
         lv = self.live[t.name]
         lv.attempts, lv.free_attempts = rec.attempts, rec.free_attempts
+        lv.attempt, lv.attempt_id = rec.attempt, self.store.attempt_id(t.name, rec.attempt)
         lv.started_at, lv.deadline, lv.log_path, lv.out = rec.started_at, rec.deadline, rec.log_path, rec.out_dir
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
         # Its reason says "queued in ..." until its start was seen (Engine._started clears it).
-        lv.queued = bool(getattr(self.executor, "queues", False)) and S.is_queued(rec.state, rec.reason or "")
+        lv.queued = self._queues and S.is_queued(rec.state, rec.reason or "")
         h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
         if h is not None:
             if self.executor.adopt(h):
-                if not rec.handle:
-                    self.store.transition(t.name, expect=S.LAUNCHING, event="running", state=S.RUNNING,
-                                          handle=h.to_json(), attempt={"attempt": rec.attempts, "state": S.RUNNING,
-                                                                       "handle": h.to_json()})
-                lv.handle = h
-                lv.state = S.RUNNING
-                lv.placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
-                self.running[t.name] = lv
-                self._event("adopted", t.name, f"still running from a previous controller ({h.external_id})")
+                placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
+                tr = R.adopted(lv, h, placement)
+                if rec.handle:
+                    R.apply(self.rs, [tr])  # its row already says so
+                else:
+                    self._apply([tr], commit_now=True)
+                self._event("adopted", t.name, tr.note)
                 for hook in self.hooks:
-                    getattr(hook, "adopted", lambda *_: None)(self, lv)
+                    hook.adopted(self, lv)
                 return
         else:
-            self._stop_unrecorded(t.name, rec.attempts)
+            self._stop_unrecorded(t.name, rec.attempt, lv.attempt_id)
         # Vanished with the old controller: run again, not counted against retries.
-        self.store.transition(
-            t.name, expect=S.ACTIVE, event="lost", state=S.PENDING, handle=None,
-            free_attempts=rec.free_attempts + 1, reason="lost with the previous controller",
-            attempt={"attempt": rec.attempts, "state": "lost", "ended_at": time.time(), "reason": "lost"},
-        )
-        lv.state = S.PENDING
-        lv.free_attempts = rec.free_attempts + 1
+        tr = R.lost(lv, time.time())
+        self._apply([tr], commit_now=True)
         for hook in self.hooks:
-            getattr(hook, "lost", lambda *_: None)(self, lv)
-        self._event("lost", t.name, "was starting when the previous controller died; running it again")
+            hook.lost(self, lv)
+        self._event("lost", t.name, tr.note)
 
     def _recover_handle(self, name: str, rec: Any) -> Handle | None:
         """The handle of an attempt that started but whose handle was not committed yet."""
-        find = getattr(self.executor, "recover", None)
-        if find is None or rec.state != S.LAUNCHING:
+        if not self.executor.finds_unrecorded or rec.state != S.LAUNCHING:
             return None
-        h: Handle | None = find(self.state_dir, f"{name}#{rec.attempts}", rec.log_path, rec.started_at or 0.0)
+        h: Handle | None = self.executor.recover(self.state_dir, f"{name}#{rec.attempt}", rec.log_path, rec.started_at or 0.0,
+                                attempt_id=self.live[name].attempt_id)
         return h
 
-    def _stop_unrecorded(self, name: str, attempt: int) -> None:
-        """A process may exist whose handle was never committed: find and stop it."""
-        stop = getattr(self.executor, "stop_unrecorded", None)
-        if stop is not None:
-            stop(self.state_dir, f"{name}#{attempt}")
+    def _stop_unrecorded(self, name: str, attempt: int, attempt_id: int | None) -> None:
+        """A process may exist whose handle was never committed: find (by its attempt id) and stop it."""
+        self.executor.stop_unrecorded(self.state_dir, f"{name}#{attempt}", attempt_id=attempt_id)
 
     # ------------------------------------------------------------------- run

@@ -1,16 +1,21 @@
-"""The engine's records (Options, Live) and the attributes its parts share."""
+"""The engine's options and the attributes its parts share; the run's state itself is a
+:class:`rota.engine.runstate.RunState` (``Live`` is re-exported from there)."""
 
 from __future__ import annotations
 
 import errno
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "STORAGE_ERRNOS", "EngineState", "Live", "Options"]
 
 from rota.core.policy import Candidate
-from rota.core.resources import Machine, Placement, Request
+from rota.core.resources import Machine, Request
 from rota.engine import drain
-from rota.executors.base import Executor, Handle, Status
+from rota.engine import runstate as R
+from rota.engine.hooks import UI, Hook
+from rota.engine.runstate import Live, RunState, Transition
+from rota.executors.base import Executor, Status
 from rota.spec.load import Spec
 from rota.spec.model import Task
 from rota.store.sqlite import Change, SqliteStore
@@ -31,31 +36,6 @@ class Options:
     rerun_dependents: bool = True  # a task that runs again sends its done dependents back to pending
 
 
-@dataclass
-class Live:
-    """In-memory mirror of one task's row (the store is the truth)."""
-
-    task: Task
-    state: str
-    attempts: int = 0
-    free_attempts: int = 0
-    handle: Handle | None = None
-    placement: Placement | None = None
-    started_at: float | None = None
-    deadline: float | None = None
-    not_before: float = 0.0
-    gpu_override: int | None = None
-    params: dict[str, Any] | None = None
-    log_path: str | None = None
-    out: str | None = None
-    exit_code: int | None = None
-    reason: str = ""
-    ended_at: float | None = None
-    unmet: int = 0
-    timed_out: bool = False
-    queued: bool = False  # submitted to a backend that queues, its start not seen yet
-
-
 class EngineState:
     """Attributes the engine's parts share (declared here so each part type-checks alone)."""
 
@@ -64,35 +44,61 @@ class EngineState:
     store: SqliteStore
     executor: Executor
     opt: Options
-    ui: Any
-    hooks: list[Any]
+    ui: UI | None
+    hooks: list[Hook]
     state_dir: str
     run_id: str
-    live: dict[str, Live]
-    users: dict[str, list[str]]
+    rs: RunState  # the run's state: tasks, dependents, ready, running attempts (see runstate)
     ranks: dict[str, float]
     learned: dict[str, float]
     forced: set[str]
     kept: set[str]  # done in an earlier run and kept as done by this one (nothing to do)
     stale: set[str]  # done in an earlier run, run again because a task they need runs again
-    ran: set[str]  # tasks that started an attempt in this run
     order: dict[str, int]  # task -> position in the spec (the policy's last tie-break)
-    ready: set[str]
-    delayed: set[str]  # ready but waiting for a retry back-off
     _sorted: list[Candidate]  # candidates of ready tasks, in policy order
     _sorted_names: dict[str, Request]  # the tasks in _sorted, with their requests
     _requests: Counter[Request]  # how many of _sorted ask for each request (the policy's request classes)
-    _fresh: set[str]  # ready, not delayed, not yet in _sorted
     _dirty: bool  # something changed since the policy was last asked
     _queues: bool  # the executor queues submitted attempts (their start comes later)
     _enforces_timeout: bool  # the executor stops attempts at their timeout itself (no engine deadline)
     launch_machine: Machine  # what the policy books against: the machine, plus queue-ahead CPU slots
     _halt_path: str | None  # written on halt: queued-ahead attempts must not start (Launch.halt_path)
-    running: dict[str, Live]
     halted: bool  # fail_fast tripped: nothing more is launched
     interrupts: int
     _staged: list[Change]
     _staged_handles: dict[str, int]  # task -> index in _staged of its uncommitted "running" change
+
+    # The run's state, by the names the engine's parts (and hooks, the UI) use.
+    @property
+    def live(self) -> dict[str, Live]:
+        return self.rs.tasks
+
+    @property
+    def users(self) -> dict[str, list[str]]:
+        return self.rs.dependents
+
+    @property
+    def ready(self) -> set[str]:
+        return self.rs.ready
+
+    @property
+    def delayed(self) -> set[str]:
+        return self.rs.delayed
+
+    @property
+    def running(self) -> dict[str, Live]:
+        return self.rs.running
+
+    @property
+    def ran(self) -> set[str]:
+        return self.rs.ran
+
+    def _apply(self, transitions: list[Transition], *, commit_now: bool = False) -> None:
+        """Apply transitions to the run's state; their rows are staged (or committed now)."""
+        R.apply(self.rs, transitions, self.store.apply if commit_now else self._stage_all)
+
+    def _stage_all(self, changes: list[Change]) -> None:
+        self._stage(*changes)
 
     def _stage(self, *changes: Change) -> None:
         """Queue transitions for the next commit: ``_flush()`` runs before anything acts on them.
@@ -137,15 +143,6 @@ class EngineState:
     def _event(self, kind: str, task: str, text: str) -> None:
         raise NotImplementedError
 
-    def _hook(self, name: str, *args: Any) -> None:
-        raise NotImplementedError
-
-    def _make_ready(self, name: str, delay_until: float = 0.0) -> None:
-        raise NotImplementedError
-
-    def _unready(self, name: str) -> None:
-        raise NotImplementedError
-
     def request_of(self, lv: Live) -> Request:
         raise NotImplementedError
 
@@ -158,5 +155,5 @@ class EngineState:
     def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
         raise NotImplementedError
 
-    def _finish(self, lv: Live, state: str, text: str) -> None:
+    def _settle(self, tr: Transition, now: float) -> None:
         raise NotImplementedError

@@ -106,6 +106,9 @@ class LiveUI:
         if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout", "halt") and self._live is not None:
             self._live.console.print(event_line(ev))
 
+    def flush(self) -> None:
+        """Nothing to write out: the dashboard draws at refresh()."""
+
     def refresh(self, engine: RunView) -> None:
         if self._live is not None:
             self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)

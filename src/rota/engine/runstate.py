@@ -1,0 +1,470 @@
+"""A run's state and its transitions, pure (in the manner of dask/local.py).
+
+The engine (:mod:`rota.engine.loop`) is the loop plus side effects: it turns
+what it observes (a task made ready, a placement, a submitted handle, a
+backend's start, an attempt's end, Ctrl-C) into typed :class:`Transition` records
+with the pure functions below, and hands them to :func:`apply`, which updates
+this in-memory state *and* hands the store rows to the engine's commit in the
+same step. Nothing here spawns, polls, sleeps or reads a clock;
+``tests/unit/test_runstate.py`` drives it without processes. ``rota plan``'s
+simulator (:mod:`rota.plan.simulate`) keeps its DAG with the same helpers
+(:func:`needs_met`, :func:`blocked`).
+
+State keys (:class:`RunState`):
+
+- ``tasks``: name -> :class:`Live`, every task's record, a mirror of its store
+  row: ``state`` (``rota.store.base`` names), ``attempts``, ``free_attempts``,
+  ``unmet`` (its *waiting needs*: how many of its needs are not done yet),
+  ``placement`` (the reservation of its current attempt), ``handle``, times,
+  log and output paths, ``not_before`` (retry back-off).
+- ``dependents``: name -> the names of the tasks that need it (one entry per
+  ``needs`` entry, so ``unmet`` and ``dependents`` always agree).
+- ``ready``: pending tasks whose needs are all done, delayed ones included.
+- ``delayed``: ready tasks waiting for their ``not_before`` (a retry back-off).
+- ``fresh``: ready, not delayed, not yet offered to the policy.
+- ``running``: name -> its :class:`Live`, the *running attempts* (states
+  ``launching`` and ``running``); each one's ``placement`` is its reservation.
+- ``ran``: tasks that started an attempt in this run.
+
+Events, their functions and the transitions they return:
+
+=====================  ======================  =========================================
+event                  function                transitions (``Op``)
+=====================  ======================  =========================================
+ready                  :func:`made_ready`      READY (memory only: the row is pending)
+outputs exist          :func:`cached`          CACHED
+placed                 :func:`placed`          LAUNCHING
+submitted              :func:`submitted`       RUNNING, or SUBMIT_FAILED
+started (queued)       :func:`started`         STARTED
+ended with a status    :func:`ended`           SUCCEEDED, RETRY or FAILED
+a new state            :func:`released`        READY / SKIPPED (dependents), READY (retry)
+control: Ctrl-C        :func:`interrupted`     INTERRUPTED for every running attempt
+recovery: vanished     :func:`lost`            LOST
+recovery: adopted      :func:`adopted`         RUNNING
+=====================  ======================  =========================================
+
+The store's event log is a journal of the stored transitions: :func:`replay`
+rebuilds a run's task states from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+from rota.core.resources import Placement
+from rota.executors.base import Handle
+from rota.spec.model import Task
+from rota.store import base as S
+from rota.store.sqlite import Change
+
+K = TypeVar("K")
+K_in = TypeVar("K_in", contravariant=True)
+
+
+class Op(StrEnum):
+    """A transition's kind; the value is the store's event ``kind`` (a public contract)."""
+
+    READY = "ready"
+    CACHED = "cached"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    SUBMIT_FAILED = "submit-failed"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+    LOST = "lost"
+
+
+# The state a task's row must be in for each stored transition (the store's compare-and-set).
+EXPECT: dict[Op, str | frozenset[str]] = {
+    Op.CACHED: S.PENDING, Op.LAUNCHING: S.PENDING, Op.RUNNING: S.LAUNCHING, Op.SUBMIT_FAILED: S.LAUNCHING,
+    Op.STARTED: S.ACTIVE, Op.SUCCEEDED: S.ACTIVE, Op.RETRY: S.ACTIVE, Op.FAILED: S.ACTIVE,
+    Op.SKIPPED: S.PENDING, Op.INTERRUPTED: S.ACTIVE, Op.LOST: S.ACTIVE,
+}
+_LEAVE = frozenset({Op.SUCCEEDED, Op.RETRY, Op.FAILED, Op.INTERRUPTED, Op.LOST})  # its attempt stops running
+_FINAL = frozenset({Op.CACHED, Op.SUCCEEDED, Op.FAILED, Op.SKIPPED, Op.INTERRUPTED})  # leaves ready for good
+
+# Store column -> Live attribute: a transition's fields are written once and mirrored from here.
+_LIVE_ATTR = {
+    "state": "state", "attempts": "attempts", "attempt": "attempt", "free_attempts": "free_attempts", "exit_code": "exit_code",
+    "reason": "reason", "started_at": "started_at", "ended_at": "ended_at", "deadline": "deadline",
+    "not_before": "not_before", "log_path": "log_path", "out_dir": "out", "params": "params",
+    "gpu_memory_override": "gpu_override",
+}
+
+
+@dataclass
+class Live:
+    """One task in :class:`RunState`: the in-memory mirror of its store row."""
+
+    task: Task
+    state: str
+    attempts: int = 0  # attempts since the task was last reset (what retries count)
+    attempt: int = 0  # the number of its latest attempt, never restarted (its attempt-N.log)
+    attempt_id: int | None = None  # that attempt's id, unique in the state folder
+    free_attempts: int = 0
+    handle: Handle | None = None
+    placement: Placement | None = None
+    started_at: float | None = None
+    deadline: float | None = None
+    not_before: float = 0.0
+    gpu_override: int | None = None
+    params: dict[str, Any] | None = None
+    log_path: str | None = None
+    out: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    ended_at: float | None = None
+    unmet: int = 0
+    timed_out: bool = False
+    queued: bool = False  # submitted to a backend that queues, its start not seen yet
+
+
+@dataclass
+class RunState:
+    """The run's state; its keys are documented at the top of this module."""
+
+    tasks: dict[str, Live] = field(default_factory=dict)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)
+    delayed: set[str] = field(default_factory=set)
+    fresh: set[str] = field(default_factory=set)
+    running: dict[str, Live] = field(default_factory=dict)
+    ran: set[str] = field(default_factory=set)
+    queues: bool = False  # the executor queues: a launched attempt waits for its start to be seen
+
+    @classmethod
+    def of(cls, tasks: Iterable[Task], *, queues: bool = False) -> RunState:
+        """Every task pending, with its dependents and waiting needs (none made ready yet)."""
+        rs = cls(queues=queues)
+        for t in tasks:
+            rs.tasks[t.name] = Live(t, S.PENDING, unmet=len(t.needs))
+            for n in t.needs:
+                rs.dependents.setdefault(n, []).append(t.name)
+        return rs
+
+    def count_unmet(self) -> None:
+        """Recount every task's waiting needs from its needs' states (after loading a store)."""
+        tasks = self.tasks
+        for lv in tasks.values():
+            lv.unmet = sum(1 for n in lv.task.needs if tasks[n].state not in S.DONE_OK)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step of one task. ``fields`` are its store columns (mirrored on its :class:`Live`);
+    ``attempt``/``metrics`` its attempts row and metrics; ``note`` what the UI shows."""
+
+    kind: Op
+    task: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    attempt: Mapping[str, Any] | None = None
+    metrics: Mapping[str, float] | None = None
+    note: str = ""
+    handle: Handle | None = None  # RUNNING: the handle object (``fields`` hold its JSON)
+    placement: Placement | None = None  # LAUNCHING, adopted RUNNING: the reservation
+    delayed: bool = False  # READY: waits for ``not_before``
+
+    @property
+    def state(self) -> str | None:
+        """The task's state after this transition (None: unchanged)."""
+        st: str | None = self.fields.get("state")
+        return st
+
+
+# ---------------------------------------------------------------- DAG helpers (shared with rota plan)
+class Counts(Protocol[K_in]):
+    """Waiting needs by task: a list by index (the simulator) or a view of ``RunState.tasks``."""
+
+    def __getitem__(self, key: K_in, /) -> int: ...
+
+    def __setitem__(self, key: K_in, value: int, /) -> None: ...
+
+
+def needs_met(dependents: Iterable[K], unmet: Counts[K]) -> list[K]:
+    """Count one more done need for each of ``dependents``; return those left with none.
+
+    The bookkeeping half of a task ending ``succeeded`` or ``cached``, in a run
+    (:func:`apply`) and in a plan (:func:`rota.plan.simulate.simulate`).
+    """
+    out = []
+    for u in dependents:
+        left = unmet[u] - 1
+        unmet[u] = left
+        if left == 0:
+            out.append(u)
+    return out
+
+
+def blocked(dependents: Callable[[K], Iterable[K]], roots: Iterable[K], alive: Callable[[K], bool]) -> list[tuple[K, K]]:
+    """Every task that transitively needs one of ``roots`` and is still ``alive`` (may yet run),
+    as ``(task, the task it needs that is blocked)`` pairs, each task once, depth first.
+
+    Pure: the caller marks them (skipped in a run, blocked in a plan).
+    """
+    out: list[tuple[K, K]] = []
+    seen: set[K] = set()
+    stack = list(roots)
+    while stack:
+        i = stack.pop()
+        for u in dependents(i):
+            if u not in seen and alive(u):
+                seen.add(u)
+                out.append((u, i))
+                stack.append(u)
+    return out
+
+
+class _Unmet:
+    """``RunState.tasks`` seen as name -> waiting needs (for :func:`needs_met`)."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, tasks: dict[str, Live]) -> None:
+        self.tasks = tasks
+
+    def __getitem__(self, name: str) -> int:
+        return self.tasks[name].unmet
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.tasks[name].unmet = value
+
+
+# ---------------------------------------------------------------- events -> transitions (pure)
+def made_ready(name: str, not_before: float = 0.0, *, delayed: bool = False) -> Transition:
+    """A pending task whose needs are done may be offered to the policy (after ``not_before``)."""
+    return Transition(Op.READY, name, {"not_before": not_before}, delayed=delayed)
+
+
+def released(rs: RunState, name: str, now: float = 0.0) -> list[Transition]:
+    """What ``name``'s new state means (call after its transition is applied):
+    done (``succeeded``/``cached``) -> READY for each pending dependent left without waiting needs;
+    ``failed``/``skipped`` -> SKIPPED for every pending task that transitively needs it;
+    back to ``pending`` (a retry, a lost attempt) -> READY for itself once its needs are done,
+    delayed while its ``not_before`` is after ``now``."""
+    tasks = rs.tasks
+    lv = tasks[name]
+    state = lv.state
+    if state == S.PENDING:
+        return [made_ready(name, lv.not_before, delayed=lv.not_before > now)] if lv.unmet == 0 else []
+    users = rs.dependents.get(name, ())
+    if state in S.DONE_OK:
+        return [made_ready(u) for u in users if tasks[u].unmet == 0 and tasks[u].state == S.PENDING]
+    if state not in (S.FAILED, S.SKIPPED):
+        return []
+    why = f"needs {name}, which did not succeed"
+    pairs = blocked(lambda n: rs.dependents.get(n, ()), (name,), lambda u: tasks[u].state == S.PENDING)
+    return [Transition(Op.SKIPPED, u, {"state": S.SKIPPED, "reason": why}, note=why) for u, _ in pairs]
+
+
+def cached(name: str, inputs_fp: str | None, now: float) -> Transition:
+    """Its outputs exist, made from the same inputs: done without running."""
+    return Transition(Op.CACHED, name, {"state": S.CACHED, "reason": "outputs exist", "inputs_fp": inputs_fp,
+                                        "ended_at": now}, note="outputs exist; skipped")
+
+
+def placed(lv: Live, p: Placement, *, attempt: int, attempt_id: int | None, now: float, deadline: float | None,
+           log_path: str, out: str, params: dict[str, Any] | None) -> Transition:
+    """The policy placed a pending task: its attempt ``attempt`` (the next number, never reused)
+    is committed ``launching`` before it is submitted."""
+    gpus, gpu_bytes = list(p.gpus), list(p.gpu_bytes)
+    row: dict[str, Any] = {"attempt": attempt, "state": S.LAUNCHING, "gpus": gpus, "started_at": now,
+                           "log_path": log_path, "command": lv.task.command}
+    if attempt_id is not None:
+        row["id"] = attempt_id
+    return Transition(Op.LAUNCHING, p.task, {
+        "state": S.LAUNCHING, "attempts": lv.attempts + 1, "attempt": attempt, "gpus": gpus, "gpu_bytes": gpu_bytes,
+        "cpus": p.cpus, "memory_bytes": p.memory_bytes, "started_at": now, "deadline": deadline,
+        "log_path": log_path, "out_dir": out, "params": params, "handle": None, "exit_code": None, "reason": "",
+        "ended_at": None,
+    }, row, placement=p)
+
+
+def submitted(lv: Live, handle: Handle | Exception, *, queued_in: str = "") -> Transition:
+    """The executor answered a submit: RUNNING with its handle (``queued_in``: the backend that
+    queues it), or SUBMIT_FAILED (the caller then ends the attempt as a failure)."""
+    name = lv.task.name
+    if isinstance(handle, Exception):
+        return Transition(Op.SUBMIT_FAILED, name, {"state": S.RUNNING, "handle": None},
+                          note=f"could not start: {handle}")
+    h = handle.to_json()
+    fields: dict[str, Any] = {"state": S.RUNNING, "handle": h}
+    if queued_in:  # `rota status` shows it queued until the backend starts it (started())
+        fields["reason"] = S.QUEUED_PREFIX + queued_in
+    return Transition(Op.RUNNING, name, fields, {"attempt": lv.attempt, "state": S.RUNNING, "handle": h},
+                      handle=handle)
+
+
+def started(lv: Live, started_at: float, deadline: float | None) -> Transition:
+    """A queued attempt began: its run and its timeout count from ``started_at``."""
+    return Transition(Op.STARTED, lv.task.name, {"started_at": started_at, "deadline": deadline, "reason": ""},
+                      {"attempt": lv.attempt, "state": S.RUNNING, "started_at": started_at})
+
+
+@dataclass(frozen=True)
+class End:
+    """An attempt's end as the engine saw it (the executor's Status plus what the engine read)."""
+
+    phase: str  # succeeded, failed, lost
+    exit_code: int | None
+    reason: str
+    now: float
+    retry_free: bool = False
+    metrics: Mapping[str, float] | None = None
+    inputs_fp: str | None = None  # succeeded: the fingerprint of what it read
+    started_at: float | None = None  # its real start, when it moved (queued ahead in the backend)
+    oom: bool = False  # a CUDA out-of-memory in its log
+    oom_booking: int | None = None  # oom on GPUs: the bigger GPU-memory booking for its retry
+
+
+def ended(lv: Live, end: End, *, retry_delay_s: float, interrupting: bool) -> Transition:
+    """An attempt ended: SUCCEEDED, RETRY (pending again after a back-off, at once when the
+    attempt does not count) or FAILED for good. The caller applies it, then :func:`released`."""
+    t, now = lv.task, end.now
+    row: dict[str, Any] = {"attempt": lv.attempt, "ended_at": now, "exit_code": end.exit_code}
+    moved: dict[str, Any] = {}  # the task row's start, rewritten only when it moved (not on the common path)
+    if end.started_at is not None:
+        row["started_at"] = moved["started_at"] = end.started_at
+    if end.phase == "succeeded":
+        row.update(state=S.SUCCEEDED, reason=end.reason)
+        took = now - (end.started_at or lv.started_at or now)
+        return Transition(Op.SUCCEEDED, t.name, {
+            "state": S.SUCCEEDED, "exit_code": 0, "reason": "", "ended_at": now, "handle": None,
+            "inputs_fp": end.inputs_fp, **moved}, row, end.metrics, note=f"done in {took:.1f}s")
+    reason = "timeout" if lv.timed_out else (end.reason or "failed")
+    if end.oom:
+        reason = "cuda out of memory"
+    free = end.retry_free or end.phase == "lost"
+    counted = lv.attempts - lv.free_attempts - (1 if free else 0)
+    row.update(state="lost" if end.phase == "lost" else S.FAILED, reason=reason)
+    if (free or counted <= t.retries) and not interrupting:
+        delay = 0.0 if free else min(retry_delay_s * 2 ** max(counted - 1, 0), 300.0)
+        override = end.oom_booking if end.oom and t.request.gpus else lv.gpu_override
+        fields: dict[str, Any] = {"state": S.PENDING, "exit_code": end.exit_code, "reason": reason, "ended_at": now,
+                                  "handle": None, "not_before": now + delay, "gpu_memory_override": override}
+        if free:
+            fields["free_attempts"] = lv.free_attempts + 1
+        extra = f"; booking {override / 2**30:.0f}GB per GPU" if end.oom and override else ""
+        return Transition(Op.RETRY, t.name, fields, row, end.metrics,
+                          note=f"{reason}; retry in {delay:.0f}s{extra} ({lv.log_path})")
+    return Transition(Op.FAILED, t.name, {
+        "state": S.FAILED, "exit_code": end.exit_code, "reason": reason, "ended_at": now, "handle": None, **moved},
+        row, end.metrics, note=f"{reason} ({lv.log_path})")
+
+
+def interrupted(rs: RunState, now: float) -> list[Transition]:
+    """Ctrl-C (a control request): every running attempt is recorded ``interrupted``."""
+    return [Transition(Op.INTERRUPTED, n, {"state": S.INTERRUPTED, "reason": "interrupted", "ended_at": now,
+                                           "handle": None},
+                       {"attempt": lv.attempt, "state": S.INTERRUPTED, "ended_at": now, "reason": "interrupted"})
+            for n, lv in rs.running.items()]
+
+
+def lost(lv: Live, now: float) -> Transition:
+    """Recovery: an attempt vanished with the previous controller; it runs again, for free."""
+    return Transition(Op.LOST, lv.task.name, {
+        "state": S.PENDING, "handle": None, "free_attempts": lv.free_attempts + 1,
+        "reason": "lost with the previous controller"},
+        {"attempt": lv.attempt, "state": "lost", "ended_at": now, "reason": "lost"},
+        note="was starting when the previous controller died; running it again")
+
+
+def adopted(lv: Live, handle: Handle, placement: Placement) -> Transition:
+    """Recovery: a previous controller's attempt still runs and is followed again (RUNNING)."""
+    h = handle.to_json()
+    return Transition(Op.RUNNING, lv.task.name, {"state": S.RUNNING, "handle": h},
+                      {"attempt": lv.attempt, "state": S.RUNNING, "handle": h}, handle=handle,
+                      placement=placement, note=f"still running from a previous controller ({handle.external_id})")
+
+
+# ---------------------------------------------------------------- apply: memory and store in one step
+Commit = Callable[[list[Change]], object]
+
+
+def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None = None) -> None:
+    """Apply ``transitions`` in order to ``rs`` and hand their store rows to ``commit`` (the
+    engine's staging, or ``SqliteStore.apply``) in one call: memory and store from one description.
+
+    ``commit=None`` updates memory only (:func:`replay`, tests).
+    """
+    tasks = rs.tasks
+    changes: list[Change] = []
+    for tr in transitions:
+        kind, name = tr.kind, tr.task
+        lv = tasks[name]
+        for col, v in tr.fields.items():
+            attr = _LIVE_ATTR.get(col)
+            if attr is not None:
+                setattr(lv, attr, v)
+        if kind is Op.READY:
+            rs.ready.add(name)
+            if tr.delayed:
+                rs.delayed.add(name)
+                rs.fresh.discard(name)
+            else:
+                rs.fresh.add(name)
+            continue
+        if commit is not None:
+            changes.append(Change(name, EXPECT[kind], kind.value, tr.fields, tr.attempt, tr.metrics))
+        if kind is Op.LAUNCHING:
+            lv.placement, lv.timed_out, lv.queued = tr.placement, False, rs.queues
+            lv.attempt_id = tr.attempt.get("id") if tr.attempt else None
+            rs.ready.discard(name)
+            rs.delayed.discard(name)
+            rs.fresh.discard(name)
+            rs.running[name] = lv
+            rs.ran.add(name)
+        elif kind is Op.RUNNING:
+            lv.handle = tr.handle
+            if tr.placement is not None:  # adopted from a previous controller
+                lv.placement = tr.placement
+                rs.running[name] = lv
+        elif kind is Op.SUBMIT_FAILED:
+            lv.handle, lv.reason = None, tr.note
+        elif kind is Op.STARTED:
+            lv.queued = False
+        elif kind in _LEAVE:
+            rs.running.pop(name, None)
+            if kind is Op.RETRY or kind is Op.LOST:
+                lv.handle = None  # on a final end the hooks still see the handle (gpu_monitor: its group)
+        if kind in _FINAL:
+            rs.ready.discard(name)
+            rs.delayed.discard(name)
+            rs.fresh.discard(name)
+            if kind is Op.CACHED or kind is Op.SUCCEEDED:
+                needs_met(rs.dependents.get(name, ()), _Unmet(tasks))
+    if changes and commit is not None:
+        commit(changes)
+
+
+# ---------------------------------------------------------------- the event log as a journal
+def replay(tasks: Iterable[Task], events: Iterable[Mapping[str, Any]]) -> RunState:
+    """Rebuild a run's state from the store's event log (``SqliteStore.events()``).
+
+    Starts from every task pending (what ``sync`` writes for a new state folder)
+    and applies each logged transition (its state, attempts, exit code, reason)
+    with :func:`apply` and :func:`released`, as the engine does; events that are
+    not transitions (``sync``, a hook's notes) are passed over.
+    """
+    rs = RunState.of(tasks)
+    initial = [made_ready(n) for n, lv in rs.tasks.items() if lv.unmet == 0]
+    apply(rs, initial)
+    for ev in events:
+        name = ev.get("task")
+        try:
+            kind = Op(ev["kind"])
+        except ValueError:
+            continue
+        if name not in rs.tasks or kind is Op.READY:
+            continue
+        tr = Transition(kind, name, dict(ev.get("data") or {}))
+        apply(rs, [tr])
+        if tr.state is not None and kind is not Op.RUNNING and kind is not Op.SUBMIT_FAILED:
+            apply(rs, released(rs, name))
+    return rs

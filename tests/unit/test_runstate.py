@@ -1,0 +1,208 @@
+"""The run's state and its transitions (rota.engine.runstate), without processes.
+
+A small run is driven event by event: placed -> submitted -> ended -> released,
+and the state, the staged store rows and the transitions' kinds are checked.
+The last test replays a real run's event log (the store as a journal).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from rota.core.resources import Placement, Request
+from rota.engine import runstate as R
+from rota.engine.runstate import Op, RunState
+from rota.executors.base import Handle
+from rota.spec.load import load_spec
+from rota.spec.model import Task
+from rota.store import base as S
+from rota.store.sqlite import SqliteStore
+from tests.helpers import rota, write_spec
+
+
+def _tasks(*specs: tuple[str, tuple[str, ...]], retries: int = 0, gpus: int = 0) -> list[Task]:
+    req = Request(gpus=gpus, gpu_memory_bytes=8 * 2**30 if gpus else None) if gpus else Request()
+    return [Task(name, f"echo {name}", needs=needs, retries=retries, request=req) for name, needs in specs]
+
+
+def _start(rs: RunState, names: list[str]) -> list:
+    """Ready tasks ``names``: placed, submitted and running. Returns the store changes made."""
+    changes: list = []
+    for n in names:
+        lv = rs.tasks[n]
+        assert n in rs.ready
+        R.apply(rs, [R.placed(lv, Placement(n, (), (), 1, 0), attempt=lv.attempt + 1, attempt_id=None, now=1.0,
+                              deadline=None, log_path=f"/logs/{n}", out=f"/out/{n}", params=None)], changes.extend)
+        R.apply(rs, [R.submitted(lv, Handle(f"{n}#1", "local", "1"))], changes.extend)
+    return changes
+
+
+def _end(rs: RunState, name: str, phase: str, *, now: float = 2.0, interrupting: bool = False, **kw) -> list:
+    """``name``'s attempt ends: its own transition and what it releases."""
+    lv = rs.tasks[name]
+    tr = R.ended(lv, R.End(phase, 0 if phase == "succeeded" else 1, "", now, **kw), retry_delay_s=1.0,
+                 interrupting=interrupting)
+    R.apply(rs, [tr])
+    follow = R.released(rs, name, now)
+    R.apply(rs, follow)
+    return [tr, *follow]
+
+
+def _initial(tasks: list[Task]) -> RunState:
+    rs = RunState.of(tasks)
+    R.apply(rs, [R.made_ready(n) for n, lv in rs.tasks.items() if lv.unmet == 0])
+    return rs
+
+
+def test_success_makes_dependents_ready_only_when_every_need_is_done():
+    # a -> b, a -> c, (b, c) -> d: a diamond.
+    rs = _initial(_tasks(("a", ()), ("b", ("a",)), ("c", ("a",)), ("d", ("b", "c"))))
+    assert rs.ready == {"a"} and rs.tasks["d"].unmet == 2
+    changes = _start(rs, ["a"])
+    assert [c.event for c in changes] == ["launching", "running"]
+    assert changes[0].expect == S.PENDING and changes[1].expect == S.LAUNCHING
+    assert rs.running.keys() == {"a"} and rs.ready == set() and rs.tasks["a"].state == S.RUNNING
+    trs = _end(rs, "a", "succeeded")
+    assert [(t.kind, t.task) for t in trs] == [(Op.SUCCEEDED, "a"), (Op.READY, "b"), (Op.READY, "c")]
+    assert rs.running == {} and rs.ready == {"b", "c"} and rs.fresh == {"b", "c"}
+    _start(rs, ["b", "c"])
+    _end(rs, "b", "succeeded")
+    assert rs.tasks["d"].unmet == 1 and "d" not in rs.ready
+    _end(rs, "c", "succeeded")
+    assert rs.tasks["d"].unmet == 0 and rs.ready == {"d"}
+
+
+def test_failure_skips_every_pending_dependent_once_naming_the_failed_task():
+    rs = _initial(_tasks(("a", ()), ("b", ("a",)), ("c", ("a",)), ("d", ("b", "c")), ("e", ())))
+    _start(rs, ["a", "e"])
+    trs = _end(rs, "a", "failed")
+    assert trs[0].kind is Op.FAILED and rs.tasks["a"].state == S.FAILED
+    skipped = [t.task for t in trs if t.kind is Op.SKIPPED]
+    assert sorted(skipped) == ["b", "c", "d"]  # d is reached twice (through b and c), skipped once
+    assert all(rs.tasks[n].reason == "needs a, which did not succeed" for n in skipped)
+    assert rs.tasks["e"].state == S.RUNNING and rs.running.keys() == {"e"}  # unrelated work goes on
+
+
+def test_retries_back_off_then_fail_for_good():
+    rs = _initial(_tasks(("a", ()), ("b", ("a",)), retries=2))
+    _start(rs, ["a"])
+    tr, again = _end(rs, "a", "failed", now=10.0)
+    assert tr.kind is Op.RETRY and tr.fields["not_before"] == 11.0 and tr.state == S.PENDING
+    assert again.kind is Op.READY and again.delayed
+    assert rs.ready == {"a"} and rs.delayed == {"a"} and rs.fresh == set() and rs.tasks["a"].handle is None
+    rs.delayed.clear()
+    rs.fresh.add("a")  # the back-off is over (the engine's _launch moves it)
+    _start(rs, ["a"])
+    tr, _ = _end(rs, "a", "failed", now=20.0)
+    assert tr.kind is Op.RETRY and tr.fields["not_before"] == 22.0  # doubled
+    rs.delayed.clear()
+    _start(rs, ["a"])
+    trs = _end(rs, "a", "failed", now=30.0)
+    assert [t.kind for t in trs] == [Op.FAILED, Op.SKIPPED] and rs.tasks["a"].attempts == 3
+    assert rs.tasks["a"].attempt == 3 and trs[0].attempt["attempt"] == 3
+
+
+def test_lost_and_preempted_attempts_retry_at_once_for_free():
+    rs = _initial(_tasks(("a", ())))
+    _start(rs, ["a"])
+    tr, ready = _end(rs, "a", "lost")
+    assert tr.kind is Op.RETRY and tr.fields["free_attempts"] == 1 and tr.attempt["state"] == "lost"
+    assert not ready.delayed and rs.fresh == {"a"}
+    _start(rs, ["a"])
+    tr, _ = _end(rs, "a", "failed", retry_free=True)
+    assert tr.kind is Op.RETRY and rs.tasks["a"].free_attempts == 2  # retries: 0, yet it runs again
+
+
+def test_no_retry_while_interrupting():
+    rs = _initial(_tasks(("a", ()), retries=3))
+    _start(rs, ["a"])
+    assert _end(rs, "a", "failed", interrupting=True)[0].kind is Op.FAILED
+
+
+def test_oom_rebooks_more_gpu_memory_for_the_retry():
+    rs = _initial(_tasks(("a", ()), retries=1, gpus=1))
+    _start(rs, ["a"])
+    tr = _end(rs, "a", "failed", oom=True, oom_booking=16 * 2**30)[0]
+    assert tr.kind is Op.RETRY and tr.fields["reason"] == "cuda out of memory"
+    assert rs.tasks["a"].gpu_override == 16 * 2**30 and "booking 16GB per GPU" in tr.note
+
+
+def test_queued_attempt_start_and_interrupt():
+    rs = RunState.of(_tasks(("a", ()), ("b", ())), queues=True)
+    R.apply(rs, [R.made_ready("a"), R.made_ready("b")])
+    _start(rs, ["a", "b"])
+    assert rs.tasks["a"].queued
+    changes: list = []
+    R.apply(rs, [R.started(rs.tasks["a"], 5.0, 65.0)], changes.extend)
+    assert not rs.tasks["a"].queued and rs.tasks["a"].deadline == 65.0 and changes[0].event == "started"
+    trs = R.interrupted(rs, 9.0)
+    R.apply(rs, trs, changes.extend)
+    assert {t.task for t in trs} == {"a", "b"} and rs.running == {}
+    assert all(lv.state == S.INTERRUPTED for lv in rs.tasks.values())
+    assert [c.event for c in changes[1:]] == ["interrupted", "interrupted"]
+
+
+def test_submit_failure_is_recorded_then_ends_as_a_failure():
+    rs = _initial(_tasks(("a", ())))
+    lv = rs.tasks["a"]
+    changes: list = []
+    R.apply(rs, [R.placed(lv, Placement("a", (), (), 1, 0), attempt=1, attempt_id=7, now=1.0, deadline=None,
+                          log_path="/l", out="/o", params=None)], changes.extend)
+    assert lv.attempt_id == 7 and changes[0].attempt["id"] == 7
+    tr = R.submitted(lv, OSError("no bash"))
+    R.apply(rs, [tr], changes.extend)
+    assert tr.kind is Op.SUBMIT_FAILED and lv.handle is None and lv.reason == "could not start: no bash"
+    assert _end(rs, "a", "failed")[0].kind is Op.FAILED
+
+
+def test_ready_is_memory_only_and_every_stored_kind_has_an_expected_state():
+    changes: list = []
+    rs = RunState.of(_tasks(("a", ())))
+    R.apply(rs, [R.made_ready("a")], changes.extend)
+    assert changes == [] and rs.ready == {"a"}
+    assert set(R.EXPECT) == set(Op) - {Op.READY}
+
+
+def test_dag_helpers_work_on_indices_as_the_simulator_uses_them():
+    # 0 -> 1, 0 -> 2, (1, 2) -> 3
+    users = [[1, 2], [3], [3], []]
+    unmet = [0, 1, 1, 2]
+    assert R.needs_met(users[0], unmet) == [1, 2] and unmet == [0, 0, 0, 2]
+    assert R.needs_met(users[1], unmet) == [] and R.needs_met(users[2], unmet) == [3]
+    dead = [True, False, False, False]
+    assert sorted(R.blocked(users.__getitem__, [0], lambda u: not dead[u])) == [(1, 0), (2, 0), (3, 2)]
+
+
+def test_replaying_a_finished_runs_event_log_gives_its_state(tmp_path):
+    """The store's events are a journal: replayed through apply(), they give every task's state,
+    attempts, exit code and reason as the run left them."""
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: a, command: "true"}
+          - {name: b, command: "true", needs: [a]}
+          - {name: flaky, command: "test -f {out}/once || { touch {out}/once; exit 3; }", retries: 1}
+          - {name: bad, command: "exit 4"}
+          - {name: after-bad, command: "true", needs: [bad]}
+          - {name: after-after, command: "true", needs: [after-bad, a]}
+    """)
+    p = rota("run", spec, "--plain", "--retry-delay", "0")
+    assert p.returncode == 1, p.stdout + p.stderr
+    store = SqliteStore(tmp_path / ".rota", readonly=True)
+    try:
+        rows = {r.name: r for r in store.tasks()}
+        rs = R.replay(load_spec(str(spec)).tasks, store.events())
+    finally:
+        store.close()
+    got = {n: (lv.state, lv.attempts, lv.exit_code, lv.reason) for n, lv in rs.tasks.items()}
+    want = {n: (r.state, r.attempts, r.exit_code, r.reason) for n, r in rows.items()}
+    assert got == want
+    assert want["flaky"][:2] == (S.SUCCEEDED, 2) and want["after-after"][0] == S.SKIPPED
+    assert rs.ready == set() and rs.running == {}
+
+
+@pytest.mark.parametrize("kind", list(Op))
+def test_every_op_is_a_store_event_kind_string(kind):
+    # Event kinds in the store are a public contract (rota report, the events table): plain strings.
+    assert isinstance(kind.value, str) and sqlite3.connect(":memory:").execute("SELECT ?", (kind,)).fetchone()[0] == kind
