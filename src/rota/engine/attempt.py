@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rota.core.resources import Machine
-from rota.logtail import tail  # noqa: F401 - the engine reads log tails as A.tail
+from rota.logtail import tail as tail  # re-exported: the engine reads log tails as A.tail
 from rota.spec.model import Task
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -77,7 +77,8 @@ def resolve_durations(
 def load_history(state_dir: str | os.PathLike[str], commands: Iterable[str]) -> dict[str, float]:
     """Median duration of past successful attempts per command; {} without a state folder."""
     from rota.errors import RotaError
-    from rota.store.sqlite import DB_NAME, SqliteStore
+    from rota.store.schema import DB_NAME
+    from rota.store.sqlite import SqliteStore
 
     sd = Path(state_dir)
     if not (sd / DB_NAME).exists():

@@ -19,7 +19,8 @@ from rota.errors import RotaError
 
 def _task_names(state_dir: Path) -> dict[tuple[str, int], str]:
     """(sweep, trial number) -> rota task name, from the store's committed params."""
-    from rota.store.sqlite import DB_NAME, SqliteStore
+    from rota.store.schema import DB_NAME
+    from rota.store.sqlite import SqliteStore
     from rota.studies.names import TRIAL_KEY, trial_ref
 
     if not (state_dir / DB_NAME).exists():
