@@ -206,3 +206,25 @@ def test_replaying_a_finished_runs_event_log_gives_its_state(tmp_path):
 def test_every_op_is_a_store_event_kind_string(kind):
     # Event kinds in the store are a public contract (rota report, the events table): plain strings.
     assert isinstance(kind.value, str) and sqlite3.connect(":memory:").execute("SELECT ?", (kind,)).fetchone()[0] == kind
+
+
+def test_plan_blocks_exactly_what_the_run_skips():
+    """One DAG bookkeeping (rota.core.dag): the tasks ``rota plan`` reports blocked behind an
+    unschedulable task are the tasks a run skips when that task fails, and the rest run in both."""
+    from rota.core.resources import Gpu, Machine
+    from rota.plan.simulate import simulate
+
+    gb = 2**30
+    huge = Request(gpus=1, gpu_memory_bytes=200 * gb)
+    tasks = [
+        Task("big", "x", request=huge), Task("b", "x", needs=("big",)), Task("c", "x", needs=("b", "e")),
+        Task("d", "x", needs=("c",)), Task("e", "x"), Task("f", "x", needs=("e",)), Task("g", "x", needs=("b", "c")),
+    ]
+    plan = simulate(tasks, Machine((Gpu(0, 80 * gb),), 4, 64 * gb), {t.name: 1.0 for t in tasks})
+    assert plan.unschedulable and plan.unschedulable[0][0] == "big"
+    rs = _initial(tasks)
+    _start(rs, ["big", "e"])
+    _end(rs, "e", "succeeded")
+    skipped = {t.task for t in _end(rs, "big", "failed") if t.kind is Op.SKIPPED}
+    assert skipped == {name for name, _ in plan.blocked} == {"b", "c", "d", "g"}
+    assert {s.name for s in plan.slots} == {"e", "f"} and rs.ready == {"f"}

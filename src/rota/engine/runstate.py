@@ -6,9 +6,10 @@ backend's start, an attempt's end, Ctrl-C) into typed :class:`Transition` record
 with the pure functions below, and hands them to :func:`apply`, which updates
 this in-memory state *and* hands the store rows to the engine's commit in the
 same step. Nothing here spawns, polls, sleeps or reads a clock;
-``tests/unit/test_runstate.py`` drives it without processes. ``rota plan``'s
-simulator (:mod:`rota.plan.simulate`) keeps its DAG with the same helpers
-(:func:`needs_met`, :func:`blocked`).
+``tests/unit/test_runstate.py`` drives it without processes. The DAG's
+bookkeeping (waiting needs counted down, dependents released or blocked) is
+:mod:`rota.core.dag`'s, which ``rota plan``'s simulator (:mod:`rota.plan.simulate`)
+uses too.
 
 State keys (:class:`RunState`):
 
@@ -52,16 +53,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
+from rota.core.dag import blocked, needs_met
 from rota.core.resources import Placement
 from rota.executors.base import Handle
 from rota.spec.model import Task
 from rota.store import base as S
 from rota.store.sqlite import Change
-
-K = TypeVar("K")
-K_in = TypeVar("K_in", contravariant=True)
 
 
 class Op(StrEnum):
@@ -176,49 +175,6 @@ class Transition:
         """The task's state after this transition (None: unchanged)."""
         st: str | None = self.fields.get("state")
         return st
-
-
-# ---------------------------------------------------------------- DAG helpers (shared with rota plan)
-class Counts(Protocol[K_in]):
-    """Waiting needs by task: a list by index (the simulator) or a view of ``RunState.tasks``."""
-
-    def __getitem__(self, key: K_in, /) -> int: ...
-
-    def __setitem__(self, key: K_in, value: int, /) -> None: ...
-
-
-def needs_met(dependents: Iterable[K], unmet: Counts[K]) -> list[K]:
-    """Count one more done need for each of ``dependents``; return those left with none.
-
-    The bookkeeping half of a task ending ``succeeded`` or ``cached``, in a run
-    (:func:`apply`) and in a plan (:func:`rota.plan.simulate.simulate`).
-    """
-    out = []
-    for u in dependents:
-        left = unmet[u] - 1
-        unmet[u] = left
-        if left == 0:
-            out.append(u)
-    return out
-
-
-def blocked(dependents: Callable[[K], Iterable[K]], roots: Iterable[K], alive: Callable[[K], bool]) -> list[tuple[K, K]]:
-    """Every task that transitively needs one of ``roots`` and is still ``alive`` (may yet run),
-    as ``(task, the task it needs that is blocked)`` pairs, each task once, depth first.
-
-    Pure: the caller marks them (skipped in a run, blocked in a plan).
-    """
-    out: list[tuple[K, K]] = []
-    seen: set[K] = set()
-    stack = list(roots)
-    while stack:
-        i = stack.pop()
-        for u in dependents(i):
-            if u not in seen and alive(u):
-                seen.add(u)
-                out.append((u, i))
-                stack.append(u)
-    return out
 
 
 class _Unmet:

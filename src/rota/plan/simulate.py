@@ -18,6 +18,10 @@ called only at event times, which is equivalent because between events nothing
 the policy looks at changes except ``remaining_s``, and shrinking it only
 shrinks the backfill window.
 
+The DAG's bookkeeping (waiting needs counted down as needs end, dependents of
+an unschedulable task blocked) is :mod:`rota.core.dag`'s, the engine's own
+(:mod:`rota.engine.runstate`), so plan and run release tasks alike.
+
 Concurrency caps (:mod:`rota.plan.limits`): the engine also asks each hook's
 ``may_launch`` (a sweep's ``parallel:``: at most that many running trials per
 study, lowest trial numbers first). Here a capped task waits outside the ready
@@ -45,6 +49,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter, neg
 
+from rota.core.dag import blocked as blocked_by
+from rota.core.dag import needs_met
 from rota.core.policy import Candidate, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
 from rota.plan.limits import Cap, concurrency_caps
@@ -219,15 +225,11 @@ def simulate(
                 unschedulable.append((t.name, why))
                 dead[i] = True
     blocked: list[tuple[str, str]] = []
-    if unschedulable and not flat:
-        stack = [index[name] for name, _ in unschedulable]
-        while stack:
-            i = stack.pop()
-            for u in users[i]:
-                if not dead[u]:
-                    dead[u] = True
-                    blocked.append((tasks[u].name, tasks[i].name))
-                    stack.append(u)
+    if unschedulable and not flat:  # the run's skipped dependents (rota.core.dag, as the engine)
+        roots = [index[name] for name, _ in unschedulable]
+        for u, i in blocked_by(users.__getitem__, roots, lambda u: not dead[u]):
+            dead[u] = True
+            blocked.append((tasks[u].name, tasks[i].name))
 
     ranks = remaining_ranks_s(tasks, dur)
     prios = list(map(_PRIORITY, tasks))
@@ -301,9 +303,8 @@ def simulate(
                 gates.done(i)
             if flat:
                 continue
-            for u in users[i]:
-                unmet[u] -= 1
-                if unmet[u] == 0 and not dead[u]:
+            for u in needs_met(users[i], unmet):  # the run's bookkeeping (rota.core.dag)
+                if not dead[u]:
                     if gates and gates.group[u] >= 0:
                         gates.wait(u)
                         continue
