@@ -47,12 +47,31 @@ def by_name(state_dir: Path) -> dict[str, dict]:
 
 
 def wait_for(pred, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll ``pred`` until it is true; fail after ``timeout`` seconds. The one way tests wait
+    for a condition (never a fixed sleep)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def wait_ended(executor, handles: list, timeout_s: float = 120.0) -> dict:
+    """Poll an executor until every handle's attempt has ended; ``{key: Status}``."""
+    done: dict = {}
+
+    def all_ended() -> bool:
+        for k, s in executor.poll([h for h in handles if h.key not in done]).items():
+            if s.phase != "running":
+                done[k] = s
+        return len(done) == len(handles)
+
+    try:
+        wait_for(all_ended, timeout=timeout_s, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"not finished in {timeout_s}s: {[h.key for h in handles if h.key not in done]}") from None
+    return done
 
 
 def forget_handles(state_dir: Path) -> None:

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from rota.executors.base import Executor, Handle, Launch, Status
-from tests.helpers import wait_for
+from rota.executors.base import Executor, Handle, Launch
+from tests.helpers import wait_ended, wait_for
 
 
 def _launch(tmp_path: Path, key: str, command: str, **kw) -> Launch:
@@ -23,20 +23,6 @@ def _launch(tmp_path: Path, key: str, command: str, **kw) -> Launch:
     )
 
 
-def _wait(ex: Executor, handles: list[Handle], timeout_s: float = 120.0) -> dict[str, Status]:
-    done: dict[str, Status] = {}
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        st = ex.poll([h for h in handles if h.key not in done])
-        for k, s in st.items():
-            if s.phase != "running":
-                done[k] = s
-        if len(done) == len(handles):
-            return done
-        time.sleep(0.2)
-    raise AssertionError(f"not finished in {timeout_s}s: {[h.key for h in handles if h.key not in done]}")
-
-
 def test_is_an_executor(executor):
     assert isinstance(executor, Executor)
     assert executor.name
@@ -45,7 +31,7 @@ def test_is_an_executor(executor):
 def test_success_env_workdir_and_log(executor, tmp_path):
     h = executor.submit(_launch(tmp_path, "ok#1", 'echo "var=$MY_VAR task=$ROTA_TASK"; pwd; echo to-stderr >&2'))
     assert json.loads(json.dumps(h.to_json()))["key"] == "ok#1"
-    st = _wait(executor, [h])["ok#1"]
+    st = wait_ended(executor, [h])["ok#1"]
     assert st.phase == "succeeded" and st.exit_code == 0
     log = Path(tmp_path / "logs" / "ok-1.log").read_text()
     assert "var=hello world task=ok" in log
@@ -55,14 +41,14 @@ def test_success_env_workdir_and_log(executor, tmp_path):
 
 def test_failure_reports_exit_code(executor, tmp_path):
     h = executor.submit(_launch(tmp_path, "bad#1", "exit 7"))
-    st = _wait(executor, [h])["bad#1"]
+    st = wait_ended(executor, [h])["bad#1"]
     assert st.phase == "failed"
     assert st.exit_code == 7
 
 
 def test_poll_is_batched_over_many(executor, tmp_path):
     hs = [executor.submit(_launch(tmp_path, f"m{i}#1", f"exit {i % 2}")) for i in range(6)]
-    res = _wait(executor, hs)
+    res = wait_ended(executor, hs)
     assert [res[f"m{i}#1"].phase for i in range(6)] == ["succeeded", "failed"] * 3
 
 
@@ -75,7 +61,7 @@ def test_cancel_stops_a_running_attempt(executor, tmp_path):
     wait_for(started.exists, timeout=60)
     seen_started = time.time()
     executor.cancel([h], grace_s=2.0)
-    st = _wait(executor, [h], timeout_s=60)[h.key]
+    st = wait_ended(executor, [h], timeout_s=60)[h.key]
     assert st.phase in ("failed", "lost")
     # Past the moment both markers were due (3 s after the start), with a margin.
     wait_for(lambda: time.time() > seen_started + 4.5, timeout=10)
@@ -90,13 +76,13 @@ def test_adopt_after_controller_restart(executor, fresh_executor, tmp_path):
     fresh = fresh_executor()
     h2 = Handle.from_json(saved)
     assert fresh.adopt(h2) is True
-    st = _wait(fresh, [h2])[h2.key]
+    st = wait_ended(fresh, [h2])[h2.key]
     assert st.phase == "failed" and st.exit_code == 5
 
 
 def test_adopt_unknown_handle_is_false(executor, tmp_path):
     h = executor.submit(_launch(tmp_path, "gone#1", "true"))
-    _wait(executor, [h])
+    wait_ended(executor, [h])
     bogus = Handle("nope#1", h.executor, "999999999", {**h.data, "pid": 999999999, "rc_path": str(tmp_path / "none.rc"),
                                                         "job_id": "999999999"})
     assert executor.adopt(bogus) is False
@@ -107,7 +93,7 @@ def test_submit_many_when_offered(executor, tmp_path):
     launches = [_launch(tmp_path, f"arr{i}#1", f"echo item {i}", array_group="arr") for i in range(5)]
     hs = many(launches) if many else [executor.submit(la) for la in launches]
     assert [h.key for h in hs] == [la.key for la in launches]
-    res = _wait(executor, hs)
+    res = wait_ended(executor, hs)
     assert all(s.phase == "succeeded" for s in res.values())
     for i in range(5):
         assert f"item {i}" in Path(launches[i].log_path).read_text()

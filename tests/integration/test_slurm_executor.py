@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rota.executors.base import Handle, Launch, Status
+from rota.executors.base import Handle, Launch
 from rota.executors.slurm import SlurmExecutor
-from tests.helpers import wait_for
+from tests.helpers import wait_ended, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 GiB = 2**30
@@ -26,19 +26,6 @@ def _launch(tmp_path: Path, key: str, command: str, **kw) -> Launch:
     env.update(kw.pop("env", {}))
     return Launch(key=key, task=key.split("#")[0], attempt=1, command=command, env=env, workdir=str(tmp_path),
                   log_path=str(tmp_path / "logs" / f"{key.replace('#', '-')}.log"), **kw)
-
-
-def _wait(ex: SlurmExecutor, handles: list[Handle], timeout_s: float = 120.0) -> dict[str, Status]:
-    done: dict[str, Status] = {}
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for k, s in ex.poll([h for h in handles if h.key not in done]).items():
-            if s.phase != "running":
-                done[k] = s
-        if len(done) == len(handles):
-            return done
-        time.sleep(0.3)
-    raise AssertionError(f"not finished in {timeout_s}s: {[h.key for h in handles if h.key not in done]}")
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def test_success_env_log_and_slurm_gpus(ex, tmp_path):
                  gpus=(3,), gpu_count=1, cpus=2, memory_bytes=GiB)
     h = ex.submit(la)
     assert h.executor == "slurm" and h.external_id.isdigit()
-    st = _wait(ex, [h])["ok#1"]
+    st = wait_ended(ex, [h])["ok#1"]
     assert (st.phase, st.exit_code) == ("succeeded", 0)
     assert st.ended_at is not None and st.ended_at <= time.time()  # the rc file's time
     log = Path(la.log_path).read_text()
@@ -64,13 +51,13 @@ def test_success_env_log_and_slurm_gpus(ex, tmp_path):
 
 def test_failure_reports_exit_code(ex, tmp_path):
     h = ex.submit(_launch(tmp_path, "bad#1", "echo about to fail; exit 7"))
-    st = _wait(ex, [h])["bad#1"]
+    st = wait_ended(ex, [h])["bad#1"]
     assert (st.phase, st.exit_code, st.reason) == ("failed", 7, "exit 7")
 
 
 def test_two_gpu_job_sees_two_devices(ex, tmp_path):
     la = _launch(tmp_path, "ddp#1", 'echo "cvd=$CUDA_VISIBLE_DEVICES"', gpu_count=2, gpus=(0, 1))
-    _wait(ex, [ex.submit(la)])
+    wait_ended(ex, [ex.submit(la)])
     ids = Path(la.log_path).read_text().split("cvd=")[1].strip().split(",")
     assert len(ids) == 2 and len(set(ids)) == 2
 
@@ -86,7 +73,7 @@ def test_array_of_20_is_one_sbatch_and_polls_are_batched(ex, tmp_path):
     ex.poll(hs)
     assert ex.command_counts["squeue"] - before.get("squeue", 0) == 1
     assert ex.command_counts["sacct"] - before.get("sacct", 0) <= 1
-    res = _wait(ex, hs)
+    res = wait_ended(ex, hs)
     assert [res[f"m{i}#1"].phase for i in range(20)] == ["failed" if i % 5 == 4 else "succeeded" for i in range(20)]
     assert res["m4#1"].exit_code == 1
     for i, la in enumerate(las):
@@ -100,7 +87,7 @@ def test_submit_many_groups_by_array_and_resources(ex, tmp_path):
     hs = ex.submit_many(las)
     assert ex.command_counts["sbatch"] == 3  # cpus=1 array, cpus=2 array, solo
     assert [h.key for h in hs] == [la.key for la in las]
-    assert all(s.phase == "succeeded" for s in _wait(ex, hs).values())
+    assert all(s.phase == "succeeded" for s in wait_ended(ex, hs).values())
 
 
 def test_cancel_stops_a_running_job(ex, tmp_path):
@@ -112,7 +99,7 @@ def test_cancel_stops_a_running_job(ex, tmp_path):
     seen_started = time.time()
     ex.cancel([h], grace_s=2.0)
     assert time.time() - seen_started < 5, "cancel took longer than the task; the test proves nothing"
-    st = _wait(ex, [h], timeout_s=30)[h.key]
+    st = wait_ended(ex, [h], timeout_s=30)[h.key]
     assert st.phase == "failed" and st.reason == "cancelled"
     # Past the moment the marker was due (5 s after the start), with a margin.
     wait_for(lambda: time.time() > seen_started + 6.5, timeout=30)
@@ -126,7 +113,7 @@ def test_adopt_after_controller_restart(ex, tmp_path):
     fresh = SlurmExecutor(tmp_path / "state", gpu_memory_bytes=16 * GiB)  # a new controller
     again = [Handle.from_json(d) for d in saved]
     assert all(fresh.adopt(h) for h in again)
-    res = _wait(fresh, again)
+    res = wait_ended(fresh, again)
     assert (res["ad0#1"].exit_code, res["ad1#1"].exit_code, res["ad_single#1"].phase) == (3, 4, "succeeded")
     assert fresh.adopt(Handle("nope#1", "slurm", "999999999", {"job_id": "999999999"})) is False
 
@@ -149,7 +136,7 @@ def test_memory_shared_gpu_group_is_one_job(ex, tmp_path):
     assert ex.command_counts["sbatch"] == 1 and len({h.external_id for h in hs}) == 1
     wait_for(Path(las[3].log_path).exists, timeout=60)
     ex.cancel([hs[3]], grace_s=5)  # one member only: the others go on
-    res = _wait(ex, hs[:3])
+    res = wait_ended(ex, hs[:3])
     assert [res[f"sh{i}#1"].exit_code for i in range(3)] == [0, 1, 2]
     victim = ex.poll([hs[3]])[hs[3].key]
     assert victim.phase == "failed" and victim.exit_code == 128 + 15
@@ -172,7 +159,7 @@ def test_capacity_from_the_cluster(ex):
 def test_slurm_time_limit_reports_timeout(ex, tmp_path):
     """SLURM's own limit (whole minutes) as a safety net: TIMEOUT -> failed 'timeout'."""
     h = ex.submit(_launch(tmp_path, "slow#1", "sleep 600", timeout_s=5))
-    st = _wait(ex, [h], timeout_s=200)[h.key]
+    st = wait_ended(ex, [h], timeout_s=200)[h.key]
     assert st.phase == "failed" and st.reason == "timeout"
 
 
@@ -225,7 +212,7 @@ def test_controller_inside_a_slurm_job_does_not_leak_its_allocation(tmp_path):
     ex = SlurmExecutor(tmp_path / "state", inherit_env=outer)
     la = _launch(tmp_path, "inner#1", 'echo "job=$SLURM_JOB_ID mem=${SLURM_MEM_PER_NODE:-unset} task=$ROTA_TASK"')
     h = ex.submit(la)
-    assert _wait(ex, [h])[h.key].phase == "succeeded"
+    assert wait_ended(ex, [h])[h.key].phase == "succeeded"
     assert f"job={h.external_id} mem=unset task=inner" in Path(la.log_path).read_text()
 
 
@@ -234,7 +221,7 @@ def test_log_path_with_percent_signs(ex, tmp_path):
     import dataclasses
 
     la = dataclasses.replace(_launch(tmp_path, "pct#1", "echo hello"), log_path=str(tmp_path / "logs" / "100%j.log"))
-    _wait(ex, [ex.submit(la)])
+    wait_ended(ex, [ex.submit(la)])
     assert Path(la.log_path).read_text() == "hello\n"
 
 
