@@ -11,6 +11,7 @@ import sqlite3
 
 import pytest
 
+from rota.core.dag import blocked, needs_met
 from rota.core.resources import Placement, Request
 from rota.engine import runstate as R
 from rota.engine.runstate import Op, RunState
@@ -169,10 +170,10 @@ def test_dag_helpers_work_on_indices_as_the_simulator_uses_them():
     # 0 -> 1, 0 -> 2, (1, 2) -> 3
     users = [[1, 2], [3], [3], []]
     unmet = [0, 1, 1, 2]
-    assert R.needs_met(users[0], unmet) == [1, 2] and unmet == [0, 0, 0, 2]
-    assert R.needs_met(users[1], unmet) == [] and R.needs_met(users[2], unmet) == [3]
+    assert needs_met(users[0], unmet) == [1, 2] and unmet == [0, 0, 0, 2]
+    assert needs_met(users[1], unmet) == [] and needs_met(users[2], unmet) == [3]
     dead = [True, False, False, False]
-    assert sorted(R.blocked(users.__getitem__, [0], lambda u: not dead[u])) == [(1, 0), (2, 0), (3, 2)]
+    assert sorted(blocked(users.__getitem__, [0], lambda u: not dead[u])) == [(1, 0), (2, 0), (3, 2)]
 
 
 def test_replaying_a_finished_runs_event_log_gives_its_state(tmp_path):

@@ -35,6 +35,8 @@ from rota.spec.load import Spec
 from rota.store import base as S
 from rota.store.sqlite import Change, SqliteStore, storage_error
 
+__all__ = ["Engine", "Options"]
+
 STAGE_WAIT_S = 0.05  # how long staged transitions may wait for the next commit when the loop is idle
 
 

@@ -9,6 +9,7 @@ import statistics
 import time
 from typing import Any
 
+from rota.core.dag import blocked
 from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
@@ -80,7 +81,7 @@ class Recovery(EngineState):
         again = [t.name for t in self.spec.tasks if self.live[t.name].state not in S.DONE_OK]
         users, live = self.rs.dependents, self.live
         rows: list[dict[str, Any]] = []
-        for name, because in R.blocked(lambda n: users.get(n, ()), again, lambda u: live[u].state in S.DONE_OK):
+        for name, because in blocked(lambda n: users.get(n, ()), again, lambda u: live[u].state in S.DONE_OK):
             lv = live[name]
             lv.state, lv.attempts, lv.exit_code = S.PENDING, 0, None
             lv.started_at = lv.ended_at = lv.log_path = None
