@@ -36,7 +36,10 @@ def test_grid_values():
         "c": ParamSpec(type="categorical", choices=["x", "y"]),
     })
     assert grid_values(sw, file=None, task=None) == {"a": [1, 4, 7], "b": [0.0, 0.25, 0.5], "c": ["x", "y"]}
-    bad = SweepSpec(trials=1, metric="m", sampler="grid", params={"f": ParamSpec(type="float", low=0, high=1)})
+    no_step = {"f": ParamSpec(type="float", low=0, high=1)}
+    with pytest.raises(ValueError, match="grid needs 'step'"):  # the spec model refuses it first
+        SweepSpec(trials=1, metric="m", sampler="grid", params=no_step)
+    bad = SweepSpec.model_construct(trials=1, metric="m", sampler="grid", params=no_step)  # unvalidated
     with pytest.raises(SpecError, match="step"):
         grid_values(bad, file="rota.yaml", task="t")
 
