@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -247,7 +248,8 @@ def test_crash_before_handle_commit_finds_the_attempt_again(tmp_path):
     proc = start_rota("run", spec, "--plain", "--cpus", "2")
     wait_for(lambda: {r["name"] for r in read_records(rec)} >= {"quick"} and (sd / "logs" / "slow").exists(), timeout=60)
     exit_log = sd / "exit-status.log"
-    wait_for(lambda: exit_log.exists() and " quick#1\n" in exit_log.read_text(), timeout=30)
+    quick_id = sqlite3.connect(sd / "state.db").execute("SELECT id FROM attempts WHERE task='quick'").fetchone()[0]
+    wait_for(lambda: exit_log.exists() and f" @{quick_id}\n" in exit_log.read_text(), timeout=30)  # by attempt id
     os.killpg(proc.pid, signal.SIGKILL)  # the tasks have their own sessions: they go on
     proc.wait()
     forget_handles(sd)

@@ -16,7 +16,7 @@ from tests.helpers import rota as rota_cli
 # The documented version-1 fields (README, "rota status --json"): only ever added to.
 TOP_FIELDS = ["version", "run_id", "spec", "state_dir", "controller", "counts", "tasks"]
 TASK_FIELDS = ["name", "state", "attempts", "exit_code", "reason", "gpus", "cpus", "started_at", "ended_at",
-               "duration_s", "log_path", "out_dir", "vars", "params", "metrics", "group", "queued"]
+               "duration_s", "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt"]
 STATES = ["pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted"]
 
 # The click command, bypassing `python -m rota.cli`'s fast path.
@@ -60,6 +60,8 @@ def test_json_has_exactly_the_documented_fields_and_values(tmp_path: Path) -> No
     assert tasks["ok-1"]["group"] == "ok-{x}" and tasks["ok-1"]["gpus"] == [] and tasks["ok-1"]["params"] is None
     assert not any(t["queued"] for t in data["tasks"])  # the local backend never queues
     assert tasks["bad"]["state"] == "failed" and tasks["bad"]["exit_code"] == 3
+    assert (tasks["bad"]["attempts"], tasks["bad"]["attempt"]) == (1, 1)  # attempt: the latest one's number
+    assert (tasks["after-bad"]["attempts"], tasks["after-bad"]["attempt"]) == (0, 0)  # none yet
     assert tasks["after-bad"]["state"] == "skipped" and tasks["after-bad"]["duration_s"] is None
     assert tasks["ok-1"]["duration_s"] == tasks["ok-1"]["ended_at"] - tasks["ok-1"]["started_at"] >= 0
     assert data["counts"] == {**dict.fromkeys(STATES, 0), "succeeded": 2, "failed": 1, "skipped": 1}

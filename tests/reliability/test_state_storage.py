@@ -8,6 +8,7 @@ with the reason, unless ``CI`` is set (then they fail: CI must run them).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -249,3 +250,69 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version=99")
     conn.close()
     _refused(tmp_path, "newer rota")
+
+
+# What rota wrote before attempt ids (schema 1): attempt numbers restarted at each reset.
+SCHEMA_1 = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tasks(name TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL DEFAULT '',
+  inputs_fp TEXT, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, free_attempts INTEGER NOT NULL DEFAULT 0,
+  exit_code INTEGER, reason TEXT NOT NULL DEFAULT '', gpus TEXT NOT NULL DEFAULT '[]',
+  gpu_bytes TEXT NOT NULL DEFAULT '[]', cpus INTEGER NOT NULL DEFAULT 0, memory_bytes INTEGER NOT NULL DEFAULT 0,
+  gpu_memory_override INTEGER, started_at REAL, ended_at REAL, deadline REAL, not_before REAL, log_path TEXT,
+  out_dir TEXT, handle TEXT, vars TEXT NOT NULL DEFAULT '{}', estimate_s REAL, command TEXT NOT NULL DEFAULT '',
+  trial INTEGER, params TEXT, updated_at REAL NOT NULL);
+CREATE TABLE attempts(task TEXT NOT NULL, attempt INTEGER NOT NULL, state TEXT NOT NULL, exit_code INTEGER,
+  reason TEXT NOT NULL DEFAULT '', gpus TEXT NOT NULL DEFAULT '[]', started_at REAL, ended_at REAL, log_path TEXT,
+  handle TEXT, peak_gpu_memory_bytes INTEGER, command TEXT NOT NULL DEFAULT '', PRIMARY KEY(task, attempt));
+CREATE TABLE events(seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, task TEXT, kind TEXT NOT NULL,
+  data TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE metrics(task TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY(task, name));
+CREATE TABLE gpu_samples(ts REAL NOT NULL, gpu INTEGER NOT NULL, util_pct REAL, mem_used_bytes INTEGER,
+  mem_total_bytes INTEGER);
+CREATE INDEX tasks_state ON tasks(state);
+"""
+
+
+def test_a_schema_1_state_is_read_as_it_is_and_migrated_by_the_next_run(tmp_path: Path) -> None:
+    """An existing .rota keeps working: ``rota status`` reads schema 1 without writing it; ``rota run``
+    migrates it (attempts get ids) and numbers the next attempt after the highest one recorded,
+    so the old logs stay as they were and ``rota logs --attempt`` still reaches them."""
+    spec = write_spec(tmp_path, "tasks:\n  - {name: t, command: 'echo new $ROTA_ATTEMPT'}\n")
+    sd = tmp_path / ".rota"
+    logs = sd / "logs" / "t"
+    logs.mkdir(parents=True)
+    for n in (1, 2):
+        (logs / f"attempt-{n}.log").write_text(f"old {n}\n")
+    conn = sqlite3.connect(sd / "state.db")
+    conn.executescript(SCHEMA_1)
+    conn.execute("PRAGMA application_id=1383036001")  # 'Rota'
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO tasks(name, state, attempts, exit_code, log_path, updated_at) "
+                 "VALUES('t', 'failed', 1, 1, ?, 0)", (str(logs / "attempt-1.log"),))
+    # A first run's retry left attempt 2; a reset then restarted numbers and attempt 1 was overwritten.
+    conn.executemany("INSERT INTO attempts(task, attempt, state, log_path) VALUES('t', ?, 'failed', ?)",
+                     [(2, str(logs / "attempt-2.log")), (1, str(logs / "attempt-1.log"))])
+    conn.commit()
+    conn.close()
+
+    p = rota("status", "--json", "--state-dir", sd)
+    assert p.returncode == 0, p.stderr
+    t = json.loads(p.stdout)["tasks"][0]
+    assert (t["attempts"], t["attempt"]) == (1, 1)  # schema 1 knows no more than its count
+    assert rota("logs", "t", "--state-dir", sd, "--attempt", "2").stdout == "old 2\n"
+    with contextlib.closing(sqlite3.connect(sd / "state.db")) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 1  # readers never migrate
+
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 0, p.stdout + p.stderr
+    with contextlib.closing(sqlite3.connect(sd / "state.db")) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        rows = c.execute("SELECT attempt, id, state FROM attempts WHERE task='t' ORDER BY attempt").fetchall()
+    assert [(a, s) for a, _, s in rows] == [(1, "failed"), (2, "failed"), (3, "succeeded")]
+    assert len({i for _, i, _ in rows}) == 3
+    assert [(logs / f"attempt-{n}.log").read_text() for n in (1, 2, 3)] == ["old 1\n", "old 2\n", "new 3\n"]
+    t = by_name(sd)["t"]
+    assert (t["attempts"], t["attempt"], t["log_path"]) == (1, 3, str(logs / "attempt-3.log"))
+    for n, text in ((1, "old 1\n"), (3, "new 3\n")):
+        assert rota("logs", "t", "--state-dir", sd, "--attempt", str(n)).stdout == text

@@ -216,6 +216,7 @@ def out_id(out: str) -> str | None:
 
 
 def log_path(state_dir: str, task_name: str, attempt: int) -> str:
+    """``logs/<task>/attempt-<attempt>.log``: one attempt's alone (attempt numbers never restart)."""
     return os.path.join(state_dir, "logs", slug(task_name), f"attempt-{attempt}.log")
 
 
@@ -246,8 +247,12 @@ def task_env(
     needs_out: Mapping[str, str],
     params: Mapping[str, object] | None = None,
     gpu_memory_bytes: int | None = None,
+    attempt_id: int | None = None,
 ) -> dict[str, str]:
-    """rota's additions to a task's environment (on top of the inherited one)."""
+    """rota's additions to a task's environment (on top of the inherited one).
+
+    ``attempt``: the attempt's number (``ROTA_ATTEMPT``, never restarts); ``attempt_id``: its id
+    in the state folder (``ROTA_ATTEMPT_ID``, given by the store), by which executors find it."""
     cuda_ids = []
     for i in gpus:
         try:
@@ -263,6 +268,7 @@ def task_env(
         "ROTA_OUT": out,
         "ROTA_ATTEMPT": str(attempt),
         "ROTA_ATTEMPT_KEY": key,
+        **({"ROTA_ATTEMPT_ID": str(attempt_id)} if attempt_id is not None else {}),
         "ROTA_STATE_DIR": state_dir,
         "ROTA_CPUS": threads,
         "ROTA_GPUS": ",".join(cuda_ids),

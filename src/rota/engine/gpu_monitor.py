@@ -108,7 +108,7 @@ class GpuMonitor(Hook):
     def finished(self, engine: Any, lv: Any, state: str, metrics: Any) -> None:
         peak = self._peaks.pop(lv.task.name, None)
         if peak:
-            engine.store.set_peak_gpu_memory(lv.task.name, lv.attempts, peak)
+            engine.store.set_peak_gpu_memory(lv.task.name, lv.attempt, peak)
         pgid = self._pgids.pop(lv.task.name, 0)
         if lv.handle is not None:
             pgid = int(lv.handle.data.get("pgid", 0) or 0)

@@ -261,7 +261,7 @@ class SweepHook(Hook):
         if ref is None or lv.handle is None:
             return
         name, number = ref
-        key = f"{lv.task.name}#{lv.attempts}"
+        key = f"{lv.task.name}#{lv.attempt}"
         if self.sweeps[study_name(lv.task)].pruner == "none" or key in self._pruned:
             return
         trial = self._record_reports(lv, name, number)
@@ -277,7 +277,7 @@ class SweepHook(Hook):
 
     def _record_reports(self, lv: Any, name: str, number: int) -> Any:
         """Store the attempt's new intermediate values; the updated running trial, or None if nothing new."""
-        reports = self._reports.new_reports(f"{lv.task.name}#{lv.attempts}", lv.log_path)
+        reports = self._reports.new_reports(f"{lv.task.name}#{lv.attempt}", lv.log_path)
         if not reports:
             return None
         st = self.study(name)
@@ -300,7 +300,7 @@ class SweepHook(Hook):
         ref = self._ref(lv)
         if ref is None or self.sweeps[study_name(lv.task)].pruner == "none":
             return False
-        if f"{lv.task.name}#{lv.attempts}" in self._pruned:
+        if f"{lv.task.name}#{lv.attempt}" in self._pruned:
             return True
         trial = self._trial(self.study(ref[0]), ref[1])  # decided by a previous controller?
         return trial is not None and "rota_pruned_at" in trial.user_attrs
@@ -358,7 +358,7 @@ class SweepHook(Hook):
         if trial is None:
             trial = st.ask(self.dists[sweep])
         trial.set_user_attr("rota_task", lv.task.name)
-        trial.set_user_attr("rota_attempt", lv.attempts + 1)
+        trial.set_user_attr("rota_attempt", lv.attempt + 1)
         params: dict[str, Any] = dict(trial.params)
         params[TRIAL_KEY] = trial.number
         params[G.STUDY_KEY] = name
@@ -371,7 +371,7 @@ class SweepHook(Hook):
             return
         name, number = ref
         sw = self.sweeps[study_name(lv.task)]
-        key = f"{lv.task.name}#{lv.attempts}"
+        key = f"{lv.task.name}#{lv.attempt}"
         if sw.pruner != "none":
             self._record_reports(lv, name, number)  # the last values, so later trials compare against them
         self._reports.forget(key)

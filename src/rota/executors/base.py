@@ -71,8 +71,10 @@ def inherited_env(environ: Mapping[str, str], drop_prefixes: tuple[str, ...] = (
 class Launch:
     """One attempt of one task, fully resolved.
 
-    ``key`` is unique per attempt (``"<task>#<attempt>"``) and doubles as the
-    token the local executor uses to find processes after a crash.
+    ``key`` is unique per attempt in its state folder (``"<task>#<attempt>"``: attempt numbers
+    never restart). ``attempt_id`` is the attempt's id in the store (``ROTA_ATTEMPT_ID`` in
+    ``env``; 0: none, a launch made outside a run): executors find an attempt again by it
+    (its process, its exit-status line), never by time.
     ``env`` holds only rota's additions (CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS,
     ROTA_*, matrix variables, the task's ``env``); executors add them on top of
     the inherited environment. ``gpus`` are the host GPU indices chosen by the
@@ -98,6 +100,7 @@ class Launch:
     halt_path: str | None = None  # exists once the run launches nothing more: a queued attempt must not start
     estimate_s: float | None = None
     array_group: str | None = None  # tasks of one matrix: a backend may batch them
+    attempt_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Each task's bash appends one line when it exits (its EXIT trap, see
 ``local.PROLOGUE``)::
 
-    <exit status> <end time, $EPOCHREALTIME> <attempt key>
+    <exit status> <end time, $EPOCHREALTIME> @<attempt id>
 
 so a controller that did not start the attempt (it was killed, and a new one
 adopted the task) still learns how it ended. One shared file instead of one
@@ -11,11 +11,14 @@ file per attempt keeps a task's launch at two new inodes (its log and its
 output folder): on ext4 every new inode costs a scan of recently freed ones.
 
 Lines of small appends (``O_APPEND``, one ``write``) never interleave on a
-local filesystem. Attempt keys repeat when a task is reset (``--rerun``, a
-changed command), so a line counts for an attempt only if it ended after that
-attempt was launched (``after``). A ``void`` line in place of the status
-discards what came before it for that key (the controller stopped the attempt
-itself and it must run again, free).
+local filesystem. An attempt is named by its id (``$ROTA_ATTEMPT_ID``, unique in
+the state folder: :func:`token`), so a line is one attempt's and no time is
+compared. Attempts launched by a rota before attempt ids (no ``ROTA_ATTEMPT_ID``)
+wrote their key instead, which repeated when a task was reset (``--rerun``): for
+those alone a line counts only if it ended after the attempt was launched
+(``after``). A ``void`` line in place of the status discards what came before it
+for that attempt (the controller stopped the attempt itself and it must run
+again, free).
 """
 
 from __future__ import annotations
@@ -24,12 +27,18 @@ import os
 
 NAME = "exit-status.log"
 # Bash's EXIT trap: "$?" is the status the shell exits with (TERM/INT/HUP traps exit 128+n first).
-TRAP = """trap 'printf "%s %s %s\\n" "$?" "$EPOCHREALTIME" "$ROTA_ATTEMPT_KEY" >> "$ROTA_EXIT_LOG"' EXIT; """
+TRAP = ("""trap 'printf "%s %s %s\\n" "$?" "$EPOCHREALTIME" "${ROTA_ATTEMPT_ID:+@}${ROTA_ATTEMPT_ID:-$ROTA_ATTEMPT_KEY}" """
+        """>> "$ROTA_EXIT_LOG"' EXIT; """)
 VOID = "void"
 
 
 def path_for(state_dir: str) -> str:
     return os.path.join(state_dir, NAME)
+
+
+def token(key: str, attempt_id: int | None) -> str:
+    """How the exit-status log names an attempt: ``@<id>``; its key when it has no id (see the module doc)."""
+    return f"@{attempt_id}" if attempt_id else key
 
 
 class ExitLog:
@@ -41,7 +50,8 @@ class ExitLog:
         self._last: dict[str, tuple[int | None, float]] = {}  # key -> (status or None if voided, end time)
 
     def status(self, key: str, after: float = 0.0) -> int | None:
-        """The exit status of ``key``'s attempt launched at ``after`` (epoch s), or None if none is recorded."""
+        """The exit status recorded for :func:`token` ``key``, or None if none is. ``after`` (epoch s):
+        for a key without an id only, the attempt's launch; a line that ended before it is an earlier one's."""
         self._read_new()
         got = self._last.get(key)
         if got is None:
@@ -53,7 +63,7 @@ class ExitLog:
         return code
 
     def void(self, keys: list[str]) -> None:
-        """Discard the recorded statuses of ``keys`` (best effort: the disk may be full or read-only)."""
+        """Discard the recorded statuses of ``keys`` (tokens; best effort: the disk may be full or read-only)."""
         if not keys:
             return
         text = "".join(f"{VOID} - {k}\n" for k in keys)

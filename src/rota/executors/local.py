@@ -88,6 +88,8 @@ class LocalExecutor(Executor):
         env = dict(self._base_env)
         env.update(launch.env)
         env["ROTA_ATTEMPT_KEY"] = launch.key
+        if launch.attempt_id:
+            env["ROTA_ATTEMPT_ID"] = str(launch.attempt_id)  # its exit-status line names it by this
         env["ROTA_EXIT_LOG"] = exit_log
         env["ROTA_WORKDIR"] = workdir
         spawned_at = time.time()
@@ -108,17 +110,21 @@ class LocalExecutor(Executor):
             self._pids[launch.key] = pid
         # The spawn time identifies the process against pid reuse. Reading its exact
         # create_time here would wait for the child's exec (/proc/PID/stat blocks on it).
-        return Handle(launch.key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at,
-                                                    "exit_log": exit_log})
+        return Handle(launch.key, NAME, str(pid), _data(pid, spawned_at, exit_log, launch.attempt_id))
 
-    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0) -> Handle | None:
+    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0, *,
+                attempt_id: int | None = None) -> Handle | None:
         """The handle of an attempt whose handle was never committed (the controller died first).
 
-        Found by its environment while it runs, by its line in the exit-status log
-        once it ended (one that ended after ``started_at``, when it was launched);
-        None when neither exists (it never started, or ended without recording a status).
+        Found by its id (``ROTA_ATTEMPT_ID``) in its environment while it runs, by its
+        line in the exit-status log once it ended; None when neither exists (it never
+        started, or ended without recording a status). An attempt of a rota before ids
+        (``attempt_id`` None, or its process has none) is found by its key, and its
+        exit line only if it ended after ``started_at``, its launch.
         """
-        pids = sorted(self._attempt_processes(state_dir).get(key, []))
+        found = self._attempt_processes(state_dir)
+        tok = exits.token(key, attempt_id)
+        pids = sorted(found.get(tok) or found.get(key, []))
         exit_log = exits.path_for(state_dir)
         for pid in pids:
             try:
@@ -130,15 +136,19 @@ class LocalExecutor(Executor):
             # The launch time, not create_time (clock-tick rounding may put that after a quick end):
             # it is what the exit line's end time is compared with, and within the pid-reuse tolerance.
             spawned_at = started_at if abs(created - started_at) < PID_REUSE_TOLERANCE_S else created
-            return Handle(key, NAME, str(pid), {"pid": pid, "pgid": pid, "spawned_at": spawned_at,
-                                                "exit_log": exit_log})
-        if self._exit_log(exit_log).status(key, started_at) is not None:
-            return Handle(key, NAME, "0", {"pid": 0, "pgid": 0, "spawned_at": started_at, "exit_log": exit_log})
+            return Handle(key, NAME, str(pid), _data(pid, spawned_at, exit_log, attempt_id))
+        reader = self._exit_log(exit_log)
+        if attempt_id and reader.status(tok) is not None:
+            return Handle(key, NAME, "0", _data(0, started_at, exit_log, attempt_id))
+        if reader.status(key, started_at) is not None:  # launched by a rota before attempt ids
+            return Handle(key, NAME, "0", _data(0, started_at, exit_log, None))
         return None
 
-    def stop_unrecorded(self, state_dir: str, key: str) -> None:
-        """SIGKILL the process group of an attempt whose handle was never committed, if it exists."""
-        for pid in self._attempt_processes(state_dir).get(key, []):
+    def stop_unrecorded(self, state_dir: str, key: str, *, attempt_id: int | None = None) -> None:
+        """SIGKILL the process group of an attempt whose handle was never committed, if it exists
+        (found by its id; by its key when it has none, as :meth:`recover`)."""
+        found = self._attempt_processes(state_dir)
+        for pid in found.get(exits.token(key, attempt_id)) or found.get(key, []):
             with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
 
@@ -151,7 +161,9 @@ class LocalExecutor(Executor):
     def recorded_status(self, h: Handle) -> int | None:
         """The exit status the attempt's bash recorded, if it did (rota 0.1 handles: its ``.rc`` file)."""
         if h.data.get("exit_log"):
-            return self._exit_log(str(h.data["exit_log"])).status(h.key, float(h.data.get("spawned_at") or 0.0))
+            aid = h.data.get("attempt_id")  # by its id alone; by key and launch time for attempts without one
+            after = 0.0 if aid else float(h.data.get("spawned_at") or 0.0)
+            return self._exit_log(str(h.data["exit_log"])).status(exits.token(h.key, aid), after)
         return read_rc(str(h.data.get("rc_path", "")))
 
     def discard_status(self, handles: Sequence[Handle]) -> None:
@@ -162,7 +174,7 @@ class LocalExecutor(Executor):
         voids: dict[str, list[str]] = {}
         for h in handles:
             if h.data.get("exit_log") and self.recorded_status(h) not in (None, 0):
-                voids.setdefault(str(h.data["exit_log"]), []).append(h.key)
+                voids.setdefault(str(h.data["exit_log"]), []).append(exits.token(h.key, h.data.get("attempt_id")))
         discard_rc_files([h for h in handles if not h.data.get("exit_log")])
         for path, keys in voids.items():
             self._exit_log(path).void(keys)
@@ -347,8 +359,17 @@ def _reap_group(pgid: int) -> None:
             pass
 
 
+def _data(pid: int, spawned_at: float, exit_log: str, attempt_id: int | None) -> dict[str, object]:
+    """A local handle's data; ``attempt_id`` (when the attempt has one) names its exit-status line."""
+    data: dict[str, object] = {"pid": pid, "pgid": pid, "spawned_at": spawned_at, "exit_log": exit_log}
+    if attempt_id:
+        data["attempt_id"] = attempt_id
+    return data
+
+
 def find_attempt_processes(state_dir: str) -> dict[str, list[int]]:
-    """Processes started by rota for ``state_dir``, by attempt key (from their environment).
+    """Processes started by rota for ``state_dir``, by :func:`exits.token` (``@<attempt id>``) and by
+    attempt key (from their environment; an attempt of a rota before ids has only its key).
 
     Used after a crash between ``launching`` being committed and the handle
     being recorded: such a process exists but its handle is unknown.
@@ -361,4 +382,6 @@ def find_attempt_processes(state_dir: str) -> dict[str, list[int]]:
             continue
         if env.get("ROTA_STATE_DIR") == state_dir and "ROTA_ATTEMPT_KEY" in env:
             found.setdefault(env["ROTA_ATTEMPT_KEY"], []).append(p.pid)
+            if env.get("ROTA_ATTEMPT_ID"):
+                found.setdefault(f"@{env['ROTA_ATTEMPT_ID']}", []).append(p.pid)
     return found

@@ -180,7 +180,8 @@ class RayExecutor(Executor):
             self._inflight[ref] = ids
             self._unconfirmed.update(ids)
         return [Handle(la.key, NAME, it["id"], {"supervisor": self.supervisor_name, "namespace": self.namespace,
-                                                 "rc_path": it["spec"]["rc_path"], "submitted_at": time.time()})
+                                                 "rc_path": it["spec"]["rc_path"], "submitted_at": time.time(),
+                                                 **({"attempt_id": la.attempt_id} if la.attempt_id else {})})
                 for la, it in zip(launches, items, strict=True)]
 
     def poll(self, handles: Sequence[Handle]) -> dict[str, Status]:
@@ -247,31 +248,35 @@ class RayExecutor(Executor):
             time.sleep(0.1)
         return read_rc(str(handle.data.get("rc_path", ""))) is not None
 
-    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0) -> Handle | None:
+    def recover(self, state_dir: str, key: str, log_path: str | None, started_at: float = 0.0, *,
+                attempt_id: int | None = None) -> Handle | None:
         """The handle of an attempt a dead controller submitted but never recorded (``launching``, no handle).
 
         Every rota supervisor in the namespace is asked for it by state folder and
         key, again until a submission sent at ``started_at`` has surely arrived
         (``SUBMIT_SETTLE_S``); else its ``<log>.rc`` says it ended (its supervisor
         is gone). None when neither knows it: it never started. Having this lets
-        the engine commit handles with its next round instead of at once.
+        the engine commit handles with its next round instead of at once. The key is the
+        attempt's alone (attempt numbers never restart), and so is its log and rc file;
+        ``attempt_id`` goes into the handle (see :meth:`_seen_start`).
         """
+        extra = {"attempt_id": attempt_id} if attempt_id else {}
         rc_path = rc_path_for(log_path) if log_path else ""
         while True:
             found = next(self._knowing(state_dir, key), None)
             if found is not None:
                 name, _sup, ids = found
                 return Handle(key, NAME, ids[-1], {"supervisor": name, "namespace": self.namespace,
-                                                  "rc_path": rc_path, "submitted_at": started_at})
+                                                  "rc_path": rc_path, "submitted_at": started_at, **extra})
             if time.time() >= started_at + SUBMIT_SETTLE_S:
                 break
             time.sleep(0.2)
         if rc_path and read_rc(rc_path) is not None:
             return Handle(key, NAME, f"rc:{key}", {"supervisor": "", "namespace": self.namespace,
-                                                   "rc_path": rc_path, "submitted_at": started_at})
+                                                   "rc_path": rc_path, "submitted_at": started_at, **extra})
         return None
 
-    def stop_unrecorded(self, state_dir: str, key: str) -> None:
+    def stop_unrecorded(self, state_dir: str, key: str, *, attempt_id: int | None = None) -> None:
         """Cancel an attempt whose handle a dead controller never committed (same state folder and key)."""
         for _name, sup, ids in self._knowing(state_dir, key):
             try:
@@ -398,8 +403,10 @@ class RayExecutor(Executor):
         """When the attempt started, as seen from here: its task opens the log and sets its
         modification time as it starts (``run_attempt``), so that time at first sight (exact
         until the task writes; the outcome brings the task's own clock at the end). None while
-        the log is missing or older than the submission (a rerun's earlier attempt of the same
-        number): the attempt still waits in Ray's queue."""
+        the log is missing: the attempt still waits in Ray's queue. An attempt with an id has a
+        log of its own (numbers never restart): no time is compared. Only for one submitted by a
+        rota before ids, whose log a rerun's earlier attempt may have written, a log older than
+        the submission does not count."""
         seen = self._seen.get(h.key)
         if seen is None:
             rc_path = str(h.data.get("rc_path") or "")
@@ -407,8 +414,10 @@ class RayExecutor(Executor):
                 mtime = os.stat(rc_path.removesuffix(".rc")).st_mtime if rc_path.endswith(".rc") else None
             except OSError:
                 return None
+            if mtime is None:
+                return None
             submitted = float(h.data.get("submitted_at") or 0.0)
-            if mtime is None or mtime < submitted - CLOCK_SLACK_S:
+            if not h.data.get("attempt_id") and mtime < submitted - CLOCK_SLACK_S:
                 return None
             seen = self._seen[h.key] = min(mtime, time.time())
         return seen

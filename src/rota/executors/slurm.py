@@ -409,11 +409,12 @@ class SlurmExecutor(Executor):
             return True
         return handle.external_id in (self._sacct([handle]) or {})
 
-    def stop_unrecorded(self, state_dir: str, key: str) -> None:
+    def stop_unrecorded(self, state_dir: str, key: str, *, attempt_id: int | None = None) -> None:
         """Cancel the job (or array element) of an attempt a dead controller submitted but never recorded.
 
         Found among this user's jobs by its batch script: one in the state
-        folder's ``slurm/`` that runs that attempt (``ROTA_ATTEMPT_KEY``). Killed,
+        folder's ``slurm/`` that runs that attempt (``ROTA_ATTEMPT_KEY``: one attempt's alone, as
+        attempt numbers never restart; ``attempt_id`` is not needed). Killed,
         then waited for until SLURM lists it no more, so its rerun never overlaps it.
         """
         folder = (Path(state_dir) / "slurm").resolve()

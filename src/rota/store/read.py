@@ -37,8 +37,9 @@ _INF = float("inf")
 
 _TASKS_QUERY = (
     "SELECT name, state, attempts, exit_code, reason, gpus, cpus, started_at, ended_at, log_path, out_dir, "
-    "vars, params, grp FROM tasks ORDER BY rowid"
+    "vars, params, grp, attempt FROM tasks ORDER BY rowid"
 )
+_TASKS_QUERY_V1 = _TASKS_QUERY.replace(", attempt FROM", ", attempts FROM")  # schema 1: numbers restarted with attempts
 
 
 STATE_FOLDER = ".rota"
@@ -117,37 +118,34 @@ def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.Path
     return base
 
 
+TASK_FIELDS = (
+    "name", "state", "attempts", "exit_code", "reason", "gpus", "cpus", "started_at", "ended_at", "duration_s",
+    "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt",
+)
+"""Every task's fields in ``rota status --json`` (version 1), in their order: the one list both
+:func:`status_json` and :func:`read_status` are built from. Fields are only ever added, at the end
+(docs/status-json.md). ``attempts``: attempts since the task was last reset; ``attempt``: the number
+of its latest attempt (its ``attempt-N.log``; never restarts; 0: none yet)."""
+_TASK_LINE = "{" + ", ".join(f'"{f}": %s' for f in TASK_FIELDS) + "}"
+
+
 def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The documented ``rota status --json`` object (version 1) of ``state_dir``.
 
+    Exactly what :func:`status_json` prints, parsed (one builder: the two cannot differ; a
+    whole-document parse also costs less than decoding each task's JSON columns one by one).
     Fields are only ever added (README, "rota status --json"). Safe during a
     run: read-only, never takes a lock the controller waits for.
     """
-    sd = os.fspath(state_dir)
-    ctl, meta, metrics, rows = _snapshot(sd)
-    counts = dict.fromkeys(_STATES, 0)
-    now = time.time()
-    loads = json.loads
-    tasks = []
-    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
-        counts[state] = counts.get(state, 0) + 1
-        queued = is_queued(state, reason)
-        duration = None if queued else _duration(state, started, ended, now)
-        tasks.append({
-            "name": name, "state": state, "attempts": attempts, "exit_code": exit_code, "reason": reason,
-            "gpus": loads(gpus), "cpus": cpus, "started_at": started, "ended_at": ended, "duration_s": duration,
-            "log_path": log, "out_dir": out, "vars": loads(vars_), "params": None if params is None else loads(params),
-            "metrics": metrics.get(name, {}), "group": grp, "queued": queued,
-        })
-    return {**_head(sd, meta, counts, ctl), "tasks": tasks}
+    data: dict[str, Any] = json.loads(status_json(state_dir))
+    return data
 
 
 def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | None = None) -> str:
-    """:func:`read_status` as JSON text (``rota status --json``), ending in a newline.
+    """The ``rota status --json`` text, ending in a newline (see :data:`TASK_FIELDS`).
 
     Top-level keys on their own lines, two-space indent, one task per line
-    (``grep``-able; a parser sees exactly :func:`read_status`'s object). Built
-    from the rows without decoding and re-encoding the JSON columns (gpus,
+    (``grep``-able). Built from the rows without decoding and re-encoding the JSON columns (gpus,
     vars, params hold ``json.dumps`` text: copying it gives the same bytes),
     which halves the CPU of a ``rota status --json`` on a 5,000-task run.
     ``states``: list only the tasks in these states (``counts`` still counts all); ``queued`` selects
@@ -158,21 +156,20 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
     s = _jstr
+    line = _TASK_LINE
     lines = []
-    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp in rows:
+    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, attempt in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = is_queued(state, reason)
         if not listed(state, queued, states):
             continue
         duration = None if queued else _duration(state, started, ended, now)
         m = metrics.get(name)
-        lines.append(
-            f'{{"name": {s(name)}, "state": {s(state)}, "attempts": {attempts}, "exit_code": {_jnum(exit_code)}, '
-            f'"reason": {s(reason)}, "gpus": {gpus}, "cpus": {cpus}, "started_at": {_jnum(started)}, '
-            f'"ended_at": {_jnum(ended)}, "duration_s": {_jnum(duration)}, "log_path": {s(log)}, '
-            f'"out_dir": {s(out)}, "vars": {vars_}, "params": {"null" if params is None else params}, '
-            f'"metrics": {json.dumps(m) if m else "{}"}, "group": {s(grp)}, "queued": {"true" if queued else "false"}}}'
-        )
+        lines.append(line % (  # in TASK_FIELDS' order
+            s(name), s(state), attempts, _jnum(exit_code), s(reason), gpus, cpus, _jnum(started), _jnum(ended),
+            _jnum(duration), s(log), s(out), vars_, "null" if params is None else params,
+            json.dumps(m) if m else "{}", s(grp), "true" if queued else "false", attempt,
+        ))
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
@@ -222,30 +219,47 @@ def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, 
 def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tuple[Any, ...]]]:
     """(meta, metrics by task, task rows) from ONE read transaction of ``sd``'s database."""
     path = os.path.join(sd, DB_NAME)
-    if not os.path.exists(path):
-        raise StateError(f"no rota state at {path}; run 'rota run SPEC' first")
-    unusable = "{} is not a usable rota state database ({}); move it away or pass another --state-dir"
+    conn = connect_ro(path)
     try:
-        conn = _connect_ro(path)
-    except sqlite3.Error as e:
-        raise StateError(unusable.format(path, e)) from None
-    try:
-        conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("BEGIN")  # one snapshot for everything below; ended (not held) right after
         try:
-            _check_identity(conn, path)
+            version = schema_version(conn, path)
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
             metrics: dict[str, dict[str, float]] = {}
             for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
                 metrics.setdefault(task, {})[name] = value
-            rows = conn.execute(_TASKS_QUERY).fetchall()
+            rows = conn.execute(_TASKS_QUERY if version >= 2 else _TASKS_QUERY_V1).fetchall()
         finally:
             conn.execute("COMMIT")
     except sqlite3.DatabaseError as e:
-        raise StateError(unusable.format(path, e)) from None
+        raise unusable(path, e) from None
     finally:
         conn.close()
     return meta, metrics, rows
+
+
+def connect_ro(path: str) -> sqlite3.Connection:
+    """The one read-only way into a state database (``rota status``, ``report``, ``logs``, ``plan``,
+    :class:`rota.store.sqlite.SqliteStore` with ``readonly``): never creates it, never writes, waits
+    for a writer's lock (busy_timeout) rather than failing. StateError when it is missing or cannot be
+    opened. Check :func:`schema_version` before reading."""
+    if not os.path.exists(path):
+        raise StateError(f"no rota state at {path}; run 'rota run SPEC' first")
+    try:
+        conn = _connect_ro(path)
+    except sqlite3.Error as e:
+        raise unusable(path, e) from None
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.Error as e:
+        conn.close()
+        raise unusable(path, e) from None
+    return conn
+
+
+def unusable(path: str | os.PathLike[str], e: BaseException) -> StateError:
+    """The one message for a state database SQLite cannot read (corrupt, not a database)."""
+    return StateError(f"{path} is not a usable rota state database ({e}); move it away or pass another --state-dir")
 
 
 def _connect_ro(path: str) -> sqlite3.Connection:
@@ -259,16 +273,21 @@ def _uri_path(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
 
 
-def _check_identity(conn: sqlite3.Connection, path: str) -> None:
-    """Refuse what rota.store.sqlite refuses, with the same messages (read-only side)."""
+def schema_version(conn: sqlite3.Connection, path: str | os.PathLike[str], *, empty_ok: bool = False) -> int:
+    """The schema version of rota's database behind ``conn``; 0 for an empty database (refused unless
+    ``empty_ok``: the writer creates the schema there). Refuses a database that is not rota's or is
+    from a newer rota. The one identity check, for readers and the writer (:mod:`rota.store.sqlite`)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     app = conn.execute("PRAGMA application_id").fetchone()[0]
     if version == 0 and app == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-        raise StateError(f"{path} is empty; run 'rota run SPEC' first")
+        if not empty_ok:
+            raise StateError(f"{path} is empty; run 'rota run SPEC' first")
+        return 0
     if app != APP_ID:
         raise StateError(f"{path} is a database but not rota's (application_id {app}); refusing to touch it")
     if version > SCHEMA_VERSION:
         raise StateError(f"{path} was written by a newer rota (schema {version} > {SCHEMA_VERSION}); upgrade rota")
+    return int(version)
 
 
 def controller(state_dir: str | os.PathLike[str]) -> dict[str, Any]:

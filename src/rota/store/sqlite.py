@@ -21,7 +21,8 @@ from typing import Any
 
 from rota.errors import StateError
 from rota.store.base import ACTIVE
-from rota.store.schema import APP_ID, DB_NAME, DDL, SCHEMA_VERSION, TASK_COLUMNS
+from rota.store.read import connect_ro, schema_version, unusable
+from rota.store.schema import APP_ID, DB_NAME, DDL, MIGRATIONS, SCHEMA_VERSION, TASK_COLUMNS
 
 _JSON_COLS = {"gpus", "gpu_bytes", "handle", "vars", "params"}
 
@@ -69,6 +70,7 @@ class TaskRecord:
     trial: int | None
     params: dict[str, Any] | None
     updated_at: float
+    attempt: int  # the number of the task's latest attempt (never restarts); ``attempts`` restarts at a reset
 
 
 def _decode(row: sqlite3.Row) -> TaskRecord:
@@ -80,31 +82,40 @@ def _decode(row: sqlite3.Row) -> TaskRecord:
 
 
 def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
-    """The one way rota opens its database."""
+    """The one way rota opens its database: read-only through :func:`rota.store.read.connect_ro`
+    (the readers' path: never creates, never writes); read-write creates it (schema), migrates an
+    older schema (:data:`rota.store.schema.MIGRATIONS`, one transaction) and turns on WAL. Both
+    refuse a foreign or newer database with :func:`rota.store.read.schema_version`'s messages."""
     p = Path(path)
-    if not readonly and not p.exists():
-        _create(p)
     if readonly:
-        if not p.exists():
-            raise StateError(f"no rota state at {p}; run 'rota run SPEC' first")
-        uri = f"file:{p}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(str(p), timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = connect_ro(str(p))
+        conn.row_factory = sqlite3.Row
+        try:
+            schema_version(conn, p)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise unusable(p, e) from None
+        except StateError:
+            conn.close()
+            raise
+        return conn
+    if not p.exists():
+        _create(p)
+    conn = sqlite3.connect(str(p), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout=30000")
-        _check_identity(conn, p, readonly)  # before any write: never touch a foreign database
-        if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+        _check_identity(conn, p)  # before any write: never touch a foreign database
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as e:
         conn.close()
-        if not readonly and (err := storage_error(p.parent, e)) is not None:
+        if (err := storage_error(p.parent, e)) is not None:
             raise err from None
-        raise StateError(
-            f"{p} is not a usable rota state database ({e}); move it away or pass another --state-dir"
-        ) from None
+        raise unusable(p, e) from None
+    except StateError:
+        conn.close()
+        raise
     return conn
 
 
@@ -117,7 +128,7 @@ def _create(p: Path) -> None:
     try:
         conn = sqlite3.connect(str(tmp), isolation_level=None)
         try:
-            _check_identity(conn, tmp, readonly=False)
+            _check_identity(conn, tmp)
         finally:
             conn.close()
         os.replace(tmp, p)
@@ -127,24 +138,25 @@ def _create(p: Path) -> None:
         raise storage_error(p.parent, e) or StateError(f"cannot create {p}: {e}") from None
 
 
-def _check_identity(conn: sqlite3.Connection, p: Path, readonly: bool) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    app = conn.execute("PRAGMA application_id").fetchone()[0]
-    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if version == 0 and app == 0 and tables == 0:
-        if readonly:
-            raise StateError(f"{p} is empty; run 'rota run SPEC' first")
-        with transaction(conn):
+def _check_identity(conn: sqlite3.Connection, p: Path) -> None:
+    """The writer's side: an empty database gets the schema, an older one is migrated."""
+    version = schema_version(conn, p, empty_ok=True)
+    if version == SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        version = schema_version(conn, p, empty_ok=True)  # again, under the write lock
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
             for stmt in DDL.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute(f"PRAGMA application_id={APP_ID}")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        return
-    if app != APP_ID:
-        raise StateError(f"{p} is a database but not rota's (application_id {app}); refusing to touch it")
-    if version > SCHEMA_VERSION:
-        raise StateError(f"{p} was written by a newer rota (schema {version} > {SCHEMA_VERSION}); upgrade rota")
+        else:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[v]:
+                    conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -199,6 +211,11 @@ class SqliteStore:
         self.path = self.state_dir / DB_NAME
         self.readonly = readonly
         self.conn = connect(self.path, readonly=readonly)
+        # A reader may open a schema-1 state (a controller migrates it): read it as schema 2.
+        v1 = readonly and self.conn.execute("PRAGMA user_version").fetchone()[0] < 2
+        self._tasks_sql = "SELECT *, attempts AS attempt FROM tasks" if v1 else "SELECT * FROM tasks"
+        self._attempts_sql = "SELECT rowid AS id, * FROM attempts" if v1 else "SELECT * FROM attempts"
+        self._next_attempt_id: int | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -216,25 +233,29 @@ class SqliteStore:
     # -- tasks ------------------------------------------------------------
     def tasks(self, states: Sequence[str] | None = None) -> list[TaskRecord]:
         if states:
-            q = f"SELECT * FROM tasks WHERE state IN ({','.join('?' * len(states))}) ORDER BY rowid"
+            q = f"{self._tasks_sql} WHERE state IN ({','.join('?' * len(states))}) ORDER BY rowid"
             rows = self.conn.execute(q, tuple(states)).fetchall()
         else:
-            rows = self.conn.execute("SELECT * FROM tasks ORDER BY rowid").fetchall()
+            rows = self.conn.execute(f"{self._tasks_sql} ORDER BY rowid").fetchall()
         return [_decode(r) for r in rows]
 
     def task(self, name: str) -> TaskRecord | None:
-        row = self.conn.execute("SELECT * FROM tasks WHERE name=?", (name,)).fetchone()
+        row = self.conn.execute(f"{self._tasks_sql} WHERE name=?", (name,)).fetchone()
         return _decode(row) if row else None
 
     def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync") -> None:
-        """Insert or fully reset tasks (used when a spec is (re)loaded)."""
+        """Insert or fully reset tasks (used when a spec is (re)loaded).
+
+        A reset keeps one thing: the number of the task's latest attempt (``attempt``), so the
+        next attempt is the one after it (attempt numbers never restart)."""
         now = time.time()
-        cols = [k for k in TASK_COLUMNS if k != "updated_at"]
+        cols = [k for k in TASK_COLUMNS if k not in ("updated_at", "attempt")]
         marks = ",".join("?" * (len(cols) + 1))
         with transaction(self.conn):
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at) VALUES({marks})",
-                ((*(_enc(k, r.get(k)) for k in cols), now) for r in rows),
+                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at,attempt) VALUES({marks},"
+                "coalesce((SELECT attempt FROM tasks WHERE name=?), 0))",
+                ((*(_enc(k, r.get(k)) for k in cols), now, r["name"]) for r in rows),
             )
             self._event(None, event, {"tasks": len(rows)}, now)
 
@@ -288,11 +309,31 @@ class SqliteStore:
         self._event(ch.name, ch.event, {k: v for k, v in ch.fields.items() if k in _EVENT_FIELDS}, now)
         return True
 
+    def new_attempt_id(self) -> int:
+        """A new attempt's id: unique among every attempt of this state folder, across runs.
+
+        Given before the attempt is committed (its process's environment carries it, as
+        ``ROTA_ATTEMPT_ID``) from a counter that starts above every committed id. Only the
+        controller (one per state folder, :class:`rota.engine.lock.StateLock`) asks; an id given to
+        an attempt that was never committed started nothing (attempts are committed before any
+        process starts) and may be given again by the next controller.
+        """
+        if self._next_attempt_id is None:
+            self._next_attempt_id = int(self.conn.execute("SELECT coalesce(max(id), 0) FROM attempts").fetchone()[0])
+        self._next_attempt_id += 1
+        return self._next_attempt_id
+
+    def attempt_id(self, task: str, attempt: int) -> int | None:
+        """The id of ``task``'s attempt number ``attempt`` (None: no such attempt was committed)."""
+        row = self.conn.execute(f"{self._attempts_sql} WHERE task=? AND attempt=?", (task, attempt)).fetchone()
+        return None if row is None else int(row["id"])
+
     def attempts(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Attempt rows (``id``, ``task``, ``attempt``, ``state``, ...), by task and number."""
         if task is None:
-            rows = self.conn.execute("SELECT * FROM attempts ORDER BY task, attempt").fetchall()
+            rows = self.conn.execute(f"{self._attempts_sql} ORDER BY task, attempt").fetchall()
         else:
-            rows = self.conn.execute("SELECT * FROM attempts WHERE task=? ORDER BY attempt", (task,)).fetchall()
+            rows = self.conn.execute(f"{self._attempts_sql} WHERE task=? ORDER BY attempt", (task,)).fetchall()
         out = []
         for r in rows:
             d = dict(r)
