@@ -27,7 +27,7 @@ def suite(tmp_path_factory) -> Path:
 
 
 def _groups(state_dir: Path) -> dict:
-    out = rota("report", "--state-dir", state_dir, "--json", "--by", "model,dataset", check=True)
+    out = rota("report", "--state-dir", state_dir, "--json", "--by", "model,task", check=True)
     rep = json.loads(out.stdout)
     assert all(t["state"] == "succeeded" for t in rep["tasks"]), [t for t in rep["tasks"] if t["state"] != "succeeded"]
     return {(g["base"], json.dumps(g["vars"], sort_keys=True), g["metric"]): (round(g["mean"], 9), g["n"])
