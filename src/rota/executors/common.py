@@ -42,13 +42,14 @@ def discard_rc_files(handles: Sequence[Handle]) -> None:
                 os.unlink(path)
 
 
-def status_from_code(code: int) -> Status:
-    """A process's exit code as a Status: 0 succeeded; negative (killed by signal N) and
-    128+N (a shell reporting signal N) failed, saying which signal."""
+def status_from_code(code: int, started_at: float | None = None, ended_at: float | None = None) -> Status:
+    """A process's exit code (or an ``.rc`` file's) as a Status, for every executor: 0 succeeded;
+    negative (``waitpid``: killed by signal N) and 128+N (a shell reporting signal N) failed,
+    saying which signal."""
     if code == 0:
-        return Status("succeeded", 0, "exit 0")
+        return Status("succeeded", 0, "exit 0", started_at=started_at, ended_at=ended_at)
     if code < 0:
-        return Status("failed", 128 - code, f"signal {-code}")
+        return Status("failed", 128 - code, f"signal {-code}", started_at=started_at, ended_at=ended_at)
     if code > 128 and code - 128 < 65:
-        return Status("failed", code, f"exit {code} (signal {code - 128})")
-    return Status("failed", code, f"exit {code}")
+        return Status("failed", code, f"exit {code} (signal {code - 128})", started_at=started_at, ended_at=ended_at)
+    return Status("failed", code, f"exit {code}", started_at=started_at, ended_at=ended_at)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from rota.executors.base import Status
+from rota.executors.common import status_from_code
 
 SQUEUE_FORMAT = "%i|%A|%T|%r|%S|%e"
 SACCT_FORMAT = "JobID,State,ExitCode,Start,End"
@@ -154,12 +155,9 @@ def parse_sacct(text: str) -> dict[str, JobState]:
 
 
 def status_from_rc(code: int, start: float | None = None, end: float | None = None) -> Status:
-    """The status of a launch whose rc file holds ``code`` (bash: 128+N = signal N)."""
-    if code == 0:
-        return Status("succeeded", 0, "exit 0", started_at=start, ended_at=end)
-    if 128 < code < 128 + 65:
-        return Status("failed", code, f"exit {code} (signal {code - 128})", started_at=start, ended_at=end)
-    return Status("failed", code, f"exit {code}", started_at=start, ended_at=end)
+    """The status of a launch whose rc file holds ``code`` (bash: 128+N = signal N): the one rule
+    every executor uses, :func:`rota.executors.common.status_from_code`."""
+    return status_from_code(code, start, end)
 
 
 def status_of(js: JobState) -> Status:
