@@ -57,7 +57,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from rota.engine.hooks import Hook
 from rota.engine.sweep_prune import ReportReader
@@ -133,10 +133,10 @@ class SweepHook(Hook):
             self._storage = open_storage(self.state_dir)
         sweep = G.base_of(name, self.sweeps) or name
         sw = self.sweeps[sweep]
-        st = self.optuna.create_study(
+        st = cast("optuna.Study", self.optuna.create_study(  # self.optuna: the module, imported at run time
             study_name=name, storage=self._storage, direction=sw.direction, sampler=make_sampler(self.optuna, sw),
             pruner=make_pruner(self.optuna, sw), load_if_exists=True,
-        )
+        ))
         if st.direction.name.lower() != sw.direction:
             from rota.errors import StateError
 
