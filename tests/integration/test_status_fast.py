@@ -96,10 +96,15 @@ def test_errors_help_and_unknown_options(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     for args, code, needle in ((["--help"], 0, "Usage: rota status"), (["--bogus"], 2, "No such option"),
                                (["--state-dir", str(tmp_path / "afile")], 2, "is a file"),
-                               (["a", "b"], 2, "unexpected extra argument")):
+                               (["a", "b"], 2, "unexpected extra argument"), (["-h"], 0, "--state STATE"),
+                               (["--json", "--state"], 2, "requires an argument"),
+                               (["--json=1"], 2, "does not take a value")):
         p = rota_cli("status", *args)
         assert p.returncode == code and needle in p.stdout + p.stderr, (args, p.stdout, p.stderr)
         assert "Traceback" not in p.stderr
+        # One parser: the click command hands its words to the same one, so it answers the same bytes.
+        slow = subprocess.run([*CLICK, "status", *args], capture_output=True, text=True)
+        assert (slow.returncode, slow.stdout, slow.stderr) == (p.returncode, p.stdout, p.stderr), args
 
 
 def test_odd_characters_in_the_state_folder(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 ``rota status`` is answered by :mod:`rota.cli.status_fast` before click (and
 everything the other commands import) is loaded: it is polled during runs on
-machines whose cores the run needs. Anything that fast path does not handle
-(help, unknown options) goes to the click command as before.
+machines whose cores the run needs. It is the one parser of ``rota status``
+(help and usage errors included); the click command passes its words to it.
 """
 
 from __future__ import annotations

@@ -187,18 +187,15 @@ def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> d
     return opts
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("target", required=False, type=click.Path())
-@click.option("--state-dir", type=click.Path(file_okay=False))
-@click.option("--state", "states", multiple=True, metavar="STATE",
-              help="Only tasks in this state (repeat, or failed,running; queued: running tasks the backend "
-                   "has not started yet); the counts still count all.")
-@click.option("--json", "as_json", is_flag=True, help="The documented JSON format (see README).")
-def status(target: str | None, state_dir: str | None, states: tuple[str, ...], as_json: bool) -> None:
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "help_option_names": []},
+             add_help_option=False)
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
+def status(words: tuple[str, ...]) -> None:
     """Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."""
-    from rota.cli.status_fast import show  # the same bytes as `python -m rota.cli status`
+    # One parser: rota.cli.status_fast's (what `python -m rota.cli status` runs), options and help included.
+    from rota.cli.status_fast import main as status_main
 
-    show(target, state_dir, as_json, states)
+    sys.exit(status_main(words))
 
 
 @cli.command(context_settings=CONTEXT)

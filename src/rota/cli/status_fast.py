@@ -4,8 +4,9 @@
 whose cores the run needs, so this path imports only the standard library's
 ``sqlite3``/``json`` and :mod:`rota.store.read`. ``python -m rota.cli status``
 comes here first (:mod:`rota.cli.__main__`); the click command in
-:mod:`rota.cli.main` renders through the same functions, so both print the
-same bytes.
+:mod:`rota.cli.main` hands its words to :func:`main` too: one parser
+(:func:`parse_args`, from one option list, :data:`OPTIONS`, that ``--help``
+prints), so both paths accept, refuse and print the same bytes.
 
 Output contracts:
 
@@ -41,14 +42,36 @@ _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
 _COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "queued": "34", "interrupted": "35"}
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple[str, ...]] | None:
-    """``(target, state_dir, as_json, states)``, or None for anything else (help,
-    unknown options, a file given as --state-dir): the caller falls back to the
-    click command, which prints its usual help or usage error."""
+USAGE = "Usage: rota status [OPTIONS] [TARGET]"
+SUMMARY = "Every task of a run: state, attempts, exit code, GPUs, times, log. Safe during a run."
+OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
+    (("--state-dir",), "DIRECTORY", ""),
+    (("--state",), "STATE", "Only tasks in this state (repeat, or failed,running; queued: running tasks the backend "
+                            "has not started yet); the counts still count all."),
+    (("--json",), None, "The documented JSON format (see README)."),
+    (("-h", "--help"), None, "Show this message and exit."),
+)
+"""``rota status``' options: (names, value's metavar or None for a flag, help). The one list that
+:func:`parse_args` parses and :func:`help_text` prints; the click command passes its words here."""
+
+
+class StatusUsage(Exception):
+    """A usage error in ``rota status``' words (printed as click prints one; exit code 2)."""
+
+
+class StatusHelp(Exception):
+    """``-h``/``--help`` was given."""
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple[str, ...]]:
+    """``(target, state_dir, as_json, states)`` from the words after ``status``.
+
+    The one parser of ``rota status`` (``python -m rota.cli status`` and the click command both
+    come here). Raises :class:`StatusHelp` for ``-h``/``--help`` and :class:`StatusUsage` for an
+    unknown option, a missing value, a second target or a file given as ``--state-dir``."""
+    takes = {name: metavar for names, metavar, _ in OPTIONS for name in names}
     target: str | None = None
-    state_dir: str | None = None
-    as_json = False
-    states: list[str] = []
+    values: dict[str, list[str]] = {}
     args = list(argv)
     positional_only = False
     i = 0
@@ -57,27 +80,47 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, str | None, bool, tuple
         i += 1
         if positional_only or not a.startswith("-") or a == "-":
             if target is not None:
-                return None
+                raise StatusUsage(f"Got unexpected extra argument ({a})")
             target = a
-        elif a == "--":
+            continue
+        if a == "--":
             positional_only = True
-        elif a == "--json":
-            as_json = True
-        elif a == "--state-dir" and i < len(args):
-            state_dir = args[i]
+            continue
+        name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if name not in takes:
+            raise StatusUsage(f"No such option '{name}'.")
+        if takes[name] is None:
+            if eq:
+                raise StatusUsage(f"Option '{name}' does not take a value.")
+            values.setdefault(name, []).append("")
+            continue
+        if not eq:
+            if i >= len(args):
+                raise StatusUsage(f"Option '{name}' requires an argument.")
+            value = args[i]
             i += 1
-        elif a == "--state" and i < len(args):
-            states.append(args[i])
-            i += 1
-        elif a.startswith("--state-dir="):
-            state_dir = a.split("=", 1)[1]
-        elif a.startswith("--state="):
-            states.append(a.split("=", 1)[1])
-        else:
-            return None
+        values.setdefault(name, []).append(value)
+    if "-h" in values or "--help" in values:
+        raise StatusHelp
+    state_dir = values.get("--state-dir", [None])[-1]
     if state_dir is not None and os.path.isfile(state_dir):
-        return None
-    return target, state_dir, as_json, tuple(states)
+        raise StatusUsage(f"Invalid value for '--state-dir': Directory '{state_dir}' is a file.")
+    return target, state_dir, "--json" in values, tuple(values.get("--state", ()))
+
+
+def help_text(width: int = 80) -> str:
+    """``rota status --help``: usage, summary and :data:`OPTIONS`, laid out as click lays out help."""
+    import textwrap
+
+    heads = [", ".join(names) + (f" {metavar}" if metavar else "") for names, metavar, _ in OPTIONS]
+    col = max(map(len, heads)) + 4
+    lines = [USAGE, "", *textwrap.wrap(SUMMARY, width - 2, initial_indent="  ", subsequent_indent="  "), "",
+             "Options:"]
+    for head, (_, _, text) in zip(heads, OPTIONS, strict=True):
+        wrapped = textwrap.wrap(text, width - col) or [""]
+        lines.append(f"  {head.ljust(col - 2)}{wrapped[0]}".rstrip())
+        lines.extend(" " * col + more for more in wrapped[1:])
+    return "\n".join(lines) + "\n"
 
 
 def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
@@ -94,12 +137,16 @@ def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
     return frozenset(got)
 
 
-def main(argv: Sequence[str]) -> int | None:
-    """Run ``rota status`` for ``argv`` (the words after ``status``); the exit
-    code, or None when :func:`parse_args` leaves it to the click command."""
-    parsed = parse_args(argv)
-    if parsed is None:
-        return None
+def main(argv: Sequence[str]) -> int:
+    """Run ``rota status`` for ``argv`` (the words after ``status``); the exit code."""
+    try:
+        parsed = parse_args(argv)
+    except StatusHelp:
+        sys.stdout.write(help_text())
+        return 0
+    except StatusUsage as e:
+        sys.stderr.write(f"{USAGE}\nTry 'rota status --help' for help.\n\nError: {e}\n")
+        return 2
     try:
         show(*parsed)
     except RotaError as e:
