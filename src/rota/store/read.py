@@ -23,11 +23,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from rota.errors import StateError
-from rota.store.base import QUEUED, is_queued
+from rota.store.base import QUEUED, QUEUED_PREFIX, RUNNING
 from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
@@ -157,13 +157,14 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     now = time.time()
     s = _jstr
     line = _TASK_LINE
+    running, queued_prefix, no_duration = RUNNING, QUEUED_PREFIX, _NO_DURATION
     lines = []
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, attempt in rows:
         counts[state] = counts.get(state, 0) + 1
-        queued = is_queued(state, reason)
-        if not listed(state, queued, states):
+        queued = state == running and reason.startswith(queued_prefix)  # is_queued, inlined: once per task
+        if states is not None and not listed(state, queued, states):
             continue
-        duration = None if queued else _duration(state, started, ended, now)
+        duration = None if queued or started is None or state in no_duration else (ended or now) - started
         m = metrics.get(name)
         lines.append(line % (  # in TASK_FIELDS' order
             s(name), s(state), attempts, _jnum(exit_code), s(reason), gpus, cpus, _jnum(started), _jnum(ended),
@@ -199,10 +200,6 @@ def listed(state: str, queued: bool, states: Collection[str] | None) -> bool:
     """Whether ``--state`` values ``states`` (None: all) select a task: its state is one of them, or
     it is queued (a running task its backend has not started yet) and ``queued`` is one of them."""
     return states is None or state in states or (queued and QUEUED in states)
-
-
-def _duration(state: str, started: float | None, ended: float | None, now: float) -> float | None:
-    return None if started is None or state in _NO_DURATION else (ended or now) - started
 
 
 def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, Any]) -> dict[str, Any]:

@@ -366,7 +366,7 @@ class SqliteStore:
             self.conn.executemany("INSERT INTO gpu_samples VALUES(?,?,?,?,?)", rows)
 
     def gpu_samples(self) -> list[tuple[float, int, float | None, int | None, int | None]]:
-        return [tuple(r) for r in self.conn.execute("SELECT * FROM gpu_samples ORDER BY ts, gpu")]  # type: ignore[misc]
+        return [tuple(r) for r in self.conn.execute("SELECT * FROM gpu_samples ORDER BY ts, gpu")]
 
     def set_peak_gpu_memory(self, task: str, attempt: int, peak_bytes: int) -> None:
         """Record the most GPU memory attempt ``attempt`` of ``task`` was seen using (the GPU monitor)."""
