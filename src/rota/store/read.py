@@ -11,8 +11,13 @@ read transaction on a read-only connection:
   milliseconds, so the controller's checkpoints are not starved and the WAL
   does not grow while readers poll;
 - a database that is missing, empty, foreign, from a newer rota or corrupt
-  raises :class:`rota.errors.StateError` with the same one-line messages as
-  :func:`rota.store.sqlite.connect`.
+  raises :class:`rota.errors.StateError` with one-line messages.
+
+It also holds the store's one read-only way in (:func:`connect_ro`) and its one identity
+check (:func:`schema_version`), which :func:`rota.store.sqlite.connect` uses for every reader
+(``rota status``, ``report``, ``logs``, ``plan``) and, with schema creation and migration on
+top, for the controller: one set of rules and messages. A schema-1 database (before attempt
+ids) is read as it is; only a controller migrates it.
 """
 
 from __future__ import annotations
