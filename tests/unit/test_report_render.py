@@ -216,3 +216,10 @@ def test_text_report_metrics_are_columns_when_they_fit_and_rows_when_not() -> No
     header = next(line for line in text.splitlines() if "duration" in line and "metric" in line)
     assert "metric_00_score" not in header and "value" in header  # twenty: one row per metric
     assert sum("metric_07_score" in line for line in text.splitlines()) >= 9  # once per task, plus the groups
+
+
+def test_header_names_each_gpu_kind_and_its_size_once() -> None:
+    declared = tuple(GpuInfo(i, "declared 80GB", 80 * GB) for i in range(4))
+    data = ReportData("run-1", "spec.yaml", declared, 64, (), (), T0, T0 + 1)
+    assert dict(header_lines(data))["machine"] == "4x declared 80GB, 64 CPU"
+    assert dict(header_lines(_data()))["machine"] == "3x T4 16GB, 32 CPU"

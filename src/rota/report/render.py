@@ -240,7 +240,9 @@ def header_lines(data: ReportData) -> list[tuple[str, str]]:
     kinds: dict[tuple[str, int], int] = {}
     for g in data.gpus:
         kinds[(g.name, g.memory_bytes)] = kinds.get((g.name, g.memory_bytes), 0) + 1
-    gpus = ", ".join(f"{n}x {name} {format_size(mem)}" for (name, mem), n in kinds.items())
+    # A declared GPU is named by its size already ("declared 80GB"): say the size once.
+    gpus = ", ".join(f"{n}x {name}" if format_size(mem) in name else f"{n}x {name} {format_size(mem)}"
+                     for (name, mem), n in kinds.items())
     states = ", ".join(f"{n} {state}" for state, n in s.states.items()) or "no tasks"
     lines = [
         ("run", data.run_id),
