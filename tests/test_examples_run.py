@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import rota
+from tests.integration.test_plan_limits import most_at_once
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -82,12 +83,22 @@ def test_recsys_pipeline(tmp_path):
 
 
 def test_hpo_gbdt_sweeps_with_pools(tmp_path):
+    """examples/hpo-gbdt for real (small data): GPU studies stay in the GPU pool, every study
+    has its best trial, and each study runs at most its `parallel:` trials at once, in the plan
+    as in the run (catboost one at a time, not two). --cpus 8 leaves room for every cap at once."""
     _need("xgboost", "lightgbm", "catboost", "optuna", "sklearn")
     spec = _copy("hpo-gbdt", tmp_path)
-    st = _run(spec, "--gpus", "2x16GB", "--cpus", "2", env={"HPO_ROUNDS": "10", "HPO_SAMPLES": "600"}, timeout=1500)
+    flags = ("--gpus", "2x16GB", "--cpus", "8")
+    planned = json.loads(rota("plan", spec, *flags, "--json", check=True).stdout)
+    st = _run(spec, *flags, env={"HPO_ROUNDS": "10", "HPO_SAMPLES": "600"}, timeout=1500)
     assert all(set(t["gpus"]) <= {0, 1} for t in st["tasks"])
     rep = json.loads(rota("report", spec, "--json", check=True).stdout)
     assert len(rep["sweeps"]) == 3 and all(s["best"] for s in rep["sweeps"])
+    for study, cap in (("xgb", 2), ("lgbm", 2), ("catboost", 1)):
+        prefix = f"{study}-trial-"
+        plan_spans = [(t["start_s"], t["end_s"]) for t in planned["tasks"] if t["name"].startswith(prefix)]
+        real_spans = [(t["started_at"], t["ended_at"]) for t in st["tasks"] if t["name"].startswith(prefix)]
+        assert most_at_once(plan_spans) == most_at_once(real_spans) == cap, study
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,10 +9,6 @@ the machine's CPUs; and `rota plan` refuses what `rota run` refuses (exit 2, sam
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
-
-import pytest
 
 from tests.helpers import rota, status, write_spec
 
@@ -46,7 +42,6 @@ tasks:
     matrix: {i: [1, 2, 3, 4]}
     memory: 6GB
 """
-ROOT = Path(__file__).resolve().parents[2]
 MACHINE = ("--gpus", "2x16GB", "--cpus", "8", "--memory", "13GB")
 GROUPS = {"s-trial-": 2, "q-trial-": 1, "pool-": 2, "wide-": 2}
 
@@ -97,23 +92,3 @@ def test_plan_refuses_what_run_refuses_with_the_same_line(tmp_path):
     """)
     out = rota("plan", spec2, "--machine", "small", "--json", check=True)
     assert json.loads(out.stdout)["unschedulable"][0]["task"] == "features"
-
-
-@pytest.mark.slow
-def test_hpo_example_plan_and_run_agree_on_trials_at_once(tmp_path):
-    """examples/hpo-gbdt for real (small data): each study runs at most its `parallel:`
-    trials at once, in the plan as in the run (catboost one at a time, not two)."""
-    for module in ("xgboost", "lightgbm", "catboost", "sklearn"):
-        pytest.importorskip(module)
-    dst = tmp_path / "hpo-gbdt"
-    shutil.copytree(ROOT / "examples" / "hpo-gbdt", dst, ignore=shutil.ignore_patterns(".rota", "data", "__pycache__"))
-    spec, flags = dst / "rota.yaml", ("--gpus", "2x16GB", "--cpus", "8")  # room for every study's cap at once
-    planned = json.loads(rota("plan", spec, *flags, "--json", check=True).stdout)
-    run = rota("run", spec, *flags, "--plain", env={"HPO_ROUNDS": "10", "HPO_SAMPLES": "600"}, timeout=1500)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    tasks = status(dst / ".rota")["tasks"]
-    for study, cap in (("xgb", 2), ("lgbm", 2), ("catboost", 1)):
-        prefix = f"{study}-trial-"
-        plan_spans = [(t["start_s"], t["end_s"]) for t in planned["tasks"] if t["name"].startswith(prefix)]
-        real_spans = [(t["started_at"], t["ended_at"]) for t in tasks if t["name"].startswith(prefix)]
-        assert most_at_once(plan_spans) == most_at_once(real_spans) == cap, study
