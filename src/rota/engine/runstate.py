@@ -91,8 +91,8 @@ _FINAL = frozenset({Op.CACHED, Op.SUCCEEDED, Op.FAILED, Op.SKIPPED, Op.INTERRUPT
 
 # Store column -> Live attribute: a transition's fields are written once and mirrored from here.
 _LIVE_ATTR = {
-    "state": "state", "attempts": "attempts", "attempt": "attempt", "free_attempts": "free_attempts", "exit_code": "exit_code",
-    "reason": "reason", "started_at": "started_at", "ended_at": "ended_at", "deadline": "deadline",
+    "state": "state", "attempts": "attempts", "attempt": "attempt", "free_attempts": "free_attempts",
+    "exit_code": "exit_code", "reason": "reason", "started_at": "started_at", "ended_at": "ended_at", "deadline": "deadline",
     "not_before": "not_before", "log_path": "log_path", "out_dir": "out", "params": "params",
     "gpu_memory_override": "gpu_override",
 }
