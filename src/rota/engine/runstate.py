@@ -351,11 +351,12 @@ def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None
     """
     tasks = rs.tasks
     changes: list[Change] = []
+    attr_of = _LIVE_ATTR.get
     for tr in transitions:
         kind, name = tr.kind, tr.task
         lv = tasks[name]
         for col, v in tr.fields.items():
-            attr = _LIVE_ATTR.get(col)
+            attr = attr_of(col)
             if attr is not None:
                 setattr(lv, attr, v)
         if kind is Op.READY:
