@@ -27,7 +27,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -123,15 +123,39 @@ def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.Path
     return base
 
 
-TASK_FIELDS = (
-    "name", "state", "attempts", "exit_code", "reason", "gpus", "cpus", "started_at", "ended_at", "duration_s",
-    "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt",
+_TASK_JSON = (
+    ("name", "s(name)"), ("state", "s(state)"), ("attempts", "attempts"), ("exit_code", "n(exit_code)"),
+    ("reason", "s(reason)"), ("gpus", "gpus"), ("cpus", "cpus"), ("started_at", "n(started)"),
+    ("ended_at", "n(ended)"), ("duration_s", "n(duration)"), ("log_path", "s(log)"), ("out_dir", "s(out)"),
+    ("vars", "vars_"), ("params", "'null' if params is None else params"), ("metrics", "dumps(m) if m else '{}'"),
+    ("group", "s(grp)"), ("queued", "'true' if queued else 'false'"), ("attempt", "attempt"),
 )
-"""Every task's fields in ``rota status --json`` (version 1), in their order: the one list both
-:func:`status_json` and :func:`read_status` are built from. Fields are only ever added, at the end
-(docs/status-json.md). ``attempts``: attempts since the task was last reset; ``attempt``: the number
-of its latest attempt (its ``attempt-N.log``; never restarts; 0: none yet)."""
-_TASK_LINE = "{" + ", ".join(f'"{f}": %s' for f in TASK_FIELDS) + "}"
+"""Every task's fields in ``rota status --json`` (version 1), in their order, each with the expression
+that makes its JSON text from the task's row: the one list that :func:`status_json` is generated from
+(and so :func:`read_status`). Fields are only ever added, at the end (docs/status-json.md).
+``attempts``: attempts since the task was last reset; ``attempt``: the number of its latest attempt
+(its ``attempt-N.log``; never restarts; 0: none yet). The JSON columns (gpus, vars, params) hold
+``json.dumps`` text already: copied, never decoded and encoded again."""
+TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
+
+# The loop over task rows, generated from _TASK_JSON (as collections.namedtuple generates its
+# class): one f-string per task, no call per field; half the CPU of decoding and json.dumps-ing.
+_TASK_LINES_SRC = '''
+def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration):
+    lines = []
+    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, attempt in rows:
+        counts[state] = counts.get(state, 0) + 1
+        queued = state == running and reason.startswith(prefix)  # store.base.is_queued, inlined
+        if states is not None and not listed(state, queued, states):
+            continue
+        duration = None if queued or started is None or state in no_duration else (ended or now) - started
+        m = metrics.get(name)
+        lines.append(f"""LINE""")
+    return lines
+'''.replace("LINE", "{{" + ", ".join(f'"{f}": {{{e}}}' for f, e in _TASK_JSON) + "}}")
+_generated: dict[str, Any] = {}
+exec(compile(_TASK_LINES_SRC, "<rota.store.read task_lines>", "exec"), _generated)
+_task_lines: Callable[..., list[str]] = _generated["task_lines"]
 
 
 def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -160,22 +184,8 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     ctl, meta, metrics, rows = _snapshot(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
-    s = _jstr
-    line = _TASK_LINE
-    running, queued_prefix, no_duration = RUNNING, QUEUED_PREFIX, _NO_DURATION
-    lines = []
-    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, attempt in rows:
-        counts[state] = counts.get(state, 0) + 1
-        queued = state == running and reason.startswith(queued_prefix)  # is_queued, inlined: once per task
-        if states is not None and not listed(state, queued, states):
-            continue
-        duration = None if queued or started is None or state in no_duration else (ended or now) - started
-        m = metrics.get(name)
-        lines.append(line % (  # in TASK_FIELDS' order
-            s(name), s(state), attempts, _jnum(exit_code), s(reason), gpus, cpus, _jnum(started), _jnum(ended),
-            _jnum(duration), s(log), s(out), vars_, "null" if params is None else params,
-            json.dumps(m) if m else "{}", s(grp), "true" if queued else "false", attempt,
-        ))
+    lines = _task_lines(rows, metrics, states, now, counts, _jstr, _jnum, json.dumps, listed, RUNNING,
+                        QUEUED_PREFIX, _NO_DURATION)
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
