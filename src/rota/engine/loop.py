@@ -9,7 +9,6 @@ that vanished are run again without counting against ``retries``.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sqlite3
@@ -267,22 +266,3 @@ class Engine(Recovery, Finishing, Launching):
         for lv in self.live.values():
             out[lv.state] += 1
         return out
-
-    def eta_s(self, now: float) -> float | None:
-        """Rough ETA: remaining estimated work over the machine's parallel capacity."""
-        work = 0.0
-        known = False
-        for lv in self.live.values():
-            est = self.estimate_of(lv.task)
-            if est is None:
-                continue
-            if lv.state == S.PENDING:
-                work += est
-                known = True
-            elif lv.state in S.ACTIVE:
-                work += max(est - (now - (lv.started_at or now)), 0.0)
-                known = True
-        if not known:
-            return None
-        slots = max(len(self.running), 1)
-        return work / slots if math.isfinite(work) else None

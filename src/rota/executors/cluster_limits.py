@@ -98,7 +98,7 @@ def limited_capacity(executor: Any, limits: ClusterLimits) -> Machine:
     """
     cluster: Machine = executor.capacity()
     machine = apply_limits(cluster, limits)
-    if machine.cpus < cluster.cpus and float(getattr(executor, "queue_ahead", 0.0) or 0.0) > 0:
+    if machine.cpus < cluster.cpus and executor.queue_ahead > 0:  # declared on every Executor
         executor.queue_ahead = 0.0
     if len(machine.gpus) < len(cluster.gpus) and hasattr(executor, "strict_gpus"):
         executor.strict_gpus = True  # SLURM: never hold more GPUs than the engine booked under the cap
