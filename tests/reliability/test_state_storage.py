@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from rota.store.schema import SCHEMA_VERSION
+
 from tests.helpers import (
     by_name,
     processes_with_env,
@@ -307,7 +309,7 @@ def test_a_schema_1_state_is_read_as_it_is_and_migrated_by_the_next_run(tmp_path
     p = rota("run", spec, "--plain")
     assert p.returncode == 0, p.stdout + p.stderr
     with contextlib.closing(sqlite3.connect(sd / "state.db")) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         rows = c.execute("SELECT attempt, id, state FROM attempts WHERE task='t' ORDER BY attempt").fetchall()
     assert [(a, s) for a, _, s in rows] == [(1, "failed"), (2, "failed"), (3, "succeeded")]
     assert len({i for _, i, _ in rows}) == 3

@@ -71,6 +71,27 @@ class TaskRecord:
     params: dict[str, Any] | None
     updated_at: float
     attempt: int  # the number of the task's latest attempt (never restarts); ``attempts`` restarts at a reset
+    held: int = 0  # 1: ``rota hold`` keeps it from launching
+    priority: int | None = None  # a live override of the spec's priority
+    predicted_start: float | None = None  # the controller's prediction (epoch seconds)
+    predicted_end: float | None = None
+
+
+@dataclass(frozen=True)
+class Control:
+    """One request to the controller (a row of ``controls``): ``kind`` is one of
+    :data:`CONTROL_KINDS`, ``targets`` the task names it applies to, ``data`` its arguments."""
+
+    id: int
+    ts: float
+    kind: str
+    targets: list[str]
+    data: dict[str, Any]
+    taken_at: float | None = None
+    result: str | None = None
+
+
+CONTROL_KINDS = ("cancel", "retry", "hold", "release", "priority", "spec", "limits")
 
 
 def _decode(row: sqlite3.Row) -> TaskRecord:
@@ -212,9 +233,13 @@ class SqliteStore:
         self.readonly = readonly
         self.conn = connect(self.path, readonly=readonly)
         # A reader may open a schema-1 state (a controller migrates it): read it as schema 2.
-        v1 = readonly and self.conn.execute("PRAGMA user_version").fetchone()[0] < 2
-        self._tasks_sql = "SELECT *, attempts AS attempt FROM tasks" if v1 else "SELECT * FROM tasks"
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0] if readonly else SCHEMA_VERSION
+        v1, v2 = version < 2, version < 3
+        # A reader may open an older schema (a controller migrates it): read it as the current one.
+        extra = ", 0 AS held, NULL AS priority, NULL AS predicted_start, NULL AS predicted_end" if v2 else ""
+        self._tasks_sql = f"SELECT *, attempts AS attempt{extra} FROM tasks" if v1 else f"SELECT *{extra} FROM tasks"
         self._attempts_sql = "SELECT rowid AS id, * FROM attempts" if v1 else "SELECT * FROM attempts"
+        self._has_controls = not v2
         self._next_attempt_id: int | None = None
 
     def close(self) -> None:
@@ -359,6 +384,47 @@ class SqliteStore:
 
     def _event(self, task: str | None, kind: str, data: Mapping[str, Any], ts: float) -> None:
         self.conn.execute("INSERT INTO events(ts, task, kind, data) VALUES(?,?,?,?)", (ts, task, kind, _EVENT_JSON.encode(data if isinstance(data, dict) else dict(data))))
+
+    # -- controls: requests to the controller ----------------------------
+    def add_control(self, kind: str, targets: Sequence[str] = (), data: Mapping[str, Any] | None = None) -> int:
+        """Commit a request for the controller (``rota cancel`` ...); returns its id. The controller
+        takes each request once (:meth:`take_controls`), in id order."""
+        if kind not in CONTROL_KINDS:
+            raise ValueError(f"unknown control kind {kind!r}; expected one of {', '.join(CONTROL_KINDS)}")
+        with transaction(self.conn):
+            cur = self.conn.execute("INSERT INTO controls(ts, kind, targets, data) VALUES(?,?,?,?)",
+                                    (time.time(), kind, json.dumps(list(targets)), json.dumps(dict(data or {}))))
+        return int(cur.lastrowid or 0)
+
+    def controls(self, *, untaken: bool = True) -> list[Control]:
+        """Requests in id order (``untaken``: only those no controller has taken yet)."""
+        if not self._has_controls:
+            return []
+        q = "SELECT * FROM controls" + (" WHERE taken_at IS NULL" if untaken else "") + " ORDER BY id"
+        return [Control(r["id"], r["ts"], r["kind"], json.loads(r["targets"]), json.loads(r["data"]),
+                        r["taken_at"], r["result"]) for r in self.conn.execute(q)]
+
+    def take_control(self, control_id: int, result: str, changes: Sequence[Change] = ()) -> bool:
+        """Mark a request taken with ``result`` (what it changed, for the requester) and apply its
+        ``changes`` in the same transaction: a request is applied exactly once, even if the
+        controller dies right after. False when it was already taken."""
+        now = time.time()
+        with transaction(self.conn):
+            cur = self.conn.execute("UPDATE controls SET taken_at=?, result=? WHERE id=? AND taken_at IS NULL",
+                                    (now, result, control_id))
+            if cur.rowcount != 1:
+                return False
+            for ch in changes:
+                self._apply_one(ch, now)
+        return True
+
+    def control(self, control_id: int) -> Control | None:
+        """One request by id (the requester polls it to learn the controller's result)."""
+        if not self._has_controls:
+            return None
+        r = self.conn.execute("SELECT * FROM controls WHERE id=?", (control_id,)).fetchone()
+        return None if r is None else Control(r["id"], r["ts"], r["kind"], json.loads(r["targets"]),
+                                              json.loads(r["data"]), r["taken_at"], r["result"])
 
     # -- GPU samples ------------------------------------------------------
     def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:
