@@ -41,6 +41,7 @@ def test_schema_2_is_migrated_and_read(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "state.db")
     for col in ("held", "priority", "predicted_start", "predicted_end"):
         conn.execute(f"ALTER TABLE tasks DROP COLUMN {col}")
+    conn.execute("ALTER TABLE attempts DROP COLUMN code")
     conn.execute("DROP TABLE controls")
     conn.execute("PRAGMA user_version=2")
     conn.commit()

@@ -7,7 +7,8 @@ SCHEMA_VERSION = 3
 """3: a run can be steered: ``controls`` holds requests to the controller (``rota cancel``,
 ``retry``, ``hold``, ``release``, ``priority``, a new spec or new limits), each taken once;
 ``tasks`` learns ``held``, ``priority`` (a live override), ``predicted_start`` and
-``predicted_end`` (the controller's simulation of the rest of the run).
+``predicted_end`` (the controller's simulation of the rest of the run); ``attempts.code`` records
+the code each attempt ran (JSON: git commit, dirty, diff hash; or the script's hash).
 2: every attempt has an id (``attempts.id``, unique in the state folder) and attempt numbers
 never restart (``tasks.attempt``: the number of the task's latest attempt). Older schemas are
 migrated (:data:`MIGRATIONS`) when a controller opens them; readers read all of them."""
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS attempts(
   handle TEXT,
   peak_gpu_memory_bytes INTEGER,
   command TEXT NOT NULL DEFAULT '',
+  code TEXT,
   UNIQUE(task, attempt)
 );
 CREATE TABLE IF NOT EXISTS events(
@@ -129,6 +131,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE tasks ADD COLUMN priority INTEGER",
         "ALTER TABLE tasks ADD COLUMN predicted_start REAL",
         "ALTER TABLE tasks ADD COLUMN predicted_end REAL",
+        "ALTER TABLE attempts ADD COLUMN code TEXT",
         "CREATE TABLE controls(id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, "
         "targets TEXT NOT NULL DEFAULT '[]', data TEXT NOT NULL DEFAULT '{}', taken_at REAL, result TEXT)",
     ),

@@ -362,7 +362,7 @@ class SqliteStore:
         out = []
         for r in rows:
             d = dict(r)
-            for k in ("gpus", "handle"):
+            for k in ("gpus", "handle", "code"):
                 if d.get(k) is not None:
                     d[k] = json.loads(d[k])
             out.append(d)
