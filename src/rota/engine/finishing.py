@@ -7,12 +7,10 @@ tail, fingerprints), applies the transitions, and runs the hooks and the UI arou
 
 from __future__ import annotations
 
-import time
-
 from rota.engine import attempt as A
 from rota.engine import runstate as R
 from rota.engine.runstate import Op, Transition
-from rota.engine.state import EXIT_INTERRUPTED, EngineState, Live
+from rota.engine.state import EngineState, Live
 from rota.executors.base import Status
 from rota.store import base as S
 
@@ -78,19 +76,3 @@ class Finishing(EngineState):
                     self._event(S.SKIPPED, f.task, f.note)
         if tr.kind is Op.FAILED and self.opt.fail_fast:
             self._halt(tr.task, "failed (--fail-fast)")
-
-    # ------------------------------------------------------------- interrupt
-    def _interrupt(self) -> int:
-        self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
-        if self.running:
-            self._poll(time.time())  # attempts that already ended keep their real outcome (not "interrupted")
-        self._flush()
-        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
-        if handles:
-            self.executor.cancel(handles, self.opt.grace_s)
-        stopped = list(self.running.values())
-        self._apply(R.interrupted(self.rs, time.time()), commit_now=True)
-        for lv in stopped:
-            for hook in self.hooks:
-                hook.finished(self, lv, S.INTERRUPTED, {})
-        return EXIT_INTERRUPTED

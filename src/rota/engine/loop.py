@@ -21,12 +21,10 @@ from rota.core.policy import Candidate
 from rota.core.resources import Machine, Request, with_cpu_headroom
 from rota.engine import drain
 from rota.engine import runstate as R
-from rota.engine.finishing import Finishing
 from rota.engine.hooks import UI, Hook
-from rota.engine.launching import Launching
 from rota.engine.recovery import Recovery
 from rota.engine.runstate import RunState
-from rota.engine.state import EXIT_FAILED, EXIT_OK, STORAGE_ERRNOS, Live, Options
+from rota.engine.state import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, STORAGE_ERRNOS, Live, Options
 from rota.engine.wake import Waker
 from rota.executors.base import Executor
 from rota.spec.graph import critical_path_ranks
@@ -39,7 +37,7 @@ __all__ = ["Engine", "Options"]
 STAGE_WAIT_S = 0.05  # how long staged transitions may wait for the next commit when the loop is idle
 
 
-class Engine(Recovery, Finishing, Launching):
+class Engine(Recovery):
     """Runs a spec to completion on one executor. Not reentrant."""
 
     def __init__(
@@ -252,17 +250,18 @@ class Engine(Recovery, Finishing, Launching):
                 self._event("timeout", lv.task.name, f"ran past its timeout of {lv.task.timeout_s:g}s; stopping it")
                 threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
 
-    def _event(self, kind: str, task: str, text: str) -> None:
-        ev = (time.time(), kind, task, text)
-        self.events.append(ev)
-        if len(self.events) > 500:
-            del self.events[:250]
-        if self.ui is not None:
-            self.ui.event(self, ev)
-
-    # --------------------------------------------------------------- queries
-    def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in S.STATES}
-        for lv in self.live.values():
-            out[lv.state] += 1
-        return out
+    # ------------------------------------------------------------- interrupt
+    def _interrupt(self) -> int:
+        self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
+        if self.running:
+            self._poll(time.time())  # attempts that already ended keep their real outcome (not "interrupted")
+        self._flush()
+        handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
+        if handles:
+            self.executor.cancel(handles, self.opt.grace_s)
+        stopped = list(self.running.values())
+        self._apply(R.interrupted(self.rs, time.time()), commit_now=True)
+        for lv in stopped:
+            for hook in self.hooks:
+                hook.finished(self, lv, S.INTERRUPTED, {})
+        return EXIT_INTERRUPTED

@@ -13,14 +13,15 @@ from rota.core.dag import blocked
 from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
-from rota.engine.state import EngineState, Live
+from rota.engine.launching import Launching
+from rota.engine.state import Live
 from rota.executors.base import Handle
 from rota.spec.graph import critical_path_ranks
 from rota.spec.model import Task
 from rota.store import base as S
 
 
-class Recovery(EngineState):
+class Recovery(Launching):
     def _sync(self) -> None:
         """Bring the store in line with the spec; recover attempts of a dead controller."""
         self.run_id = self.store.get_meta("run_id") or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import errno
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "STORAGE_ERRNOS", "EngineState", "Live", "Options"]
 
@@ -15,9 +16,10 @@ from rota.engine import drain
 from rota.engine import runstate as R
 from rota.engine.hooks import UI, Hook
 from rota.engine.runstate import Live, RunState, Transition
-from rota.executors.base import Executor, Status
+from rota.executors.base import Executor
 from rota.spec.load import Spec
 from rota.spec.model import Task
+from rota.store import base as S
 from rota.store.sqlite import Change, SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -37,7 +39,11 @@ class Options:
 
 
 class EngineState:
-    """Attributes the engine's parts share (declared here so each part type-checks alone)."""
+    """Attributes the engine's parts share (declared here so each part type-checks alone), and the
+    few methods every part uses. The parts stack in one direction, each using only those below it:
+    EngineState <- Finishing (an attempt's end) <- Launching (ready -> placed -> submitted) <-
+    Recovery (sync with the spec, adopt a dead controller's attempts) <- Engine (the loop, signals,
+    polling, sleeping: :mod:`rota.engine.loop`). Every state change is a :mod:`runstate` transition."""
 
     spec: Spec
     machine: Machine
@@ -65,6 +71,8 @@ class EngineState:
     _halt_path: str | None  # written on halt: queued-ahead attempts must not start (Launch.halt_path)
     halted: bool  # fail_fast tripped: nothing more is launched
     interrupts: int
+    events: list[tuple[float, str, str, str]]  # the last UI lines (hooks read them)
+    started_at: float  # when this controller started
     _staged: list[Change]
     _staged_handles: dict[str, int]  # task -> index in _staged of its uncommitted "running" change
 
@@ -141,19 +149,30 @@ class EngineState:
             self._event("halt", task, f"{why}: launching nothing more; {len(self.running)} running task(s) finish")
 
     def _event(self, kind: str, task: str, text: str) -> None:
-        raise NotImplementedError
+        """A line for the UI (and the hooks' ``engine.events``): ``(time, kind, task, text)``."""
+        ev = (time.time(), kind, task, text)
+        self.events.append(ev)
+        if len(self.events) > 500:
+            del self.events[:250]
+        if self.ui is not None:
+            self.ui.event(self, ev)
 
     def request_of(self, lv: Live) -> Request:
-        raise NotImplementedError
+        """What ``lv``'s next attempt asks for: its task's request, with an OOM retry's bigger booking."""
+        r = lv.task.request
+        if lv.gpu_override is not None and r.gpus:
+            r = replace(r, gpu_memory_bytes=lv.gpu_override)
+        return r
 
     def _need_outputs(self, t: Task) -> list[str]:
-        raise NotImplementedError
+        out: list[str] = []
+        for n in t.needs:
+            out.extend(self.live[n].task.outputs)
+        return out
 
-    def _poll(self, now: float) -> None:
-        raise NotImplementedError
-
-    def _end_attempt(self, lv: Live, st: Status, now: float) -> None:
-        raise NotImplementedError
-
-    def _settle(self, tr: Transition, now: float) -> None:
-        raise NotImplementedError
+    def counts(self) -> dict[str, int]:
+        """How many tasks are in each state."""
+        out = {s: 0 for s in S.STATES}
+        for lv in self.live.values():
+            out[lv.state] += 1
+        return out
