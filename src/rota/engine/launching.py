@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 from rota.core.policy import Candidate, Running, schedule, sort_key
-from rota.core.resources import Placement, Request
+from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
 from rota.engine.runstate import Transition
-from rota.engine.state import STORAGE_ERRNOS, EngineState, Live
+from rota.engine.finishing import Finishing
+from rota.engine.state import STORAGE_ERRNOS, Live
 from rota.executors.base import Handle, Launch, Status
 from rota.spec.model import Task
 
 
-class Launching(EngineState):
-    def request_of(self, lv: Live) -> Request:
-        r = lv.task.request
-        if lv.gpu_override is not None and r.gpus:
-            r = replace(r, gpu_memory_bytes=lv.gpu_override)
-        return r
-
+class Launching(Finishing):
     def _candidate(self, lv: Live) -> Candidate:
         return Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
                          self.estimate_of(lv.task), self.order[lv.task.name])
@@ -107,12 +101,6 @@ class Launching(EngineState):
                     continue
             keep.append(lv)
         return keep
-
-    def _need_outputs(self, t: Task) -> list[str]:
-        out: list[str] = []
-        for n in t.needs:
-            out.extend(self.live[n].task.outputs)
-        return out
 
     def _start(self, placements: Sequence[Placement], now: float) -> None:
         launches: list[tuple[Live, Launch]] = []
