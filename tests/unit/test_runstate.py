@@ -203,6 +203,46 @@ def test_replaying_a_finished_runs_event_log_gives_its_state(tmp_path):
     assert rs.ready == set() and rs.running == {}
 
 
+def test_replaying_several_runs_event_log_gives_the_last_runs_state(tmp_path):
+    """Across runs: each run's sync logs a RESET per task it sends back to pending (a failure, a
+    --rerun, a consumer of what reruns, a changed command) and replay recounts at each sync; a
+    timeout is a TIMED_OUT transition before the attempt's end."""
+    body = """
+        tasks:
+          - {name: a, command: "echo A"}
+          - {name: b, command: "true", needs: [a]}
+          - {name: c, command: "test -f %s", needs: [b]}
+          - {name: d, command: "true", needs: [c]}
+          - {name: slow, command: "sleep 30", timeout: 1s}
+          - {name: other, command: "true"}
+    """
+    flag = tmp_path / "flag"
+    spec = write_spec(tmp_path, body % flag)
+    assert rota("run", spec, "--plain", "--retry-delay", "0", "--grace", "1").returncode == 1
+    flag.touch()  # c succeeds now; d runs after it; slow times out again
+    assert rota("run", spec, "--plain", "--retry-delay", "0", "--grace", "1").returncode == 1
+    spec.write_text(spec.read_text().replace("echo A", "echo A2"))  # a changed: a, b, c, d run again
+    assert rota("run", spec, "--plain", "--retry-delay", "0", "--grace", "1", "--rerun", "other").returncode == 1
+    store = SqliteStore(tmp_path / ".rota", readonly=True)
+    try:
+        rows = {r.name: r for r in store.tasks()}
+        events = store.events()
+        rs = R.replay(load_spec(str(spec)).tasks, events)
+    finally:
+        store.close()
+    got = {n: (lv.state, lv.attempts, lv.exit_code, lv.reason) for n, lv in rs.tasks.items()}
+    want = {n: (r.state, r.attempts, r.exit_code, r.reason) for n, r in rows.items()}
+    assert got == want
+    assert {n: r.state for n, r in rows.items()} == {
+        "a": S.SUCCEEDED, "b": S.SUCCEEDED, "c": S.SUCCEEDED, "d": S.SUCCEEDED, "slow": S.FAILED,
+        "other": S.SUCCEEDED}
+    assert rows["slow"].reason == "timeout"
+    kinds = [(e["kind"], e["task"]) for e in events]
+    assert kinds.count((Op.TIMED_OUT.value, "slow")) == 3
+    assert kinds.count((Op.RESET.value, "other")) == 1  # --rerun once; kept as done in run 2
+    assert kinds.count((Op.RESET.value, "d")) == 2  # skipped in run 1; run again after a changed a in run 3
+
+
 @pytest.mark.parametrize("kind", list(Op))
 def test_every_op_is_a_store_event_kind_string(kind):
     # Event kinds in the store are a public contract (rota report, the events table): plain strings.

@@ -246,8 +246,9 @@ class Engine(Recovery):
     def _timeouts(self, now: float) -> None:
         for lv in list(self.running.values()):
             if lv.deadline is not None and now >= lv.deadline and not lv.timed_out and lv.handle is not None:
-                lv.timed_out = True
-                self._event("timeout", lv.task.name, f"ran past its timeout of {lv.task.timeout_s:g}s; stopping it")
+                tr = R.timed_out(lv)
+                self._apply([tr], commit_now=True)  # recorded before it is stopped
+                self._event("timeout", lv.task.name, tr.note)
                 threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
 
     # ------------------------------------------------------------- interrupt

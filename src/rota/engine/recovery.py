@@ -62,8 +62,9 @@ class Recovery(Launching):
         if self.opt.rerun_dependents:
             rows.extend(self._stale_dependents())
         self.kept = {t.name for t in self.spec.tasks if self.live[t.name].state in S.DONE_OK}
-        if rows:
-            self.store.upsert_tasks(rows, event="sync")
+        # One write for the whole sync; each task that existed and goes back to pending gets a
+        # RESET event (runstate.reset: what its rewritten row means) for the journal.
+        self.store.upsert_tasks(rows, event="sync", resets=[r["name"] for r in rows if r["name"] in existing])
         for t, rec in adopt:
             self._recover(t, rec)
         self._learn_estimates()

@@ -42,6 +42,8 @@ a new state            :func:`released`        READY / SKIPPED (dependents), REA
 control: Ctrl-C        :func:`interrupted`     INTERRUPTED for every running attempt
 recovery: vanished     :func:`lost`            LOST
 recovery: adopted      :func:`adopted`         RUNNING
+recovery: reset        ``Engine._sync``        RESET (the store row rewritten from the spec)
+deadline passed        :func:`timed_out`       TIMED_OUT (then its end is a ``timeout``)
 =====================  ======================  =========================================
 
 The store's event log is a journal of the stored transitions: :func:`replay`
@@ -78,13 +80,16 @@ class Op(StrEnum):
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"
     LOST = "lost"
+    RESET = "reset"  # a new run sends it back to pending (rerun, changed, not done): logged by sync
+    TIMED_OUT = "timed-out"  # ran past its timeout: being stopped; its end says "timeout"
 
 
 # The state a task's row must be in for each stored transition (the store's compare-and-set).
 EXPECT: dict[Op, str | frozenset[str]] = {
     Op.CACHED: S.PENDING, Op.LAUNCHING: S.PENDING, Op.RUNNING: S.LAUNCHING, Op.SUBMIT_FAILED: S.LAUNCHING,
     Op.STARTED: S.ACTIVE, Op.SUCCEEDED: S.ACTIVE, Op.RETRY: S.ACTIVE, Op.FAILED: S.ACTIVE,
-    Op.SKIPPED: S.PENDING, Op.INTERRUPTED: S.ACTIVE, Op.LOST: S.ACTIVE,
+    Op.SKIPPED: S.PENDING, Op.INTERRUPTED: S.ACTIVE, Op.LOST: S.ACTIVE, Op.TIMED_OUT: S.ACTIVE,
+    Op.RESET: frozenset(S.STATES) - S.ACTIVE,
 }
 _LEAVE = frozenset({Op.SUCCEEDED, Op.RETRY, Op.FAILED, Op.INTERRUPTED, Op.LOST})  # its attempt stops running
 _FINAL = frozenset({Op.CACHED, Op.SUCCEEDED, Op.FAILED, Op.SKIPPED, Op.INTERRUPTED})  # leaves ready for good
@@ -322,6 +327,26 @@ def interrupted(rs: RunState, now: float) -> list[Transition]:
             for n, lv in rs.running.items()]
 
 
+def timed_out(lv: Live) -> Transition:
+    """It ran past its timeout: recorded before it is stopped; its end is then a ``timeout``."""
+    t = lv.task
+    return Transition(Op.TIMED_OUT, t.name, {"reason": TIMED_OUT_REASON},
+                      note=f"ran past its timeout of {t.timeout_s or 0:g}s; stopping it")
+
+
+TIMED_OUT_REASON = "timed out; stopping it"
+"""A running task's ``reason`` once it ran past its timeout (its end then says ``timeout``)."""
+
+
+def reset(name: str, reason: str = "") -> Transition:
+    """A new run sends a task back to pending from its spec (``--rerun``, a changed command, not
+    done, a need that runs again): what ``Engine._sync``'s rewritten store row means, as
+    :func:`replay` reads its ``reset`` event. The sync writes whole rows (the spec's definition),
+    so this transition is never applied with a commit."""
+    return Transition(Op.RESET, name, {"state": S.PENDING, "attempts": 0, "free_attempts": 0, "exit_code": None,
+                                       "reason": reason, "not_before": 0.0, "ended_at": None})
+
+
 def lost(lv: Live, now: float) -> Transition:
     """Recovery: an attempt vanished with the previous controller; it runs again, for free."""
     return Transition(Op.LOST, lv.task.name, {
@@ -386,6 +411,8 @@ def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None
             lv.handle, lv.reason = None, tr.note
         elif kind is Op.STARTED:
             lv.queued = False
+        elif kind is Op.TIMED_OUT:
+            lv.timed_out = True
         elif kind in _LEAVE:
             rs.running.pop(name, None)
             if kind is Op.RETRY or kind is Op.LOST:
@@ -407,18 +434,35 @@ def replay(tasks: Iterable[Task], events: Iterable[Mapping[str, Any]]) -> RunSta
     Starts from every task pending (what ``sync`` writes for a new state folder)
     and applies each logged transition (its state, attempts, exit code, reason)
     with :func:`apply` and :func:`released`, as the engine does; events that are
-    not transitions (``sync``, a hook's notes) are passed over.
+    not transitions (a hook's notes) are passed over. Across runs: each later run's
+    ``sync`` event follows one RESET event per task it sent back to pending (kept
+    done tasks have none); at ``sync`` the waiting needs are recounted and the ready
+    set rebuilt, as ``Engine._sync`` does.
     """
     rs = RunState.of(tasks)
     initial = [made_ready(n) for n, lv in rs.tasks.items() if lv.unmet == 0]
     apply(rs, initial)
     for ev in events:
         name = ev.get("task")
+        if ev["kind"] == "sync":
+            rs.count_unmet()
+            rs.ready.clear()
+            rs.delayed.clear()
+            rs.fresh.clear()
+            rs.ran.clear()
+            apply(rs, [made_ready(n) for n, lv in rs.tasks.items() if lv.state == S.PENDING and lv.unmet == 0])
+            continue
         try:
             kind = Op(ev["kind"])
         except ValueError:
             continue
         if name not in rs.tasks or kind is Op.READY:
+            continue
+        if kind is Op.RESET:  # memory only, as in the engine; the sync event that follows re-readies
+            apply(rs, [reset(name, str((ev.get("data") or {}).get("reason", "")))])
+            rs.ready.discard(name)
+            rs.fresh.discard(name)
+            rs.delayed.discard(name)
             continue
         tr = Transition(kind, name, dict(ev.get("data") or {}))
         apply(rs, [tr])

@@ -268,20 +268,31 @@ class SqliteStore:
         row = self.conn.execute(f"{self._tasks_sql} WHERE name=?", (name,)).fetchone()
         return _decode(row) if row else None
 
-    def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync") -> None:
+    def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync",
+                     resets: Collection[str] = ()) -> None:
         """Insert or fully reset tasks (used when a spec is (re)loaded).
 
-        A reset keeps one thing: the number of the task's latest attempt (``attempt``), so the
-        next attempt is the one after it (attempt numbers never restart)."""
+        A reset keeps what the user steered and what numbers attempts: the task's latest attempt
+        number (``attempt``: attempt numbers never restart), ``held`` and a live ``priority``.
+        Each of ``resets`` (tasks that existed and go back to pending) gets a ``reset`` event
+        before the ``event`` one (the event log is a journal: see ``runstate.replay``)."""
         now = time.time()
-        cols = [k for k in TASK_COLUMNS if k not in ("updated_at", "attempt")]
+        kept = ("updated_at", "attempt", "held", "priority")
+        cols = [k for k in TASK_COLUMNS if k not in kept]
         marks = ",".join("?" * (len(cols) + 1))
         with transaction(self.conn):
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at,attempt) VALUES({marks},"
-                "coalesce((SELECT attempt FROM tasks WHERE name=?), 0))",
+                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at,attempt,held,priority) "
+                f"SELECT {marks}, coalesce(o.attempt, 0), coalesce(o.held, 0), o.priority "
+                "FROM (SELECT 1) LEFT JOIN tasks o ON o.name=?",
                 ((*(_enc(k, r.get(k)) for k in cols), now, r["name"]) for r in rows),
             )
+            if resets:
+                reason = {r["name"]: r.get("reason") or "" for r in rows}
+                self.conn.executemany(
+                    "INSERT INTO events(ts, task, kind, data) VALUES(?,?,'reset',?)",
+                    [(now, n, _EVENT_JSON.encode({"state": "pending", "attempts": 0, "reason": reason.get(n, "")}))
+                     for n in resets])
             self._event(None, event, {"tasks": len(rows)}, now)
 
     def transition(
