@@ -16,7 +16,8 @@ from tests.helpers import rota as rota_cli
 # The documented version-1 fields (README, "rota status --json"): only ever added to.
 TOP_FIELDS = ["version", "run_id", "spec", "state_dir", "controller", "counts", "tasks"]
 TASK_FIELDS = ["name", "state", "attempts", "exit_code", "reason", "gpus", "cpus", "started_at", "ended_at",
-               "duration_s", "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt"]
+               "duration_s", "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt",
+               "code"]
 STATES = ["pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted"]
 
 # The click command, bypassing `python -m rota.cli`'s fast path.

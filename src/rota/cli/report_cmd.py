@@ -37,6 +37,11 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
     if not keys:
         keys = default_by(data.tasks)
     sweeps = _sweeps(sd, top)
+    from rota.report.code import code_by_task, code_warnings
+
+    codes = code_by_task(sd)
+    for line in code_warnings(data.tasks, codes, keys):  # on stderr: --json and --csv stay parseable
+        click.echo(line, err=True)
     if html_path:
         from rota.report.html import render_html
 
@@ -49,6 +54,7 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
 
         out: dict[str, Any] = to_json(data, keys)
         out["sweeps"] = sweeps
+        out["code"] = codes  # task -> its latest attempt's code record (rota.engine.codever)
         click.echo(json.dumps(out, indent=2, allow_nan=False, default=str))
         return
     if as_csv:

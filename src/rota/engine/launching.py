@@ -15,6 +15,7 @@ from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
+from rota.engine.codever import CodeVersions
 from rota.engine.runstate import Transition
 from rota.engine.finishing import Finishing
 from rota.engine.state import STORAGE_ERRNOS, Live
@@ -23,6 +24,14 @@ from rota.spec.model import Task
 
 
 class Launching(Finishing):
+    _codes: CodeVersions | None = None  # the code behind attempts, per working directory (made at the first launch)
+
+    def _code_of(self, t: Task) -> str | None:
+        """The code record of ``t``'s new attempt (JSON text): git is asked once per folder per run."""
+        if self._codes is None:
+            self._codes = CodeVersions(self.state_dir)
+        return self._codes.record(t.workdir, t.command)
+
     def _candidate(self, lv: Live) -> Candidate:
         return Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
                          self.estimate_of(lv.task), self.order[lv.task.name])
@@ -145,7 +154,7 @@ class Launching(Finishing):
             # one that enforces timeouts itself needs no deadline here.
             deadline = now + t.timeout_s if t.timeout_s and not (self._queues or self._enforces_timeout) else None
             placed.append(R.placed(lv, p, attempt=attempt, attempt_id=attempt_id, now=now, deadline=deadline,
-                                   log_path=log, out=out, params=params))
+                                   log_path=log, out=out, params=params, code=self._code_of(t)))
             launches.append((lv, launch))
         self._apply(placed)
         self._flush()  # ends of this round and the launches: one commit, before any process starts

@@ -231,12 +231,15 @@ def cached(name: str, inputs_fp: str | None, now: float) -> Transition:
 
 
 def placed(lv: Live, p: Placement, *, attempt: int, attempt_id: int | None, now: float, deadline: float | None,
-           log_path: str, out: str, params: dict[str, Any] | None) -> Transition:
+           log_path: str, out: str, params: dict[str, Any] | None, code: str | None = None) -> Transition:
     """The policy placed a pending task: its attempt ``attempt`` (the next number, never reused)
-    is committed ``launching`` before it is submitted."""
+    is committed ``launching`` before it is submitted. ``code``: the attempt's code record, JSON
+    text (:mod:`rota.engine.codever`), kept in its row."""
     gpus, gpu_bytes = list(p.gpus), list(p.gpu_bytes)
     row: dict[str, Any] = {"attempt": attempt, "state": S.LAUNCHING, "gpus": gpus, "started_at": now,
                            "log_path": log_path, "command": lv.task.command}
+    if code is not None:
+        row["code"] = code
     if attempt_id is not None:
         row["id"] = attempt_id
     return Transition(Op.LAUNCHING, p.task, {

@@ -38,13 +38,18 @@ from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
 STATUS_VERSION = 1
 _NO_DURATION = ("pending", "skipped")
+_PREDICTED = frozenset({"pending", "launching", "running"})  # states whose predictions are shown
 _INF = float("inf")
 
 _TASKS_QUERY = (
     "SELECT name, state, attempts, exit_code, reason, gpus, cpus, started_at, ended_at, log_path, out_dir, "
-    "vars, params, grp, attempt FROM tasks ORDER BY rowid"
+    "vars, params, grp, predicted_start, predicted_end, attempt, (SELECT a.code FROM attempts a WHERE a.task=name AND a.attempt=tasks.attempt) "
+    "FROM tasks ORDER BY rowid"
 )
-_TASKS_QUERY_V1 = _TASKS_QUERY.replace(", attempt FROM", ", attempts FROM")  # schema 1: numbers restarted with attempts
+# Schema 2 has no attempts.code nor predictions; schema 1 restarted attempt numbers with attempts.
+_TASKS_QUERY_V2 = _TASKS_QUERY.replace("(SELECT a.code FROM attempts a WHERE a.task=name AND a.attempt=tasks.attempt)",
+                                       "NULL").replace("predicted_start, predicted_end", "NULL, NULL")
+_TASKS_QUERY_V1 = _TASKS_QUERY_V2.replace(", attempt, NULL FROM", ", attempts, NULL FROM")
 
 
 STATE_FOLDER = ".rota"
@@ -129,21 +134,28 @@ _TASK_JSON = (
     ("ended_at", "n(ended)"), ("duration_s", "n(duration)"), ("log_path", "s(log)"), ("out_dir", "s(out)"),
     ("vars", "vars_"), ("params", "'null' if params is None else params"), ("metrics", "dumps(m) if m else '{}'"),
     ("group", "s(grp)"), ("queued", "'true' if queued else 'false'"), ("attempt", "attempt"),
+    ("code", "'null' if code is None else code"),
+    ("predicted_start_s", "n(None if p_start is None or state not in waits else round(max(p_start - now, 0.0), 1))"),
+    ("predicted_end_s", "n(None if p_end is None or state not in waits else round(max(p_end - now, 0.0), 1))"),
 )
 """Every task's fields in ``rota status --json`` (version 1), in their order, each with the expression
 that makes its JSON text from the task's row: the one list that :func:`status_json` is generated from
 (and so :func:`read_status`). Fields are only ever added, at the end (docs/status-json.md).
 ``attempts``: attempts since the task was last reset; ``attempt``: the number of its latest attempt
-(its ``attempt-N.log``; never restarts; 0: none yet). The JSON columns (gpus, vars, params) hold
-``json.dumps`` text already: copied, never decoded and encoded again."""
+(its ``attempt-N.log``; never restarts; 0: none yet); ``code``: the code that attempt ran (git
+commit, dirty, diff hash; or its script's hash: :mod:`rota.engine.codever`; null: none recorded). The JSON columns (gpus, vars, params) hold
+``json.dumps`` text already: copied, never decoded and encoded again. ``predicted_start_s``,
+``predicted_end_s``: seconds from the status' ``now`` until the controller's forecast has the task
+start and end (0: due; null: no forecast, or the task is neither pending nor running; see
+docs/status-json.md)."""
 TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 
 # The loop over task rows, generated from _TASK_JSON (as collections.namedtuple generates its
 # class): one f-string per task, no call per field; half the CPU of decoding and json.dumps-ing.
 _TASK_LINES_SRC = '''
-def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration):
+def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration, waits):
     lines = []
-    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, attempt in rows:
+    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = state == running and reason.startswith(prefix)  # store.base.is_queued, inlined
         if states is not None and not listed(state, queued, states):
@@ -185,10 +197,11 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
     lines = _task_lines(rows, metrics, states, now, counts, _jstr, _jnum, json.dumps, listed, RUNNING,
-                        QUEUED_PREFIX, _NO_DURATION)
+                        QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
+    parts.append(f'  "now": {now!r}')  # when this was read: predicted_*_s count from it
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
@@ -240,7 +253,7 @@ def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tu
             metrics: dict[str, dict[str, float]] = {}
             for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
                 metrics.setdefault(task, {})[name] = value
-            rows = conn.execute(_TASKS_QUERY if version >= 2 else _TASKS_QUERY_V1).fetchall()
+            rows = conn.execute(_TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1).fetchall()
         finally:
             conn.execute("COMMIT")
     except sqlite3.DatabaseError as e:
