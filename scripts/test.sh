@@ -7,7 +7,7 @@
 #   bash scripts/test.sh -m "not slow"   # a quicker pass
 #
 # As root on Debian it also installs the system packages the tests use (GNU
-# parallel and xargs for the benchmarks' peers, Chromium for the HTML report test,
+# parallel and xargs for the benchmarks' peers, Chromium (and its driver) for the browser tests,
 # SLURM through scripts/slurm-up.sh). Elsewhere those tests skip with a reason,
 # except under CI=true, where a missing service fails them.
 set -euo pipefail
@@ -16,10 +16,10 @@ PY=${PYTHON:-python3}
 log() { printf '[test.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  log "apt: parallel chromium tmux"
+  log "apt: parallel chromium chromium-driver tmux"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends parallel chromium tmux >/dev/null
+  apt-get install -y -q --no-install-recommends parallel chromium chromium-driver tmux >/dev/null
 fi
 
 log "pip: rota with the test, examples and ray extras"

@@ -66,9 +66,13 @@ def machine_options(f: Any) -> Any:
 @click.option("--grace", "grace_s", type=float, default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
 @click.option("--retry-delay", "retry_delay_s", type=float, default=1.0, show_default=True,
               help="First retry delay in seconds; doubles on each retry.")
+@click.option("--foreign-gpu-memory", type=click.Choice(["respect", "ignore"]), default=None,
+              help="GPU memory held by processes rota did not start: book it and pack around it (respect), "
+                   "or not (ignore). Default: the spec's foreign_gpu_memory:, respect.")
 def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state_dir: str | None,
         rerun: tuple[str, ...], rerun_dependents: bool, only: tuple[str, ...], fail_fast: bool, backend: str,
-        address: str | None, partition: str | None, plain: bool, grace_s: float, retry_delay_s: float) -> None:
+        address: str | None, partition: str | None, plain: bool, grace_s: float, retry_delay_s: float,
+        foreign_gpu_memory: str | None = None) -> None:
     """Run (or continue) every task of SPEC."""
     from rota import api
     from rota.spec.load import load_spec
@@ -97,7 +101,13 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
             loaded, gpus=gpus, cpus=cpus, memory=memory, state_dir=state_dir, rerun=rerun, only=only,
             fail_fast=fail_fast, backend=backend, rerun_dependents=rerun_dependents,
             backend_options=options, ui=ui, grace_s=grace_s, retry_delay_s=retry_delay_s,
+            foreign_gpu_memory=foreign_gpu_memory,
         )
+    if result.handed_over is not None:  # a controller runs this spec: it took the edit (its dashboard goes on)
+        click.echo(f"rota: handed to the running controller ({result.state_dir}):")
+        for line in result.handed_over.splitlines():
+            click.echo(f"  {line}")
+        sys.exit(0)
     for line in _run_end(result, spec, state_dir):
         click.echo(line)
     sys.exit(result.exit_code)
@@ -278,24 +288,26 @@ def stop(target: str | None, state_dir: str | None, drain: bool, now: bool, wait
 @click.option("--json", "as_json", is_flag=True)
 def machine(gpus: str | None, cpus: int | None, memory: str | None, as_json: bool) -> None:
     """Print what rota sees: GPUs (NVML or declared), CPUs, RAM."""
-    from rota.machine import describe, detect_machine
+    from rota.machine import describe, describe_health, detect_machine, gpu_health
 
     m = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    health = gpu_health(m)  # NVML GPUs only: health, and who holds memory on each
     if as_json:
         click.echo(json.dumps({
             "source": m.source, "cpus": m.cpus, "memory_bytes": m.memory_bytes,
             "gpus": [{"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes, "uuid": g.uuid,
-                      "cuda_visible_devices": g.cuda_id} for g in m.gpus],
+                      "cuda_visible_devices": g.cuda_id, **health.get(g.index, {})} for g in m.gpus],
         }, indent=2))
         return
-    for line in describe(m):
+    for line in describe(m) + describe_health(health):
         click.echo(line)
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         click.echo(f"(inherited CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})")
 
 
 def _register_optional() -> None:
-    for mod in ("rota.cli.plan_cmd", "rota.cli.report_cmd"):
+    for mod in ("rota.cli.plan_cmd", "rota.cli.report_cmd", "rota.cli.control_cmd", "rota.cli.serve_cmd",
+                "rota.cli.why_cmd"):
         try:
             m = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

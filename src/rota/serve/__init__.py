@@ -1,0 +1,12 @@
+"""``rota serve``: a live web page of a run, read from its state folder (read-only).
+
+- :mod:`rota.serve.views`: pure functions from a status snapshot to what the page shows
+  (a filtered page of the task table, the timeline, GPU series, results);
+- :mod:`rota.serve.cache`: the throttled, read-only reader of the state folder that every
+  request shares (one read a second at most, whatever the number of browsers);
+- :mod:`rota.serve.app`: the Starlette application (routes, the token check);
+- ``static/index.html``: the page (HTML and JS, no build step; plotly.js is served from the
+  installed plotly package).
+
+Needs the ``serve`` extra (Starlette, uvicorn).
+"""

@@ -1,0 +1,140 @@
+"""The Starlette application of ``rota serve``.
+
+Routes (all GET, all read-only):
+
+- ``/``: the page (``static/index.html``); ``/plotly.min.js``: plotly.js from the installed plotly
+  package (offline; a 404 without plotly, and the page draws no charts);
+- ``/api/status?state=a,b&q=TEXT&offset=N&limit=N``: the run's head (run id, spec, controller,
+  counts), a page of the task table filtered and searched, and ``error`` while there is no state;
+- ``/api/log?task=NAME&bytes=N``: the end of a task's latest log;
+- ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``.
+
+The token: when the app is given one (``rota serve`` does on any address but the loopback
+defaults, :func:`needs_token`), every request must carry it, as ``?token=`` or the
+``X-Rota-Token`` header: none is 401, a wrong one 403. Without a token, requests must name a
+loopback host (``Host:`` header), so a web page elsewhere cannot reach the server through a
+DNS name that points at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rota.serve import views
+from rota.serve.cache import StateCache
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+"""The addresses ``rota serve`` binds without a token (the default is 127.0.0.1)."""
+TOKEN_HEADER = "x-rota-token"
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def needs_token(host: str) -> bool:
+    """Whether binding ``host`` requires a token: every address but 127.0.0.1, ::1 and localhost
+    (127.0.0.2 too: it is loopback, but not the default, and a user who picks an address means
+    others to reach it)."""
+    return host.strip("[]") not in LOOPBACK_HOSTS
+
+
+class _Guard:
+    """ASGI middleware: the token check (when there is a token), else a loopback ``Host:`` check."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refusal: Response | None = None
+        if self.token is not None:
+            given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
+            if not given:
+                refusal = PlainTextResponse("rota serve: this address needs the token (?token=...)\n", 401)
+            elif not hmac.compare_digest(given.encode(), self.token.encode()):
+                refusal = PlainTextResponse("rota serve: wrong token\n", 403)
+        else:
+            host = request.headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+            if name not in LOOPBACK_HOSTS:
+                refusal = PlainTextResponse("rota serve: unknown Host header\n", 403)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    try:
+        return int(request.query_params.get(name, default))
+    except ValueError:
+        return default
+
+
+def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cache: StateCache | None = None) -> ASGIApp:
+    """The application serving ``state_dir`` (read-only); ``token``: required on every request."""
+    state = cache or StateCache(state_dir)
+    page = resources.files("rota.serve").joinpath("static", "index.html")
+
+    async def index(request: Request) -> Response:
+        return Response(page.read_bytes(), media_type="text/html; charset=utf-8", headers=_NO_STORE)
+
+    async def plotly_js(request: Request) -> Response:
+        try:
+            import plotly
+        except ImportError:
+            return PlainTextResponse("plotly is not installed: pip install 'rota[report]'\n", 404)
+        path = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+        return FileResponse(path, media_type="application/javascript", headers={"Cache-Control": "max-age=3600"})
+
+    async def status(request: Request) -> Response:
+        snap = await run_in_threadpool(state.status)
+        out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "now": time.time(), "error": snap.error}
+        if snap.data is not None:
+            data = snap.data
+            raw = request.query_params.get("state", "")
+            states = {s for s in raw.split(",") if s} or None
+            page_ = views.task_page(data["tasks"], states, request.query_params.get("q", ""),
+                                    _int(request, "offset", 0), _int(request, "limit", 100))
+            out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
+            out["total"] = len(data["tasks"])
+            out["queued_count"] = snap.queued
+            out["running_by_gpu"] = views.running_by_gpu(data["tasks"])
+            out.update(page_)
+        return JSONResponse(out, headers=_NO_STORE)
+
+    async def log(request: Request) -> Response:
+        task = request.query_params.get("task", "")
+        found = await run_in_threadpool(state.log_tail, task, _int(request, "bytes", 16384))
+        if found is None:
+            return JSONResponse({"error": f"no task {task!r}"}, 404, headers=_NO_STORE)
+        return JSONResponse(found, headers=_NO_STORE)
+
+    async def timeline(request: Request) -> Response:
+        snap = await run_in_threadpool(state.status)
+        tasks = snap.data["tasks"] if snap.data else []
+        return JSONResponse(views.timeline(tasks, snap.at_s), headers=_NO_STORE)
+
+    def slow(name: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return JSONResponse(await run_in_threadpool(getattr(state, name)), headers=_NO_STORE)
+
+        return Route(f"/api/{name}", endpoint)
+
+    routes = [Route("/", index), Route("/plotly.min.js", plotly_js), Route("/api/status", status),
+              Route("/api/log", log), Route("/api/timeline", timeline),
+              slow("gpus"), slow("results"), slow("sweeps"), slow("eta")]
+    return _Guard(Starlette(routes=routes), token)

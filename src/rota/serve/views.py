@@ -1,0 +1,144 @@
+"""What the page shows, as pure functions of a ``rota status --json`` object (no I/O, no clock:
+``now`` is passed in).
+
+The page never receives a whole 20,000-task run each second: the table is served a page at a
+time (filtered and searched here), the timeline the most recent tasks only, GPU series thinned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from rota.store.base import FINAL, QUEUED
+
+TIMELINE_MAX_TASKS = 400
+"""Tasks drawn on the timeline at most: the ones started last (plotly slows beyond a few hundred bars)."""
+GPU_MAX_POINTS = 600
+"""Samples per GPU sent to the page at most (evenly thinned, the last one always kept)."""
+GB = float(1 << 30)
+"""Memory on the page is in rota's GB (``80GB`` in a spec is 80 x 2**30 bytes)."""
+PAGE_MAX = 500
+"""Table rows one request may ask for."""
+
+
+def shown_state(task: Mapping[str, Any]) -> str:
+    """The state the table shows: ``queued`` for a running task its backend still queues."""
+    return QUEUED if task.get("queued") else str(task["state"])
+
+
+def task_page(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None, query: str,
+              offset: int, limit: int) -> dict[str, Any]:
+    """``{"matching": N, "offset", "tasks": [...]}``: the tasks in ``states`` (None: all; ``queued``
+    selects queued running tasks, ``running`` the others) whose name, group or reason contains
+    ``query`` (case-insensitive), rows ``offset .. offset+limit`` of them, in the run's order."""
+    q = query.strip().lower()
+    limit = max(0, min(limit, PAGE_MAX))
+    offset = max(0, offset)
+    out: list[Mapping[str, Any]] = []
+    matching = 0
+    for t in tasks:
+        if states is not None and shown_state(t) not in states:
+            continue
+        if q and q not in str(t["name"]).lower() and q not in str(t.get("group") or "").lower() \
+                and q not in str(t.get("reason") or "").lower():
+            continue
+        if offset <= matching < offset + limit:
+            out.append(t)
+        matching += 1
+    return {"matching": matching, "offset": offset, "tasks": out}
+
+
+def lanes_of(task: Mapping[str, Any]) -> list[str]:
+    """The timeline rows a task occupies: one per GPU it holds (``gpu 0``), else ``cpu``."""
+    gpus = task.get("gpus") or []
+    return [f"gpu {g}" for g in gpus] if gpus else ["cpu"]
+
+
+def timeline(tasks: Sequence[Mapping[str, Any]], now: float, limit: int = TIMELINE_MAX_TASKS) -> dict[str, Any]:
+    """The started tasks' bars: ``{"origin_s", "now_s", "shown", "started", "items": [{name, group,
+    state, lane, start_s, end_s}]}``, times relative to the first start; a task still running
+    ends at ``now``. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
+    started = [t for t in tasks if t.get("started_at") is not None and not t.get("queued")
+               and t["state"] not in ("pending", "skipped")]
+    if not started:
+        return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": []}
+    origin = min(float(t["started_at"]) for t in started)
+    recent = sorted(started, key=lambda t: float(t["started_at"]))[-limit:] if limit < len(started) else started
+    items = []
+    for t in recent:
+        start = float(t["started_at"]) - origin
+        ended = t.get("ended_at")
+        end = (float(ended) if ended is not None and t["state"] in FINAL else now) - origin
+        for lane in lanes_of(t):
+            items.append({"name": t["name"], "group": t.get("group") or t["name"], "state": shown_state(t),
+                          "lane": lane, "start_s": start, "end_s": max(end, start)})
+    return {"origin_s": origin, "now_s": now - origin, "shown": len(recent), "started": len(started),
+            "items": items}
+
+
+def gpu_series(samples: Sequence[Sequence[Any]], max_points: int = GPU_MAX_POINTS) -> list[dict[str, Any]]:
+    """GPU samples ``(ts, gpu, util_pct, used_bytes, total_bytes)`` as one series per GPU:
+    ``{"gpu", "t", "util_pct", "used_gb", "total_gb"}`` (``None`` where NVML gave nothing),
+    thinned to ``max_points``."""
+    by_gpu: dict[int, list[Sequence[Any]]] = {}
+    for s in samples:
+        by_gpu.setdefault(int(s[1]), []).append(s)
+    out = []
+    for gpu in sorted(by_gpu):
+        rows = by_gpu[gpu]
+        if len(rows) > max_points:
+            step = len(rows) / max_points
+            rows = [rows[int(i * step)] for i in range(max_points - 1)] + [rows[-1]]
+        total = next((r[4] for r in reversed(rows) if r[4]), None)
+        out.append({
+            "gpu": gpu,
+            "t": [r[0] for r in rows],
+            "util_pct": [r[2] for r in rows],
+            "used_gb": [None if r[3] is None else r[3] / GB for r in rows],
+            "total_gb": None if total is None else total / GB,
+        })
+    return out
+
+
+def running_by_gpu(tasks: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``{"0": [task, ...]}``: the tasks holding each GPU now (queued ones left out)."""
+    out: dict[str, list[str]] = {}
+    for t in tasks:
+        if t["state"] in ("running", "launching") and not t.get("queued"):
+            for g in t.get("gpus") or []:
+                out.setdefault(str(g), []).append(str(t["name"]))
+    return out
+
+
+def eta_from_predictions(tasks: Sequence[Mapping[str, Any]], now: float) -> float | None:
+    """Seconds until the last predicted end (the controller's ``predicted_end_s``), or None when
+    no task that is left carries a prediction."""
+    ends = [float(t["predicted_end_s"]) for t in tasks
+            if t["state"] not in FINAL and t.get("predicted_end_s") is not None]
+    return max(0.0, max(ends) - now) if ends else None
+
+
+def finite(x: float | None) -> float | None:
+    """JSON has no NaN or infinity: those become None."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def results(tasks: Sequence[Mapping[str, Any]], max_rows: int = 200) -> dict[str, Any]:
+    """The report's results (:func:`rota.report.stats.group_metrics` over the tasks that
+    succeeded, grouped by the report's default variables, intervals over replicates):
+    ``{"by": [...], "rows": [{group, vars, metric, mean, low, high, n}]}``, at most ``max_rows``."""
+    from rota.report.model import TaskRow
+    from rota.report.stats import default_by, group_metrics
+
+    rows = [TaskRow(name=str(t["name"]), state=str(t["state"]), vars=t.get("vars") or {},
+                    metrics=t.get("metrics") or {}, base=t.get("group") or None)
+            for t in tasks if t["state"] in ("succeeded", "cached") and t.get("metrics")]
+    by = default_by(rows)
+    out = []
+    for g in group_metrics(rows, by)[:max_rows]:
+        s = g.summary
+        out.append({"group": g.base, "vars": g.vars, "metric": g.metric, "mean": finite(s.mean),
+                    "low": finite(s.ci_low), "high": finite(s.ci_high), "n": s.n})
+    return {"by": by, "rows": out}

@@ -1,0 +1,250 @@
+"""``rota serve``: the live page in a real headless Chromium (Debian's, driven by Selenium through
+Debian's chromedriver: no browser download), over a real ``rota run`` in a subprocess; the token
+on a non-default address; the state folder left untouched.
+
+The browser tests skip only when Chromium, chromedriver or Selenium is missing and ``CI`` is unset.
+Screenshots are saved in each test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import rota, start_rota, wait_for, write_spec
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI is set but {what} is missing")
+    pytest.skip(f"{what} is missing (apt-get install -y chromium chromium-driver; pip install selenium)")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            _missing(path)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1300", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Served:
+    """A ``rota serve`` subprocess and the URL it printed."""
+
+    def __init__(self, *args: str | os.PathLike[str]) -> None:
+        self.proc = start_rota("serve", "--port", "0", *args)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "http://" in line, f"rota serve printed {line!r}; exit {self.proc.poll()}"
+        self.url = line.split(" at ", 1)[1].split()[0]
+        self.base = self.url.split("?")[0]
+        self.token = self.url.split("token=", 1)[1] if "token=" in self.url else None
+
+    def get(self, path: str, token: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        url = self.base + path.lstrip("/") + (("&" if "?" in path else "?") + f"token={token}" if token else "")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def json(self, path: str) -> Any:
+        code, body = self.get(path, self.token)
+        assert code == 200, (code, body)
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def served() -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def _console_errors(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def _row_state(driver: Any, task: str) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#tasks tbody tr[data-task="{task}"]')
+    return rows[0].get_attribute("data-state") if rows else None
+
+
+GATED_SPEC = """
+tasks:
+  - name: first
+    command: |
+      echo first-line-of-log
+      for i in $(seq 1200); do [ -e {gate} ] && break; sleep 0.05; done
+      echo ROTA_METRIC acc=0.5
+    gpus: 1
+    gpu_memory: 20GB
+  - name: second-{{seed}}
+    matrix: {{seed: [1, 2]}}
+    needs: [first]
+    command: echo second {{seed}}; echo ROTA_METRIC acc=0.{{seed}}
+"""
+
+
+def test_page_follows_a_run_and_shows_a_log_tail(tmp_path: Path, browser: Any, served: list[Served]) -> None:
+    from selenium.webdriver.common.by import By
+
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path / "p", GATED_SPEC.format(gate=gate))
+    s = Served(spec)  # before the run: no state yet, the page says so and keeps asking
+    served.append(s)
+    browser.get(s.url)
+    wait_for(lambda: "no run to show yet" in browser.find_element(By.ID, "banner").text, timeout=20)
+
+    run = start_rota("run", spec, "--gpus", "1x80GB", "--plain")
+    try:
+        wait_for(lambda: _row_state(browser, "first") == "running", timeout=60)
+        assert _row_state(browser, "second-1") == "pending"
+        browser.find_element(By.CSS_SELECTOR, '#tasks tbody tr[data-task="first"]').click()
+        wait_for(lambda: "first-line-of-log" in browser.find_element(By.ID, "log").text, timeout=20)
+        wait_for(lambda: "controller pid" in browser.find_element(By.ID, "controller").text, timeout=10)
+        browser.save_screenshot(str(tmp_path / "serve-running.png"))
+
+        gate.write_text("go")
+        for task in ("first", "second-1", "second-2"):
+            wait_for(lambda t=task: _row_state(browser, t) == "succeeded", timeout=60)
+        assert run.wait(60) == 0
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+    # After the run: the page says so and keeps showing it; the log tail turns into the whole log.
+    wait_for(lambda: "no controller running" in browser.find_element(By.ID, "controller").text, timeout=20)
+    wait_for(lambda: "ROTA_METRIC acc=0.5" in browser.find_element(By.ID, "log").text, timeout=20)
+    # The search box and a state filter narrow the table.
+    browser.find_element(By.ID, "search").send_keys("second")
+    wait_for(lambda: _row_state(browser, "first") is None and _row_state(browser, "second-2") == "succeeded",
+             timeout=10)
+    # The timeline draws a bar per started task (plotly loaded from the server, offline).
+    wait_for(lambda: browser.execute_script(
+        "const d = document.getElementById('timeline').data; return d ? d.reduce((n, t) => n + t.x.length, 0) : 0") == 3,
+        timeout=20)
+    wait_for(lambda: "acc" in browser.find_element(By.ID, "results").text, timeout=20)
+    browser.save_screenshot(str(tmp_path / "serve-done.png"))
+    assert (tmp_path / "serve-done.png").stat().st_size > 10_000
+    assert _console_errors(browser) == []
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    spec = write_spec(tmp_path / "p", """
+        tasks:
+          - name: t-{seed}
+            matrix: {seed: [1, 2, 3]}
+            command: echo out-{seed}; echo ROTA_METRIC loss=0.{seed}
+        """)
+    rota("run", spec, "--plain", check=True)
+    return spec
+
+
+def test_a_non_default_address_refuses_requests_without_the_token(tmp_path: Path, browser: Any,
+                                                                   served: list[Served]) -> None:
+    from selenium.webdriver.common.by import By
+
+    spec = _finished_run(tmp_path)
+    s = Served(spec, "--host", "127.0.0.2")  # loopback, but not the default: a token is required
+    served.append(s)
+    assert s.base.startswith("http://127.0.0.2:") and s.token
+    for path in ("/", "/api/status", "/api/log?task=t-1", "/plotly.min.js"):
+        assert s.get(path)[0] == 401, path
+        assert s.get(path, "not-the-token")[0] == 403, path
+        assert s.get(path, s.token)[0] == 200, path
+    assert s.get("/api/status", headers={"X-Rota-Token": s.token})[0] == 200
+    browser.get(s.url)
+    wait_for(lambda: _row_state(browser, "t-3") == "succeeded", timeout=30)
+    browser.find_element(By.CSS_SELECTOR, '#tasks tbody tr[data-task="t-2"]').click()
+    wait_for(lambda: "out-2" in browser.find_element(By.ID, "log").text, timeout=20)
+    browser.save_screenshot(str(tmp_path / "serve-token.png"))
+    assert _console_errors(browser) == []
+
+
+def test_default_bind_needs_no_token_but_a_loopback_host_and_never_writes_the_state(
+        tmp_path: Path, served: list[Served]) -> None:
+    spec = _finished_run(tmp_path)
+    sd = tmp_path / "p" / ".rota"
+    # Every file but SQLite's shared-memory index (state.db-shm), where any WAL reader, rota status
+    # too, marks what it reads: no file is created, written or removed.
+    def files() -> dict[Path, tuple[int, int]]:
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sd.rglob("*") if not p.name.endswith("-shm")}
+
+    before = files()
+    s = Served(spec)
+    served.append(s)
+    assert s.token is None and s.base.startswith("http://127.0.0.1:")
+    assert s.get("/api/status", headers={"Host": "attacker.example:80"})[0] == 403  # DNS rebinding
+    d = s.json("/api/status?q=t-2")
+    assert d["counts"]["succeeded"] == 3 and d["matching"] == 1 and d["tasks"][0]["name"] == "t-2"
+    assert s.json("/api/status?state=failed")["matching"] == 0
+    assert s.json("/api/log?task=t-3")["text"].startswith("out-3")
+    assert s.get("/api/log?task=nope")[0] == 404
+    results = s.json("/api/results")["rows"]
+    assert [(r["metric"], r["n"]) for r in results] == [("loss", 3)]
+    for path in ("/api/timeline", "/api/gpus", "/api/sweeps", "/api/eta", "/"):
+        assert s.get(path)[0] == 200, path
+    assert files() == before
+
+    # A controller that starts again (a rerun) is followed by the same server.
+    rota("run", spec, "--plain", "--rerun", "t-1", check=True)
+    wait_for(lambda: s.json("/api/status?q=t-1")["tasks"][0]["attempt"] == 2, timeout=20)
+
+
+def test_serve_refuses_a_busy_port_in_one_line(tmp_path: Path, served: list[Served]) -> None:
+    spec = _finished_run(tmp_path)
+    s = Served(spec)
+    served.append(s)
+    port = s.base.rsplit(":", 1)[1].strip("/")
+    out = rota("serve", spec, "--port", port, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.startswith("rota: error: --host 127.0.0.1 --port") and out.stderr.count("\n") == 1
+
+
+def test_serve_help_names_the_token() -> None:
+    out = rota("serve", "--help", check=True)
+    assert "--host" in out.stdout and "token" in out.stdout
