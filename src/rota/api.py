@@ -203,7 +203,8 @@ def run(
 
 
 def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
-    """The engine hooks a run of ``spec`` needs: its sweeps (Optuna), GPU monitoring."""
+    """The engine hooks a run of ``spec`` needs: its sweeps (Optuna), GPU monitoring, its
+    notifications and hook commands (``notify:``, ``on_failure``, ...)."""
     from rota.engine.gpu_monitor import GpuMonitor
 
     hooks: list[Any] = []
@@ -212,6 +213,10 @@ def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
 
         hooks.append(SweepHook(spec, str(state_dir)))
     hooks.append(GpuMonitor(machine))
+    from rota.engine import notify
+
+    if notify.wanted(spec):  # no apprise, or a URL it cannot use: bad input, before the store is written
+        hooks.append(notify.NotifyHook(spec, str(state_dir)))
     return hooks
 
 

@@ -45,11 +45,21 @@ def _number(v: Any) -> Any:
     return v
 
 
+def _hook_command(v: Any) -> Any:
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("expected a bash command, found an empty one (leave the key out instead)")
+        if "\x00" in v:
+            raise ValueError("the command has a NUL byte, which no process argument can hold")
+    return v
+
+
 Size = Annotated[int | None, BeforeValidator(_size)]
 Duration = Annotated[float | None, BeforeValidator(_dur)]
 StrList = Annotated[list[str], BeforeValidator(_str_list)]
 Int = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+HookCommand = Annotated[str | None, BeforeValidator(_hook_command)]
 
 # Environment variables rota sets for a task (engine.attempt.task_env, the executors): a spec's
 # ``env:`` must not override them (a task writing to another task's ROTA_OUT, or seeing GPUs it did
@@ -210,6 +220,11 @@ class TaskFields(_Strict):
     inputs: StrList = Field(default_factory=list)
     devices: list[Int] | None = None
     enforce_gpu_memory: bool = False
+    # Hook commands (bash) run in the background after this task's end, with its attempt's
+    # environment (rota.engine.notify): on_success, on_failure (failed for good), on_finish (either).
+    on_success: HookCommand = None
+    on_failure: HookCommand = None
+    on_finish: HookCommand = None
 
     @field_validator("workdir", "outputs", "inputs")
     @classmethod
@@ -321,6 +336,61 @@ class MachineSpec(_Strict):
         return v
 
 
+NotifyEvent = Literal["failed", "finished", "stopped"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failed", "finished", "stopped")
+"""``notify: events:``: a task failed for good; the run ended by itself; the run was stopped."""
+
+
+class NotifySpec(_Strict):
+    """Where and when to send notifications (apprise URLs); see rota.engine.notify."""
+
+    urls: StrList
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: Duration = Field(default=10.0, gt=0, le=600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # ``notify: ntfy://topic`` or a list of URLs: the URLs, every event.
+        if isinstance(v, str | list):
+            return {"urls": v}
+        if isinstance(v, dict) and (True in v or False in v):  # YAML 1.1 reads a bare on/off/yes key as a bool
+            raise ValueError("a key reads as true/false (YAML takes 'on', 'off', 'yes' for booleans); "
+                             "the events to send go under 'events:'")
+        if isinstance(v, dict):
+            import difflib
+
+            for key in v:  # before pydantic's "urls is required" for a misspelt 'url'
+                if key not in cls.model_fields:
+                    close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(cls.model_fields)}"
+                    raise ValueError(f"unknown key {key!r}; {hint}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_given(cls, v: float | None) -> float:
+        if v is None:
+            raise ValueError("expected a duration such as '10s' (each send's limit), found null")
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_given(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one apprise URL (e.g. 'ntfy://topic', 'json://host/path')")
+        for url in v:
+            if not url.strip() or "://" not in url:
+                raise ValueError(f"expected an apprise URL such as 'slack://...', 'ntfy://topic' or "
+                                 f"'json://host:port/path', found {url!r}")
+        return v
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _on_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 class SlurmSpec(_Strict):
     partition: str | None = None
     account: str | None = None
@@ -339,6 +409,16 @@ class SpecFile(_Strict):
     machines: dict[str, MachineSpec] = Field(default_factory=dict)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     max_tasks: Int = Field(default=200_000, ge=1)
+    notify: NotifySpec | None = None
+    # The run's hook commands (bash, in the background, after its end): on_success (exit code 0),
+    # on_failure (any other), on_finish (always). A task's own are in TaskFields.
+    on_success: HookCommand = None
+    on_failure: HookCommand = None
+    on_finish: HookCommand = None
+    # GPU memory held by processes rota did not start (rota.engine.gpu_watch): booked, plus a margin
+    # (respect), or not looked at (ignore). Local runs on NVML GPUs outside a SLURM allocation only.
+    foreign_gpu_memory: Literal["respect", "ignore"] = "respect"
+    foreign_gpu_margin: Size = None  # None: 1GB
 
     @field_validator("max_tasks")
     @classmethod
