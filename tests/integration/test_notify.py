@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sqlite3
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rota.engine.notify import FLUSH_S
-from tests.helpers import rota, write_spec
+from tests.helpers import rota, start_rota, wait_for, write_spec
 
 pytest.importorskip("apprise")
 
@@ -101,6 +102,25 @@ def test_a_task_that_failed_for_good_sends_one_message_and_the_run_end_one(tmp_p
     assert len(end) == 1 and "nightly" in end[0]["title"], endpoint.messages
     assert "1 succeeded" in end[0]["message"] and "1 failed" in end[0]["message"]
     assert "1 skipped" in end[0]["message"] and "exit code 1" in end[0]["message"]
+
+
+def test_a_stopped_run_sends_stopped_and_runs_the_runs_failure_hook(tmp_path, endpoint):
+    spec = write_spec(tmp_path, f"""\
+        notify: {{urls: ["{endpoint.url}"], events: [stopped]}}
+        on_failure: 'echo "$ROTA_RUN_OUTCOME $ROTA_RUN_EXIT_CODE" > {tmp_path}/run-hook'
+        tasks:
+          - {{name: long, command: "touch {tmp_path}/started; sleep 60"}}
+    """)
+    proc = start_rota("run", spec, "--gpus", "none", "--plain", "--grace", "1")
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=60)
+        proc.send_signal(signal.SIGTERM)  # as rota stop does
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert [m["title"] for m in endpoint.messages] == ["rota: rota.yaml: run stopped (1 interrupted)"], endpoint.messages
+    assert (tmp_path / "run-hook").read_text().split() == ["stopped", "130"]
 
 
 def test_a_hanging_endpoint_does_not_hold_the_run_end_past_the_bound(tmp_path, silent_port):
