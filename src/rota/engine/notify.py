@@ -164,6 +164,7 @@ class NotifyHook(Hook):
         self.timeout_s = cfg.timeout if cfg is not None else 0.0
         self.services = notifiers(cfg, spec.path) if cfg is not None and cfg.events else []
         self.hooks = task_hooks(spec)
+        self._hooks_of = spec
         self.failed_sent = 0
         self.failed_unsent = 0
         self._errors: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
@@ -194,7 +195,7 @@ class NotifyHook(Hook):
                 self._send(name, *self._failed_text(engine, lv), "failure")
             else:
                 self.failed_unsent += 1
-        hooks = self.hooks.get(lv.task.group or name)
+        hooks = self._task_hooks(engine).get(lv.task.group or name)
         if hooks is None:
             return
         cmds = [hooks.on_success if lv.state == S.SUCCEEDED else hooks.on_failure, hooks.on_finish]
@@ -206,12 +207,23 @@ class NotifyHook(Hook):
                 if cmd:
                     self._run_cmd(name, cmd, env, os.path.abspath(lv.task.workdir))
 
+    def _task_hooks(self, engine: Any) -> dict[str, TaskHooks]:
+        # A spec edited during the run (the controller took a new one) brings its tasks' hooks.
+        spec = getattr(engine, "spec", self.spec)
+        if spec is not self._hooks_of:
+            self._hooks_of = spec
+            try:
+                self.hooks = task_hooks(spec)
+            except SpecError as e:  # two tasks of the new spec share a name: keep the hooks known
+                self._log(engine, "hook-error", e.task or "", e.detail)
+        return self.hooks
+
     def stop(self, engine: Any) -> None:
         code, outcome = run_outcome(engine)
         counts = {k: v for k, v in engine.counts().items() if v}
         if outcome in self.events:
             self._send("", *self._end_text(engine, code, outcome, counts), "success" if code == 0 else "failure")
-        f = self.spec.file
+        f = getattr(engine, "spec", self.spec).file  # the run's hooks as its spec says now (edited or not)
         cmds = [f.on_success if code == 0 else f.on_failure, f.on_finish]
         if any(cmds):
             env = inherited_env(os.environ)
