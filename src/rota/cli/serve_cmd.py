@@ -6,6 +6,8 @@ Registered by :mod:`rota.cli.main` through :func:`register`. Needs the ``serve``
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import socket
 import sys
@@ -15,6 +17,8 @@ import click
 from rota.errors import UsageError
 
 _INSTALL_HINT = "pip install 'rota[serve]'"
+NICE = 10
+"""``rota serve`` lowers its CPU priority by this much (``nice``): the controller and the tasks first."""
 
 
 def register(cli: click.Group) -> None:
@@ -73,6 +77,10 @@ def serve(target: str | None, port: int, host: str, state_dir: str | None, token
     bound_port = sock.getsockname()[1]
     click.echo(f"rota serve: {sd} at {url_of(host, bound_port, token)}  (Ctrl-C stops)")
     sys.stdout.flush()
+    # The page waits, the run does not: below the controller and its tasks for the CPU.
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     config = uvicorn.Config(create_app(sd, token), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has stopped
+        uvicorn.Server(config).run(sockets=[sock])

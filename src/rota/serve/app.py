@@ -31,7 +31,6 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rota.serve import views
 from rota.serve.cache import StateCache
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -101,18 +100,17 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         return FileResponse(path, media_type="application/javascript", headers={"Cache-Control": "max-age=3600"})
 
     async def status(request: Request) -> Response:
-        snap = await run_in_threadpool(state.status)
+        raw = request.query_params.get("state", "")
+        states = frozenset(s for s in raw.split(",") if s) or None
+        snap, page_ = await run_in_threadpool(state.page, states, request.query_params.get("q", ""),
+                                              _int(request, "offset", 0), _int(request, "limit", 100))
         out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "now": time.time(), "error": snap.error}
         if snap.data is not None:
             data = snap.data
-            raw = request.query_params.get("state", "")
-            states = {s for s in raw.split(",") if s} or None
-            page_ = views.task_page(data["tasks"], states, request.query_params.get("q", ""),
-                                    _int(request, "offset", 0), _int(request, "limit", 100))
             out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
             out["total"] = len(data["tasks"])
             out["queued_count"] = snap.queued
-            out["running_by_gpu"] = views.running_by_gpu(data["tasks"])
+            out["running_by_gpu"] = snap.running_by_gpu
             out.update(page_)
         return JSONResponse(out, headers=_NO_STORE)
 
@@ -123,11 +121,6 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
             return JSONResponse({"error": f"no task {task!r}"}, 404, headers=_NO_STORE)
         return JSONResponse(found, headers=_NO_STORE)
 
-    async def timeline(request: Request) -> Response:
-        snap = await run_in_threadpool(state.status)
-        tasks = snap.data["tasks"] if snap.data else []
-        return JSONResponse(views.timeline(tasks, snap.at_s), headers=_NO_STORE)
-
     def slow(name: str) -> Route:
         async def endpoint(request: Request) -> Response:
             return JSONResponse(await run_in_threadpool(getattr(state, name)), headers=_NO_STORE)
@@ -135,6 +128,5 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         return Route(f"/api/{name}", endpoint)
 
     routes = [Route("/", index), Route("/plotly.min.js", plotly_js), Route("/api/status", status),
-              Route("/api/log", log), Route("/api/timeline", timeline),
-              slow("gpus"), slow("results"), slow("sweeps"), slow("eta")]
+              Route("/api/log", log), slow("timeline"), slow("gpus"), slow("results"), slow("sweeps"), slow("eta")]
     return _Guard(Starlette(routes=routes), token)

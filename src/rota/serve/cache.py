@@ -49,6 +49,7 @@ class Snapshot:
     error: str | None = None
     by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
     queued: int = 0
+    running_by_gpu: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Throttled:
@@ -92,6 +93,8 @@ class StateCache:
         self._sweeps = _Throttled(self._read_sweeps, 2 * SLOW_INTERVAL_S)
         self._eta = _Throttled(self._read_eta, 2 * SLOW_INTERVAL_S)
         self._spec: tuple[Any, Any] | None = None  # (spec path and mtime, its tasks)
+        self._pages: dict[tuple[Any, ...], Any] = {}
+        self._timeline: tuple[int, Any] = (-1, None)
 
     # -- the status ----------------------------------------------------------------------
     def _db_files(self) -> tuple[Any, ...]:
@@ -121,11 +124,37 @@ class StateCache:
                 data = read_status(self.state_dir)
                 by_name = {t["name"]: t for t in data["tasks"]}
                 queued = sum(1 for t in data["tasks"] if t.get("queued"))
-                snap = Snapshot(time.time(), seq, data, None, by_name, queued)
+                snap = Snapshot(time.time(), seq, data, None, by_name, queued, views.running_by_gpu(data["tasks"]))
             except (RotaError, OSError, ValueError) as e:
                 snap = Snapshot(time.time(), seq, None, str(e))
             self._snap, self._files, self._read_at = snap, files, time.monotonic()
             return snap
+
+    def page(self, states: frozenset[str] | None, query: str, offset: int, limit: int) -> tuple[Snapshot, Any]:
+        """The snapshot and its table page (:func:`views.task_page`), computed once per snapshot and
+        question: twenty browsers showing the same page cost one filter."""
+        snap = self.status()
+        key = (snap.seq, states, query, offset, limit)
+        with self._lock:
+            hit = self._pages.get(key)
+        if hit is None:
+            hit = views.task_page(snap.data["tasks"], states, query, offset, limit) if snap.data else None
+            with self._lock:
+                if len(self._pages) > 64 or any(k[0] != snap.seq for k in self._pages):
+                    self._pages.clear()
+                self._pages[key] = hit
+        return snap, hit
+
+    def timeline(self) -> Any:
+        """The timeline (:func:`views.timeline`) of the latest snapshot, computed once per snapshot."""
+        snap = self.status()
+        with self._lock:
+            if self._timeline[0] == snap.seq:
+                return self._timeline[1]
+        value = views.timeline(snap.data["tasks"] if snap.data else [], snap.at_s)
+        with self._lock:
+            self._timeline = (snap.seq, value)
+        return value
 
     def log_tail(self, task: str, max_bytes: int) -> dict[str, Any] | None:
         """The end of ``task``'s latest log (its ``log_path`` in the state: no other file is ever

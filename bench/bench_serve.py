@@ -1,0 +1,142 @@
+"""``rota serve`` never slows a run: browsers polling a big run's page, against none.
+
+    python bench/bench_serve.py [--tasks 20000] [--clients 20] [--reps 3] [--cpus 8] [--json]
+
+Runs ``rota run`` on TASKS ``true`` tasks (``--gpus none --cpus CPUS``) REPS times without and
+REPS times with ``rota serve`` on its state folder and CLIENTS simulated browsers, alternating the
+two conditions to spread machine noise. Each client asks what the page asks, as often, on one
+kept-alive connection: the status and a table page every second, the timeline every 2 s, GPUs,
+results and the ETA every 5 s, sweeps every 10 s. The clients stand in for browsers on other
+machines: they run in their own process at ``nice 19``, so their own CPU is not what is measured
+(``rota serve`` itself runs at ``nice 10``, as always). Prints the median wall times and their ratio (with / without; the issue asks under
+1.05), the requests served and any failed request (exit 1 on any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROTA = [sys.executable, "-m", "rota.cli"]
+EVERY_S = {"/api/status?limit=100": 1.0, "/api/timeline": 2.0, "/api/gpus": 5.0, "/api/results": 5.0,
+           "/api/eta": 5.0, "/api/sweeps": 10.0}
+
+
+CLIENTS = """
+import http.client, json, os, sys, threading, time
+os.nice(19)  # stand-ins for browsers on another machine: their own CPU is not what is measured
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+every = json.loads(sys.argv[4])
+stop = threading.Event()
+counts = [0, 0]
+
+def client():
+    conn = http.client.HTTPConnection(host, port, timeout=60)  # keep-alive, as a browser
+    due = dict.fromkeys(every, 0.0)
+    while not stop.is_set():
+        now = time.monotonic()
+        for path, s in every.items():
+            if now >= due[path]:
+                due[path] = now + s
+                try:
+                    conn.request("GET", path)
+                    r = conn.getresponse()
+                    r.read()
+                    counts[r.status != 200] += 1
+                except OSError as e:
+                    counts[1] += 1
+                    print(f"{path}: {e}", file=sys.stderr, flush=True)
+                    conn.close()
+                    conn = http.client.HTTPConnection(host, port, timeout=60)
+        stop.wait(max(0.0, min(due.values()) - time.monotonic()))
+
+threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+for t in threads:
+    t.start()
+sys.stdin.read()  # until the bench closes it
+stop.set()
+for t in threads:
+    t.join(60)
+print(counts[0], counts[1], flush=True)
+"""
+
+
+def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int]:
+    """Wall seconds of one run, the requests served and failed requests (clients=0: no server)."""
+    root = Path(tempfile.mkdtemp(prefix="rota-benchserve-"))
+    spec = root / "rota.yaml"
+    spec.write_text(f"tasks:\n  - name: t-{{i}}\n    command: 'true'\n    matrix: {{i: {list(range(tasks))}}}\n")
+    server = clients_proc = None
+    served, failed = 0, 0
+    try:
+        if clients:
+            server = subprocess.Popen([*ROTA, "serve", str(spec), "--port", "0"], stdout=subprocess.PIPE, text=True,
+                                      start_new_session=True)
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            if " at http://" not in line:
+                raise SystemExit(f"rota serve did not start: {line!r}")
+            host, port = line.split(" at http://", 1)[1].split("/")[0].rsplit(":", 1)
+            clients_proc = subprocess.Popen([sys.executable, "-c", CLIENTS, host, port, str(clients),
+                                             json.dumps(EVERY_S)],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        t0 = time.perf_counter()
+        p = subprocess.run([*ROTA, "run", str(spec), "--plain", "--gpus", "none", "--cpus", str(cpus)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"rota run failed ({p.returncode}): {p.stderr[-500:]}")
+    finally:
+        if clients_proc is not None:
+            out, _ = clients_proc.communicate("", timeout=120)
+            served, failed = (int(x) for x in out.split())
+        if server is not None:
+            os.killpg(server.pid, signal.SIGINT)
+            server.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+    return wall, served, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--tasks", type=int, default=20000)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cpus", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    base: list[float] = []
+    loaded: list[float] = []
+    requests = 0
+    errors = 0
+    for _ in range(args.reps):
+        base.append(one(args.tasks, 0, args.cpus)[0])
+        wall, n, failed = one(args.tasks, args.clients, args.cpus)
+        loaded.append(wall)
+        requests += n
+        errors += failed
+    mb, ml = statistics.median(base), statistics.median(loaded)
+    res = {"tasks": args.tasks, "clients": args.clients, "reps": args.reps, "cpus": args.cpus,
+           "median_wall_s_without": round(mb, 2), "median_wall_s_with": round(ml, 2), "ratio": round(ml / mb, 3),
+           "requests": requests, "failed_requests": errors,
+           "walls_without": [round(x, 2) for x in base], "walls_with": [round(x, 2) for x in loaded]}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.tasks} tasks, {args.clients} clients polling rota serve, {args.reps} runs each: "
+              f"median {mb:.2f}s without, {ml:.2f}s with: ratio {ml / mb:.3f} (under 1.05 asked); "
+              f"{requests} requests, {errors} failed")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
