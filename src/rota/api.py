@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rota.core.resources import Machine, fits_machine, how_to_fit
-from rota.errors import SpecError, StateError
+from rota.errors import SpecError, StateError, UsageError
 from rota.store.read import (
     STATUS_VERSION as STATUS_VERSION,  # the status format's version, re-exported
 )
@@ -40,6 +40,7 @@ class RunResult:
     counts: Mapping[str, int]
     ran: int = 0
     kept: int = 0
+    handed_over: str | None = None  # a controller was running: it took the spec (its answer); nothing ran here
 
 
 _DICT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -132,6 +133,7 @@ def run(
     ui: Any = None,
     grace_s: float = 10.0,
     retry_delay_s: float = 1.0,
+    foreign_gpu_memory: str | None = None,
 ) -> RunResult:
     """Run (or continue) a spec. Validation errors raise before anything is written.
 
@@ -142,6 +144,8 @@ def run(
     that runs again (rerun, changed command, failed before) sends the done tasks
     that need it, transitively, back to pending, unless ``rerun_dependents`` is
     False (``--no-rerun-dependents``).
+    ``foreign_gpu_memory``: ``respect`` or ``ignore`` GPU memory held by processes rota did not
+    start (``--foreign-gpu-memory``; default: the spec's ``foreign_gpu_memory:``, ``respect``).
     ``fail_fast``: once a task has failed for good (its retries spent), launch
     nothing more; running tasks finish, the rest stays pending for the next run.
     """
@@ -151,11 +155,16 @@ def run(
     from rota.spec.load import Spec, load_spec
     from rota.store.sqlite import SqliteStore
 
+    if foreign_gpu_memory not in (None, "respect", "ignore"):
+        raise UsageError(f"foreign_gpu_memory={foreign_gpu_memory!r}: expected 'respect' or 'ignore'")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     full = spec
     if only:
         spec = full.only(only)  # a pattern that matches nothing is bad input: before anything (Ray, SLURM, state)
+    answer = hand_over(spec, state_dir, rerun=rerun, only=only, gpus=gpus, cpus=cpus, memory=memory)
+    if answer is not None:
+        return RunResult(0, str(Path(state_dir or default_state_dir(spec)).resolve()), {}, handed_over=answer)
     executor = None
     if backend != "local":
         from rota.executors.cluster_limits import limited_capacity, parse_limits
@@ -174,7 +183,7 @@ def run(
     except OSError as e:
         raise StateError(f"cannot create state folder {sd}: {e.strerror}") from None
     sd = sd.resolve()
-    hooks = _hooks(spec, sd, machine)  # a bad sweep is bad input: raised before the store is written
+    hooks = _hooks(spec, sd, machine, foreign_gpu_memory)  # a bad sweep is bad input: raised before the store is written
     with StateLock(sd):
         store = SqliteStore(sd)
         try:
@@ -186,7 +195,7 @@ def run(
                 unwatched = [r.name for r in store.tasks(tuple(ACTIVE)) if r.name not in chosen]
                 if unwatched:
                     spec = full.only(only, also=unwatched)
-                    hooks = _hooks(spec, sd, machine)
+                    hooks = _hooks(spec, sd, machine, foreign_gpu_memory)
             if executor is None:
                 executor = make_executor("local")
             engine = Engine(
@@ -202,9 +211,43 @@ def run(
             store.close()
 
 
-def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
+def hand_over(
+    spec: Spec, state_dir: str | os.PathLike[str] | None = None, *, rerun: Sequence[str] = (),
+    only: Sequence[str] = (), gpus: str | None = None, cpus: int | None = None, memory: str | None = None,
+) -> str | None:
+    """Edit a live run: when a controller runs on ``spec``'s state folder, hand it the spec file
+    (it loads and validates it again, then adds new tasks, redefines or drops pending ones, and
+    runs done ones again where ``rerun`` names them) and, if given, new limits (``gpus``, ``cpus``,
+    ``memory``, as ``rota run``'s flags: ``gpus='0,1,2'`` gives GPU 3 back). Returns the
+    controller's answer (what changed); None when no controller runs there (nothing was sent).
+    SpecError (exit 2) when the controller refuses: the run is unchanged. A spec not read from a
+    file (:func:`spec_from_dict`) cannot be handed over: it is refused as a second controller."""
+    from rota.engine import control, respec
+    from rota.store.read import controller
+
+    sd = Path(state_dir) if state_dir is not None else Path(default_state_dir(spec))
+    if not controller(sd)["alive"] or not os.path.isfile(spec.path):
+        return None
+    if cpus is not None and cpus < 1:
+        raise UsageError(f"--cpus {cpus}: expected a positive number")
+    answers = []
+    if gpus is not None or cpus is not None or memory is not None:
+        answers.append(control.request(sd, "limits", (), {"gpus": gpus, "cpus": cpus, "memory": memory}))
+    if not answers or not answers[0].startswith(respec.REFUSED):
+        answers.append(control.request(sd, "spec", (), {"path": os.path.abspath(spec.path), "rerun": list(rerun),
+                                                        "only": list(only)}))
+    if any(a in respec.OFFLINE for a in answers):
+        return None  # the controller ended meanwhile: this call runs the spec itself
+    refused = [a for a in answers if a.startswith(respec.REFUSED)]
+    if refused:
+        raise SpecError("the running controller refused the change: " + refused[0][len(respec.REFUSED):])
+    return "\n".join(answers)
+
+
+def _hooks(spec: Spec, state_dir: Path, machine: Machine, foreign_gpu_memory: str | None = None) -> list[Any]:
     """The engine hooks a run of ``spec`` needs: its sweeps (Optuna), GPU monitoring, its
-    notifications and hook commands (``notify:``, ``on_failure``, ...)."""
+    notifications and hook commands (``notify:``, ``on_failure``, ...), the pending tasks'
+    reasons and predicted starts."""
     from rota.engine.gpu_monitor import GpuMonitor
 
     hooks: list[Any] = []
@@ -213,10 +256,18 @@ def _hooks(spec: Spec, state_dir: Path, machine: Machine) -> list[Any]:
 
         hooks.append(SweepHook(spec, str(state_dir)))
     hooks.append(GpuMonitor(machine))
+    from rota.engine.gpu_watch import DEFAULT_MARGIN_BYTES, GpuWatch
+
+    foreign = (foreign_gpu_memory or spec.file.foreign_gpu_memory) == "respect"
+    margin = spec.file.foreign_gpu_margin
+    hooks.append(GpuWatch(machine, foreign=foreign, margin_bytes=DEFAULT_MARGIN_BYTES if margin is None else margin))
     from rota.engine import notify
 
     if notify.wanted(spec):  # no apprise, or a URL it cannot use: bad input, before the store is written
         hooks.append(notify.NotifyHook(spec, str(state_dir)))
+    from rota.engine.predict import Predictor
+
+    hooks.append(Predictor())  # why each pending task waits and when it starts, in the store
     return hooks
 
 
@@ -285,3 +336,58 @@ def status(target: str | os.PathLike[str] | None = None, *, state_dir: str | os.
     waits for it). Raises StateError when the state is missing or unusable.
     """
     return read_status(state_dir_of(target, state_dir))
+
+
+# ---------------------------------------------------------------- steering a run (rota cancel, retry, ...)
+def _control(kind: str, patterns: Sequence[str], target: str | os.PathLike[str] | None,
+             state_dir: str | os.PathLike[str] | None, data: dict[str, Any], wait_s: float) -> str:
+    from rota.engine import control
+
+    if not patterns:
+        from rota.errors import UsageError
+
+        raise UsageError(f"rota {kind}: name at least one task (a name or a glob, as --only)")
+    sd = state_dir_of(target, state_dir)
+    return control.request(sd, kind, control.match(sd, patterns), data, wait_s=wait_s)
+
+
+def cancel(patterns: Sequence[str], target: str | os.PathLike[str] | None = None, *,
+           state_dir: str | os.PathLike[str] | None = None, grace_s: float | None = None,
+           wait_s: float = 30.0) -> str:
+    """Cancel the tasks matching ``patterns`` (globs, as ``only``): a running one's process group
+    (or SLURM job, Ray task) gets SIGTERM, then SIGKILL after ``grace_s`` (default: the run's
+    ``--grace``); a pending one never starts. State ``cancelled``, not retried; its dependents are
+    skipped. Works on a live run (its controller applies it at once) or without one (the state is
+    changed; the next ``rota run`` keeps it cancelled). Returns what changed, one line per kind of
+    change. UsageError (exit 2) when a pattern matches no task. The same holds for the functions
+    below."""
+    data: dict[str, Any] = {} if grace_s is None else {"grace_s": grace_s}
+    return _control("cancel", patterns, target, state_dir, data, wait_s)
+
+
+def retry(patterns: Sequence[str], target: str | os.PathLike[str] | None = None, *,
+          state_dir: str | os.PathLike[str] | None = None, force: bool = False, wait_s: float = 30.0) -> str:
+    """Send failed, cancelled, skipped or interrupted tasks back to pending with a fresh retry
+    budget; the tasks skipped because of them come back too. ``force``: succeeded (and cached)
+    tasks as well, and the done tasks that used them run again after them."""
+    return _control("retry", patterns, target, state_dir, {"force": force}, wait_s)
+
+
+def hold(patterns: Sequence[str], target: str | os.PathLike[str] | None = None, *,
+         state_dir: str | os.PathLike[str] | None = None, wait_s: float = 30.0) -> str:
+    """Keep pending tasks from launching until :func:`release` (running ones are untouched). A run
+    with only held tasks left ends (exit 1); they stay held for the next ``rota run``."""
+    return _control("hold", patterns, target, state_dir, {}, wait_s)
+
+
+def release(patterns: Sequence[str], target: str | os.PathLike[str] | None = None, *,
+            state_dir: str | os.PathLike[str] | None = None, wait_s: float = 30.0) -> str:
+    """Let held tasks launch again."""
+    return _control("release", patterns, target, state_dir, {}, wait_s)
+
+
+def priority(patterns: Sequence[str], value: int, target: str | os.PathLike[str] | None = None, *,
+             state_dir: str | os.PathLike[str] | None = None, wait_s: float = 30.0) -> str:
+    """Set the tasks' priority (higher first, as the spec's ``priority:``), overriding the spec's
+    for this run and the next ones; the ready tasks are ordered again at once."""
+    return _control("priority", patterns, target, state_dir, {"priority": int(value)}, wait_s)

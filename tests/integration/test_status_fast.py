@@ -17,8 +17,8 @@ from tests.helpers import rota as rota_cli
 TOP_FIELDS = ["version", "run_id", "spec", "state_dir", "controller", "counts", "tasks"]
 TASK_FIELDS = ["name", "state", "attempts", "exit_code", "reason", "gpus", "cpus", "started_at", "ended_at",
                "duration_s", "log_path", "out_dir", "vars", "params", "metrics", "group", "queued", "attempt",
-               "code"]
-STATES = ["pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted"]
+               "code", "predicted_start_s", "predicted_end_s", "held"]
+STATES = ["pending", "launching", "running", "succeeded", "cached", "failed", "skipped", "interrupted", "cancelled"]
 
 # The click command, bypassing `python -m rota.cli`'s fast path.
 CLICK = [sys.executable, "-c", "import sys; from rota.cli.main import main; sys.argv[0] = 'rota'; main()"]

@@ -16,7 +16,8 @@ Output contracts:
 - the table: a title line (run id, controller), one header and one line per
   task (task, state, attempts, exit, GPUs, duration, log; columns separated by
   two spaces, the log last so a narrow terminal only wraps the log), then the
-  non-zero counts. A running task that its backend still holds in its queue
+  non-zero counts, then each pending task's predicted start and why it waits (``starts in
+  ~3m  waiting for its need: prep (running)``). A running task that its backend still holds in its queue
   (SLURM's PENDING) shows ``queued`` with no duration. States are coloured
   only on a terminal without ``NO_COLOR``.
 
@@ -39,7 +40,8 @@ from rota.errors import RotaError
 from rota.store.read import listed, nested_specs, read_status, state_dir_of, status_json
 
 _COLUMNS = ("task", "state", "attempts", "exit", "GPUs", "duration", "log")
-_COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "queued": "34", "interrupted": "35"}
+_COLORS = {"succeeded": "32", "cached": "32", "failed": "31", "skipped": "33", "running": "36", "queued": "34", "interrupted": "35",
+           "cancelled": "35", "held": "33"}
 
 
 USAGE = "Usage: rota status [OPTIONS] [TARGET]"
@@ -193,7 +195,8 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
     for t in data["tasks"]:
         if not listed(t["state"], t["queued"], states):
             continue
-        rows.append((t["name"], "queued" if t["queued"] else t["state"], str(t["attempts"]),
+        shown = "queued" if t["queued"] else "held" if t.get("held") and t["state"] == "pending" else t["state"]
+        rows.append((t["name"], shown, str(t["attempts"]),
                      "" if t["exit_code"] is None else str(t["exit_code"]),
                      ",".join(map(str, t["gpus"])) or "-", format_duration(t["duration_s"]), t["log_path"] or ""))
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
@@ -203,7 +206,26 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
             cells[1] = f"\x1b[{_COLORS[row[1]]}m{row[1]}\x1b[0m" + cells[1][len(row[1]):]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     lines.append("  ".join(f"{k} {v}" for k, v in data["counts"].items() if v))
+    lines.extend(_waiting(data["tasks"], states))
     return "\n".join(lines) + "\n"
+
+
+def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None) -> list[str]:
+    """After the counts, each listed pending task's predicted start and reason, aligned:
+    ``  big  starts in ~3m  GPUs reserved for ...`` (what ``rota why TASK`` prints in full)."""
+    from rota.spec.units import format_duration
+
+    rows = []
+    for t in tasks:
+        if t["state"] != "pending" or not listed("pending", False, states):
+            continue
+        p = t.get("predicted_start_s")
+        when = "no prediction" if p is None else "starts now" if p <= 0 else f"starts in ~{format_duration(p)}"
+        rows.append((t["name"], when, t["reason"] or "not explained yet"))
+    if not rows:
+        return []
+    w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    return ["pending, why they wait (rota why TASK):"] + [f"  {a.ljust(w0)}  {b.ljust(w1)}  {c}" for a, b, c in rows]
 
 
 def _color_wanted(out: TextIO) -> bool:

@@ -16,14 +16,27 @@ from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
 from rota.engine.codever import CodeVersions
-from rota.engine.runstate import Transition
 from rota.engine.finishing import Finishing
+from rota.engine.runstate import Transition
 from rota.engine.state import STORAGE_ERRNOS, Live
 from rota.executors.base import Handle, Launch, Status
 from rota.spec.model import Task
 
 
 class Launching(Finishing):
+    # What rota did not start but must pack around (foreign GPU memory, unhealthy GPUs: see
+    # engine/gpu_watch.py), as Running entries the policy books like any other; set through
+    # set_outside_bookings only.
+    outside_bookings: tuple[Running, ...] = ()
+
+    def set_outside_bookings(self, entries: Sequence[Running]) -> None:
+        """Replace the outside bookings; the policy is asked again when they changed."""
+        new = tuple(entries)
+        if new != self.outside_bookings:
+            self.outside_bookings = new
+            self._dirty = True
+
+    _gpus_given_back: frozenset[int] = frozenset()  # GPUs live limits took out of the machine (Engine.set_machine)
     _codes: CodeVersions | None = None  # the code behind attempts, per working directory (made at the first launch)
 
     def _code_of(self, t: Task) -> str | None:
@@ -33,7 +46,8 @@ class Launching(Finishing):
         return self._codes.record(t.workdir, t.command)
 
     def _candidate(self, lv: Live) -> Candidate:
-        return Candidate(lv.task.name, self.request_of(lv), lv.task.priority, self.ranks[lv.task.name],
+        prio = lv.task.priority if lv.priority is None else lv.priority  # rota priority's live override
+        return Candidate(lv.task.name, self.request_of(lv), prio, self.ranks[lv.task.name],
                          self.estimate_of(lv.task), self.order[lv.task.name])
 
     def estimate_of(self, t: Task) -> float | None:
@@ -67,11 +81,16 @@ class Launching(Finishing):
                 self._requests[c.request] += 1
         gates = [h for h in self.hooks if h.gates]
         cands = self._sorted
+        if self.rs.held:  # rota hold: not launched, still offered once released
+            cands = [c for c in cands if c.name not in self.rs.held]
         if gates:
             cands = [c for c in cands if all(g.may_launch(self, self.live[c.name]) for g in gates)]
         if not cands:
             return
         running = [Running(lv.placement, self._remaining(lv, now)) for lv in self.running.values() if lv.placement]
+        running += self.outside_bookings
+        if self._gpus_given_back:  # live limits gave GPUs back: what still runs there is not the policy's
+            running = _within(running, self._gpus_given_back)
         placements = schedule(cands, self.launch_machine, running, presorted=True, requests=self._requests.keys())
         if not placements:
             return
@@ -203,6 +222,19 @@ class Launching(Finishing):
             except Exception as e:  # noqa: BLE001
                 out.append(e)
         return out
+
+
+def _within(running: list[Running], gone: frozenset[int]) -> list[Running]:
+    """``running`` with the bookings on GPUs in ``gone`` (no longer the machine's) left out."""
+    out = []
+    for r in running:
+        p = r.placement
+        if gone.intersection(p.gpus):
+            kept = [(g, b) for g, b in zip(p.gpus, p.gpu_bytes, strict=True) if g not in gone]
+            p = Placement(p.task, tuple(g for g, _ in kept), tuple(b for _, b in kept), p.cpus, p.memory_bytes)
+            r = Running(p, r.remaining_s)
+        out.append(r)
+    return out
 
 
 def _without(cands: list[Candidate], names: set[str]) -> list[Candidate]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from rota.core.policy import Candidate
 from rota.core.resources import Machine, Request, with_cpu_headroom
-from rota.engine import drain
+from rota.engine import control, drain
 from rota.engine import runstate as R
 from rota.engine.hooks import UI, Hook
 from rota.engine.recovery import Recovery
@@ -53,6 +53,7 @@ class Engine(Recovery):
     ) -> None:
         self.spec = spec
         self.machine = machine
+        self.base_machine = machine  # what live limits' --gpus indices pick from (rota.engine.respec)
         self.store = store
         self.executor = executor
         self.opt = options or Options()
@@ -79,6 +80,8 @@ class Engine(Recovery):
         self.interrupts = 0
         self.halted = False
         self._wake = Waker()  # set() from signal handlers: must not take a lock
+        self.control_woken = False  # SIGUSR1: a control request was committed (rota cancel, ...)
+        self.controls_at = 0.0  # when requests were last looked for (engine.control.tick)
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
         ahead = float(executor.queue_ahead or 0.0) if self._enforces_timeout else 0.0
@@ -129,11 +132,13 @@ class Engine(Recovery):
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         old_chld = signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
+        old_usr1 = signal.signal(signal.SIGUSR1, self._on_control)
         try:
             if self.ui is not None:  # under the engine's handlers: a Ctrl-C never cuts a frame short
                 self.ui.start(self)
             for hook in self.hooks:
                 hook.start(self)
+            control.start(self)  # after the handler: a request committed from now on wakes the loop
             code = self._loop()
         except (sqlite3.OperationalError, OSError) as e:
             err = self._storage_error(e)
@@ -153,6 +158,7 @@ class Engine(Recovery):
                 signal.signal(signal.SIGINT, old_int)
                 signal.signal(signal.SIGTERM, old_term)
                 signal.signal(signal.SIGCHLD, old_chld)
+                signal.signal(signal.SIGUSR1, old_usr1)
         return code
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -160,6 +166,10 @@ class Engine(Recovery):
         self._wake.set()
         if self.interrupts >= 2:
             self.executor.kill_now([lv.handle for lv in self.running.values() if lv.handle])
+
+    def _on_control(self, signum: int, frame: object) -> None:
+        self.control_woken = True
+        self._wake.set()
 
     def _loop(self) -> int:
         last_ui = 0.0
@@ -169,6 +179,7 @@ class Engine(Recovery):
             if not self.halted and drain.take(self.state_dir, os.getpid()):
                 self._halt("", "asked to drain (rota stop --drain)")
             now = time.time()
+            control.tick(self, now)
             if self.running:
                 self._poll(now)
             self._timeouts(now)
@@ -208,10 +219,20 @@ class Engine(Recovery):
         self._wake.wait(sleep_s)
         self._wake.clear()
 
+    def set_machine(self, machine: Machine) -> None:
+        """Live limits (``rota run --cpus/--gpus/--memory`` on a live run): the policy books against
+        ``machine`` from the next round; attempts on GPUs it leaves out finish there, untouched."""
+        ahead = float(self.executor.queue_ahead or 0.0) if self._enforces_timeout else 0.0
+        self.machine = machine
+        self.launch_machine = with_cpu_headroom(machine, ahead)
+        self._gpus_given_back = frozenset(self.base_machine.gpu_indices) - frozenset(machine.gpu_indices)
+        self._dirty = True
+
     def _pending_left(self) -> bool:
         # Pending tasks are either ready (possibly delayed by a retry back-off) or waiting on
         # needs that are running or pending; when nothing runs and nothing is ready, none can start.
-        return bool(self.ready)
+        # Held tasks (rota hold) do not keep a run going: with only them left it ends, they stay held.
+        return bool(self.ready) and not (self.rs.held and self.ready <= self.rs.held)
 
     def _sleep_for(self, now: float) -> float:
         t = self.opt.poll_interval_s

@@ -53,6 +53,9 @@ class Recovery(Launching):
                 lv.attempts = rec.attempts
                 lv.exit_code, lv.reason = rec.exit_code, rec.reason
                 lv.started_at, lv.ended_at, lv.log_path = rec.started_at, rec.ended_at, rec.log_path
+            elif rec is not None and rec.state == S.CANCELLED and rec.fingerprint == fp and not forced:
+                # rota cancel stands until rota retry, --rerun or a changed command (control.start skips its users)
+                lv.state, lv.attempts, lv.reason, lv.ended_at = rec.state, rec.attempts, rec.reason, rec.ended_at
             else:
                 rows.append(self._row(t, fp, S.PENDING))
             self.live[t.name] = lv
@@ -80,7 +83,8 @@ class Recovery(Launching):
         each transitive dependent that had succeeded (or was cached) runs again
         after it, even where its declared outputs exist (what it read has changed).
         """
-        again = [t.name for t in self.spec.tasks if self.live[t.name].state not in S.DONE_OK]
+        stays = S.DONE_OK | {S.CANCELLED}  # a kept cancelled task does not run again: nothing it made changes
+        again = [t.name for t in self.spec.tasks if self.live[t.name].state not in stays]
         users, live = self.rs.dependents, self.live
         rows: list[dict[str, Any]] = []
         for name, because in blocked(lambda n: users.get(n, ()), again, lambda u: live[u].state in S.DONE_OK):

@@ -26,6 +26,7 @@ State keys (:class:`RunState`):
 - ``running``: name -> its :class:`Live`, the *running attempts* (states
   ``launching`` and ``running``); each one's ``placement`` is its reservation.
 - ``ran``: tasks that started an attempt in this run.
+- ``held``: tasks ``rota hold`` keeps from launching (``Live.held``); they stay ready.
 
 Events, their functions and the transitions they return:
 
@@ -44,6 +45,15 @@ recovery: vanished     :func:`lost`            LOST
 recovery: adopted      :func:`adopted`         RUNNING
 recovery: reset        ``Engine._sync``        RESET (the store row rewritten from the spec)
 deadline passed        :func:`timed_out`       TIMED_OUT (then its end is a ``timeout``)
+control: cancel        :func:`cancelled`       CANCELLED (pending), CANCELLING (running;
+                       :func:`ended`           its end is then CANCELLED, not retried)
+control: retry         :func:`retried`         REQUEUED (itself, its skipped dependents;
+                                               ``force``: done ones and their consumers)
+control: hold/release  :func:`held`            HELD / RELEASED (``held`` column; pending)
+control: priority      :func:`prioritised`     PRIORITY (``priority`` column: live override)
+live edit: a new spec   :mod:`~rota.engine.     ADDED, REDEFINED, DROPPED (memory only:
+                       spec_diff`              :mod:`rota.engine.respec` writes the rows),
+                                               WAITING (memory only), READY, SKIPPED
 =====================  ======================  =========================================
 
 The store's event log is a journal of the stored transitions: :func:`replay`
@@ -82,6 +92,16 @@ class Op(StrEnum):
     LOST = "lost"
     RESET = "reset"  # a new run sends it back to pending (rerun, changed, not done): logged by sync
     TIMED_OUT = "timed-out"  # ran past its timeout: being stopped; its end says "timeout"
+    CANCELLING = "cancelling"  # rota cancel of a running attempt: it is being stopped
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"  # rota retry: pending again with a fresh retry budget
+    HELD = "held"
+    RELEASED = "released"
+    PRIORITY = "priority"
+    ADDED = "added"  # a live edit of the spec (rota.engine.spec_diff): a new task
+    REDEFINED = "redefined"  # ... a task takes its new definition (pending, or back to pending)
+    DROPPED = "dropped"  # ... a task left the file
+    WAITING = "waiting"  # ... a ready task waits for needs again (memory only)
 
 
 # The state a task's row must be in for each stored transition (the store's compare-and-set).
@@ -90,16 +110,18 @@ EXPECT: dict[Op, str | frozenset[str]] = {
     Op.STARTED: S.ACTIVE, Op.SUCCEEDED: S.ACTIVE, Op.RETRY: S.ACTIVE, Op.FAILED: S.ACTIVE,
     Op.SKIPPED: S.PENDING, Op.INTERRUPTED: S.ACTIVE, Op.LOST: S.ACTIVE, Op.TIMED_OUT: S.ACTIVE,
     Op.RESET: frozenset(S.STATES) - S.ACTIVE,
+    Op.CANCELLING: S.ACTIVE, Op.CANCELLED: S.ACTIVE | {S.PENDING}, Op.REQUEUED: S.RETRYABLE | S.DONE_OK,
+    Op.HELD: S.PENDING, Op.RELEASED: frozenset(S.STATES), Op.PRIORITY: frozenset(S.STATES),
 }
-_LEAVE = frozenset({Op.SUCCEEDED, Op.RETRY, Op.FAILED, Op.INTERRUPTED, Op.LOST})  # its attempt stops running
-_FINAL = frozenset({Op.CACHED, Op.SUCCEEDED, Op.FAILED, Op.SKIPPED, Op.INTERRUPTED})  # leaves ready for good
+_LEAVE = frozenset({Op.SUCCEEDED, Op.RETRY, Op.FAILED, Op.INTERRUPTED, Op.LOST, Op.CANCELLED})  # its attempt stops
+_FINAL = frozenset({Op.CACHED, Op.SUCCEEDED, Op.FAILED, Op.SKIPPED, Op.INTERRUPTED, Op.CANCELLED})  # leaves ready
 
 # Store column -> Live attribute: a transition's fields are written once and mirrored from here.
 _LIVE_ATTR = {
     "state": "state", "attempts": "attempts", "attempt": "attempt", "free_attempts": "free_attempts",
     "exit_code": "exit_code", "reason": "reason", "started_at": "started_at", "ended_at": "ended_at", "deadline": "deadline",
     "not_before": "not_before", "log_path": "log_path", "out_dir": "out", "params": "params",
-    "gpu_memory_override": "gpu_override",
+    "gpu_memory_override": "gpu_override", "held": "held", "priority": "priority",
 }
 
 
@@ -128,6 +150,9 @@ class Live:
     unmet: int = 0
     timed_out: bool = False
     queued: bool = False  # submitted to a backend that queues, its start not seen yet
+    held: int = 0  # 1: rota hold keeps it from launching (the ``held`` column)
+    priority: int | None = None  # rota priority's live override of the spec's (None: the spec's)
+    cancelling: bool = False  # rota cancel stops its running attempt: its end is CANCELLED
 
 
 @dataclass
@@ -141,6 +166,7 @@ class RunState:
     fresh: set[str] = field(default_factory=set)
     running: dict[str, Live] = field(default_factory=dict)
     ran: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
     queues: bool = False  # the executor queues: a launched attempt waits for its start to be seen
 
     @classmethod
@@ -174,6 +200,7 @@ class Transition:
     handle: Handle | None = None  # RUNNING: the handle object (``fields`` hold its JSON)
     placement: Placement | None = None  # LAUNCHING, adopted RUNNING: the reservation
     delayed: bool = False  # READY: waits for ``not_before``
+    define: Task | None = None  # ADDED, REDEFINED: the task's new definition
 
     @property
     def state(self) -> str | None:
@@ -217,7 +244,7 @@ def released(rs: RunState, name: str, now: float = 0.0) -> list[Transition]:
     users = rs.dependents.get(name, ())
     if state in S.DONE_OK:
         return [made_ready(u) for u in users if tasks[u].unmet == 0 and tasks[u].state == S.PENDING]
-    if state not in (S.FAILED, S.SKIPPED):
+    if state not in (S.FAILED, S.SKIPPED, S.CANCELLED):
         return []
     why = f"needs {name}, which did not succeed"
     pairs = blocked(lambda n: rs.dependents.get(n, ()), (name,), lambda u: tasks[u].state == S.PENDING)
@@ -301,6 +328,11 @@ def ended(lv: Live, end: End, *, retry_delay_s: float, interrupting: bool) -> Tr
         return Transition(Op.SUCCEEDED, t.name, {
             "state": S.SUCCEEDED, "exit_code": 0, "reason": "", "ended_at": now, "handle": None,
             "inputs_fp": end.inputs_fp, **moved}, row, end.metrics, note=f"done in {took:.1f}s")
+    if lv.cancelling:  # rota cancel stopped it: not retried, whatever its exit says
+        row.update(state=S.CANCELLED, reason="cancelled")
+        return Transition(Op.CANCELLED, t.name, {
+            "state": S.CANCELLED, "exit_code": end.exit_code, "reason": "cancelled", "ended_at": now,
+            "handle": None, **moved}, row, end.metrics, note="cancelled (rota cancel)")
     reason = "timeout" if lv.timed_out else (end.reason or "failed")
     if end.oom:
         reason = "cuda out of memory"
@@ -367,6 +399,60 @@ def adopted(lv: Live, handle: Handle, placement: Placement) -> Transition:
                       placement=placement, note=f"still running from a previous controller ({handle.external_id})")
 
 
+# ---------------------------------------------------------------- controls (rota cancel, retry, ...)
+def cancelled(name: str, now: float) -> Transition:
+    """``rota cancel`` of a pending task: it never starts (then :func:`released` skips its dependents)."""
+    return Transition(Op.CANCELLED, name, {"state": S.CANCELLED, "reason": "cancelled", "ended_at": now},
+                      note="cancelled (rota cancel); it will not start")
+
+
+def cancelling(name: str) -> Transition:
+    """``rota cancel`` of a running attempt: committed before it is stopped, so a controller that
+    dies first leaves the mark for the next one; the attempt's end is then CANCELLED (:func:`ended`)."""
+    return Transition(Op.CANCELLING, name, {"reason": CANCELLING_REASON}, note="stopping it (rota cancel)")
+
+
+CANCELLING_REASON = "cancelling (rota cancel)"
+"""A running task's ``reason`` once ``rota cancel`` asked for it to be stopped."""
+
+
+def requeued(name: str, why: str) -> Transition:
+    """Back to pending with a fresh retry budget (``rota retry``; a consumer of a forced one)."""
+    return Transition(Op.REQUEUED, name, {
+        "state": S.PENDING, "attempts": 0, "free_attempts": 0, "exit_code": None, "reason": why,
+        "not_before": 0.0, "ended_at": None, "handle": None, "gpu_memory_override": None}, note=why)
+
+
+def retried(rs: RunState, names: Iterable[str], *, force: bool = False) -> list[Transition]:
+    """``rota retry``: each of ``names`` that failed, was cancelled, skipped or interrupted (with
+    ``force``, also succeeded or cached) goes back to pending; then every task left skipped behind
+    one of them comes back too, and (``force``) every done task that used one of them runs again
+    after it (the stale-results rule of a rerun). Apply these, then :func:`released` for each."""
+    tasks = rs.tasks
+    ok = S.RETRYABLE | S.DONE_OK if force else S.RETRYABLE
+    roots = [n for n in names if tasks[n].state in ok]
+    out = [requeued(n, "retried (rota retry)") for n in roots]
+    back = S.RETRYABLE | S.DONE_OK if force else frozenset({S.SKIPPED})
+    seen = set(roots)
+    for u, because in blocked(lambda n: rs.dependents.get(n, ()), roots,
+                              lambda u: u not in seen and tasks[u].state in back):
+        seen.add(u)
+        out.append(requeued(u, f"needs {because}, which runs again"))
+    return out
+
+
+def held(name: str, on: bool) -> Transition:
+    """``rota hold`` (``on``) / ``rota release`` of a pending task: while held it is not launched."""
+    if on:
+        return Transition(Op.HELD, name, {"held": 1}, note="held (rota hold): it will not start until released")
+    return Transition(Op.RELEASED, name, {"held": 0}, note="released (rota release)")
+
+
+def prioritised(name: str, priority: int) -> Transition:
+    """``rota priority``: a live override of the spec's priority (the policy's first sort key)."""
+    return Transition(Op.PRIORITY, name, {"priority": priority}, note=f"priority {priority} (rota priority)")
+
+
 # ---------------------------------------------------------------- apply: memory and store in one step
 Commit = Callable[[list[Change]], object]
 
@@ -382,7 +468,17 @@ def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None
     attr_of = _LIVE_ATTR.get
     for tr in transitions:
         kind, name = tr.kind, tr.task
+        if kind in _RESPEC:  # a live edit of the spec: memory only (rota.engine.respec writes the rows)
+            _respecify(rs, tr)
+            continue
         lv = tasks[name]
+        if kind is Op.REQUEUED and lv.state in S.DONE_OK:  # a done need runs again: its users wait for it
+            for u in rs.dependents.get(name, ()):
+                tasks[u].unmet += 1
+                if tasks[u].state == S.PENDING:
+                    rs.ready.discard(u)
+                    rs.delayed.discard(u)
+                    rs.fresh.discard(u)
         for col, v in tr.fields.items():
             attr = attr_of(col)
             if attr is not None:
@@ -416,6 +512,14 @@ def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None
             lv.queued = False
         elif kind is Op.TIMED_OUT:
             lv.timed_out = True
+        elif kind is Op.CANCELLING:
+            lv.cancelling = True
+        elif kind is Op.HELD:
+            rs.held.add(name)
+        elif kind is Op.RELEASED:
+            rs.held.discard(name)
+        elif kind is Op.REQUEUED:
+            lv.cancelling, lv.handle = False, None
         elif kind in _LEAVE:
             rs.running.pop(name, None)
             if kind is Op.RETRY or kind is Op.LOST:
@@ -428,6 +532,44 @@ def apply(rs: RunState, transitions: Sequence[Transition], commit: Commit | None
                 needs_met(rs.dependents.get(name, ()), _Unmet(tasks))
     if changes and commit is not None:
         commit(changes)
+
+
+_RESPEC = frozenset({Op.ADDED, Op.REDEFINED, Op.DROPPED, Op.WAITING})
+
+
+def _respecify(rs: RunState, tr: Transition) -> None:
+    """:func:`apply` for a live edit's transitions: the task's record, its place among its needs'
+    dependents, and ready; waiting needs are recounted by the caller once for the whole edit."""
+    tasks, name, kind = rs.tasks, tr.task, tr.kind
+    lv = tasks.get(name)
+    if kind is not Op.WAITING and lv is not None:  # it leaves its old needs' dependents
+        for n in lv.task.needs:
+            users = rs.dependents.get(n)
+            if users is not None and name in users:
+                users.remove(name)
+    if kind is not Op.ADDED and kind is not Op.REDEFINED:  # WAITING, DROPPED: not ready
+        rs.ready.discard(name)
+        rs.delayed.discard(name)
+        rs.fresh.discard(name)
+        if kind is Op.DROPPED:
+            del tasks[name]
+            rs.held.discard(name)
+        return
+    t = tr.define
+    assert t is not None, "ADDED and REDEFINED carry the task's definition"
+    if lv is None:
+        lv = tasks[name] = Live(t, S.PENDING)
+    lv.task = t
+    for col, v in tr.fields.items():
+        attr = _LIVE_ATTR.get(col)
+        if attr is not None:
+            setattr(lv, attr, v)
+    for n in t.needs:
+        rs.dependents.setdefault(n, []).append(name)
+    if lv.state != S.PENDING:
+        rs.ready.discard(name)
+        rs.delayed.discard(name)
+        rs.fresh.discard(name)
 
 
 # ---------------------------------------------------------------- the event log as a journal

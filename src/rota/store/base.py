@@ -18,7 +18,9 @@ Guarantees every implementation gives:
 
 Task states: ``pending``, ``launching``, ``running``, ``succeeded``, ``cached``
 (outputs already there), ``failed``, ``skipped`` (a need failed),
-``interrupted`` (Ctrl-C).
+``interrupted`` (Ctrl-C), ``cancelled`` (``rota cancel``: not retried, kept as it is by the next
+run until ``rota retry``, ``--rerun`` or a changed command). A ``pending`` task may also be
+*held* (the ``held`` column, ``rota hold``): not a state of its own.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ CACHED = "cached"
 FAILED = "failed"
 SKIPPED = "skipped"
 INTERRUPTED = "interrupted"
+CANCELLED = "cancelled"
+HELD = "held"
+"""Not a stored state: what ``rota status``' table shows for a held pending task (JSON: ``held: true``)."""
 
 ACTIVE = frozenset({LAUNCHING, RUNNING})
 DONE_OK = frozenset({SUCCEEDED, CACHED})
-FINAL = frozenset({SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED})
-STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED)
+FINAL = frozenset({SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED, CANCELLED})
+STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, INTERRUPTED, CANCELLED)
+RETRYABLE = frozenset({FAILED, CANCELLED, SKIPPED, INTERRUPTED})
+"""What ``rota retry`` sends back to pending (``--force``: ``DONE_OK`` too)."""
 
 QUEUED = "queued"
 """Not a stored state: what ``rota status`` shows (and ``--state`` selects) for a queued running task."""

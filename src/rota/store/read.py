@@ -43,13 +43,13 @@ _INF = float("inf")
 
 _TASKS_QUERY = (
     "SELECT name, state, attempts, exit_code, reason, gpus, cpus, started_at, ended_at, log_path, out_dir, "
-    "vars, params, grp, predicted_start, predicted_end, attempt, (SELECT a.code FROM attempts a WHERE a.task=name AND a.attempt=tasks.attempt) "
+    "vars, params, grp, predicted_start, predicted_end, attempt, (SELECT a.code FROM attempts a WHERE a.task=name AND a.attempt=tasks.attempt), held "
     "FROM tasks ORDER BY rowid"
 )
 # Schema 2 has no attempts.code nor predictions; schema 1 restarted attempt numbers with attempts.
 _TASKS_QUERY_V2 = _TASKS_QUERY.replace("(SELECT a.code FROM attempts a WHERE a.task=name AND a.attempt=tasks.attempt)",
-                                       "NULL").replace("predicted_start, predicted_end", "NULL, NULL")
-_TASKS_QUERY_V1 = _TASKS_QUERY_V2.replace(", attempt, NULL FROM", ", attempts, NULL FROM")
+                                       "NULL").replace("predicted_start, predicted_end", "NULL, NULL").replace(", held FROM", ", 0 FROM")
+_TASKS_QUERY_V1 = _TASKS_QUERY_V2.replace(", attempt, NULL, 0 FROM", ", attempts, NULL, 0 FROM")
 
 
 STATE_FOLDER = ".rota"
@@ -137,6 +137,7 @@ _TASK_JSON = (
     ("code", "'null' if code is None else code"),
     ("predicted_start_s", "n(None if p_start is None or state not in waits else round(max(p_start - now, 0.0), 1))"),
     ("predicted_end_s", "n(None if p_end is None or state not in waits else round(max(p_end - now, 0.0), 1))"),
+    ("held", "'true' if held else 'false'"),
 )
 """Every task's fields in ``rota status --json`` (version 1), in their order, each with the expression
 that makes its JSON text from the task's row: the one list that :func:`status_json` is generated from
@@ -147,7 +148,7 @@ commit, dirty, diff hash; or its script's hash: :mod:`rota.engine.codever`; null
 ``json.dumps`` text already: copied, never decoded and encoded again. ``predicted_start_s``,
 ``predicted_end_s``: seconds from the status' ``now`` until the controller's forecast has the task
 start and end (0: due; null: no forecast, or the task is neither pending nor running; see
-docs/status-json.md)."""
+docs/status-json.md). ``held``: ``rota hold`` keeps it from launching (its state stays ``pending``)."""
 TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 
 # The loop over task rows, generated from _TASK_JSON (as collections.namedtuple generates its
@@ -155,7 +156,7 @@ TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 _TASK_LINES_SRC = '''
 def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration, waits):
     lines = []
-    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code in rows:
+    for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code, held in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = state == running and reason.startswith(prefix)  # store.base.is_queued, inlined
         if states is not None and not listed(state, queued, states):

@@ -1,0 +1,258 @@
+"""Steering a run (issue 19, item 1): rota cancel, retry, hold, release, priority, on a live run
+and without one. Real controllers, real task processes, real signals; the controls are sent by
+the real CLI from other processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rota import api
+from rota.errors import StateError
+from tests.helpers import ROTA, rota, start_rota, wait_for, write_spec
+
+
+def states(sd: Path) -> dict[str, dict]:
+    """Every task's status line; none before the controller has written its state."""
+    try:
+        return {t["name"]: t for t in api.status(state_dir=sd)["tasks"]}
+    except StateError:
+        return {}
+
+
+def state_of(sd: Path, name: str) -> str:
+    return str(states(sd).get(name, {}).get("state", ""))
+
+
+def events(sd: Path, kind: str, task: str) -> int:
+    db = sqlite3.connect(sd / "state.db")
+    try:
+        return int(db.execute("SELECT count(*) FROM events WHERE kind=? AND task=?", (kind, task)).fetchone()[0])
+    finally:
+        db.close()
+
+
+def untaken(sd: Path) -> int:
+    db = sqlite3.connect(sd / "state.db")
+    try:
+        return int(db.execute("SELECT count(*) FROM controls WHERE taken_at IS NULL").fetchone()[0])
+    finally:
+        db.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_cancel_a_running_task_and_its_grandchild(tmp_path):
+    pids = tmp_path / "pids"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: train
+            command: echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; wait
+          - {{name: evaluate, command: "true", needs: train}}
+          - {{name: other, command: "sleep 0.5"}}
+          - {{name: after-other, command: "true", needs: other}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--grace", "1", "--cpus", "4")
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout=30)
+    wait_for(lambda: state_of(sd, "train") == "running", timeout=30)
+    shell, child = map(int, pids.read_text().split())
+    out = rota("cancel", "train", "--spec", spec, check=True).stdout
+    assert "stopping" in out and "train" in out, out
+    code, log = finish(proc)
+    assert code == 1, log
+    st = states(sd)
+    assert st["train"]["state"] == "cancelled"
+    assert st["evaluate"]["state"] == "skipped"
+    assert st["other"]["state"] == st["after-other"]["state"] == "succeeded"
+    wait_for(lambda: not alive(shell) and not alive(child), timeout=10)
+    assert api.status(state_dir=sd)["counts"]["cancelled"] == 1
+    # Not retried, and the next run keeps it cancelled (its dependent skipped again).
+    assert st["train"]["attempts"] == 1
+    again = rota("run", spec, "--plain")
+    assert again.returncode == 1, again.stdout
+    assert state_of(sd, "train") == "cancelled" and state_of(sd, "evaluate") == "skipped"
+
+
+def test_retry_a_failed_task_during_the_run(tmp_path):
+    flag, done = tmp_path / "fixed", tmp_path / "done"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: flaky, command: "test -f {flag}"}}
+          - {{name: uses-flaky, command: "true", needs: flaky}}
+          - {{name: keeper, command: "while [ ! -f {done} ]; do sleep 0.05; done"}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--cpus", "4")
+    wait_for(lambda: state_of(sd, "uses-flaky") == "skipped", timeout=30)
+    assert state_of(sd, "flaky") == "failed"
+    flag.touch()
+    out = rota("retry", "flak*", "--spec", spec, check=True).stdout
+    assert "pending again: flaky" in out and "uses-flaky" in out, out
+    wait_for(lambda: state_of(sd, "uses-flaky") == "succeeded", timeout=30)
+    st = states(sd)
+    assert st["flaky"]["state"] == "succeeded" and st["flaky"]["attempts"] == 1  # a fresh retry budget
+    assert st["flaky"]["attempt"] == 2
+    done.touch()
+    code, log = finish(proc)
+    assert code == 0, log
+
+
+def test_hold_then_release(tmp_path):
+    go, done = tmp_path / "go", tmp_path / "done"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: gate, command: "while [ ! -f {go} ]; do sleep 0.05; done"}}
+          - {{name: held-one, command: "true", needs: gate}}
+          - {{name: free-one, command: "true", needs: gate}}
+          - {{name: keeper, command: "while [ ! -f {done} ]; do sleep 0.05; done"}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--cpus", "4")
+    wait_for(lambda: state_of(sd, "gate") == "running", timeout=30)
+    out = rota("hold", "held-one", "--spec", spec, check=True).stdout
+    assert "held: held-one" in out, out
+    assert states(sd)["held-one"]["held"] is True
+    table = rota("status", spec, check=True).stdout
+    assert any(line.split()[:2] == ["held-one", "held"] for line in table.splitlines()), table
+    go.touch()
+    # Both became ready together: once the free one ran, the held one was passed over.
+    wait_for(lambda: state_of(sd, "free-one") == "succeeded", timeout=30)
+    assert state_of(sd, "held-one") == "pending"
+    assert "unchanged (running" in rota("hold", "keeper", "--spec", spec, check=True).stdout
+    out = rota("release", "held-*", "--spec", spec, check=True).stdout
+    assert "released: held-one" in out, out
+    wait_for(lambda: state_of(sd, "held-one") == "succeeded", timeout=30)
+    assert states(sd)["held-one"]["held"] is False
+    done.touch()
+    code, log = finish(proc)
+    assert code == 0, log
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "offline"])
+def test_four_processes_at_once_none_lost_none_twice(tmp_path, live):
+    go = tmp_path / "go"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: gate, command: "while [ ! -f {go} ]; do sleep 0.05; done"}}
+          - {{name: "p-{{i}}", command: "true", needs: gate, matrix: {{i: [0, 1, 2, 3]}}}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--grace", "1")
+    wait_for(lambda: state_of(sd, "gate") == "running", timeout=30)
+    if not live:  # stopped: the p-* stay pending, and no controller answers
+        assert rota("stop", spec).returncode == 0
+        finish(proc)
+    sends = [("hold", "p-0"), ("cancel", "p-1"), ("priority", "p-2", "7"), ("hold", "p-3")]
+    procs = [subprocess.Popen([*ROTA, *args, "--state-dir", str(sd)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for args in sends]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+    assert "held: p-0" in outs[0] and "cancelled: p-1" in outs[1] and "priority 7: p-2" in outs[2], outs
+    assert untaken(sd) == 0
+    assert (events(sd, "held", "p-0"), events(sd, "cancelled", "p-1"), events(sd, "priority", "p-2"),
+            events(sd, "held", "p-3")) == (1, 1, 1, 1)
+    st = states(sd)
+    assert st["p-0"]["held"] and st["p-3"]["held"] and st["p-1"]["state"] == "cancelled"
+    if live:
+        go.touch()
+        code, log = finish(proc)
+        assert code == 1, log  # p-1 cancelled; p-0, p-3 held (the run ends with only them left)
+        st = states(sd)
+        assert st["p-2"]["state"] == "succeeded"
+        assert st["p-0"]["state"] == st["p-3"]["state"] == "pending"
+
+
+def test_sigkill_between_commit_and_effect_applies_once_in_the_next_run(tmp_path):
+    go = tmp_path / "go"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: gate, command: "while [ ! -f {go} ]; do sleep 0.05; done"}}
+          - {{name: later, command: "true", needs: gate}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain")
+    wait_for(lambda: state_of(sd, "gate") == "running", timeout=30)
+    os.kill(proc.pid, signal.SIGSTOP)  # alive and holding the lock, but it takes nothing
+    try:
+        answer = api.cancel(["later"], state_dir=sd, wait_s=0.5)
+        assert "has not answered" in answer, answer
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert untaken(sd) == 1 and state_of(sd, "later") == "pending"
+    go.touch()
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 1, p.stdout
+    st = states(sd)
+    assert st["gate"]["state"] == "succeeded" and st["later"]["state"] == "cancelled"
+    assert untaken(sd) == 0 and events(sd, "cancelled", "later") == 1
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 1 and events(sd, "cancelled", "later") == 1
+
+
+def test_offline_controls_are_obeyed_by_the_next_run(tmp_path):
+    fixed = tmp_path / "fixed"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: bad, command: "test -f {fixed}", priority: 10}}
+          - {{name: a, command: "true"}}
+          - {{name: b, command: "true", needs: a}}
+          - {{name: d, command: "true"}}
+          - {{name: e, command: "true", needs: d}}
+    """)
+    sd = tmp_path / ".rota"
+    first = rota("run", spec, "--plain", "--cpus", "1", "--fail-fast")
+    assert first.returncode == 1, first.stdout
+    assert state_of(sd, "bad") == "failed" and state_of(sd, "b") == "pending"
+    out = rota("hold", "b", "--spec", spec, check=True).stdout
+    assert "no controller is running" in out and "held: b" in out, out
+    assert "cancelled: d" in rota("cancel", "d", "--spec", spec, check=True).stdout
+    assert "priority 3: a" in rota("priority", "a", "3", "--spec", spec, check=True).stdout
+    fixed.touch()
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 1, p.stdout
+    st = states(sd)
+    assert st["bad"]["state"] == st["a"]["state"] == "succeeded"
+    assert st["b"]["state"] == "pending" and st["b"]["held"] is True
+    assert st["d"]["state"] == "cancelled" and st["e"]["state"] == "skipped"
+    rota("release", "b", "--spec", spec, check=True)
+    assert "pending again: d" in rota("retry", "d", "--spec", spec, check=True).stdout
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 0, p.stdout
+    assert {t["state"] for t in states(sd).values()} == {"succeeded"}
+    # --force: a succeeded task runs again, and so does what used it.
+    out = rota("retry", "a", "--force", "--spec", spec, check=True).stdout
+    assert "pending again: a" in out, out
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 0 and states(sd)["b"]["attempt"] == 2, p.stdout
+
+
+def test_a_pattern_that_matches_nothing_is_bad_input(tmp_path):
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: one, command: "true"}
+    """)
+    assert rota("run", spec, "--plain").returncode == 0
+    for args in (["cancel", "nope*"], ["retry", "one", "nope"], ["hold", "x"], ["priority", "zz", "1"]):
+        p = rota(*args, "--spec", spec)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert "matches no task" in p.stderr and "Traceback" not in p.stderr
+    p = rota("cancel", "one", "--state-dir", tmp_path / "empty")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
