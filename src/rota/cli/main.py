@@ -307,7 +307,7 @@ def machine(gpus: str | None, cpus: int | None, memory: str | None, as_json: boo
 
 def _register_optional() -> None:
     for mod in ("rota.cli.plan_cmd", "rota.cli.report_cmd", "rota.cli.control_cmd", "rota.cli.serve_cmd",
-                "rota.cli.why_cmd"):
+                "rota.cli.why_cmd", "rota.cli.export_cmd"):
         try:
             m = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:
