@@ -185,6 +185,12 @@ class NotifyHook(Hook):
             self._report(engine)
 
     def finished(self, engine: Any, lv: Live, state: str, metrics: Mapping[str, float]) -> None:
+        try:
+            self._finished(engine, lv, state)
+        except Exception as e:  # noqa: BLE001 - a notification's failure never stops the run
+            self._log(engine, "notify-error", lv.task.name, f"{type(e).__name__}: {e}")
+
+    def _finished(self, engine: Any, lv: Live, state: str) -> None:
         # An attempt that will be retried leaves the task pending: only a final end counts.
         if lv.state not in (S.SUCCEEDED, S.FAILED) or state not in (S.SUCCEEDED, S.FAILED):
             return
@@ -219,6 +225,14 @@ class NotifyHook(Hook):
         return self.hooks
 
     def stop(self, engine: Any) -> None:
+        try:
+            self._stop(engine)
+        except Exception as e:  # noqa: BLE001 - nor its end
+            self._log(engine, "notify-error", "", f"{type(e).__name__}: {e}")
+        finally:
+            logging.getLogger("apprise").removeHandler(self._phrases)
+
+    def _stop(self, engine: Any) -> None:
         code, outcome = run_outcome(engine)
         counts = {k: v for k, v in engine.counts().items() if v}
         if outcome in self.events:
@@ -238,15 +252,14 @@ class NotifyHook(Hook):
         if left:
             self._log(engine, "notify-error", "", f"{left} notification(s) or hook command(s) not done after "
                       f"{FLUSH_S:g}s at the run's end: left behind (a running hook command goes on by itself)")
-        logging.getLogger("apprise").removeHandler(self._phrases)
 
     def _report(self, engine: Any) -> None:
         while not self._errors.empty():
             self._log(engine, *self._errors.get())
 
     def _log(self, engine: Any, kind: str, task: str, text: str) -> None:
-        engine._event(kind, task, text)
         try:
+            engine._event(kind, task, text)
             engine.store.log_event(task or None, kind, {"error": text})
         except Exception:  # noqa: BLE001 - the run's own writes report a broken state folder
             pass
