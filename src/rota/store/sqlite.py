@@ -295,6 +295,18 @@ class SqliteStore:
                      for n in resets])
             self._event(None, event, {"tasks": len(rows)}, now)
 
+    def remove_pending(self, names: Sequence[str], event: str = "respec") -> list[str]:
+        """Remove the rows of these tasks that are pending (a live edit dropped them from the spec),
+        with a ``dropped`` event each; their attempts stay (attempt numbers go on if one comes back).
+        Returns the names removed."""
+        now, gone = time.time(), []
+        with transaction(self.conn):
+            for n in names:
+                if self.conn.execute("DELETE FROM tasks WHERE name=? AND state='pending'", (n,)).rowcount == 1:
+                    self._event(n, "dropped", {"by": event}, now)
+                    gone.append(n)
+        return gone
+
     def transition(
         self,
         name: str,
@@ -436,6 +448,24 @@ class SqliteStore:
         r = self.conn.execute("SELECT * FROM controls WHERE id=?", (control_id,)).fetchone()
         return None if r is None else Control(r["id"], r["ts"], r["kind"], json.loads(r["targets"]),
                                               json.loads(r["data"]), r["taken_at"], r["result"])
+
+    # -- why tasks wait, when they start (rota.engine.predict) -------------
+    def set_forecast(self, rows: Sequence[tuple[str, str | None, float | None, float | None]]) -> None:
+        """Write ``(task, reason, predicted_start, predicted_end)`` rows in one transaction, without
+        events (a prediction is not a transition). ``reason`` lands only on a task still ``pending``
+        (None: keep the stored one); the predictions on a pending or running one. A task that moved
+        on since the prediction was made keeps its row as it is."""
+        with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE tasks SET reason=CASE WHEN state='pending' THEN coalesce(?, reason) ELSE reason END, "
+                "predicted_start=?, predicted_end=? WHERE name=? AND state IN ('pending','launching','running')",
+                [(reason, start, end, name) for name, reason, start, end in rows])
+
+    def held_tasks(self) -> set[str]:
+        """Names of the tasks ``rota hold`` keeps from launching (column ``held``)."""
+        if not self._has_controls:  # schema 2, read as it is: no holds
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT name FROM tasks WHERE held=1")}
 
     # -- GPU samples ------------------------------------------------------
     def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:
