@@ -271,7 +271,10 @@ def test_second_controller_refuses(tmp_path):
     proc = start_rota("run", spec, "--plain")
     wait_for(lambda: (tmp_path / ".rota" / "controller.lock").exists() and
              (tmp_path / ".rota" / "controller.lock").read_text() != "", timeout=20)
-    p = rota("run", spec, "--plain")
+    # Another spec file on the same state folder is refused (the same file is a live edit:
+    # tests/integration/test_live_edit.py).
+    other = write_spec(tmp_path, "tasks:\n  - {name: other, command: 'true'}\n", name="other.yaml")
+    p = rota("run", other, "--plain", "--state-dir", tmp_path / ".rota")
     assert p.returncode == 2
     assert f"pid {proc.pid}" in p.stderr and "Traceback" not in p.stderr
     # status works while the run goes on, from another process.

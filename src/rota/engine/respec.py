@@ -21,6 +21,7 @@ An answer starting with :data:`REFUSED` changed nothing (``rota run`` exits 2).
 from __future__ import annotations
 
 import fnmatch
+import os
 import time
 from collections import Counter
 from dataclasses import replace
@@ -76,6 +77,8 @@ def _spec(engine: Engine, data: dict[str, Any]) -> str:
     from rota.spec.load import load_spec
 
     path = str(data.get("path") or engine.spec.path)
+    if os.path.realpath(path) != os.path.realpath(engine.spec.path):
+        return REFUSED + f"this controller runs {engine.spec.path}, not {path}"
     rerun = [str(p) for p in data.get("rerun") or ()]
     only = [str(p) for p in data.get("only") or ()]
     try:
