@@ -5,8 +5,8 @@ report layers both use it without importing each other. Times are seconds
 relative to the chart's origin (the start of the run or plan).
 
 Contract checked at construction (a :class:`~rota.errors.ReportError`
-otherwise): a ``Lane`` item ends no earlier than it starts, and ``states`` is
-empty or one per item.
+otherwise): a ``Lane`` item ends no earlier than it starts, and ``states`` and
+``groups`` are each empty or one per item.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ class Lane:
     Items may overlap in time (several tasks packed on one GPU); charts stack
     them in sub-rows. ``states`` optionally gives one state per item (same
     length as ``items``) so charts can colour by it; empty means "no state".
+    ``groups`` likewise gives each item's task group (the spec task it was
+    expanded from), which the charts colour by; empty means "the label".
     """
 
     name: str
     items: tuple[LaneItem, ...] = ()
     states: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         items = tuple((str(label), float(a), float(b)) for label, a, b in self.items)
@@ -48,6 +51,15 @@ class Lane:
             raise ReportError(
                 f"lane {self.name!r}: {len(self.states)} states for {len(items)} items"
             )
+        object.__setattr__(self, "groups", tuple(self.groups))
+        if self.groups and len(self.groups) != len(items):
+            raise ReportError(
+                f"lane {self.name!r}: {len(self.groups)} groups for {len(items)} items"
+            )
+
+    def group(self, k: int) -> str:
+        """The task group of item ``k``: its entry in ``groups``, else its label."""
+        return self.groups[k] if self.groups else self.items[k][0]
 
 
 LaneLike = Lane | tuple[str, Sequence[LaneItem]]
@@ -67,7 +79,7 @@ def as_lanes(lanes: Sequence[LaneLike]) -> list[Lane]:
 
 
 _STATE_FILL = {
-    "succeeded": "=", "failed": "x", "interrupted": "~", "running": ">", "launching": ">",
+    "succeeded": "=", "failed": "x", "interrupted": "~", "cancelled": "~", "running": ">", "launching": ">",
     "cached": ".",
 }  # fmt: skip
 

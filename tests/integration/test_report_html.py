@@ -4,7 +4,9 @@ A realistic small run (4 GPUs, 13 tasks, packed GPUs, a 2-GPU job, a failure,
 an interruption, GPU samples) is rendered to one HTML file, opened from disk by
 Chromium with networking disabled, and the screenshot is decoded (zlib +
 struct, no imaging library) to check that the Gantt bars are really drawn in
-their state colours. Skips only when Chromium is missing and ``CI`` is unset.
+their group colours with the failed one outlined in red. Driven by Selenium
+(Debian's chromedriver), the page must log no console error and draw every
+figure. Skips only when Chromium is missing and ``CI`` is unset.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import pytest
 from rota.report.gantt import lanes_from_report
 from rota.report.html import render_gantt_file, render_html
 from rota.report.model import GpuInfo, GpuSample, Lane, ReportData, ReportError, TaskRow
-from rota.report.render import STATE_COLORS
+from rota.report.timeline import PALETTE, STATE_STYLE, run_group_colors
+from tests.helpers import wait_for
 
 GB = 2**30
 T0 = 1_763_900_000.0
@@ -197,16 +200,58 @@ def test_report_opens_offline_in_chromium_and_draws_the_gantt(tmp_path: Path) ->
     assert not re.search(r"<script[^>]*\ssrc\s*=", text, re.I), "every script must be inline"
     assert not re.search(r"""<(link|img|iframe)[^>]*(href|src)\s*=\s*["']?https?://""", text, re.I)
     assert text.count("<script") >= 2 and "Plotly.newPlot" in text
+    assert text.count('id="rota-plotly-gz"') == 1 and len(text) < 2_500_000  # plotly.js once, packed
 
-    w, h, rows, bpp = read_png(screenshot(page, tmp_path / "report.png", tmp_path))
-    assert (w, h) == (1400, 2000)
-    # Gantt bars: wide solid runs of each state colour, over many pixel rows.
-    assert bar_rows(rows[:900], bpp, _rgb(STATE_COLORS["succeeded"]), 150) >= 60
-    assert bar_rows(rows[:900], bpp, _rgb(STATE_COLORS["failed"]), 100) >= 8
-    assert bar_rows(rows[:900], bpp, _rgb(STATE_COLORS["interrupted"]), 60) >= 8
+    w, h, rows, bpp = read_png(screenshot(page, tmp_path / "report.png", tmp_path, height=3000))
+    assert (w, h) == (1400, 3000)
+    # Bars: wide solid runs of the first group's colour (train), over many pixel rows
+    # (the timeline, and its booked memory stacked in the GPU memory chart).
+    colors = run_group_colors(sample_run())
+    assert bar_rows(rows, bpp, _rgb(colors["train"]), 150) >= 60
+    assert bar_rows(rows, bpp, _rgb(colors["probe"]), 60) >= 8
+    assert colors["train"] != colors["probe"]
+    # The failed task's bar is outlined in red: horizontal red edges as long as the bar.
+    assert bar_rows(rows, bpp, _rgb(STATE_STYLE["failed"][1]), 60) >= 2
     # The page is a chart, not a blank or error page: many distinct colours.
     colours = {row[x : x + 3] for row in rows[::4] for x in range(0, len(row), bpp * 4)}
     assert len(colours) > 800  # a page without plotly.js has ~400 (text only)
+
+
+def test_report_draws_every_figure_without_console_errors(tmp_path: Path) -> None:
+    """Selenium drives Debian's Chromium through its chromedriver (no browser download)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        browser()  # fails under CI, skips elsewhere, when Chromium itself is missing
+        pytest.skip("chromedriver is not installed (apt-get install -y chromium-driver)")
+    page = tmp_path / "report.html"
+    page.write_text(render_html(sample_run(), ["model"]), encoding="utf-8")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000",
+                f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.set_page_load_timeout(120)
+        driver.get(page.resolve().as_uri())
+        drawn = "return document.body.getAttribute('data-figures-drawn')"
+        wait_for(lambda: driver.execute_script(drawn) == "1", timeout=90)
+        ids = driver.execute_script(
+            "return Array.from(document.querySelectorAll('div.rota-fig'), d => [d.id, "
+            "d.querySelectorAll('svg.main-svg').length, d.querySelectorAll('.point, .bars path, .scatterlayer .trace').length])"
+        )
+        logs = driver.get_log("browser")
+    finally:
+        driver.quit()
+    names = [i for i, _, _ in ids]
+    assert names == ["fig-results-train", "fig-timeline", "fig-gpu-memory", "fig-gpu-util", "fig-planned-vs-actual"]
+    assert all(svgs >= 1 and marks >= 1 for _, svgs, marks in ids), ids
+    errors = [e for e in logs if e.get("level") == "SEVERE"]
+    assert not errors, errors
 
 
 def test_report_escapes_names_and_notes_missing_samples(tmp_path: Path) -> None:
@@ -230,9 +275,9 @@ def test_plan_gantt_html_file_renders_in_chromium(tmp_path: Path) -> None:
         Lane("cpu", (("edges", 0.0, 900.0), ("knn", 0.0, 1200.0), ("bpr", 900.0, 3600.0))),
     ]
     out = render_gantt_file(plan, tmp_path / "plan.html")
-    assert out.stat().st_size > 1_000_000  # plotly.js inline
+    assert 1_000_000 < out.stat().st_size < 2_500_000  # plotly.js inline, once, packed
     w, h, rows, bpp = read_png(screenshot(out, tmp_path / "plan.png", tmp_path, height=600))
-    assert bar_rows(rows, bpp, _rgb(STATE_COLORS[""]), 200) >= 30
+    assert bar_rows(rows, bpp, _rgb(PALETTE[0]), 200) >= 15  # "embed", the first group, 3 h long
 
 
 def test_gantt_png_or_clear_error(tmp_path: Path) -> None:
@@ -246,7 +291,7 @@ def test_gantt_png_or_clear_error(tmp_path: Path) -> None:
     if have_mpl:
         out = render_gantt_file(lanes, tmp_path / "g.png")
         w, h, rows, bpp = read_png(out)
-        assert w > 500 and bar_rows(rows, bpp, _rgb(STATE_COLORS["failed"]), 50) >= 5
+        assert w > 500 and bar_rows(rows, bpp, _rgb(PALETTE[0]), 50) >= 5
     with pytest.raises(ReportError, match=r"\.html or \.png"):
         render_gantt_file(lanes, tmp_path / "g.svgz")
     with pytest.raises(ReportError, match="cannot write"):

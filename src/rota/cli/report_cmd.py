@@ -24,8 +24,15 @@ def register(cli: click.Group) -> None:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV: the groups table with --by, else the tasks table.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write ONE self-contained HTML file.")
 @click.option("--top", type=int, default=5, show_default=True, help="Best trials shown per sweep.")
+@click.option("--figures", "figures_dir", type=click.Path(file_okay=False),
+              help="Also write each figure of the HTML report to this folder, one file each.")
+@click.option("--figure-format", type=click.Choice(["html", "json"]), default="html", show_default=True,
+              help="--figures files: self-contained HTML pages, or plotly JSON (for Plotly.newPlot).")
+@click.option("--plotlyjs", type=click.Choice(["inline", "cdn"]), default="inline", show_default=True,
+              help="HTML: plotly.js inlined once (works offline), or loaded from plotly's CDN (smaller).")
 def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_json: bool, as_csv: bool,
-           html_path: str | None, top: int) -> None:
+           html_path: str | None, top: int, figures_dir: str | None = None, figure_format: str = "html",
+           plotlyjs: str = "inline") -> None:
     """Report on a run: tasks, metrics across seeds with 95% CIs, GPU use, best sweep trials."""
     from rota import api
     from rota.report.load import load_report
@@ -42,11 +49,8 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
     codes = code_by_task(sd)
     for line in code_warnings(data.tasks, codes, keys):  # on stderr: --json and --csv stay parseable
         click.echo(line, err=True)
-    if html_path:
-        from rota.report.html import render_html
-
-        Path(html_path).write_text(render_html(data, keys), encoding="utf-8")
-        click.echo(f"wrote {html_path}", err=True)
+    if html_path or figures_dir:
+        _write_html(sd, data, keys, sweeps, html_path, figures_dir, figure_format, plotlyjs)
         if not (as_json or as_csv):
             return
     if as_json:
@@ -83,3 +87,25 @@ def _sweeps(state_dir: Path, top: int) -> list[dict[str, Any]]:
     except ImportError:
         return []
     return best_trials(state_dir, top=top)
+
+
+def _write_html(state_dir: Path, data: Any, keys: list[str], sweeps: list[dict[str, Any]], html_path: str | None,
+                figures_dir: str | None, figure_format: str, plotlyjs: str) -> None:
+    """The HTML report and/or its figures as files (``--html``, ``--figures``)."""
+    from rota.report.html import render_html, report_figures
+    from rota.report.sweep_figures import sweep_figures
+
+    figs = sweep_figures(state_dir) if sweeps else {}
+    if html_path:
+        Path(html_path).write_text(render_html(data, keys, sweeps=sweeps, sweep_figs=figs,
+                                               plotlyjs="cdn" if plotlyjs == "cdn" else "inline"),
+                                   encoding="utf-8")  # fmt: skip
+        click.echo(f"wrote {html_path}", err=True)
+    if figures_dir:
+        from rota.report.page import figure_written
+
+        out = Path(figures_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [figure_written(fig, out / f"{name}.{figure_format}", "cdn" if plotlyjs == "cdn" else "inline")
+                   for name, fig in report_figures(data, keys, figs).items()]  # fmt: skip
+        click.echo(f"wrote {len(written)} figures to {out}", err=True)

@@ -1,4 +1,4 @@
-"""Plotly figures of a report: Gantt lanes, GPU samples, planned vs actual.
+"""Plotly figures of a report: GPU samples, planned vs actual (the timeline: :mod:`rota.report.timeline`).
 
 plotly is optional (the ``report`` extra) and imported lazily: without it
 these functions raise :class:`~rota.report.model.ReportError` saying
@@ -14,17 +14,12 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from rota.report.gantt import stack_rows
 from rota.report.model import (
-    TASK_STATES,
     GpuSample,
-    LaneLike,
     ReportData,
     ReportError,
-    as_lanes,
+    TaskRow,
 )
-from rota.report.render import STATE_COLORS
-from rota.units import format_duration
 
 _INSTALL_HINT = "pip install 'rota[report]'"
 MAX_POINTS_PER_GPU = 2000
@@ -57,55 +52,8 @@ def time_unit(span_s: float) -> tuple[str, float]:
     return "s", 1.0
 
 
-def gantt_figure(lanes: Sequence[LaneLike], title: str = "") -> Any:
-    """A plotly Gantt of lanes: one horizontal bar per item, sub-rows for overlaps,
-    coloured by item state (one legend entry per state). Returns a ``go.Figure``."""
-    go = plotly_go()
-    lane_list = as_lanes(lanes)
-    end = max((b for lane in lane_list for _, _, b in lane.items), default=1.0)
-    unit, scale = time_unit(end)
-    rows_order: list[str] = []
-    by_state: dict[str, dict[str, list[Any]]] = {}
-    for lane in lane_list:
-        rows = stack_rows([(a, b) for _, a, b in lane.items])
-        names = [
-            lane.name if r == 0 else f"{lane.name} ({r + 1})"
-            for r in range(max(rows, default=0) + 1)
-        ]
-        rows_order += names
-        for k, (label, a, b) in enumerate(lane.items):
-            state = lane.states[k] if lane.states else ""
-            d = by_state.setdefault(state, {"y": [], "base": [], "x": [], "text": [], "hover": []})
-            d["y"].append(names[rows[k]])
-            d["base"].append(a / scale)
-            d["x"].append(max(b - a, 0.0) / scale)
-            d["text"].append(esc(label))
-            d["hover"].append(
-                f"{esc(label)}<br>{esc(lane.name)}, {state or 'planned'}<br>"
-                f"{format_duration(a)} → {format_duration(b)} ({format_duration(b - a)})"
-            )
-    fig = go.Figure()
-    rank = {s: k for k, s in enumerate(TASK_STATES)}
-    for state, d in sorted(by_state.items(), key=lambda kv: rank.get(kv[0], len(rank))):
-        fig.add_trace(
-            go.Bar(
-                orientation="h", y=d["y"], base=d["base"], x=d["x"], text=d["text"],
-                name=state or "planned", marker_color=STATE_COLORS.get(state, "#17becf"),
-                marker_line_color="white", marker_line_width=1, textposition="inside",
-                insidetextanchor="start", hovertext=d["hover"], hoverinfo="text",
-            )
-        )  # fmt: skip
-    fig.update_layout(
-        title=title, barmode="overlay", height=max(260, 90 + 34 * len(rows_order)),
-        margin={"l": 90, "r": 20, "t": 50 if title else 20, "b": 40}, plot_bgcolor="white",
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
-    )  # fmt: skip
-    fig.update_yaxes(categoryorder="array", categoryarray=rows_order, autorange="reversed")
-    fig.update_xaxes(title=f"time since start ({unit})", showgrid=True, gridcolor="#eee")
-    return fig
-
-
-def gpu_figure(data: ReportData) -> Any:
+def gpu_figure(data: ReportData, memory: bool = True) -> Any:
+    """Sampled utilisation (and, with ``memory``, measured memory) over time, one line per GPU."""
     go = plotly_go()
     from plotly.subplots import make_subplots
 
@@ -115,8 +63,8 @@ def gpu_figure(data: ReportData) -> Any:
     span = max(s.t_s for s in data.gpu_samples) - origin
     unit, scale = time_unit(span)
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
-        subplot_titles=("GPU utilisation (%)", "GPU memory used (GB)"),
+        rows=2 if memory else 1, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+        subplot_titles=("GPU utilisation (%)", "GPU memory used (GB)") if memory else ("GPU utilisation (%)",),
     )  # fmt: skip
     gpus = sorted({s.gpu for s in data.gpu_samples})
     for k, g in enumerate(gpus):
@@ -126,17 +74,22 @@ def gpu_figure(data: ReportData) -> Any:
         color = _GPU_COLORS[k % len(_GPU_COLORS)]
         common = {"x": x, "mode": "lines", "legendgroup": f"gpu{g}", "line": {"color": color}}
         fig.add_trace(go.Scatter(y=util, name=f"gpu{g}", **common), 1, 1)
+        if not memory:
+            continue
         gb = [m / 2**30 if m is not None else None for m in mem]
         fig.add_trace(go.Scatter(y=gb, name=f"gpu{g}", showlegend=False, **common), 2, 1)
     totals = [s.memory_total_bytes for s in data.gpu_samples if s.memory_total_bytes]
     peak = max((m for m in (s.memory_used_bytes for s in data.gpu_samples) if m), default=2**30)
     total = max(totals) / 2**30 if totals else peak / 2**30
+    fig.update_layout(height=520 if memory else 300, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+                      plot_bgcolor="white")  # fmt: skip
+    fig.update_yaxes(range=[0, 105], row=1, col=1, gridcolor="#eee")
+    fig.update_xaxes(title=f"time since start ({unit})", row=2 if memory else 1, col=1)
+    if not memory:
+        return fig
     if totals:  # the capacity line
         fig.add_hline(y=total, line_dash="dash", line_color="#999", row=2, col=1)
-    fig.update_layout(height=520, margin={"l": 60, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
-    fig.update_yaxes(range=[0, 105], row=1, col=1, gridcolor="#eee")
     fig.update_yaxes(range=[0, total * 1.05], row=2, col=1, gridcolor="#eee")
-    fig.update_xaxes(title=f"time since start ({unit})", row=2, col=1)
     return fig
 
 
@@ -161,13 +114,23 @@ def downsample(
     return t, util, mem
 
 
+def planned_tasks(data: ReportData) -> list[TaskRow]:
+    """Tasks whose plan says something: an actual duration and a planned one that came from
+    an estimate or history (a default duration is a guess, not a plan to compare against)."""
+    return [t for t in data.tasks
+            if t.duration_s is not None and t.planned_duration_s is not None
+            and (t.estimate_s is not None or t.duration_source in ("estimate", "history"))]  # fmt: skip
+
+
+def ratio_text(ratio: float) -> str:
+    """``1.2x``, ``0.0012x``: two significant digits, never ``0.00x``."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 or ratio == 0 else f"{ratio:.2g}x"
+
+
 def plan_vs_actual_figure(data: ReportData) -> Any | None:
+    """Planned against actual duration of :func:`planned_tasks` (bars up to 60 tasks, else a scatter)."""
     go = plotly_go()
-    rows = [
-        (t.name, t.planned_duration_s, t.duration_s)
-        for t in data.tasks
-        if t.planned_duration_s is not None and t.duration_s is not None
-    ]
+    rows = [(t.name, t.planned_duration_s, t.duration_s) for t in planned_tasks(data)]
     if not rows:
         return None
     unit, scale = time_unit(max(max(p or 0.0, a or 0.0) for _, p, a in rows))

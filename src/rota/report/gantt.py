@@ -19,27 +19,28 @@ def lanes_from_report(data: ReportData) -> list[Lane]:
 
     A task on several GPUs appears in each of their lanes. Tasks that never
     started are left out; running ones end at ``data.horizon_s``. Items carry
-    their task state.
+    their task state and group (``base``, else the task's name).
     """
     origin, horizon = data.origin_s, data.horizon_s
     order = [g.index for g in data.gpus]
     order += sorted({g for t in data.tasks for g in t.gpus} - set(order))
-    gpu_items: dict[int, list[tuple[LaneItem, str]]] = {i: [] for i in order}
-    cpu_items: list[tuple[LaneItem, str]] = []
+    gpu_items: dict[int, list[tuple[LaneItem, str, str]]] = {i: [] for i in order}
+    cpu_items: list[tuple[LaneItem, str, str]] = []
     if origin is not None and horizon is not None:
         for t in data.tasks:
             if t.start_s is None:
                 continue
             end = t.end_s if t.end_s is not None else max(horizon, t.start_s)
-            item = ((t.name, t.start_s - origin, end - origin), t.state)
+            item = ((t.name, t.start_s - origin, end - origin), t.state, t.base or t.name)
             for g in t.gpus:
                 gpu_items[g].append(item)
             if not t.gpus:
                 cpu_items.append(item)
-    lanes = [
-        Lane(f"gpu{i}", tuple(it for it, _ in v), tuple(s for _, s in v))
-        for i, v in gpu_items.items()
-    ]
+    lanes = [_lane(f"gpu{i}", v) for i, v in gpu_items.items()]
     if cpu_items or not lanes:
-        lanes.append(Lane("cpu", tuple(it for it, _ in cpu_items), tuple(s for _, s in cpu_items)))
+        lanes.append(_lane("cpu", cpu_items))
     return lanes
+
+
+def _lane(name: str, items: list[tuple[LaneItem, str, str]]) -> Lane:
+    return Lane(name, tuple(it for it, _, _ in items), tuple(s for _, s, _ in items), tuple(g for _, _, g in items))

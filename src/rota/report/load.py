@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,25 @@ def machine_from_meta(text: str | None) -> Machine | None:
         return None
 
 
-def _planned(spec_path: str | None, machine: Machine | None) -> dict[str, tuple[float, float]]:
+def history_before(attempts: list[dict[str, Any]], before_s: float | None) -> dict[str, float]:
+    """Median seconds of the successful attempts of each command that ended before ``before_s``
+    (the run's start): what a plan made before this run could have learned. A task's own
+    attempts in this run are its actual duration, not a prediction of it."""
+    runs: dict[str, list[float]] = {}
+    if before_s is None:
+        return {}
+    for a in attempts:
+        start, end = a.get("started_at"), a.get("ended_at")
+        if a.get("state") == "succeeded" and a.get("command") and start is not None and end is not None \
+                and start <= end <= before_s:
+            runs.setdefault(a["command"], []).append(end - start)
+    return {cmd: max(statistics.median(v), 0.001) for cmd, v in runs.items()}
+
+
+def _planned(spec_path: str | None, machine: Machine | None,
+             history_s: dict[str, float]) -> dict[str, tuple[float, float, str]]:
+    """``{task: (planned start, planned end, duration source)}``, durations from the spec's
+    estimates, else ``history_s`` (as ``rota plan`` resolves them), else the default."""
     if not spec_path or machine is None or not os.path.exists(spec_path):
         return {}
     try:
@@ -39,9 +58,9 @@ def _planned(spec_path: str | None, machine: Machine | None) -> dict[str, tuple[
         from rota.spec.load import load_spec
 
         spec = load_spec(spec_path)
-        durations = resolve_durations(spec.tasks, {})
+        durations = resolve_durations(spec.tasks, history_s)
         p = plan(spec.tasks, MachineOption("run", machine), durations)
-        return {s.name: (s.start_s, s.end_s) for s in p.schedule.slots}
+        return {s.name: (s.start_s, s.end_s, durations.source.get(s.name, "default")) for s in p.schedule.slots}
     except Exception:  # noqa: BLE001 - a report must not fail because the spec changed since
         return {}
 
@@ -51,14 +70,17 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
     try:
         machine = machine_from_meta(store.get_meta("machine"))
         spec_path = store.get_meta("spec_path")
-        planned = _planned(spec_path, machine)
+        attempts = store.attempts()
+        stored = store.tasks()
+        first = min((r.started_at for r in stored if r.started_at is not None), default=None)
+        planned = _planned(spec_path, machine, history_before(attempts, first))
         metrics = store.metrics()
         peaks: dict[str, int] = {}
-        for a in store.attempts():
+        for a in attempts:
             if a.get("peak_gpu_memory_bytes"):
                 peaks[a["task"]] = max(peaks.get(a["task"], 0), int(a["peak_gpu_memory_bytes"]))
         rows = []
-        for r in store.tasks():
+        for r in stored:
             declared: int | None = r.gpu_memory_override
             if declared is None and r.gpu_bytes:
                 declared = r.gpu_bytes[0]
@@ -81,6 +103,7 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
                 estimate_s=r.estimate_s, vars=r.vars or {}, metrics=metrics.get(r.name, {}), log_path=r.log_path,
                 log_tail=_last_lines(tail(r.log_path, 8192), 30) if r.state in FAILED_STATES else "",
                 planned_start_s=p[0] if p else None, planned_end_s=p[1] if p else None, base=r.grp or None,
+                trial=r.trial, duration_source=p[2] if p else None,
             ))
         samples = [GpuSample(ts, gpu, util, used, total) for ts, gpu, util, used, total in store.gpu_samples()]
         starts = [t.start_s for t in rows if t.start_s is not None]

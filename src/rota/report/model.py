@@ -34,6 +34,7 @@ TASK_STATES: tuple[str, ...] = (
     "skipped",
     "cached",
     "interrupted",
+    "cancelled",
     "running",
     "launching",
     "pending",
@@ -56,7 +57,11 @@ class TaskRow:
     the task; ``base`` is the spec task it was expanded from (``None`` when the
     caller does not know): groups never mix two bases.
     ``planned_start_s``/``planned_end_s`` come from the plan, in seconds
-    relative to the plan's start.
+    relative to the plan's start; ``duration_source`` says where the planned
+    duration came from (``estimate``, ``history``, ``default``; ``None``:
+    unknown). ``trial`` is the sweep trial number of a sweep's slot task
+    (``None`` for any other task): trials are not replicates, so metrics are
+    never averaged over them.
     """
 
     name: str
@@ -78,6 +83,8 @@ class TaskRow:
     planned_start_s: float | None = None
     planned_end_s: float | None = None
     base: str | None = None
+    trial: int | None = None
+    duration_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in TASK_STATES:

@@ -15,9 +15,11 @@ JSON format (``to_json``, ``"format": "rota-report/1"``; additions only within /
                  "start_s", "end_s", "duration_s", "gpus": [int], "cpus",
                  "gpu_memory_bytes", "peak_gpu_memory_bytes", "estimate_s",
                  "planned_start_s", "planned_end_s", "vars": {str: str},
-                 "metrics": {str: float|null}, "log_path", "log_tail"}],
+                 "metrics": {str: float|null}, "log_path", "log_tail",
+                 "trial": int|null, "duration_source": "estimate"|"history"|"default"|null}],
       "groups": [{"base", "vars": {var: value}, "metric", "n", "mean", "std",
-                  "ci_low", "ci_high", "confidence", "tasks": [name], "non_finite"}],
+                  "ci_low", "ci_high", "confidence", "tasks": [name], "non_finite",
+                  "ci_method": "t"|"bootstrap"|""}],
       "flags": [{"task", "kind": "over"|"under", "declared_bytes", "peak_bytes",
                  "suggested_bytes", "message"}]
     }
@@ -103,6 +105,7 @@ def _group_json(g: GroupRow) -> dict[str, Any]:
         "confidence": s.confidence,
         "tasks": list(g.tasks),
         "non_finite": g.non_finite,
+        "ci_method": s.method,
     }
 
 
@@ -154,6 +157,8 @@ def to_json(data: ReportData, by: Sequence[str]) -> dict[str, Any]:
                 "metrics": {str(k): _num(float(v)) for k, v in t.metrics.items()},
                 "log_path": t.log_path,
                 "log_tail": t.log_tail,
+                "trial": t.trial,
+                "duration_source": t.duration_source,
             }
             for t in tasks
         ],

@@ -23,9 +23,11 @@ __all__ = [
     "Summary",
     "TaskTableRow",
     "betainc",
+    "bootstrap_ci",
     "default_by",
     "group_metrics",
     "memory_flags",
+    "metric_bounds",
     "metric_names",
     "run_summary",
     "summarize",
@@ -45,6 +47,9 @@ class Summary:
     """Mean, sample standard deviation (ddof=1) and a Student-t confidence interval.
 
     With ``n == 1`` the spread is unknown: ``std``, ``ci_low`` and ``ci_high`` are ``None``.
+    ``method`` is how the interval was made: ``"t"`` (Student t), ``"bootstrap"``
+    (percentile bootstrap of the mean, used where the t-interval leaves the
+    metric's range), ``""`` without an interval.
     """
 
     mean: float
@@ -53,10 +58,49 @@ class Summary:
     ci_low: float | None
     ci_high: float | None
     confidence: float = 0.95
+    method: str = "t"
 
 
-def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
+Bounds = tuple[float | None, float | None]
+"""A metric's possible range ``(low, high)``; ``None``: unbounded on that side."""
+
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def metric_bounds(values: Iterable[float]) -> Bounds:
+    """The range a metric evidently lives in, from every value it took in the run:
+    ``(0, 1)`` when all lie in [0, 1] (accuracy, AUC, a rate), ``(0, None)`` when
+    none is negative (a loss, a time), else unbounded."""
+    xs = [v for v in values if math.isfinite(v)]
+    if xs and all(0.0 <= v <= 1.0 for v in xs):
+        return (0.0, 1.0)
+    if xs and all(v >= 0.0 for v in xs):
+        return (0.0, None)
+    return (None, None)
+
+
+def bootstrap_ci(xs: Sequence[float], confidence: float, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``xs`` (deterministic: a fixed seed).
+
+    Always inside ``[min(xs), max(xs)]``, so it respects any range the values respect.
+    """
+    import random
+
+    rng = random.Random(0)  # the same report twice gives the same interval
+    n = len(xs)
+    means = sorted(statistics.fmean(rng.choices(xs, k=n)) for _ in range(resamples))
+    alpha = (1.0 - confidence) / 2.0
+    lo = means[min(resamples - 1, max(0, int(math.floor(alpha * resamples))))]
+    hi = means[min(resamples - 1, max(0, int(math.ceil((1.0 - alpha) * resamples)) - 1))]
+    return lo, hi
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95, bounds: Bounds = (None, None)) -> Summary:
     """Summarize finite values: mean, std (ddof=1), ``confidence`` Student-t CI on the mean.
+
+    Where the t-interval leaves ``bounds`` (the metric's possible range, e.g.
+    ``[0.27, 1.30]`` for an accuracy), the t model is evidently wrong for these
+    values, and the interval is a percentile bootstrap instead (``method``).
 
     Raises :class:`ReportError` for no values, a non-finite value, or a
     confidence outside (0, 1).
@@ -73,9 +117,13 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
     n = len(xs)
     mean = statistics.fmean(xs)
     if n == 1:
-        return Summary(mean, None, 1, None, None, confidence)
+        return Summary(mean, None, 1, None, None, confidence, "")
     std = statistics.stdev(xs)
     half = t_ppf(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    low, high = bounds
+    if (low is not None and mean - half < low) or (high is not None and mean + half > high):
+        lo, hi = bootstrap_ci(xs, confidence)
+        return Summary(mean, std, n, lo, hi, confidence, "bootstrap")
     return Summary(mean, std, n, mean - half, mean + half, confidence)
 
 
@@ -114,18 +162,26 @@ def group_metrics(
     over the other variables (e.g. over seeds).
 
     Only ``succeeded`` tasks count (``cached`` ones too: their results are the
-    earlier successful run). Groups, and metrics inside a group, keep the order
+    earlier successful run). Sweep trials (``TaskRow.trial``) are left out: they
+    are different configurations, not replicates (the sweep section shows them).
+    Groups, and metrics inside a group, keep the order
     in which they first appear in ``tasks``. A group whose metric has only
     non-finite values is left out. ``by=[]`` aggregates each base as a whole.
+    Each interval respects the metric's range over the run (:func:`metric_bounds`).
     """
     groups: dict[tuple[str | None, tuple[str, ...]], dict[str, list[tuple[str, float]]]] = {}
     for t in tasks:
-        if t.state not in ("succeeded", "cached"):
+        if t.state not in ("succeeded", "cached") or t.trial is not None:
             continue
         key = (t.base, tuple(str(t.vars.get(v, "-")) for v in by))
         metrics = groups.setdefault(key, {})
         for name, value in t.metrics.items():
             metrics.setdefault(name, []).append((t.name, float(value)))
+    seen: dict[str, list[float]] = {}
+    for metrics in groups.values():
+        for name, pairs in metrics.items():
+            seen.setdefault(name, []).extend(v for _, v in pairs)
+    bounds = {name: metric_bounds(vs) for name, vs in seen.items()}
     rows: list[GroupRow] = []
     for (base, values), metrics in groups.items():
         for metric, pairs in metrics.items():
@@ -137,7 +193,7 @@ def group_metrics(
                     base=base,
                     vars=dict(zip(by, values, strict=True)),
                     metric=metric,
-                    summary=summarize([v for _, v in finite], confidence),
+                    summary=summarize([v for _, v in finite], confidence, bounds[metric]),
                     tasks=tuple(n for n, _ in finite),
                     non_finite=len(pairs) - len(finite),
                 )
