@@ -226,8 +226,8 @@ def hand_over(
     from rota.store.read import controller
 
     sd = Path(state_dir) if state_dir is not None else Path(default_state_dir(spec))
-    if not controller(sd)["alive"] or not os.path.isfile(spec.path):
-        return None
+    if not controller(sd)["alive"] or not os.path.isfile(spec.path) or not _same_spec(sd, spec.path):
+        return None  # no live run of this file: run it here (or be refused as a second controller)
     if cpus is not None and cpus < 1:
         raise UsageError(f"--cpus {cpus}: expected a positive number")
     answers = []
@@ -242,6 +242,22 @@ def hand_over(
     if refused:
         raise SpecError("the running controller refused the change: " + refused[0][len(respec.REFUSED):])
     return "\n".join(answers)
+
+
+def _same_spec(state_dir: Path, path: str) -> bool:
+    """Whether the run in ``state_dir`` is the spec file ``path``'s (another file sharing a
+    ``--state-dir`` is refused as a second controller, never taken as an edit of that run)."""
+    from rota.store.sqlite import SqliteStore
+
+    try:
+        store = SqliteStore(state_dir, readonly=True)
+    except StateError:
+        return False
+    try:
+        recorded = store.get_meta("spec_path")
+    finally:
+        store.close()
+    return recorded is not None and os.path.realpath(recorded) == os.path.realpath(path)
 
 
 def _hooks(spec: Spec, state_dir: Path, machine: Machine, foreign_gpu_memory: str | None = None) -> list[Any]:

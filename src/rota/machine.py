@@ -34,10 +34,13 @@ def detect_gpus_nvml() -> list[Gpu] | None:
     try:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            uuid = pynvml.nvmlDeviceGetUUID(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetName(h)
+                uuid = pynvml.nvmlDeviceGetUUID(h)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h).total
+            except pynvml.NVMLError:
+                continue  # a GPU that does not answer (lost, needs a reset) is not offered at all
             gpus.append(
                 Gpu(
                     index=i,
@@ -188,4 +191,41 @@ def describe(machine: Machine) -> list[str]:
         lines.append(f"GPU {g.index}: {g.name}, {format_size(g.memory_bytes)}{uuid} (CUDA_VISIBLE_DEVICES={g.cuda_id})")
     lines.append(f"CPUs: {machine.cpus}")
     lines.append(f"RAM: {format_size(machine.memory_bytes)}")
+    return lines
+
+
+def gpu_health(machine: Machine) -> dict[int, dict[str, object]]:
+    """Per NVML GPU, read now: ``health`` (``ok`` or why not), ``ecc_uncorrected`` (volatile
+    count, None: no ECC) and ``processes`` (pid, used_bytes, user, command, rota task or None).
+    Empty for declared GPUs or without NVML."""
+    if machine.source != "nvml" or not machine.gpus:
+        return {}
+    from rota.nvml import probe, process_owner
+
+    readings = probe(machine.gpu_indices)
+    if readings is None:
+        return {}
+    out: dict[int, dict[str, object]] = {}
+    for i, r in readings.items():
+        procs = []
+        for p in r.processes:
+            user, command, task = process_owner(p.pid)
+            procs.append({"pid": p.pid, "used_bytes": p.used_bytes, "user": user, "command": command, "rota_task": task})
+        health = r.lost or ("ok" if not r.ecc_uncorrected else
+                            f"{r.ecc_uncorrected} uncorrectable ECC error(s) since the driver loaded")
+        out[i] = {"health": health, "ecc_uncorrected": r.ecc_uncorrected, "processes": procs}
+    return out
+
+
+def describe_health(health: Mapping[int, Mapping[str, object]]) -> list[str]:
+    """``rota machine``'s lines for :func:`gpu_health`: each GPU's health, who holds memory there."""
+    lines = []
+    for i, h in sorted(health.items()):
+        lines.append(f"GPU {i} health: {h['health']}")
+        procs = h["processes"]
+        assert isinstance(procs, list)
+        for p in procs:
+            used = "?" if p["used_bytes"] is None else format_size(int(p["used_bytes"]))
+            whose = f"rota task {p['rota_task']}" if p["rota_task"] else "not rota's"
+            lines.append(f"GPU {i}: {used} held by pid {p['pid']}, user {p['user']}, {p['command']} ({whose})")
     return lines

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console, Group
@@ -27,8 +28,12 @@ def _bar(used: float, total: float, width: int = 24) -> ProgressBar:
     return ProgressBar(total=max(total, 1), completed=min(used, total), width=width)
 
 
-def render(s: Snapshot) -> Group:
-    """Everything on one screen: machine, running tasks, counts, failures."""
+def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) -> Group:
+    """Everything on one screen: machine, running tasks, counts, failures.
+
+    ``gpu_notes``: per GPU, ``("unhealthy", why)`` (drawn red) or ``("foreign", who holds memory
+    there)`` (a line under the GPU), from :class:`rota.engine.gpu_watch.GpuWatch`."""
+    notes = gpu_notes or {}
     res = Table.grid(padding=(0, 1))
     res.add_column(justify="left", no_wrap=True)
     res.add_column()
@@ -40,10 +45,17 @@ def render(s: Snapshot) -> Group:
             live = f"  util {g.util_pct:.0f}%"
             if g.used_bytes is not None:
                 live += f" used {format_size(g.used_bytes)}"
+        kind, note = notes.get(g.index, ("", ""))
+        if kind == "unhealthy":
+            res.add_row(Text(f"GPU {g.index}", style="bold red"), _bar(g.booked_bytes, g.total_bytes),
+                        Text(f"unhealthy{live}", style="red"), Text(note, style="red"))
+            continue
         res.add_row(
             f"GPU {g.index}", _bar(g.booked_bytes, g.total_bytes),
             f"{format_size(g.booked_bytes)}/{format_size(g.total_bytes)}{live}", ", ".join(g.tasks) or "-",
         )
+        if kind == "foreign":
+            res.add_row("", "", Text("not rota's", style="yellow"), Text(note, style="yellow"))
     ahead = s.cpus_booked - s.cpus_total  # > 0: attempts queued ahead in the backend (Ray)
     res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}",
                 f"{ahead} waiting in the backend's queue" if ahead > 0 else "")
@@ -96,6 +108,7 @@ class LiveUI:
         self.console = console or Console()
         self._live: Live | None = None
         self.gpu_live: dict[int, tuple[float, int]] = {}
+        self.gpu_notes: dict[int, tuple[str, str]] = {}  # filled by engine.gpu_watch.GpuWatch
         self.eta = EtaTracker()
 
     def start(self, engine: RunView) -> None:
@@ -103,7 +116,7 @@ class LiveUI:
         self._live.start()
 
     def event(self, engine: RunView, ev: tuple[float, str, str, str]) -> None:
-        if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout", "halt") and self._live is not None:
+        if ev[1] in (S.FAILED, "retry", "interrupt", "lost", "adopted", "timeout", "halt", "gpu") and self._live is not None:
             self._live.console.print(event_line(ev))
 
     def flush(self) -> None:
@@ -111,11 +124,11 @@ class LiveUI:
 
     def refresh(self, engine: RunView) -> None:
         if self._live is not None:
-            self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
+            self._live.update(render(snapshot(engine, self.gpu_live, self.eta), self.gpu_notes), refresh=True)
 
     def stop(self, engine: RunView) -> None:
         if self._live is not None:
-            self._live.update(render(snapshot(engine, self.gpu_live, self.eta)), refresh=True)
+            self._live.update(render(snapshot(engine, self.gpu_live, self.eta), self.gpu_notes), refresh=True)
             self._live.stop()
             self._live = None
         PlainUI(self.console.file).stop(engine)
