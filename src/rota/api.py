@@ -172,7 +172,7 @@ def run(
         # On a cluster --gpus/--cpus/--memory cap what this run takes; a bad one is refused before connecting.
         limits = parse_limits(backend, gpus=gpus, cpus=cpus, memory=memory)
         executor = make_executor(backend, **dict(backend_options or {}))
-        if machine is None and getattr(executor, "capacity", None) is not None:
+        if machine is None and executor.capacity() is not None:
             machine = limited_capacity(executor, limits)
     if machine is None:
         machine = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
