@@ -48,7 +48,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from rota.core.resources import Machine
 
 Phase = Literal["running", "succeeded", "failed", "lost"]
 
@@ -160,6 +163,16 @@ class Executor:
     queue_ahead: float = 0.0
     """A fraction: the engine may book ``ceil(cpus * F)`` CPU slots beyond :meth:`capacity`
     (only with :attr:`enforces_timeout`; attempts honour ``launch.halt_path``)."""
+
+    strict_gpus: bool = False
+    """Never hold more GPUs than the engine booked (set when ``--gpus`` caps a run below the
+    cluster's GPUs); only an executor that could otherwise take more (SLURM's memory-shared
+    launches) looks at it."""
+
+    def capacity(self) -> Machine | None:
+        """What the backend offers a run (a cluster's GPUs, CPUs, RAM), or None: this machine's
+        own resources, as :func:`rota.machine.detect_machine` finds them (the default)."""
+        return None
 
     def submit(self, launch: Launch) -> Handle:
         raise NotImplementedError

@@ -20,10 +20,10 @@ Pure functions but :func:`limited_capacity`, which asks the executor.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from rota.core.resources import Gpu, Machine
 from rota.errors import MachineError
+from rota.executors.base import Executor
 from rota.units import format_size, parse_size
 
 
@@ -86,7 +86,7 @@ def apply_limits(cluster: Machine, limits: ClusterLimits) -> Machine:
                    source=f"{cluster.source}, this run capped by {limits.flags}")
 
 
-def limited_capacity(executor: Any, limits: ClusterLimits) -> Machine:
+def limited_capacity(executor: Executor, limits: ClusterLimits) -> Machine:
     """The executor's capacity under ``limits``.
 
     An executor that books CPU slots ahead of its capacity (``queue_ahead``,
@@ -96,10 +96,12 @@ def limited_capacity(executor: Any, limits: ClusterLimits) -> Machine:
     beside a running shared job gets a GPU of its own) is made ``strict_gpus``
     when ``--gpus`` caps the run below the cluster's GPUs.
     """
-    cluster: Machine = executor.capacity()
+    cluster = executor.capacity()
+    if cluster is None:
+        raise ValueError(f"the {executor.name} executor has no capacity of its own to cap")
     machine = apply_limits(cluster, limits)
-    if machine.cpus < cluster.cpus and executor.queue_ahead > 0:  # declared on every Executor
+    if machine.cpus < cluster.cpus and executor.queue_ahead > 0:
         executor.queue_ahead = 0.0
-    if len(machine.gpus) < len(cluster.gpus) and hasattr(executor, "strict_gpus"):
+    if len(machine.gpus) < len(cluster.gpus):
         executor.strict_gpus = True  # SLURM: never hold more GPUs than the engine booked under the cap
     return machine
