@@ -23,7 +23,7 @@ finished tasks dropped), on the run's machine, with the run's concurrency caps.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from rota.core.resources import Machine
@@ -102,24 +102,88 @@ def remaining_s(
 ) -> float | None:
     """Seconds until the run ends, as the plan simulator predicts from ``now``; None when
     nothing is left to run (every task final)."""
+    return forecast(tasks, machine, progress, now, history_s, default_s).makespan_s
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The plan simulator's picture of the rest of a run, computed at ``at`` (epoch seconds).
+
+    ``makespan_s``: seconds from ``at`` until the last simulated task ends (None: nothing left).
+    ``slots``: task -> ``(start, end)`` in epoch seconds, for every pending and running task the
+    simulation placed (a running task's start is its real one); a held task, a task that
+    (transitively) needs a held one and a task that can never fit are left out (no prediction).
+    """
+
+    at: float
+    makespan_s: float | None
+    slots: Mapping[str, tuple[float, float]]
+
+
+def forecast(
+    tasks: Sequence[Task],
+    machine: Machine,
+    progress: Mapping[str, Progress],
+    now: float,
+    history_s: Mapping[str, float] | None = None,
+    default_s: float = DEFAULT_DURATION_S,
+    *,
+    held: Collection[str] = (),
+    not_before: Mapping[str, float] | None = None,
+) -> Forecast:
+    """The rest of the run from ``now`` (see the module docstring), with every task's predicted
+    start and end. ``held``: pending tasks that must not start (``rota hold``); they and their
+    dependents are simulated as absent. ``not_before``: task -> epoch seconds its retry back-off
+    ends; its predicted start is no earlier (the simulator itself has no release times, so
+    what it placed after it is not moved)."""
     durations = learned_durations(tasks, progress, history_s, default_s)
     left: list[Task] = []
     seconds: dict[str, float] = {}
     running: list[Task] = []
+    started_at: dict[str, float] = {}
+    out = _with_dependents(tasks, held) if held else set()
     for t in tasks:
         p = progress.get(t.name)
         state = p.state if p is not None else S.PENDING
         if state in S.ACTIVE:
             started = p.started_at if p is not None and p.started_at is not None else now
+            started_at[t.name] = min(started, now)
             seconds[t.name] = max(durations[t.name] - (now - started), REMAINING_FLOOR_S)
             running.append(replace(t, needs=(), priority=_FIRST))
         elif state == S.PENDING:
+            if t.name in out:
+                continue
             seconds[t.name] = durations[t.name]
             left.append(t)
     if not running and not left:
-        return None
+        return Forecast(now, None, {})
     todo = {t.name for t in running} | {t.name for t in left}
     pending = [t if all(n in todo for n in t.needs) else replace(t, needs=tuple(n for n in t.needs if n in todo))
                for t in left]
     sched = simulate(running + pending, machine, seconds)
-    return sched.makespan_s
+    slots: dict[str, tuple[float, float]] = {}
+    waits = not_before or {}
+    for sl in sched.slots:
+        end = now + sl.end_s
+        start = started_at.get(sl.name, now + sl.start_s)
+        wait = waits.get(sl.name)
+        if wait is not None and wait > start:  # its back-off runs out later: as long, from then
+            start, end = wait, wait + sl.duration_s
+        slots[sl.name] = (start, end)
+    return Forecast(now, sched.makespan_s, slots)
+
+
+def _with_dependents(tasks: Sequence[Task], names: Collection[str]) -> set[str]:
+    """``names`` and every task that needs one of them, transitively."""
+    users: dict[str, list[str]] = {}
+    for t in tasks:
+        for n in t.needs:
+            users.setdefault(n, []).append(t.name)
+    out = set(names)
+    todo = list(out)
+    while todo:
+        for u in users.get(todo.pop(), ()):
+            if u not in out:
+                out.add(u)
+                todo.append(u)
+    return out

@@ -80,16 +80,26 @@ def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) 
         run.add_row(f"... {len(s.running) - 20} more", "", "", "")
     c = s.counts
     done = c.get(S.SUCCEEDED, 0) + c.get(S.CACHED, 0)
-    finished = done + c.get(S.FAILED, 0) + c.get(S.SKIPPED, 0)
+    finished = done + c.get(S.FAILED, 0) + c.get(S.SKIPPED, 0) + c.get(S.CANCELLED, 0)
     head = Text.assemble(
         ("done ", "bold"), (str(done), "green"), "  ", ("failed ", "bold"), (str(c.get(S.FAILED, 0)), "red"),
-        "  ", ("skipped ", "bold"), (str(c.get(S.SKIPPED, 0)), "yellow"), "  ", ("running ", "bold"),
+        "  ", ("skipped ", "bold"), (str(c.get(S.SKIPPED, 0)), "yellow"), "  ",
+        *((("cancelled ", "bold"), (str(c[S.CANCELLED]), "magenta"), "  ") if c.get(S.CANCELLED) else ()),
+        ("running ", "bold"),
         str(c.get(S.RUNNING, 0) + c.get(S.LAUNCHING, 0)), "  ", ("pending ", "bold"), str(c.get(S.PENDING, 0)),
         f"   elapsed {format_duration(s.now - s.started_at)}  ETA {format_duration(s.eta_s)}",
     )
     overall = Table.grid(padding=(0, 1))
     overall.add_row(_bar(finished, s.total, 50), f"{finished}/{s.total}")
     parts: list[Any] = [head, overall, res, run]
+    if s.waiting:
+        wait = Table(box=None, show_edge=False)
+        wait.add_column("waiting", no_wrap=True, max_width=40)
+        wait.add_column("starts", no_wrap=True)
+        wait.add_column("why", overflow="ellipsis", no_wrap=True)
+        for name, why, start in s.waiting:
+            wait.add_row(name, starts_in(start, s.now), why)
+        parts.append(wait)
     if s.failures:
         fail = Table(box=None, show_edge=False)
         fail.add_column("latest failures", style="red", no_wrap=True)
@@ -99,6 +109,13 @@ def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) 
             fail.add_row(name, reason, log)
         parts.append(fail)
     return Group(*[Panel(Group(*parts), title="rota", border_style="blue")])
+
+
+def starts_in(start: float | None, now: float) -> str:
+    """``in ~3m`` (``now`` when due), or ``?`` without a prediction."""
+    if start is None:
+        return "?"
+    return "now" if start <= now else f"in ~{format_duration(start - now)}"
 
 
 class LiveUI:

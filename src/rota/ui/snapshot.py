@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rota.store import base as S
-from rota.ui.view import RunView
+from rota.ui.view import Forecasts, RunView, forecasts
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Snapshot:
     eta_s: float | None
     failures: tuple[tuple[str, str, str], ...]  # (task, reason, log path)
     recent: tuple[tuple[float, str, str, str], ...]
+    waiting: tuple[tuple[str, str, float | None], ...] = ()  # first pending: (task, reason, predicted start)
 
 
 def read_progress(out_dir: str | None) -> dict[str, Any] | None:
@@ -153,9 +154,30 @@ def snapshot(
         (lv.task.name, lv.reason, lv.log_path or "")
         for lv in engine.live.values() if lv.state == S.FAILED
     )[-5:]
+    fc = forecasts(engine)
+    f = fc.forecast if fc is not None else None
+    if f is not None:  # the controller's forecast: the ETA is its simulation's makespan, counted down
+        eta_s = None if f.makespan_s is None else max(f.makespan_s - (now - f.at), 0.0)
+    else:  # no forecaster, or none made yet (the first frame, before the first launch)
+        eta_s = (eta or EtaTracker()).eta_s(engine, now)
     return Snapshot(
         now=now, started_at=engine.started_at, gpus=gpus, cpus_total=m.cpus, cpus_booked=cpus,
         memory_total=m.memory_bytes, memory_booked=mem, running=tuple(sorted(running, key=lambda r: r.name)),
-        counts=engine.counts(), total=len(engine.live), eta_s=(eta or EtaTracker()).eta_s(engine, now), failures=failures,
-        recent=tuple(engine.events[-8:]),
+        counts=engine.counts(), total=len(engine.live), eta_s=eta_s, failures=failures,
+        recent=tuple(engine.events[-8:]), waiting=_waiting(engine, fc),
     )
+
+
+WAITING_SHOWN = 5  # pending tasks the dashboard explains
+
+
+def _waiting(engine: RunView, fc: Forecasts | None) -> tuple[tuple[str, str, float | None], ...]:
+    """The first pending tasks (by predicted start, then file order) with their reasons."""
+    if fc is None or not fc.reasons:
+        return ()
+    slots = fc.forecast.slots if fc.forecast is not None else {}
+    rows = [(name, r.text, slots[name][0] if name in slots else None) for name, r in fc.reasons.items()
+            if name in engine.live and engine.live[name].state == S.PENDING]
+    order = {name: i for i, name in enumerate(engine.live)}
+    rows.sort(key=lambda w: (w[2] is None, w[2] or 0.0, order[w[0]]))
+    return tuple(rows[:WAITING_SHOWN])

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from rota.core.explain import Reason
 from rota.core.resources import Machine, Placement
+from rota.plan.eta import Forecast
 from rota.spec.model import Task
 
 Event = tuple[float, str, str, str]
@@ -47,6 +49,23 @@ class HistoryView(Protocol):
     def durations_by_command(self) -> dict[str, list[float]]: ...
 
 
+class Forecasts:
+    """What the controller's predictor (:class:`rota.engine.predict.Predictor`, one of the engine's
+    hooks) publishes for the UIs: the latest forecast of the rest of the run (None: none yet) and
+    every pending task's reason. The dashboard's ETA is ``forecast.makespan_s``."""
+
+    forecast: Forecast | None = None
+    reasons: Mapping[str, Reason] = {}
+
+
+def forecasts(engine: RunView) -> Forecasts | None:
+    """The engine's hook that publishes forecasts, if it has one."""
+    for h in engine.hooks:
+        if isinstance(h, Forecasts):
+            return h
+    return None
+
+
 class RunView(Protocol):
     """A running engine, as far as a UI reads it."""
 
@@ -64,4 +83,6 @@ class RunView(Protocol):
     def state_dir(self) -> str: ...
     @property
     def store(self) -> HistoryView: ...
+    @property
+    def hooks(self) -> Sequence[object]: ...
     def counts(self) -> dict[str, int]: ...

@@ -1,0 +1,240 @@
+"""``rota why TASK [TARGET]``: why a task waits, and when it will start.
+
+Registered by :mod:`rota.cli.main` through :func:`register`. Read-only: it never writes the state
+folder and never wakes the controller.
+
+With a live controller, the reason and the prediction are the controller's (``tasks.reason``,
+``predicted_start``/``predicted_end``, refreshed by :mod:`rota.engine.predict` as tasks end).
+Without one, they are computed here from the stored state and the spec, by the same functions
+(:func:`rota.core.explain.explain`, :func:`rota.plan.eta.forecast`): what the next ``rota run``
+would decide first. Either way it prints the reason in full, the task's needs and their states,
+the per-GPU table (size, booked, by which tasks, free) and the prediction.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+
+from rota.errors import StateError, UsageError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Everything ``rota why`` prints about one task."""
+
+    name: str
+    state: str
+    held: bool
+    reason: str  # one line; empty when the task is not pending
+    source: str  # "controller" (its stored reason), "computed" (no controller), or "" (not pending)
+    needs: tuple[tuple[str, str], ...]  # every need, with its state
+    gpus: tuple[tuple[int, int, int, tuple[str, ...]], ...]  # (index, total, booked, by) per GPU
+    predicted_start: float | None  # epoch seconds
+    predicted_end: float | None
+    now: float
+
+
+def answer(task: str, target: str | None, state_dir: str | None) -> Answer:
+    """The answer for ``task`` of the run at ``target``/``state_dir`` (``rota status``' rules).
+    UsageError (exit 2) for a task the state does not know; StateError for unusable state."""
+    from rota.store.read import controller, state_dir_of
+    from rota.store.sqlite import SqliteStore
+
+    sd = state_dir_of(target, state_dir)
+    alive = bool(controller(sd)["alive"])
+    store = SqliteStore(sd, readonly=True)
+    try:
+        recs = {r.name: r for r in store.tasks()}
+        if task not in recs:
+            close = difflib.get_close_matches(task, list(recs), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{sd}: no task {task!r} in this run{hint}")
+        meta_machine = store.get_meta("machine")
+        spec_path = store.get_meta("spec_path")
+        now = time.time()
+        rec = recs[task]
+        loads = _gpu_loads(meta_machine, recs.values())
+        reason, source = "", ""
+        start, end = rec.predicted_start, rec.predicted_end
+        needs: tuple[tuple[str, str], ...] = ()
+        if rec.state == "pending" and alive:
+            reason, source = rec.reason or "not explained yet (the controller explains it within seconds)", "controller"
+        elif rec.state == "pending":
+            spec = _spec(spec_path, target)
+            if spec is None:
+                reason, source = (rec.reason or "not explained") + " (the spec file is gone: stored reason)", "controller"
+            else:
+                reason, start, end, needs = _computed(task, spec, recs, meta_machine, store, now)
+                source = "computed"
+        if not needs:
+            needs = _needs_of(task, spec_path, target, recs)
+        if rec.state not in ("pending", "launching", "running"):
+            start = end = None
+        return Answer(task, rec.state, bool(rec.held), reason, source, needs, loads, start, end, now)
+    finally:
+        store.close()
+
+
+def _spec(spec_path: str | None, target: str | None) -> Any:
+    from rota.errors import RotaError
+    from rota.spec.load import load_spec
+
+    path = target if target is not None and os.path.isfile(target) else spec_path
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        return load_spec(path)
+    except RotaError:
+        return None
+
+
+def _needs_of(task: str, spec_path: str | None, target: str | None, recs: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    spec = _spec(spec_path, target)
+    if spec is None:
+        return ()
+    t = next((t for t in spec.tasks if t.name == task), None)
+    if t is None:
+        return ()
+    return tuple((n, recs[n].state if n in recs else "unknown") for n in dict.fromkeys(t.needs))
+
+
+def _machine(meta_machine: str | None) -> Any:
+    from rota.core.resources import Gpu, Machine
+
+    if not meta_machine:
+        raise StateError("the state records no machine; run 'rota run SPEC' first")
+    m = json.loads(meta_machine)
+    gpus = tuple(Gpu(g["index"], g["memory_bytes"], g.get("name") or "GPU", g.get("uuid")) for g in m["gpus"])
+    return Machine(gpus, int(m["cpus"]), int(m["memory_bytes"]), m.get("source") or "declared")
+
+
+def _gpu_loads(meta_machine: str | None, recs: Any) -> tuple[tuple[int, int, int, tuple[str, ...]], ...]:
+    from rota.core.explain import gpu_loads
+    from rota.core.resources import Placement
+
+    if not meta_machine:
+        return ()
+    running = [Placement(r.name, tuple(r.gpus), tuple(r.gpu_bytes), r.cpus, r.memory_bytes)
+               for r in recs if r.state in ("launching", "running")]
+    return tuple((g.index, g.total_bytes, g.booked_bytes, g.tasks) for g in gpu_loads(_machine(meta_machine), running))
+
+
+def _computed(task: str, spec: Any, recs: Mapping[str, Any], meta_machine: str | None, store: Any,
+              now: float) -> tuple[str, float | None, float | None, tuple[tuple[str, str], ...]]:
+    """What the next controller would decide first, from the stored state and the spec."""
+    from rota.core.explain import explain
+    from rota.core.policy import Candidate, Running
+    from rota.core.resources import Placement
+    from rota.plan.eta import Progress, forecast
+    from rota.spec.graph import critical_path_ranks
+
+    machine = _machine(meta_machine)
+    history: dict[str, float] = {cmd: max(statistics.median(v), 0.001)
+                                 for cmd, v in store.durations_by_command().items() if v}
+    state = {t.name: recs[t.name].state if t.name in recs else "pending" for t in spec.tasks}
+    ranks = critical_path_ranks(spec.tasks)
+    held = store.held_tasks()
+    cands, waiting, backoff, running = [], {}, {}, []
+    for i, t in enumerate(spec.tasks):
+        r = recs.get(t.name)
+        est = t.estimate_s if t.estimate_s is not None else history.get(t.command)
+        if state[t.name] in ("launching", "running") and r is not None:
+            left = None if est is None or r.started_at is None else max(est - (now - r.started_at), 1.0)
+            running.append(Running(Placement(t.name, tuple(r.gpus), tuple(r.gpu_bytes), r.cpus, r.memory_bytes), left))
+        if state[t.name] != "pending":
+            continue
+        unmet = [(n, state.get(n, "unknown")) for n in dict.fromkeys(t.needs) if state.get(n) not in ("succeeded", "cached")]
+        if unmet:
+            waiting[t.name] = unmet
+            continue
+        req = t.request
+        if r is not None and r.gpu_memory_override is not None and req.gpus:
+            req = replace(req, gpu_memory_bytes=r.gpu_memory_override)
+        prio = r.priority if r is not None and r.priority is not None else t.priority
+        cands.append(Candidate(t.name, req, prio, ranks[t.name], est, i))
+        if r is not None and r.not_before is not None and r.not_before > now:
+            backoff[t.name] = r.not_before
+    reasons = explain(cands, machine, running, now=now, waiting=waiting, held=held, backoff=backoff)
+    progress = {n: Progress(s, recs[n].started_at if n in recs else None, recs[n].ended_at if n in recs else None)
+                for n, s in state.items()}
+    fc = forecast(list(spec.tasks), machine, progress, now, history, held=held, not_before=backoff)
+    start, end = fc.slots.get(task, (None, None))
+    r = reasons[task]
+    return r.text, start, end, ()
+
+
+def render(a: Answer) -> str:
+    """The text ``rota why`` prints (ends in a newline)."""
+    from rota.core.explain import clock
+    from rota.units import format_duration, format_size
+
+    held = " (held)" if a.held else ""
+    lines = [f"{a.name}: {a.state}{held}"]
+    if a.state == "pending":
+        lines.append(f"why: {a.reason}")
+        if a.source == "computed":
+            lines.append("     (no controller runs: computed from the stored state and the spec, as the next "
+                         "'rota run' would decide first)")
+    else:
+        lines.append("it is not waiting" + (": it runs" if a.state in ("launching", "running") else ""))
+    if a.predicted_start is not None or a.predicted_end is not None:
+        def at(t: float | None) -> str:
+            if t is None:
+                return "unknown"
+            return f"{clock(t)} ({'now' if t <= a.now else 'in ~' + format_duration(t - a.now)})"
+        if a.state == "pending":
+            lines.append(f"predicted start: {at(a.predicted_start)}, end: {at(a.predicted_end)}")
+        else:
+            lines.append(f"predicted end: {at(a.predicted_end)}")
+    elif a.state == "pending":
+        lines.append("predicted start: none (held, needs a held task, or not forecast yet)")
+    if a.needs:
+        lines.append("needs:")
+        w = max(len(n) for n, _ in a.needs)
+        lines += [f"  {n.ljust(w)}  {s}" for n, s in a.needs]
+    if a.gpus:
+        lines.append("GPUs:")
+        rows = [("GPU", "size", "booked", "free", "by")] + [
+            (str(i), format_size(total), format_size(booked), format_size(max(total - booked, 0)),
+             ", ".join(by) or "-") for i, total, booked, by in a.gpus]
+        widths = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines += ["  " + "  ".join(c.ljust(wd) for c, wd in zip(r[:4], widths, strict=True)) + "  " + r[4]
+                  for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(a: Answer) -> dict[str, Any]:
+    """``rota why --json``: the answer as one JSON object (times in epoch seconds)."""
+    return {"name": a.name, "state": a.state, "held": a.held, "reason": a.reason, "source": a.source,
+            "needs": [{"name": n, "state": s} for n, s in a.needs],
+            "gpus": [{"index": i, "memory_bytes": t, "booked_bytes": b, "tasks": list(by)} for i, t, b, by in a.gpus],
+            "predicted_start": a.predicted_start, "predicted_end": a.predicted_end, "now": a.now}
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``why`` command to ``cli``."""
+    from rota.cli.main import CONTEXT
+
+    @cli.command("why", context_settings=CONTEXT)
+    @click.argument("task")
+    @click.argument("target", required=False, type=click.Path())
+    @click.option("--state-dir", type=click.Path(file_okay=False))
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object (times in epoch seconds).")
+    def why(task: str, target: str | None, state_dir: str | None, as_json: bool) -> None:
+        """Why TASK waits (needs, held, no GPU with N GB free, GPUs reserved for a large task,
+        back-off, the run's limit) and when it will start. Read-only; works with and without a
+        live controller."""
+        a = answer(task, target, state_dir)
+        click.echo(json.dumps(as_dict(a)) if as_json else render(a), nl=as_json)
+
+
+__all__: Sequence[str] = ("Answer", "answer", "as_dict", "register", "render")

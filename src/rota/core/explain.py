@@ -1,0 +1,232 @@
+"""Why a pending task waits: a pure function over the policy's own inputs.
+
+``explain(ready, machine, running, now=..., waiting=..., held=..., backoff=..., limits=...)
+-> {task: Reason}``: no I/O, no clock (``now`` is given, only to turn the policy's relative
+times into clock times). The controller calls it on its live state (:mod:`rota.engine.predict`),
+``rota why`` on the stored state when no controller runs; the unit and property tests call it
+directly.
+
+Precedence, first match wins: ``held`` (``rota hold``), ``needs`` (some needs not done yet),
+``backoff`` (a retry's back-off has not run out), ``limit`` (a concurrency limit of the run said
+no this round: a sweep's ``parallel:``). What is left is offered to a replay of
+:func:`rota.core.policy.schedule`'s loop, step by step, on the same ledger, so each task's
+reason is the policy's own decision:
+
+- ``next``: the policy would place it now (it starts at the next scheduling round);
+- ``gpu`` / ``cpu`` / ``memory``: it does not fit what is free (the first such task in policy
+  order holds the backfilling reservation: its text says from when the GPUs are kept for it);
+- ``reserved``: it fits what is free, but starting it would delay the reservation (it would not
+  end before the reservation's shadow time, and does not fit beside it).
+
+Every reason carries the per-GPU picture (booked bytes, by which tasks, free), so ``rota why``
+can print it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rota.core.policy import Candidate, Running, _reserve, sort_key
+from rota.core.resources import Ledger, Machine, Placement, Request
+from rota.units import format_duration, format_size
+
+KINDS = ("held", "needs", "backoff", "limit", "gpu", "cpu", "memory", "reserved", "next")
+"""Every :attr:`Reason.kind`, in precedence order (the resource kinds come from the policy's replay)."""
+
+_LISTED = 5  # needs and GPU tasks named in one line before "and N more"
+
+
+@dataclass(frozen=True)
+class GpuLoad:
+    """One GPU as the ledger sees it: its size, the bytes booked on it and by which tasks."""
+
+    index: int
+    total_bytes: int
+    booked_bytes: int
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def free_bytes(self) -> int:
+        return self.total_bytes - self.booked_bytes
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why one pending task is not running.
+
+    ``text``: one line (what ``rota status`` shows). ``needs``: ``(need, its state)`` of the needs
+    not done yet (kind ``needs``). ``holder``: the task the reservation is for (kinds ``reserved``,
+    and a resource kind when the task is the holder itself). ``at``: a clock time in epoch seconds:
+    the back-off's end, or the reservation's shadow time (when the holder is expected to start);
+    None when unknown. ``gpus``: the per-GPU picture at the time of the decision.
+    """
+
+    kind: str
+    text: str
+    needs: tuple[tuple[str, str], ...] = ()
+    holder: str | None = None
+    at: float | None = None
+    gpus: tuple[GpuLoad, ...] = ()
+
+
+def gpu_loads(machine: Machine, running: Iterable[Placement]) -> tuple[GpuLoad, ...]:
+    """The per-GPU picture of ``machine`` with ``running`` placements booked, in GPU order."""
+    booked = {g.index: 0 for g in machine.gpus}
+    by: dict[int, list[str]] = {g.index: [] for g in machine.gpus}
+    for p in running:
+        for idx, b in zip(p.gpus, p.gpu_bytes, strict=False):
+            booked[idx] = booked.get(idx, 0) + b
+            by.setdefault(idx, []).append(p.task)
+    return tuple(GpuLoad(g.index, g.memory_bytes, booked[g.index], tuple(by[g.index])) for g in machine.gpus)
+
+
+def clock(epoch_s: float) -> str:
+    """``HH:MM:SS`` local time of ``epoch_s`` (a value given, not read from the clock)."""
+    return time.strftime("%H:%M:%S", time.localtime(epoch_s))
+
+
+def explain(
+    ready: Sequence[Candidate],
+    machine: Machine,
+    running: Sequence[Running] = (),
+    *,
+    now: float,
+    waiting: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    held: Collection[str] = (),
+    backoff: Mapping[str, float] | None = None,
+    limits: Mapping[str, str] | None = None,
+) -> dict[str, Reason]:
+    """The reason of every pending task given (see the module docstring for the kinds).
+
+    ``ready``: the pending tasks whose needs are all done, as the policy's candidates (held,
+    backed-off and limited ones included: they are sorted out here). ``running``: the running
+    attempts with their remaining seconds, as the policy sees them. ``waiting``: pending tasks
+    whose needs are not all done -> ``(need, state)`` of those needs. ``held``: held task names.
+    ``backoff``: task -> epoch seconds its retry back-off ends (ignored once ``<= now``).
+    ``limits``: task -> what limit holds it back this round (one line). ``now``: epoch seconds
+    of the decision; ``running``'s remaining seconds count from it.
+
+    Returns one :class:`Reason` per task of ``ready`` and ``waiting``. Pure.
+    """
+    waiting = waiting or {}
+    backoff = backoff or {}
+    limits = limits or {}
+    held_set = set(held)
+    loads = gpu_loads(machine, (r.placement for r in running))
+    out: dict[str, Reason] = {}
+    for name, needs in waiting.items():
+        if name in held_set:
+            out[name] = _held(name, loads)
+            continue
+        out[name] = Reason("needs", _needs_text(needs), needs=tuple(needs), gpus=loads)
+    offered: list[Candidate] = []
+    for c in ready:
+        if c.name in held_set:
+            out[c.name] = _held(c.name, loads)
+        elif backoff.get(c.name, -math.inf) > now:
+            until = backoff[c.name]
+            out[c.name] = Reason("backoff", f"retry back-off until {clock(until)} "
+                                            f"({format_duration(until - now)} from now)", at=until, gpus=loads)
+        elif c.name in limits:
+            out[c.name] = Reason("limit", f"the run's limit: {limits[c.name]}", gpus=loads)
+        else:
+            offered.append(c)
+    out.update(_replay(sorted(offered, key=sort_key), machine, running, now, loads))
+    return out
+
+
+def _held(name: str, loads: tuple[GpuLoad, ...]) -> Reason:
+    return Reason("held", f"held: it starts only after 'rota release {name}'", gpus=loads)
+
+
+def _needs_text(needs: Sequence[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{n} ({s})" for n, s in needs[:_LISTED])
+    more = f" and {len(needs) - _LISTED} more" if len(needs) > _LISTED else ""
+    return f"waiting for {'its need' if len(needs) == 1 else f'{len(needs)} needs'}: {shown}{more}"
+
+
+def _replay(
+    ordered: Sequence[Candidate], machine: Machine, running: Sequence[Running], now: float,
+    loads: tuple[GpuLoad, ...],
+) -> dict[str, Reason]:
+    """:func:`rota.core.policy.schedule`'s loop, step by step, recording each task's outcome.
+
+    Kept in step with the policy by ``tests/unit/test_explain.py``: the tasks explained ``next``
+    are exactly the placements of ``schedule`` on the same inputs."""
+    out: dict[str, Reason] = {}
+    ledger = Ledger.for_machine(machine, (r.placement for r in running))
+    placed_est: list[tuple[float | None, Placement]] = []
+    shadow: Ledger | None = None
+    shadow_at: float | None = None
+    holder: Candidate | None = None
+    for c in ordered:
+        p = ledger.fit(c.name, c.request)
+        if shadow is None or holder is None:
+            if p is not None:
+                ledger.book(p)
+                placed_est.append((c.estimate_s, p))
+                out[c.name] = Reason("next", _NEXT, gpus=loads)
+                continue
+            shadow_s, shadow = _reserve(c, ledger, running, placed_est)
+            holder = c
+            shadow_at = now + shadow_s if math.isfinite(shadow_s) else None
+            when = (f"from ~{clock(shadow_at)}" if shadow_at is not None
+                    else "from when running tasks with no estimate end")
+            kind, text = _short(c.request, ledger, machine)
+            out[c.name] = Reason(kind, f"{text}; resources are reserved for it {when}", holder=c.name,
+                                 at=shadow_at, gpus=loads)
+            continue
+        if p is None:
+            kind, text = _short(c.request, ledger, machine)
+            out[c.name] = Reason(kind, text, gpus=loads)
+            continue
+        shadow_s = math.inf if shadow_at is None else shadow_at - now
+        ends_before = c.estimate_s is not None and math.isfinite(shadow_s) and c.estimate_s <= shadow_s
+        if not ends_before:
+            p = ledger.fit(c.name, c.request, also=shadow)
+            if p is None:
+                out[c.name] = Reason("reserved", _reserved_text(c, holder, shadow_at), holder=holder.name,
+                                     at=shadow_at, gpus=loads)
+                continue
+            shadow.book(p)
+        ledger.book(p)
+        out[c.name] = Reason("next", _NEXT, gpus=loads)
+    return out
+
+
+_NEXT = "resources are free: it starts at the next scheduling round"
+
+
+def _reserved_text(c: Candidate, holder: Candidate, at: float | None) -> str:
+    big = holder.request
+    what = f"{big.gpus} GPU{'s' if big.gpus != 1 else ''}" if big.gpus else f"{big.cpus} CPUs"
+    until = f"until ~{clock(at)}" if at is not None else "until running tasks with no estimate end"
+    why = ("its duration is unknown" if c.estimate_s is None
+           else f"it would not end before then ({format_duration(c.estimate_s)})")
+    return f"free resources are reserved for {holder.name} ({what}) {until}; {why}"
+
+
+def _short(req: Request, ledger: Ledger, machine: Machine) -> tuple[str, str]:
+    """What ``req`` lacks in ``ledger``: ``(kind, one line)``; kinds ``cpu``, ``memory``, ``gpu``."""
+    if req.cpus > ledger.cpus:
+        return "cpu", (f"no {req.cpus} CPU slot{'s' if req.cpus != 1 else ''} free: {max(ledger.cpus, 0)} of "
+                       f"{machine.cpus} free (the run's --cpus)")
+    if req.memory_bytes > ledger.memory_bytes:
+        return "memory", (f"no {format_size(req.memory_bytes)} RAM free: {format_size(max(ledger.memory_bytes, 0))} of "
+                          f"{format_size(machine.memory_bytes)} free (the run's --memory)")
+    pool = [i for i in ledger.gpu_total if req.devices is None or i in req.devices]
+    per = [f"GPU {i} {format_size(max(ledger.gpu_free[i], 0))}" for i in pool]
+    free = "free: " + ", ".join(per) if per else "no GPUs"
+    where = f" among devices {','.join(map(str, req.devices))}" if req.devices is not None else ""
+    if req.gpu_memory_bytes is None:
+        need = "idle GPU" if req.gpus == 1 else f"{req.gpus} idle GPUs"
+        have = sum(1 for i in pool if ledger.gpu_free[i] >= ledger.gpu_total[i])
+    else:
+        size = format_size(req.gpu_memory_bytes)
+        need = f"GPU with {size} free" if req.gpus == 1 else f"{req.gpus} GPUs with {size} free each"
+        have = sum(1 for i in pool if ledger.gpu_free[i] >= req.gpu_memory_bytes)
+    count = f": {have} {'has' if have == 1 else 'have'} it" if req.gpus > 1 else ""
+    return "gpu", f"no {need}{where}{count} ({free})"

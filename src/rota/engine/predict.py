@@ -1,0 +1,155 @@
+"""The controller's side of "why does it wait, and when will it start": a hook that explains every
+pending task (:func:`rota.core.explain.explain`) and forecasts every start and end
+(:func:`rota.plan.eta.forecast`) on the live state, and writes both to the store.
+
+When: at a loop round after something changed (an attempt ended, was adopted or lost; the number
+of running, ready or backed-off tasks; the held tasks), at most every :attr:`Predictor.min_interval_s`
+and never more often than :attr:`Predictor.cost_factor` times what the last computation took
+(so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
+within 3% of its time without it, ``bench/bench_local.py``). Once more when the run stops, so the
+tasks it leaves pending keep a current reason.
+
+What: each pending task's ``tasks.reason`` (one line) and ``predicted_start``/``predicted_end``
+(epoch seconds), each running task's ``predicted_end`` (start: its real one), in one transaction
+of their own (:meth:`rota.store.sqlite.SqliteStore.set_forecast`), no events. The UIs read the
+same results from :class:`rota.ui.view.Forecasts` (the dashboard's ETA is the forecast's
+makespan, its pending lines the reasons).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from rota.core.explain import Reason, explain
+from rota.core.policy import Candidate, Running
+from rota.engine.hooks import Hook
+from rota.engine.runstate import Live
+from rota.plan.eta import Forecast, Progress, forecast
+from rota.store import base as S
+from rota.studies.names import study_name
+from rota.ui.view import Forecasts
+
+HALTED = "the run launches nothing more (rota stop --drain, or --fail-fast after a failure)"
+
+
+class Predictor(Hook, Forecasts):
+    """Explains and forecasts the pending tasks of a live run (see the module docstring)."""
+
+    def __init__(self, min_interval_s: float = 2.0, cost_factor: float = 40.0) -> None:
+        self.min_interval_s = min_interval_s
+        self.cost_factor = cost_factor
+        self.forecast: Forecast | None = None
+        self.reasons: Mapping[str, Reason] = {}
+        self._changes = 0  # attempts ended, adopted or lost so far
+        self._seen: tuple[int, ...] | None = None  # what had changed at the last computation
+        self._held: set[str] = set()
+        self._at = -math.inf  # when the last computation ran (epoch seconds)
+        self._checked = -math.inf  # when the held tasks were last read
+        self._cost_s = 0.0
+        self._history: dict[str, float] | None = None
+
+    # -- hook points: each end, adoption or loss is a change --------------
+    def finished(self, engine: Any, lv: Live, state: str, metrics: Mapping[str, float]) -> None:
+        self._changes += 1
+
+    def adopted(self, engine: Any, lv: Live) -> None:
+        self._changes += 1
+
+    def lost(self, engine: Any, lv: Live) -> None:
+        self._changes += 1
+
+    def tick(self, engine: Any, now: float) -> None:
+        if now - self._at < max(self.min_interval_s, self.cost_factor * self._cost_s):
+            return
+        seen = (self._changes, len(engine.running), len(engine.ready), len(engine.delayed), int(engine.halted))
+        if seen == self._seen:
+            if now - self._checked < self.min_interval_s:
+                return
+            self._checked = now  # holds change outside the loop's view (rota hold): look, cheaply
+            if engine.store.held_tasks() == self._held:
+                return
+        self.update(engine, now, seen)
+
+    def stop(self, engine: Any) -> None:
+        if any(lv.state == S.PENDING for lv in engine.live.values()):
+            self.update(engine, time.time(), None)
+
+    # -- the computation --------------------------------------------------
+    def update(self, engine: Any, now: float, seen: tuple[int, ...] | None) -> None:
+        """Explain and forecast now, write the results; never raises (a forecast must not stop a run)."""
+        t0 = time.perf_counter()
+        self._seen, self._at, self._checked = seen, now, now
+        try:
+            self._held = engine.store.held_tasks()
+            self.reasons = reasons_of(engine, now, self._held)
+            self.forecast = forecast(
+                [lv.task for lv in engine.live.values()], engine.machine,
+                {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
+                now, self._learn_history(engine), held=self._held,
+                not_before={n: engine.live[n].not_before for n in engine.delayed})
+            engine.store.set_forecast(self._rows(engine))
+        except Exception as e:  # noqa: BLE001 - reported, never raised into the run
+            engine._event("forecast", "", f"could not explain or forecast the pending tasks: {e}")
+        self._cost_s = time.perf_counter() - t0
+
+    def _rows(self, engine: Any) -> list[tuple[str, str | None, float | None, float | None]]:
+        slots = self.forecast.slots if self.forecast is not None else {}
+        rows: list[tuple[str, str | None, float | None, float | None]] = []
+        for name, lv in engine.live.items():
+            if lv.state == S.PENDING:
+                r = self.reasons.get(name)
+                start, end = slots.get(name, (None, None))
+                rows.append((name, r.text if r is not None else None, start, end))
+            elif lv.state in S.ACTIVE:
+                start, end = slots.get(name, (lv.started_at, None))
+                rows.append((name, None, start, end))
+        return rows
+
+    def _learn_history(self, engine: Any) -> dict[str, float]:
+        """Median seconds by command of the successful attempts in the store at the first call
+        (before this run's own: the forecast learns those from its tasks, :mod:`rota.plan.eta`)."""
+        if self._history is None:
+            self._history = {}
+            for cmd, runs in engine.store.durations_by_command().items():
+                if runs:
+                    self._history[cmd] = max(statistics.median(runs), 0.001)
+        return self._history
+
+
+def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
+    """:func:`rota.core.explain.explain` on the engine's live state: every pending task's reason."""
+    live: Mapping[str, Live] = engine.live
+    ready: set[str] = engine.ready
+    gates = [h for h in engine.hooks if h.gates]
+    cands: list[Candidate] = []
+    waiting: dict[str, list[tuple[str, str]]] = {}
+    backoff: dict[str, float] = {}
+    limits: dict[str, str] = {}
+    for name, lv in live.items():
+        if lv.state != S.PENDING:
+            continue
+        if name not in ready:
+            waiting[name] = [(n, live[n].state) for n in dict.fromkeys(lv.task.needs) if live[n].state not in S.DONE_OK]
+            continue
+        cands.append(engine._candidate(lv))
+        if lv.not_before > now:
+            backoff[name] = lv.not_before
+        elif engine.halted:
+            limits[name] = HALTED
+        elif gates and not all(g.may_launch(engine, lv) for g in gates):
+            limits[name] = limit_text(lv)
+    running = [Running(lv.placement, engine._remaining(lv, now)) for lv in engine.running.values() if lv.placement]
+    return explain(cands, engine.launch_machine, running, now=now, waiting=waiting, held=held, backoff=backoff,
+                   limits=limits)
+
+
+def limit_text(lv: Live) -> str:
+    """What keeps a ready task back when a hook's gate says no: a sweep's ``parallel:``."""
+    sw = lv.task.sweep
+    if sw is not None and sw.parallel is not None:
+        return f"sweep {study_name(lv.task)} runs at most {sw.parallel} trial(s) at once (parallel: {sw.parallel})"
+    return "a concurrency limit of the run"
