@@ -51,10 +51,11 @@ def test_edit_the_spec_of_a_live_run_adds_redefines_and_drops(tmp_path):
           - {{name: keep, command: "true", needs: gate}}
           - {{name: drop-me, command: "touch {tmp_path / 'dropped-ran'}", needs: gate}}
           - {{name: change-me, command: "echo old > {tmp_path / 'change.txt'}", needs: gate}}
+          - {{name: early, command: "echo v1 >> {tmp_path / 'early.txt'}"}}
     """)
     sd = tmp_path / ".rota"
     proc = start_rota("run", spec, "--plain", "--cpus", "4")
-    wait_for(lambda: running(sd, "gate"), timeout=30)
+    wait_for(lambda: running(sd, "gate") and states(sd).get("early", {}).get("state") == "succeeded", timeout=30)
     write_spec(tmp_path, f"""
         tasks:
           - {{name: gate, command: "{gate(tmp_path)}; echo v2"}}
@@ -62,20 +63,26 @@ def test_edit_the_spec_of_a_live_run_adds_redefines_and_drops(tmp_path):
           - {{name: change-me, command: "echo new > {tmp_path / 'change.txt'}", needs: gate}}
           - {{name: new-1, command: "true"}}
           - {{name: new-2, command: "true", needs: [new-1, gate]}}
+          - {{name: early, command: "echo v2 >> {tmp_path / 'early.txt'}"}}
     """)
     edit = rota("run", spec, "--plain", timeout=60)
     assert edit.returncode == 0, edit.stdout + edit.stderr
     out = edit.stdout
     assert "added: new-1, new-2" in out and "updated: change-me" in out and "dropped: drop-me" in out, out
     assert "left running" in out and "gate" in out, out
+    assert "kept as done" in out and "early" in out, out  # done, its command changed: only with --rerun
     st = states(sd)
     assert "drop-me" not in st and st["new-2"]["state"] == "pending" and st["gate"]["state"] == "running"
+    assert (tmp_path / "early.txt").read_text() == "v1\n"
+    again = rota("run", spec, "--plain", "--rerun", "early", timeout=60)
+    assert again.returncode == 0 and "run again: early" in again.stdout, again.stdout + again.stderr
     (tmp_path / "go").touch()
     code, log = finish(proc)
     assert code == 0, log
     st = states(sd)
     assert {n: t["state"] for n, t in st.items()} == {n: "succeeded" for n in
-                                                      ("gate", "keep", "change-me", "new-1", "new-2")}
+                                                      ("gate", "keep", "change-me", "new-1", "new-2", "early")}
+    assert (tmp_path / "early.txt").read_text() == "v1\nv2\n"
     assert (tmp_path / "change.txt").read_text() == "new\n"
     assert not (tmp_path / "dropped-ran").exists()
     assert "v2" not in (sd / "logs" / "gate" / "attempt-1.log").read_text()  # left alone: its old command

@@ -91,6 +91,9 @@ def _spec(engine: Engine, data: dict[str, Any]) -> str:
         why = fits_machine(t.request, engine.machine)
         if why is not None:
             return REFUSED + f"{path}: task {t.name!r} can never run on this run's machine: {why}"
+    if only:  # the edit covers the selection: the run's other tasks are left as they are (never dropped)
+        chosen = {t.name for t in spec.tasks}
+        spec = replace(spec, tasks=spec.tasks + tuple(lv.task for n, lv in engine.live.items() if n not in chosen))
     why = _sweeps_changed(engine, spec)
     if why:
         return REFUSED + why
