@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from rota.store.schema import SCHEMA_VERSION
-
 from tests.helpers import (
     by_name,
     processes_with_env,
