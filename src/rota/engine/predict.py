@@ -3,7 +3,7 @@ pending task (:func:`rota.core.explain.explain`) and forecasts every start and e
 (:func:`rota.plan.eta.forecast`) on the live state, and writes both to the store.
 
 When: at a loop round after something changed (an attempt ended, was adopted or lost; the number
-of running, ready or backed-off tasks; the held tasks), at most every :attr:`Predictor.min_interval_s`
+of running, ready, backed-off or held tasks), at most every :attr:`Predictor.min_interval_s`
 and never more often than :attr:`Predictor.cost_factor` times what the last computation took
 (so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
 within 3% of its time without it, ``bench/bench_local.py``). Once more when the run stops, so the
@@ -27,6 +27,7 @@ from typing import Any
 from rota.core.explain import Reason, explain
 from rota.core.policy import Candidate, Running
 from rota.engine.hooks import Hook
+from rota.engine.launching import _within
 from rota.engine.runstate import Live
 from rota.plan.eta import Forecast, Progress, forecast
 from rota.store import base as S
@@ -46,9 +47,7 @@ class Predictor(Hook, Forecasts):
         self.reasons: Mapping[str, Reason] = {}
         self._changes = 0  # attempts ended, adopted or lost so far
         self._seen: tuple[int, ...] | None = None  # what had changed at the last computation
-        self._held: set[str] = set()
         self._at = -math.inf  # when the last computation ran (epoch seconds)
-        self._checked = -math.inf  # when the held tasks were last read
         self._cost_s = 0.0
         self._history: dict[str, float] | None = None
 
@@ -65,14 +64,10 @@ class Predictor(Hook, Forecasts):
     def tick(self, engine: Any, now: float) -> None:
         if now - self._at < max(self.min_interval_s, self.cost_factor * self._cost_s):
             return
-        seen = (self._changes, len(engine.running), len(engine.ready), len(engine.delayed), int(engine.halted))
-        if seen == self._seen:
-            if now - self._checked < self.min_interval_s:
-                return
-            self._checked = now  # holds change outside the loop's view (rota hold): look, cheaply
-            if engine.store.held_tasks() == self._held:
-                return
-        self.update(engine, now, seen)
+        seen = (self._changes, len(engine.running), len(engine.ready), len(engine.delayed), len(engine.rs.held),
+                int(engine.halted))
+        if seen != self._seen:
+            self.update(engine, now, seen)
 
     def stop(self, engine: Any) -> None:
         if any(lv.state == S.PENDING for lv in engine.live.values()):
@@ -82,14 +77,14 @@ class Predictor(Hook, Forecasts):
     def update(self, engine: Any, now: float, seen: tuple[int, ...] | None) -> None:
         """Explain and forecast now, write the results; never raises (a forecast must not stop a run)."""
         t0 = time.perf_counter()
-        self._seen, self._at, self._checked = seen, now, now
+        self._seen, self._at = seen, now
         try:
-            self._held = engine.store.held_tasks()
-            self.reasons = reasons_of(engine, now, self._held)
+            held = set(engine.rs.held)
+            self.reasons = reasons_of(engine, now, held)
             self.forecast = forecast(
                 [lv.task for lv in engine.live.values()], engine.machine,
                 {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
-                now, self._learn_history(engine), held=self._held,
+                now, self._learn_history(engine), held=held,
                 not_before={n: engine.live[n].not_before for n in engine.delayed})
             engine.store.set_forecast(self._rows(engine))
         except Exception as e:  # noqa: BLE001 - reported, never raised into the run
@@ -142,7 +137,12 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
             limits[name] = HALTED
         elif gates and not all(g.may_launch(engine, lv) for g in gates):
             limits[name] = limit_text(lv)
+    # The policy's view of what runs, as Launching._launch builds it: bookings outside rota too
+    # (foreign GPU memory), less what runs on GPUs live limits gave back.
     running = [Running(lv.placement, engine._remaining(lv, now)) for lv in engine.running.values() if lv.placement]
+    running += engine.outside_bookings
+    if engine._gpus_given_back:
+        running = _within(running, engine._gpus_given_back)
     return explain(cands, engine.launch_machine, running, now=now, waiting=waiting, held=held, backoff=backoff,
                    limits=limits)
 
