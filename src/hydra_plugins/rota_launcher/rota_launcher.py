@@ -1,0 +1,142 @@
+"""The rota launcher: a Hydra sweep's jobs run as rota tasks.
+
+Each ``launch`` (one per batch the sweeper asks for: the whole grid of the basic sweeper, a batch
+of trials of the Optuna sweeper) writes every job (Hydra's context, the task function, the job's
+config: cloudpickle, as hydra-submitit does) to ``SWEEP_DIR/.rota-hydra/job-N.pkl``, runs them
+with :func:`rota.run` as tasks ``JOBNAME-N`` of one spec (packing by GPUs and GPU memory,
+``CUDA_VISIBLE_DEVICES``, retries, a state folder ``SWEEP_DIR/.rota`` that ``rota status`` and
+``rota report`` read afterwards), and returns each job's ``JobReturn`` (return value, working
+directory, overrides) as Hydra's own launchers do. The tasks of earlier batches stay in the spec
+(``only=`` the new ones), so the state folder keeps the whole sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hydra_plugins.rota_launcher._job import result_path
+
+log = logging.getLogger(__name__)
+JOBS_FOLDER = ".rota-hydra"  # in the sweep folder: job-N.pkl and their results, job-N.pkl.ret
+STATE_FOLDER = ".rota"
+
+
+class RotaLauncher(Launcher):
+    """``hydra/launcher=rota``; its fields are :class:`~hydra_plugins.rota_launcher.config.RotaLauncherConf`'s."""
+
+    def __init__(self, **conf: Any) -> None:
+        self.conf = conf
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+        self._tasks: dict[str, dict[str, Any]] = {}  # every job's task so far, by name (the spec grows)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import rota
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        jobs_dir = sweep_dir / JOBS_FOLDER
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = Path(self.conf.get("state_dir") or sweep_dir / STATE_FOLDER)
+        log.info(f"rota: launching {len(job_overrides)} jobs (state: {state_dir})")
+        singletons = Singleton.get_state()
+        batch: list[tuple[str, str, DictConfig, Sequence[str]]] = []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            name = f"{self.config.hydra.job.name}-{idx}"
+            path = str(jobs_dir / f"job-{idx}.pkl")
+            for stale in (path, result_path(path)):  # a job number reused by a new sweep in this folder
+                if os.path.exists(stale):
+                    os.remove(stale)
+            with open(path, "wb") as f:
+                cloudpickle.dump({"hydra_context": self.hydra_context, "task_function": self.task_function,
+                                  "config": cfg, "singletons": singletons}, f)
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} -> rota task {name}")
+            self._tasks[name] = self._task(name, path, overrides)
+            batch.append((name, path, cfg, overrides))
+        spec = rota.spec_from_dict({"tasks": list(self._tasks.values())}, root=os.getcwd(), name="hydra")
+        result = rota.run(
+            spec, gpus=self.conf.get("machine_gpus"), cpus=self.conf.get("machine_cpus"),
+            memory=self.conf.get("machine_memory"), state_dir=state_dir, only=[n for n, *_ in batch],
+            rerun=[n for n, *_ in batch], backend=self.conf.get("backend") or "local", ui=self._ui(),
+            retry_delay_s=float(self.conf.get("retry_delay_s", 1.0)),
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        if result.exit_code == 130:
+            raise KeyboardInterrupt("rota: the sweep was interrupted")
+        states = {t["name"]: t for t in rota.status(state_dir)["tasks"]}
+        return [self._result(name, path, cfg, overrides, states.get(name)) for name, path, cfg, overrides in batch]
+
+    def _task(self, name: str, path: str, overrides: Sequence[str]) -> dict[str, Any]:
+        c = self.conf
+        python = c.get("python") or sys.executable
+        task: dict[str, Any] = {
+            "name": name, "command": f"{shlex.quote(python)} -m hydra_plugins.rota_launcher._job {shlex.quote(path)}",
+            "gpus": int(c.get("gpus") or 0), "cpus": int(c["cpus"]) if c.get("cpus") is not None else 1,
+            "retries": int(c.get("retries") or 0), "workdir": os.getcwd(),
+        }
+        for key in ("gpu_memory", "memory", "timeout", "estimate"):
+            if c.get(key) is not None:
+                task[key] = str(c[key])
+        env = {str(k): str(v) for k, v in (c.get("env") or {}).items()}
+        # The user's modules, imported by the task function, are found as in the script itself.
+        script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else os.getcwd()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (script_dir, os.environ.get("PYTHONPATH", "")) if p)
+        env["ROTA_HYDRA_OVERRIDES"] = " ".join(overrides)
+        task["env"] = env
+        return task
+
+    def _ui(self) -> Any:
+        if self.conf.get("dashboard") and sys.stdout.isatty():
+            from rota.ui.dashboard import LiveUI
+
+            return LiveUI()
+        from rota.ui.plain import PlainUI
+
+        return PlainUI()
+
+    def _result(self, name: str, path: str, cfg: DictConfig, overrides: Sequence[str],
+                status: dict[str, Any] | None) -> JobReturn:
+        """The job's own JobReturn; one saying why when it never wrote one (killed, never started)."""
+        try:
+            with open(result_path(path), "rb") as f:
+                ret: JobReturn = cloudpickle.load(f)
+            return ret
+        except FileNotFoundError:
+            pass
+        state = status["state"] if status else "unknown"
+        reason = (status or {}).get("reason") or ""
+        log_path = (status or {}).get("log_path")
+        ret = JobReturn()
+        ret.overrides = list(overrides)
+        ret.cfg = cfg
+        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
+        ret.status = JobStatus.FAILED
+        ret._return_value = RuntimeError(f"rota task {name} ended {state} without a result"
+                                         + (f" ({reason})" if reason else "") + (f"; its log: {log_path}" if log_path else ""))
+        return ret
