@@ -103,14 +103,22 @@ def served() -> Iterator[list[Served]]:
 
 
 def _console_errors(driver: Any) -> list[dict[str, Any]]:
+    """The page's console errors (and failed loads) since the last call."""
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def _row_state(driver: Any, task: str) -> str | None:
-    from selenium.webdriver.common.by import By
+    """The state a task's row shows (None: no row). In page JavaScript, as one step: the table is
+    drawn again every second, so an element found first may be gone when it is read."""
+    return driver.execute_script(
+        "const r = document.querySelector(`#tasks tbody tr[data-task='${arguments[0]}']`);"
+        "return r ? r.dataset.state : null;", task)
 
-    rows = driver.find_elements(By.CSS_SELECTOR, f'#tasks tbody tr[data-task="{task}"]')
-    return rows[0].get_attribute("data-state") if rows else None
+
+def _click(driver: Any, selector: str) -> None:
+    """Click the element ``selector`` finds, found and clicked in one step (see _row_state)."""
+    assert driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true;", selector)
 
 
 GATED_SPEC = """
@@ -143,7 +151,7 @@ def test_page_follows_a_run_and_shows_a_log_tail(tmp_path: Path, browser: Any, s
     try:
         wait_for(lambda: _row_state(browser, "first") == "running", timeout=60)
         assert _row_state(browser, "second-1") == "pending"
-        browser.find_element(By.CSS_SELECTOR, '#tasks tbody tr[data-task="first"]').click()
+        _click(browser, '#tasks tbody tr[data-task="first"]')
         wait_for(lambda: "first-line-of-log" in browser.find_element(By.ID, "log").text, timeout=20)
         wait_for(lambda: "controller pid" in browser.find_element(By.ID, "controller").text, timeout=10)
         browser.save_screenshot(str(tmp_path / "serve-running.png"))
@@ -199,7 +207,7 @@ def test_a_non_default_address_refuses_requests_without_the_token(tmp_path: Path
     assert s.get("/api/status", headers={"X-Rota-Token": s.token})[0] == 200
     browser.get(s.url)
     wait_for(lambda: _row_state(browser, "t-3") == "succeeded", timeout=30)
-    browser.find_element(By.CSS_SELECTOR, '#tasks tbody tr[data-task="t-2"]').click()
+    _click(browser, '#tasks tbody tr[data-task="t-2"]')
     wait_for(lambda: "out-2" in browser.find_element(By.ID, "log").text, timeout=20)
     browser.save_screenshot(str(tmp_path / "serve-token.png"))
     assert _console_errors(browser) == []
@@ -248,3 +256,41 @@ def test_serve_refuses_a_busy_port_in_one_line(tmp_path: Path, served: list[Serv
 def test_serve_help_names_the_token() -> None:
     out = rota("serve", "--help", check=True)
     assert "--host" in out.stdout and "token" in out.stdout
+
+
+def test_page_cancels_and_retries_a_task(tmp_path: Path, browser: Any, served: list[Served]) -> None:
+    control = pytest.importorskip("rota.engine.control")  # the controls of "steer a run while it runs"
+    assert hasattr(control, "request")
+    from selenium.webdriver.common.by import By
+
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path / "p", GATED_SPEC.format(gate=gate))
+    run = start_rota("run", spec, "--gpus", "1x80GB", "--plain", "--grace", "2")
+    try:
+        s = Served(spec)
+        served.append(s)
+        # A cross-site form cannot post a control: the header is missing.
+        code, _ = s.get("/api/status")
+        assert code == 200
+        req = urllib.request.Request(s.base + "api/control", data=b'{"kind": "cancel", "task": "first"}',
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403
+        browser.get(s.url)
+        wait_for(lambda: _row_state(browser, "first") == "running", timeout=60)
+        _click(browser, '#tasks tbody tr[data-task="first"]')
+        _click(browser, '#controls button[data-kind="cancel"]')
+        wait_for(lambda: _row_state(browser, "first") == "cancelled", timeout=60)
+        assert "first" in browser.find_element(By.ID, "answer").text
+        wait_for(lambda: _row_state(browser, "second-1") == "skipped", timeout=30)
+        assert run.wait(60) != 0
+        gate.write_text("go")
+        _click(browser, '#controls button[data-kind="retry"]')
+        wait_for(lambda: _row_state(browser, "first") == "pending", timeout=30)
+        browser.save_screenshot(str(tmp_path / "serve-controls.png"))
+        assert _console_errors(browser) == []
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)

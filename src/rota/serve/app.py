@@ -1,13 +1,19 @@
 """The Starlette application of ``rota serve``.
 
-Routes (all GET, all read-only):
+Routes (all GET and read-only, but one):
 
 - ``/``: the page (``static/index.html``); ``/plotly.min.js``: plotly.js from the installed plotly
   package (offline; a 404 without plotly, and the page draws no charts);
 - ``/api/status?state=a,b&q=TEXT&offset=N&limit=N``: the run's head (run id, spec, controller,
   counts), a page of the task table filtered and searched, and ``error`` while there is no state;
 - ``/api/log?task=NAME&bytes=N``: the end of a task's latest log;
-- ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``.
+- ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``;
+- ``POST /api/control`` ``{"kind": "cancel"|"retry"|"hold"|"release", "task": NAME}``: the one
+  route that changes the run, through :func:`rota.engine.control.request` (as ``rota cancel``
+  would: a request committed for the controller, or applied under the state lock when none
+  runs); it needs the token where there is one, else the ``X-Rota-Control: 1`` header, which a
+  page of another site cannot send without a CORS preflight this server never grants. Absent
+  (and the page shows no buttons) in a rota without :mod:`rota.engine.control`.
 
 The token: when the app is given one (``rota serve`` does on any address but the loopback
 defaults, :func:`needs_token`), every request must carry it, as ``?token=`` or the
@@ -31,11 +37,16 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rota.errors import RotaError
 from rota.serve.cache import StateCache
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 """The addresses ``rota serve`` binds without a token (the default is 127.0.0.1)."""
 TOKEN_HEADER = "x-rota-token"
+CONTROL_HEADER = "x-rota-control"
+CONTROL_KINDS = ("cancel", "retry", "hold", "release")
+"""What the page's buttons ask of the run, through :func:`rota.engine.control.request`."""
+CONTROL_WAIT_S = 15.0
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -76,6 +87,16 @@ class _Guard:
         await self.app(scope, receive, send)
 
 
+def _controls() -> Any:
+    """:mod:`rota.engine.control` (the request path of ``rota cancel``, ``retry``, ``hold``), or None
+    in a rota without it: the page then offers no buttons."""
+    try:
+        from rota.engine import control
+    except ImportError:
+        return None
+    return control if hasattr(control, "request") else None
+
+
 def _int(request: Request, name: str, default: int) -> int:
     try:
         return int(request.query_params.get(name, default))
@@ -86,6 +107,7 @@ def _int(request: Request, name: str, default: int) -> int:
 def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cache: StateCache | None = None) -> ASGIApp:
     """The application serving ``state_dir`` (read-only); ``token``: required on every request."""
     state = cache or StateCache(state_dir)
+    controls = _controls()
     page = resources.files("rota.serve").joinpath("static", "index.html")
 
     async def index(request: Request) -> Response:
@@ -104,7 +126,8 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         states = frozenset(s for s in raw.split(",") if s) or None
         snap, page_ = await run_in_threadpool(state.page, states, request.query_params.get("q", ""),
                                               _int(request, "offset", 0), _int(request, "limit", 100))
-        out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "now": time.time(), "error": snap.error}
+        out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "now": time.time(), "error": snap.error,
+                               "controls": list(CONTROL_KINDS) if controls is not None else []}
         if snap.data is not None:
             data = snap.data
             out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
@@ -127,6 +150,30 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
 
         return Route(f"/api/{name}", endpoint)
 
+    async def control(request: Request) -> Response:
+        # A POST with JSON and a header a cross-site page cannot send without a CORS preflight
+        # (which this server never grants): the token where there is one, else X-Rota-Control.
+        if request.headers.get(TOKEN_HEADER) is None and request.headers.get(CONTROL_HEADER) != "1":
+            return JSONResponse({"error": f"controls need the {CONTROL_HEADER} or {TOKEN_HEADER} header"}, 403)
+        try:
+            body = await request.json()
+            kind, task = str(body["kind"]), str(body["task"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected JSON {"kind": ..., "task": ...}'}, 400)
+        if kind not in CONTROL_KINDS:
+            return JSONResponse({"error": f"kind {kind!r}: expected one of {', '.join(CONTROL_KINDS)}"}, 400)
+        if task not in (await run_in_threadpool(state.status)).by_name:
+            return JSONResponse({"error": f"no task {task!r}"}, 404)
+        try:
+            answer = await run_in_threadpool(lambda: controls.request(state.state_dir, kind, [task], {},
+                                                                      wait_s=CONTROL_WAIT_S))
+        except RotaError as e:
+            return JSONResponse({"error": str(e)}, 409)
+        return JSONResponse({"answer": answer}, headers=_NO_STORE)
+
     routes = [Route("/", index), Route("/plotly.min.js", plotly_js), Route("/api/status", status),
-              Route("/api/log", log), slow("timeline"), slow("gpus"), slow("results"), slow("sweeps"), slow("eta")]
+              Route("/api/log", log), slow("timeline"), slow("gpus"), slow("results"), slow("sweeps"),
+              slow("eta")]
+    if controls is not None:
+        routes.append(Route("/api/control", control, methods=["POST"]))
     return _Guard(Starlette(routes=routes), token)
