@@ -88,7 +88,7 @@ def plan_command(
         from rota.plan.render import lanes
         from rota.report.html import render_gantt_file
 
-        render_gantt_file(lanes(p), path, title=f"rota plan: {Path(loaded.path).name} on {p.option.name}")
+        render_gantt_file(lanes(p, {t.name: t.group or t.name for t in loaded.tasks}), path, title=f"rota plan: {Path(loaded.path).name} on {p.option.name}")
     if as_json:
         from rota.plan.jsontext import plan_json_chunks
 

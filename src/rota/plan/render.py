@@ -8,7 +8,7 @@ task); above :data:`MAX_GANTT_ITEMS` tasks it would be unreadable, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.table import Table
 
@@ -21,8 +21,12 @@ MAX_GANTT_ITEMS = 300
 _SHADES = " .:-=+*#%@"
 
 
-def lanes(p: Plan) -> list[Lane]:
-    """One lane per GPU (``gpu<i>``) and a ``cpu`` lane for tasks without GPUs, in seconds."""
+def lanes(p: Plan, groups: Mapping[str, str] | None = None) -> list[Lane]:
+    """One lane per GPU (``gpu<i>``) and a ``cpu`` lane for tasks without GPUs, in seconds.
+
+    ``groups`` maps a task to its group (the spec task it was expanded from), which
+    the drawn charts colour by, as the report's timeline does; a task not in it is its own.
+    """
     gpu_items: dict[int, list[tuple[str, float, float]]] = {g.index: [] for g in p.option.machine.gpus}
     cpu_items: list[tuple[str, float, float]] = []
     for s in p.schedule.slots:
@@ -31,9 +35,14 @@ def lanes(p: Plan) -> list[Lane]:
             gpu_items[i].append(item)
         if not s.gpus:
             cpu_items.append(item)
-    out = [Lane(f"gpu{i}", tuple(v)) for i, v in gpu_items.items()]
+    named = groups or {}
+
+    def lane(name: str, items: list[tuple[str, float, float]]) -> Lane:
+        return Lane(name, tuple(items), groups=tuple(named.get(n, n) for n, _, _ in items) if named else ())
+
+    out = [lane(f"gpu{i}", v) for i, v in gpu_items.items()]
     if cpu_items or not out:
-        out.append(Lane("cpu", tuple(cpu_items)))
+        out.append(lane("cpu", cpu_items))
     return out
 
 
@@ -60,12 +69,17 @@ def occupancy_text(lns: Sequence[Lane], width: int = 100) -> str:
     return "\n".join(lines)
 
 
+GANTT_KEY = ("  [name===]: one task, from its start to its end; #: a task too short to draw.\n"
+             "  A GPU running several tasks at once (packed by gpu_memory) has a line per task beside it.\n"
+             "  --gantt plan.html draws it coloured by task group, with every task named on hover.")
+
+
 def gantt(p: Plan, width: int = 100) -> str:
-    """The chart for the terminal: bars per task, or occupancy for large plans."""
+    """The chart for the terminal: bars per task, or occupancy for large plans, and a key."""
     lns = lanes(p)
     if len(p.schedule.slots) > MAX_GANTT_ITEMS:
         return occupancy_text(lns, width)
-    return gantt_text(lns, width)
+    return gantt_text(lns, width) + "\n" + GANTT_KEY
 
 
 def cost_terms(p: Plan) -> str:

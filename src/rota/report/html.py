@@ -21,9 +21,16 @@ from rota.report.gantt import lanes_from_report
 from rota.report.gantt_file import render_gantt_file
 from rota.report.model import FAILED_STATES, LaneLike, ReportData, TaskRow
 from rota.report.page import PlotlyJs, esc, figure_div, page
-from rota.report.render import STATE_COLORS, fmt_ci, fmt_mean_std, fmt_value, header_lines
+from rota.report.render import STATE_COLORS, fmt_ci, fmt_value, header_lines
 from rota.report.results import results_by_group, results_figure
-from rota.report.stats import group_metrics, memory_flags, metric_names, run_summary, task_table
+from rota.report.stats import (
+    GroupRow,
+    group_metrics,
+    memory_flags,
+    metric_names,
+    run_summary,
+    task_table,
+)
 from rota.report.sweep_figures import FIGURE_TITLES
 from rota.report.tables import task_groups
 from rota.report.timeline import (
@@ -110,6 +117,30 @@ def _task_rows(tasks: Sequence[TaskRow]) -> str:
     return _table(head, out)
 
 
+def _interval(g: GroupRow) -> str:
+    """``0.872 [0.856, 0.888]`` (``*``: a bootstrap interval); the mean alone for one replicate."""
+    s = g.summary
+    if s.ci_low is None or s.ci_high is None:
+        return fmt_value(s.mean)
+    return f"{fmt_value(s.mean)} {fmt_ci(s.ci_low, s.ci_high)}" + (" *" if s.method == "bootstrap" else "")
+
+
+def _group_table(mine: Sequence[str], rows: Sequence[GroupRow]) -> str:
+    """A group's results, narrow: one row per value of its variables, one column per metric
+    (mean and 95% interval), and the number of replicates."""
+    metrics = list(dict.fromkeys(g.metric for g in rows))
+    combos: dict[tuple[str, ...], dict[str, GroupRow]] = {}
+    for g in rows:
+        combos.setdefault(tuple(g.vars[v] for v in mine), {})[g.metric] = g
+    out = []
+    for values, by_metric in combos.items():
+        ns = sorted({g.summary.n for g in by_metric.values()})
+        out.append([*((esc(v), False) for v in values),
+                    *((esc(_interval(by_metric[m])) if m in by_metric else "-", True) for m in metrics),
+                    ("/".join(map(str, ns)), True)])  # fmt: skip
+    return _table([*mine, *(f"{m}, mean [95% CI]" for m in metrics), "n"], out)
+
+
 def _param(v: Any) -> str:
     return "-" if v is None else fmt_value(v) if isinstance(v, float) else str(v)
 
@@ -162,12 +193,7 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
                      "sweep trials are never averaged (see Sweeps).</p>")
     for base, (mine, rows) in groups.items():
         parts.append(f"<h3>{esc(base)}</h3>" + figure_div(figs[f"results-{slug(base)}"], f"fig-results-{slug(base)}"))
-        trows = [[*((esc(g.vars[v]), False) for v in mine), (esc(g.metric), False),
-                  (esc(fmt_mean_std(g.summary.mean, g.summary.std)), True), (str(g.summary.n), True),
-                  (esc(fmt_ci(g.summary.ci_low, g.summary.ci_high)) + (" *" if g.summary.method == "bootstrap"
-                                                                       else ""), True)]
-                 for g in rows]  # fmt: skip
-        parts.append(_table([*mine, "metric", "mean ± std", "n", "95% CI"], trows))
+        parts.append(_group_table(mine, rows))
         if any(g.summary.method == "bootstrap" for g in rows):
             parts.append("<p class=note>* bootstrap interval (the t-interval left the metric's range)</p>")
 

@@ -101,7 +101,7 @@ def results_figure(base: str, mine: Sequence[str], rows: Sequence[GroupRow], tas
         fig.update_xaxes(tickmode="array", tickvals=list(range(len(xs))), ticktext=[esc(x) for x in xs],
                          range=[-0.6, len(xs) - 0.4], title=esc(xvar or ""), row=r, col=c)  # fmt: skip
         fig.update_yaxes(gridcolor="#eee", row=r, col=c)
-    fig.update_layout(height=80 + 300 * nrows, margin={"l": 60, "r": 20, "t": 40, "b": 50},
+    fig.update_layout(height=70 + 270 * nrows, margin={"l": 60, "r": 20, "t": 40, "b": 50},
                       plot_bgcolor="white", showlegend=bool(series_vars),
                       legend={"title": {"text": esc(", ".join(series_vars))}})  # fmt: skip
     return fig

@@ -41,7 +41,7 @@ SHARED_LANES_NOTE = (
     "several GPUs appears in each of their rows. Hover a bar for its task."
 )
 
-_PLOT_WIDTH_PX = 1150  # the drawing area a 1400 px page gives the bars (labels fit this)
+_PLOT_WIDTH_PX = 900  # the drawing area a 1400 px page leaves the bars beside the legend (labels fit this)
 _CHAR_PX = 6.6  # one character of the 11 px label font
 
 
@@ -107,6 +107,8 @@ def gantt_figure(lanes: Sequence[LaneLike], title: str = "", colors: Mapping[str
             d["lw"].append(width)
             d["op"].append(0.45 if state == "cached" else 1.0)
     fig = go.Figure()
+    rank_of = {g: k for k, g in enumerate(colors)}
+    traces = dict(sorted(traces.items(), key=lambda kv: rank_of.get(kv[0], len(rank_of))))  # legend: by start
     for group, d in traces.items():
         fig.add_trace(go.Bar(
             orientation="h", y=d["y"], base=d["base"], x=d["x"], text=d["text"], name=esc(group),
