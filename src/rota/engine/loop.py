@@ -82,6 +82,7 @@ class Engine(Recovery):
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.control_woken = False  # SIGUSR1: a control request was committed (rota cancel, ...)
         self.controls_at = 0.0  # when requests were last looked for (engine.control.tick)
+        self._staged_batch = (0, 0.0)  # id of the staged list and when _sleep first saw it (see _sleep)
         self.started_at = time.time()
         self.events: list[tuple[float, str, str, str]] = []
         ahead = float(executor.queue_ahead or 0.0) if self._enforces_timeout else 0.0
@@ -211,7 +212,14 @@ class Engine(Recovery):
         if self.ui is not None:
             self.ui.flush()
         if self._staged and sleep_s > STAGE_WAIT_S:
-            if self._wake.wait(STAGE_WAIT_S):
+            # Wake-ups cut the wait short (a backend's squeue exiting sends SIGCHLD every round): a
+            # batch that already waited STAGE_WAIT_S is committed anyway, or a busy loop would hold it
+            # back until the run's end. (A batch is its list: _flush starts a new one. Were a new list
+            # to reuse the old one's id, it would only be committed early.)
+            if self._staged_batch[0] != id(self._staged):
+                self._staged_batch = (id(self._staged), now)
+            waited = now - self._staged_batch[1]
+            if waited < STAGE_WAIT_S and self._wake.wait(STAGE_WAIT_S - waited):
                 self._wake.clear()
                 return
             self._flush()

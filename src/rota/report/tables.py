@@ -28,6 +28,7 @@ STATE_COLORS: dict[str, str] = {
     "succeeded": "#2ca02c",
     "failed": "#d62728",
     "interrupted": "#ff7f0e",
+    "cancelled": "#e377c2",
     "running": "#1f77b4",
     "launching": "#aec7e8",
     "cached": "#9467bd",

@@ -44,6 +44,7 @@ class PlainUI:
         c = engine.counts()
         self.stream.write(
             f"rota: {c[S.SUCCEEDED]} succeeded, {c[S.CACHED]} cached, {c[S.FAILED]} failed, "
-            f"{c[S.SKIPPED]} skipped, {c[S.INTERRUPTED]} interrupted, {c[S.PENDING]} pending\n"
+            f"{c[S.SKIPPED]} skipped, {c[S.INTERRUPTED]} interrupted, {c[S.PENDING]} pending"
+            + (f", {c[S.CANCELLED]} cancelled" if c.get(S.CANCELLED) else "") + "\n"
         )
         self.stream.flush()
