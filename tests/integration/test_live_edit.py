@@ -9,7 +9,10 @@ import subprocess
 from pathlib import Path
 
 from rota import api
+from rota.engine import runstate as R
 from rota.errors import StateError
+from rota.spec.load import load_spec
+from rota.store.sqlite import SqliteStore
 from tests.helpers import rota, start_rota, wait_for, write_spec
 
 
@@ -86,6 +89,13 @@ def test_edit_the_spec_of_a_live_run_adds_redefines_and_drops(tmp_path):
     assert (tmp_path / "change.txt").read_text() == "new\n"
     assert not (tmp_path / "dropped-ran").exists()
     assert "v2" not in (sd / "logs" / "gate" / "attempt-1.log").read_text()  # left alone: its old command
+    # The event log is still a journal of the run: replayed, it gives the states the run ended with.
+    store = SqliteStore(sd, readonly=True)
+    try:
+        replayed = R.replay(load_spec(spec).tasks, store.events())
+    finally:
+        store.close()
+    assert {n: lv.state for n, lv in replayed.tasks.items()} == {n: t["state"] for n, t in st.items()}
 
 
 def test_an_invalid_edit_is_refused_and_the_run_goes_on(tmp_path):

@@ -589,7 +589,7 @@ def replay(tasks: Iterable[Task], events: Iterable[Mapping[str, Any]]) -> RunSta
     apply(rs, initial)
     for ev in events:
         name = ev.get("task")
-        if ev["kind"] == "sync":
+        if ev["kind"] == "sync" or ev["kind"] == "respec":  # respec: a live edit's rows (rota.engine.respec)
             rs.count_unmet()
             rs.ready.clear()
             rs.delayed.clear()

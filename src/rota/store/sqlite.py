@@ -297,13 +297,13 @@ class SqliteStore:
 
     def remove_pending(self, names: Sequence[str], event: str = "respec") -> list[str]:
         """Remove the rows of these tasks that are pending (a live edit dropped them from the spec),
-        with a ``dropped`` event each; their attempts stay (attempt numbers go on if one comes back).
+        with a ``removed`` event each; their attempts stay (attempt numbers go on if one comes back).
         Returns the names removed."""
         now, gone = time.time(), []
         with transaction(self.conn):
             for n in names:
                 if self.conn.execute("DELETE FROM tasks WHERE name=? AND state='pending'", (n,)).rowcount == 1:
-                    self._event(n, "dropped", {"by": event}, now)
+                    self._event(n, "removed", {"by": event}, now)
                     gone.append(n)
         return gone
 
