@@ -163,7 +163,8 @@ def test_ready_is_memory_only_and_every_stored_kind_has_an_expected_state():
     rs = RunState.of(_tasks(("a", ())))
     R.apply(rs, [R.made_ready("a")], changes.extend)
     assert changes == [] and rs.ready == {"a"}
-    assert set(R.EXPECT) == set(Op) - {Op.READY}
+    # A live edit's transitions are memory only too: rota.engine.respec writes their rows itself.
+    assert set(R.EXPECT) == set(Op) - {Op.READY, Op.ADDED, Op.REDEFINED, Op.DROPPED, Op.WAITING}
 
 
 def test_dag_helpers_work_on_indices_as_the_simulator_uses_them():
@@ -269,3 +270,47 @@ def test_plan_blocks_exactly_what_the_run_skips():
     skipped = {t.task for t in _end(rs, "big", "failed") if t.kind is Op.SKIPPED}
     assert skipped == {name for name, _ in plan.blocked} == {"b", "c", "d", "g"}
     assert {s.name for s in plan.slots} == {"e", "f"} and rs.ready == {"f"}
+
+
+def test_controls_cancel_retry_hold_and_priority_are_transitions():
+    """rota cancel / retry / hold / priority (engine.control) as pure transitions: a cancelled
+    pending task skips its users; a cancelling attempt's end is CANCELLED, never a retry; a retry
+    brings back the task and what it left skipped; --force reruns a done task and its consumers."""
+    rs = _initial(_tasks(("a", ()), ("b", ("a",)), ("c", ("b",)), ("d", ()), ("e", ("d",)), retries=3))
+    # a pending task cancelled: never starts, its users skipped transitively
+    R.apply(rs, [R.cancelled("d", 1.0)])
+    follow = R.released(rs, "d", 1.0)
+    assert [(f.kind, f.task) for f in follow] == [(Op.SKIPPED, "e")]
+    R.apply(rs, follow)
+    assert "d" not in rs.ready and rs.tasks["d"].state == S.CANCELLED
+    # a running one: marked, then its end (a SIGTERM's exit) is CANCELLED with retries left
+    _start(rs, ["a"])
+    R.apply(rs, [R.cancelling("a")])
+    assert rs.tasks["a"].cancelling and rs.tasks["a"].reason == R.CANCELLING_REASON
+    kinds = [(t.kind, t.task) for t in _end(rs, "a", "failed")]
+    assert kinds == [(Op.CANCELLED, "a"), (Op.SKIPPED, "b"), (Op.SKIPPED, "c")]
+    assert "a" not in rs.running
+    # retry: a and everything it left skipped come back, a fresh budget; only a is ready
+    trs = R.retried(rs, ["a"])
+    assert [(t.kind, t.task) for t in trs] == [(Op.REQUEUED, "a"), (Op.REQUEUED, "b"), (Op.REQUEUED, "c")]
+    R.apply(rs, trs)
+    for t in trs:
+        R.apply(rs, R.released(rs, t.task))
+    assert rs.ready == {"a"} and rs.tasks["a"].attempts == 0 and not rs.tasks["a"].cancelling
+    _start(rs, ["a"])
+    _end(rs, "a", "succeeded")
+    assert rs.ready == {"b"}
+    # --force on a done task: its users wait for it again; without force it is left alone
+    assert R.retried(rs, ["a"]) == []
+    trs = R.retried(rs, ["a"], force=True)
+    assert [t.task for t in trs] == ["a"]  # b is pending (ready), not done: only the unmet count changes
+    R.apply(rs, trs)
+    R.apply(rs, R.released(rs, "a"))
+    assert rs.ready == {"a"} and rs.tasks["b"].unmet == 1
+    # hold / release / priority: columns, and the held set the launcher filters on
+    R.apply(rs, [R.held("b", True), R.prioritised("b", 5)])
+    assert rs.held == {"b"} and rs.tasks["b"].held == 1 and rs.tasks["b"].priority == 5
+    R.apply(rs, [R.held("b", False)])
+    assert rs.held == set() and rs.tasks["b"].held == 0
+    # every control's store change has a compare-and-set state
+    assert {Op.CANCELLING, Op.CANCELLED, Op.REQUEUED, Op.HELD, Op.RELEASED, Op.PRIORITY} <= set(R.EXPECT)
