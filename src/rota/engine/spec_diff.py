@@ -125,7 +125,8 @@ def diff_specs(rs: RunState, new: Sequence[Task], *, fingerprint: Callable[[Task
             return u in old and old[u].state in back and u not in again
 
         stale = [u for u, _ in blocked(lambda n: users.get(n, ()), again, alive)]
-        for name in again + sorted(stale, key=list(by_name).index):
+        pos = {n: i for i, n in enumerate(by_name)}
+        for name in again + sorted(stale, key=pos.__getitem__):
             redefined.append(Transition(Op.REDEFINED, name, RESET, define=by_name[name], note="runs again"))
             out.rerun.append(name)
     # Gone from the file: dropped, unless running, or needed by a task left running (its end reads them).
