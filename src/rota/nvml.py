@@ -170,3 +170,36 @@ def process_owner(pid: int) -> tuple[str, str, str | None]:
     except psutil.Error:
         task = None
     return user, command, task
+
+
+NOTES_FILE = "gpu-notes.txt"
+"""In a state folder while a controller runs: one line per foreign holder or unhealthy GPU
+(written by :class:`rota.engine.gpu_watch.GpuWatch`, shown by ``rota status``)."""
+
+
+def write_notes(state_dir: str, lines: list[str]) -> None:
+    """Replace the state folder's GPU notes (none: the file goes)."""
+    import os
+
+    path = os.path.join(state_dir, NOTES_FILE)
+    if not lines:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def read_notes(state_dir: str) -> list[str]:
+    """The GPU notes a running controller left (empty without any)."""
+    import os
+
+    try:
+        with open(os.path.join(state_dir, NOTES_FILE)) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except OSError:
+        return []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakegpu import FakeGpus, GiB
-from tests.helpers import ROTA, by_name, wait_for, write_spec
+from tests.helpers import ROTA, by_name, rota, wait_for, write_spec
 
 
 def _env(fake: FakeGpus) -> dict[str, str]:
@@ -106,6 +106,8 @@ def test_foreign_memory_is_booked_and_packed_around(tmp_path: Path, outsider: su
             assert len(_started(tmp_path)) == 1, _started(tmp_path)
             time.sleep(0.1)
         assert not any("held by pid" in ln and str(outsider.pid) not in ln for ln in ctl.lines), ctl.lines
+        wait_for(lambda: f"GPU 0: 50GB held by pid {outsider.pid}, user " in rota(
+            "status", "--state-dir", tmp_path / ".rota", check=True).stdout, timeout=15)
         fake.release(outsider.pid)  # the outsider leaves: its booking goes, the other two start
         ctl.wait_line(f"pid {outsider.pid} left")
         wait_for(lambda: len(_started(tmp_path)) == 3)
@@ -114,6 +116,7 @@ def test_foreign_memory_is_booked_and_packed_around(tmp_path: Path, outsider: su
     finally:
         ctl.kill()
     assert {t["state"] for t in by_name(tmp_path / ".rota").values()} == {"succeeded"}
+    assert "held by" not in rota("status", "--state-dir", tmp_path / ".rota", check=True).stdout
 
 
 @pytest.mark.parametrize("mode", ["respect", "ignore"])

@@ -178,7 +178,12 @@ def show(target: str | None, state_dir: str | None, as_json: bool, states: Seque
     if as_json:
         out.write(status_json(sd, only))
     else:
-        out.write(render_table(read_status(sd), color=_color_wanted(out), states=only))
+        data = read_status(sd)
+        out.write(render_table(data, color=_color_wanted(out), states=only))
+        if data["controller"]["alive"]:  # foreign GPU memory and unhealthy GPUs the controller sees
+            from rota.nvml import read_notes
+
+            out.write("".join(line + "\n" for line in read_notes(str(sd))))
         others = nested_specs(sd)
         if others:  # rota.yaml's .rota also holds other spec files' state folders
             out.write(f"also here: {', '.join(n + '.yaml' for n in others)} (rota status NAME.yaml)\n")

@@ -34,7 +34,14 @@ from rota.core.policy import Running
 from rota.core.resources import Machine, Placement
 from rota.engine.hooks import Hook
 from rota.executors.base import Status
-from rota.nvml import APPLICATION_XIDS, GpuProcess, GpuReading, NvmlReader, process_owner
+from rota.nvml import (
+    APPLICATION_XIDS,
+    GpuProcess,
+    GpuReading,
+    NvmlReader,
+    process_owner,
+    write_notes,
+)
 from rota.units import format_size
 
 DEFAULT_MARGIN_BYTES = 2**30  # a CUDA context grows after it is first seen; 1 GB keeps a neighbour safe
@@ -139,6 +146,8 @@ class GpuWatch(Hook):
 
     def stop(self, engine: Any) -> None:
         self._stop.set()
+        if self.reader is not None:
+            self._write_notes(final=True)
         if self._thread is not None:
             self._thread.join(timeout=2 * self.interval_s + 1)
         if self.reader is not None and (self._thread is None or not self._thread.is_alive()):
@@ -156,14 +165,7 @@ class GpuWatch(Hook):
             self._seen_version = version
             changed |= self._update_foreign(engine, readings)
         if changed:
-            entries = sick_bookings(self.sick, self.machine)
-            entries += foreign_bookings((h for h in self.holders.values() if h.gpu not in self.sick),
-                                        self.machine, self.margin_bytes)
-            engine.set_outside_bookings(entries)
-            notes = getattr(engine.ui, "gpu_notes", None)
-            if isinstance(notes, dict):
-                notes.clear()
-                notes.update(self.notes())
+            self._publish(engine)
         if self.sick and len(self.sick) == len(self.machine.gpus) and not engine.running and engine.ready \
                 and all(engine.live[n].task.request.gpus for n in engine.ready):
             engine._halt("", "every GPU is unhealthy")
@@ -198,14 +200,36 @@ class GpuWatch(Hook):
                 out[h.gpu] = ("foreign", f"{prev[1]}; {text}" if prev else text)
         return out
 
+    def _write_notes(self, *, final: bool = False) -> None:
+        """``rota status``'s GPU lines (rota.nvml.NOTES_FILE), while this controller runs."""
+        lines = [] if final else [f"GPU {i} unhealthy: {why} (no new tasks there)" for i, why in sorted(self.sick.items())]
+        if not final:
+            lines += [f"{h.describe()} (not rota's: booked, tasks pack around it)"
+                      for h in sorted(self.holders.values(), key=lambda h: (h.gpu, h.pid)) if h.gpu not in self.sick]
+        try:
+            write_notes(self.state_dir, lines)
+        except OSError:
+            pass  # a full state folder: the engine reports it at its next commit
+
     def _mark(self, engine: Any, index: int, why: str) -> bool:
         if index in self.sick or not _has(self.machine, index):
             return False
         self.sick[index] = why
         engine._event("gpu", "", f"GPU {index} unhealthy: {why}; no new tasks there (the next rota run probes it again)")
-        engine.set_outside_bookings(sick_bookings(self.sick, self.machine) + foreign_bookings(
-            (h for h in self.holders.values() if h.gpu not in self.sick), self.machine, self.margin_bytes))
+        self._publish(engine)
         return True
+
+    def _publish(self, engine: Any) -> None:
+        """The bookings to the policy; the notes to the dashboard and to ``rota status``."""
+        entries = sick_bookings(self.sick, self.machine)
+        entries += foreign_bookings((h for h in self.holders.values() if h.gpu not in self.sick),
+                                    self.machine, self.margin_bytes)
+        engine.set_outside_bookings(entries)
+        notes = getattr(engine.ui, "gpu_notes", None)
+        if isinstance(notes, dict):
+            notes.clear()
+            notes.update(self.notes())
+        self._write_notes()
 
     def _update_health(self, engine: Any, readings: dict[int, GpuReading], xids: list[tuple[int, int]],
                        stalled: list[int]) -> bool:
