@@ -256,3 +256,29 @@ def test_a_pattern_that_matches_nothing_is_bad_input(tmp_path):
         assert "matches no task" in p.stderr and "Traceback" not in p.stderr
     p = rota("cancel", "one", "--state-dir", tmp_path / "empty")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_cancel_committed_by_a_killed_controller_is_finished_by_the_next(tmp_path):
+    """What a controller SIGKILLed right after committing a running task's cancel (the CANCELLING
+    mark) and before stopping it leaves: the next rota run adopts the attempt and stops it."""
+    pids = tmp_path / "pids"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: train
+            command: echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; wait
+          - {{name: evaluate, command: "true", needs: train}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--grace", "1")
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout=30)
+    wait_for(lambda: state_of(sd, "train") == "running", timeout=30)
+    os.killpg(proc.pid, signal.SIGKILL)  # the task has its own session: it goes on
+    proc.wait()
+    db = sqlite3.connect(sd / "state.db")
+    with db:
+        db.execute("UPDATE tasks SET reason='cancelling (rota cancel)' WHERE name='train'")
+    db.close()
+    p = rota("run", spec, "--plain", "--grace", "1")
+    assert p.returncode == 1, p.stdout
+    assert state_of(sd, "train") == "cancelled" and state_of(sd, "evaluate") == "skipped"
+    assert not any(alive(int(pid)) for pid in pids.read_text().split())
