@@ -314,3 +314,15 @@ def test_controls_cancel_retry_hold_and_priority_are_transitions():
     assert rs.held == set() and rs.tasks["b"].held == 0
     # every control's store change has a compare-and-set state
     assert {Op.CANCELLING, Op.CANCELLED, Op.REQUEUED, Op.HELD, Op.RELEASED, Op.PRIORITY} <= set(R.EXPECT)
+
+
+def test_an_attempt_lost_while_being_cancelled_is_cancelled_not_run_again():
+    rs = _initial(_tasks(("a", ()), ("b", ("a",))))
+    _start(rs, ["a"])
+    lv = rs.tasks["a"]
+    assert R.lost(lv, 3.0).kind is Op.LOST  # vanished with its controller: runs again
+    lv.cancelling = True  # recovery read the dead controller's CANCELLING mark
+    tr = R.lost(lv, 3.0)
+    assert (tr.kind, tr.state, tr.attempt and tr.attempt["state"]) == (Op.CANCELLED, S.CANCELLED, S.CANCELLED)
+    R.apply(rs, [tr])
+    assert [(f.kind, f.task) for f in R.released(rs, "a", 3.0)] == [(Op.SKIPPED, "b")]

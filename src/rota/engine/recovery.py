@@ -132,6 +132,7 @@ class Recovery(Launching):
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
         # Its reason says "queued in ..." until its start was seen (Engine._started clears it).
         lv.queued = self._queues and S.is_queued(rec.state, rec.reason or "")
+        lv.cancelling = rec.reason == R.CANCELLING_REASON  # rota cancel begun by the dead controller
         h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
         if h is not None:
             if self.executor.adopt(h):

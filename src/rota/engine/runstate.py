@@ -383,7 +383,13 @@ def reset(name: str, reason: str = "") -> Transition:
 
 
 def lost(lv: Live, now: float) -> Transition:
-    """Recovery: an attempt vanished with the previous controller; it runs again, for free."""
+    """Recovery: an attempt vanished with the previous controller; it runs again, for free (unless
+    ``rota cancel`` was stopping it: then it is CANCELLED)."""
+    if lv.cancelling:
+        return Transition(Op.CANCELLED, lv.task.name, {
+            "state": S.CANCELLED, "handle": None, "reason": "cancelled", "ended_at": now},
+            {"attempt": lv.attempt, "state": S.CANCELLED, "ended_at": now, "reason": "cancelled"},
+            note="was being cancelled when the previous controller died: cancelled")
     return Transition(Op.LOST, lv.task.name, {
         "state": S.PENDING, "handle": None, "free_attempts": lv.free_attempts + 1,
         "reason": "lost with the previous controller"},
