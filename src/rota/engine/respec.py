@@ -235,7 +235,8 @@ def _limits(engine: Engine, data: dict[str, Any]) -> str:
         new = limited_machine(engine.base_machine, engine.machine, gpus=data.get("gpus"),
                               cpus=int(cpus) if cpus is not None else None, memory=data.get("memory"))
     except RotaError as e:
-        return REFUSED + str(e)
+        had = ",".join(map(str, engine.base_machine.gpu_indices)) or "none"
+        return REFUSED + f"{e} (live, --gpus indices pick from the GPUs the run started with: {had})"
     for name, lv in engine.live.items():
         if lv.state == S.PENDING:
             why = fits_machine(engine.request_of(lv), new)
