@@ -27,6 +27,8 @@ INSTALL_HINT = "pip install 'rota[mlflow]'"
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "cancelled": "KILLED"}
 _ACTIVE = ("pending", "launching", "running")
 _BATCH = 100  # MLflow accepts at most 100 params and 1,000 metrics per log_batch
+_PARAM_CHARS = 6000  # MLflow's longest param value
+_TAG_CHARS = 5000  # well under MLflow's longest tag value
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,19 @@ def _export(attempts: Sequence[_Attempt], meta: Mapping[str, Any], state_dir: st
         run = client.create_run(exp_id, start_time=_ms(a.started_at or a.ended_at), tags=tags,
                                 run_name=f"{a.task.name}#{a.number}")
         rid = run.info.run_id
-        params = [Param(k, _text(v)) for k, v in _params(a.task).items()]
+        params = [Param(k, _text(v)[:_PARAM_CHARS]) for k, v in _params(a.task).items()]
         metrics = [Metric(k, float(v), _ms(a.ended_at), 0) for k, v in _metrics(a, meta).items()]
-        for i in range(0, max(len(params), len(metrics)), _BATCH):
-            client.log_batch(rid, metrics=metrics[i:i + _BATCH], params=params[i:i + _BATCH])
-        if a.log_path and os.path.isfile(a.log_path):
-            client.log_artifact(rid, a.log_path, artifact_path="logs")
-        client.set_terminated(rid, _STATUS.get(a.state, "FAILED"), end_time=_ms(a.ended_at))
+        try:
+            for i in range(0, max(len(params), len(metrics)), _BATCH):
+                client.log_batch(rid, metrics=metrics[i:i + _BATCH], params=params[i:i + _BATCH])
+            if a.log_path and os.path.isfile(a.log_path):
+                client.log_artifact(rid, a.log_path, artifact_path="logs")
+            client.set_terminated(rid, _STATUS.get(a.state, "FAILED"), end_time=_ms(a.ended_at))
+        except BaseException:
+            # Tagged with its attempt id already: a half-made run would stop the next export from
+            # making it whole. Gone, the next export adds it again.
+            client.delete_run(rid)
+            raise
         added += 1
     return ExportResult(added, kept, made, exp_id, name)
 
@@ -195,7 +203,7 @@ def _tags(a: _Attempt, source: str, meta: Mapping[str, Any]) -> dict[str, str]:
         "rota.exit_code": "" if a.exit_code is None else str(a.exit_code),
         "rota.gpus": ",".join(map(str, a.gpus)),
         "rota.duration_s": "" if a.started_at is None else f"{max(a.ended_at - a.started_at, 0.0):.3f}",
-        "rota.run_id": str(meta["run_id"]), "rota.command": a.task.command[:5000],
+        "rota.run_id": str(meta["run_id"]), "rota.command": a.task.command[:_TAG_CHARS],
     }
     if a.log_path:
         tags["rota.log_path"] = a.log_path
@@ -208,7 +216,7 @@ def code_tags(code: Mapping[str, Any] | None) -> dict[str, str]:
     ``mlflow.source.git.commit`` (shown in its UI) for a git record."""
     if not code:
         return {}
-    out = {f"rota.code.{k}": _text(v) for k, v in code.items() if v is not None}
+    out = {f"rota.code.{k}": _text(v)[:_TAG_CHARS] for k, v in code.items() if v is not None}
     if code.get("kind") == "git" and code.get("commit"):
         out["mlflow.source.git.commit"] = str(code["commit"])
     return out
