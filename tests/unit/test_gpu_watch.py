@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
 from pathlib import Path
 
@@ -152,3 +153,24 @@ def test_the_stand_in_without_a_script_fails_as_without_a_driver(monkeypatch):
     monkeypatch.delenv("ROTA_FAKE_NVML", raising=False)
     with pytest.raises(fake.NVMLError):
         fake.nvmlInit()
+
+
+def test_the_dashboard_draws_a_sick_gpu_red_and_a_foreign_holders_line():
+    from rich.console import Console
+
+    from rota.ui.dashboard import render
+    from rota.ui.snapshot import GpuView, Snapshot
+
+    gpus = (GpuView(0, "H100", 80 * GB, 80 * GB, ()), GpuView(1, "H100", 80 * GB, 20 * GB, ("t1",)))
+    snap = Snapshot(now=10.0, started_at=0.0, gpus=gpus, cpus_total=8, cpus_booked=1, memory_total=GB,
+                    memory_booked=0, running=(), counts={}, total=1, eta_s=None, failures=(), recent=())
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=True, width=160, color_system="standard").print(
+        render(snap, {0: ("unhealthy", "Xid 79 error"), 1: ("foreign", "21GB held by pid 4242, user bob, python")}))
+    lines = buf.getvalue().splitlines()
+    sick = [ln for ln in lines if "Xid 79 error" in ln]
+    assert sick and "\x1b[1;31mGPU 0" in sick[0] and "\x1b[31mXid 79 error" in sick[0], lines
+    assert any("not rota's" in ln and "21GB held by pid 4242, user bob, python" in ln for ln in lines), lines
+    plain = Console(record=True, width=160)
+    plain.print(render(snap))
+    assert "unhealthy" not in plain.export_text()
