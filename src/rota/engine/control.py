@@ -306,6 +306,10 @@ def _take(engine: Engine, c: Control, now: float) -> None:
     skipped = [f.task for f in follow if f.kind is Op.SKIPPED]
     if skipped:
         lines.append(f"skipped (they need a cancelled task): {_names(skipped)}")
+    on_old = sorted({u for tr in mine if tr.kind is Op.REQUEUED for u in rs.dependents.get(tr.task, ())
+                     if u in rs.running})
+    if on_old:  # they read what runs again: only a retry once they end brings them up to date
+        lines.append(f"still running on the old results (retry them --force once they end): {_names(on_old)}")
     store.take_control(c.id, "\n".join(lines) or "nothing to change", changes)
     stopping = [tr.task for tr in mine if tr.kind is Op.CANCELLING]
     if stopping:
