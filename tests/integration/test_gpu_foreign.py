@@ -29,9 +29,10 @@ def _env(fake: FakeGpus) -> dict[str, str]:
 class Controller:
     """``rota run --plain`` in the background, its output collected line by line."""
 
-    def __init__(self, fake: FakeGpus, *args: str | Path) -> None:
+    def __init__(self, fake: FakeGpus, *args: str | Path, slurm_job: str | None = None) -> None:
+        env = _env(fake) | ({"SLURM_JOB_ID": slurm_job} if slurm_job else {})
         self.proc = subprocess.Popen([*ROTA, "run", *map(str, args), "--plain"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=_env(fake), start_new_session=True)
+                                     stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -119,19 +120,20 @@ def test_foreign_memory_is_booked_and_packed_around(tmp_path: Path, outsider: su
     assert "held by" not in rota("status", "--state-dir", tmp_path / ".rota", check=True).stdout
 
 
-@pytest.mark.parametrize("mode", ["respect", "ignore"])
+@pytest.mark.parametrize("mode", ["respect", "ignore", "slurm"])
 def test_whole_gpu_task_never_starts_beside_a_foreign_process(tmp_path: Path, outsider: subprocess.Popen,
                                                               mode: str) -> None:
     fake = FakeGpus(tmp_path, count=2)
     fake.hold(0, outsider.pid, None)  # even one whose memory the driver cannot tell (booked: the margin)
     spec = write_spec(tmp_path, f"""
-        foreign_gpu_memory: {mode}
+        foreign_gpu_memory: {"ignore" if mode == "ignore" else "respect"}
         tasks:
           - name: whole
             command: echo $CUDA_VISIBLE_DEVICES > {tmp_path}/started-whole
             gpus: 1
     """)
-    ctl = Controller(fake, spec)
+    # Inside a SLURM allocation the scheduler owns the GPUs: nothing is booked around.
+    ctl = Controller(fake, spec, slurm_job="4242" if mode == "slurm" else None)
     try:
         assert ctl.finish() == 0, ctl.lines
     finally:
@@ -218,3 +220,29 @@ def test_rota_machine_shows_health_and_who_holds_memory(tmp_path: Path, outsider
     fake.set_gpu(1, lost=True)  # a GPU that stops answering is not offered at all
     out = subprocess.run([*ROTA, "machine"], capture_output=True, text=True, env=_env(fake), timeout=60)
     assert "GPU 1:" not in out.stdout and "GPU 0:" in out.stdout
+
+
+def test_a_run_whose_every_gpu_is_unhealthy_stops_launching(tmp_path: Path) -> None:
+    fake = FakeGpus(tmp_path, count=1)
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: t
+            command: touch {tmp_path}/started; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done; exit 1
+            gpus: 1
+          - name: after
+            command: "true"
+            gpus: 1
+            needs: [t]
+    """)
+    ctl = Controller(fake, spec)
+    try:
+        wait_for(lambda: (tmp_path / "started").exists())
+        fake.xid(0, 79)
+        ctl.wait_line("GPU 0 unhealthy: Xid 79")
+        (tmp_path / "go").touch()
+        assert ctl.finish() == 1, ctl.lines  # not a hang: nothing could ever start again
+    finally:
+        ctl.kill()
+    assert ctl.saw("every GPU is unhealthy")
+    tasks = by_name(tmp_path / ".rota")
+    assert tasks["t"]["state"] == "pending" and tasks["after"]["state"] == "pending"

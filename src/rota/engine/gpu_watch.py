@@ -149,7 +149,9 @@ class GpuWatch(Hook):
         if self.reader is not None:
             self._write_notes(final=True)
         if self._thread is not None:
-            self._thread.join(timeout=2 * self.interval_s + 1)
+            # Not a whole interval: the run's end must not wait for NVML's event wait. A thread
+            # still inside NVML keeps the session (shut down with the process).
+            self._thread.join(timeout=0.2)
         if self.reader is not None and (self._thread is None or not self._thread.is_alive()):
             self.reader.close()
 
