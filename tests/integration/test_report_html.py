@@ -217,8 +217,10 @@ def test_report_opens_offline_in_chromium_and_draws_the_gantt(tmp_path: Path) ->
     assert len(colours) > 800  # a page without plotly.js has ~400 (text only)
 
 
-def test_report_draws_every_figure_without_console_errors(tmp_path: Path) -> None:
-    """Selenium drives Debian's Chromium through its chromedriver (no browser download)."""
+def drawn_figures(page: Path, tmp: Path) -> tuple[list[tuple[str, int, int]], list[dict[str, object]]]:
+    """Open ``page`` in Chromium through Selenium and Debian's chromedriver (no browser
+    download), wait until its loader says every figure is drawn, and return
+    ``([(figure div id, svg count, drawn marks)], severe console messages)``."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -226,12 +228,11 @@ def test_report_draws_every_figure_without_console_errors(tmp_path: Path) -> Non
     if driver_path is None:
         browser()  # fails under CI, skips elsewhere, when Chromium itself is missing
         pytest.skip("chromedriver is not installed (apt-get install -y chromium-driver)")
-    page = tmp_path / "report.html"
-    page.write_text(render_html(sample_run(), ["model"]), encoding="utf-8")
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser()
+    profile = tmp / f"profile-selenium-{page.stem}"
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000",
-                f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+                f"--user-data-dir={profile}"):  # fmt: skip
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
@@ -242,15 +243,22 @@ def test_report_draws_every_figure_without_console_errors(tmp_path: Path) -> Non
         wait_for(lambda: driver.execute_script(drawn) == "1", timeout=90)
         ids = driver.execute_script(
             "return Array.from(document.querySelectorAll('div.rota-fig'), d => [d.id, "
-            "d.querySelectorAll('svg.main-svg').length, d.querySelectorAll('.point, .bars path, .scatterlayer .trace').length])"
+            "d.querySelectorAll('svg.main-svg').length, "
+            "d.querySelectorAll('.point, .bars path, .scatterlayer .trace, .parcoords-line-layers').length])"
         )
         logs = driver.get_log("browser")
     finally:
         driver.quit()
+    return [tuple(i) for i in ids], [e for e in logs if e.get("level") == "SEVERE"]
+
+
+def test_report_draws_every_figure_without_console_errors(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render_html(sample_run(), ["model"]), encoding="utf-8")
+    ids, errors = drawn_figures(page, tmp_path)
     names = [i for i, _, _ in ids]
     assert names == ["fig-results-train", "fig-timeline", "fig-gpu-memory", "fig-gpu-util", "fig-planned-vs-actual"]
     assert all(svgs >= 1 and marks >= 1 for _, svgs, marks in ids), ids
-    errors = [e for e in logs if e.get("level") == "SEVERE"]
     assert not errors, errors
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from rota.report.figures import plan_vs_actual_figure, planned_tasks, ratio_text
 from rota.report.html import render_html, report_figures
 from rota.report.load import history_before
 from rota.report.model import GpuInfo, GpuSample, ReportData, ReportError, TaskRow
-from rota.report.page import figure_dict, figure_div, page
+from rota.report.page import figure_dict, figure_div, figure_written, page
 from rota.report.results import results_by_group, results_figure
 from rota.report.stats import bootstrap_ci, group_metrics, metric_bounds, summarize
 from rota.report.timeline import (
@@ -236,10 +237,14 @@ def test_cdn_pages_link_plotly_instead_of_carrying_it() -> None:
         page("t", "", plotlyjs="nope")  # type: ignore[arg-type]
 
 
-def test_report_figures_are_named_for_files() -> None:
-    names = list(report_figures(_hundred_task_run(), ["model"]))
-    assert names == ["results-train-0", "results-train-1", "results-train-2", "timeline", "gpu-memory",
-                     "gpu-util", "planned-vs-actual"]  # fmt: skip
+def test_report_figures_are_named_for_files(tmp_path: Path) -> None:
+    figs = report_figures(_hundred_task_run(), ["model"])
+    assert list(figs) == ["results-train-0", "results-train-1", "results-train-2", "timeline", "gpu-memory",
+                          "gpu-util", "planned-vs-actual"]  # fmt: skip
+    as_json = figure_written(figs["timeline"], tmp_path / "timeline.json")
+    assert json.loads(as_json.read_text())["data"][0]["type"] == "bar"
+    as_page = figure_written(figs["timeline"], tmp_path / "timeline.html").read_text()
+    assert as_page.count('id="rota-plotly-gz"') == 1 and 'id="figure"' in as_page
 
 
 # --------------------------------------------------------------- sweeps

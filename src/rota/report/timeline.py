@@ -31,12 +31,13 @@ STATE_STYLE: dict[str, tuple[str, str, float]] = {
     "interrupted": ("/", "#ff7f0e", 2.5),
     "running": (".", "#1f77b4", 2.0),
     "launching": (".", "#1f77b4", 2.0),
+    "cancelled": ("-", "#e377c2", 2.0),
 }
 """State -> (pattern shape, outline colour, outline width); other states: plain bar, white outline."""
 
 SHARED_LANES_NOTE = (
     "Colour: task group (legend). Outline and pattern: state (red x failed, orange / interrupted, "
-    "blue dots running, faded cached). A GPU that ran several tasks at the same time (packed by "
+    "blue dots running, pink - cancelled, faded cached). A GPU that ran several tasks at the same time (packed by "
     "their gpu_memory) has one row per task running at once: gpu0, gpu0 · 2, ...; a task on "
     "several GPUs appears in each of their rows. Hover a bar for its task."
 )
