@@ -7,9 +7,14 @@ state and the spec when no controller runs.
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 from pathlib import Path
 
+from rich.console import Console
+
+import rota as api
 from tests.helpers import by_name, rota, start_rota, status, wait_for, write_spec
 
 # One 1-GPU task holds GPU 0 until the test lets it go; the 4-GPU task waits for it with a
@@ -53,15 +58,14 @@ def test_why_names_the_reservation_needs_and_holds_during_a_run(tmp_path: Path) 
                  timeout=60)
         data = status(sd)
         tasks = {t["name"]: t for t in data["tasks"]}
-        assert isinstance(data["now"], float)
         pending = [t for t in data["tasks"] if t["state"] == "pending"]
         assert {t["name"] for t in pending} == {"big", "small-1", "small-2", "small-3", "after"}
         for t in pending:  # every pending task: a reason and a prediction
             assert t["reason"], t
             assert t["predicted_start_s"] is not None and t["predicted_end_s"] is not None, t
-            assert t["predicted_end_s"] >= t["predicted_start_s"] >= 0
-        assert tasks["a"]["predicted_start_s"] is None or tasks["a"]["predicted_start_s"] == 0.0
-        assert tasks["a"]["predicted_end_s"] is not None  # a running task: its predicted end
+            assert t["predicted_end_s"] >= t["predicted_start_s"] >= tasks["a"]["started_at"]  # epoch seconds
+        assert tasks["a"]["predicted_start_s"] == tasks["a"]["started_at"]  # a running task: its real start
+        assert tasks["a"]["predicted_end_s"] > tasks["a"]["started_at"]  # and its predicted end
         # The forecast's order is the simulation's: big first (when a ends), the long small tasks after
         # it, 'after' after big.
         assert tasks["big"]["predicted_start_s"] <= tasks["small-1"]["predicted_start_s"]
@@ -151,3 +155,63 @@ def test_why_without_a_controller_computes_from_the_state_and_the_spec(tmp_path:
     # Bad input: a task the run does not have (exit 2, one line).
     missing = rota("why", "later-3", "--state-dir", sd)
     assert missing.returncode == 2 and missing.stderr.startswith("rota: error: ") and "did you mean" in missing.stderr
+
+
+class _Frames:
+    """A UI (the engine's documented ui hooks) that renders the dashboard at every refresh, as LiveUI
+    does, and keeps the snapshots."""
+
+    def __init__(self) -> None:
+        self.snaps: list = []
+
+    def _record(self, engine) -> None:
+        from rota.ui.dashboard import render
+        from rota.ui.snapshot import snapshot
+        from rota.ui.view import forecasts
+
+        s = snapshot(engine)
+        fc = forecasts(engine)
+        f = fc.forecast if fc is not None else None
+        self.snaps.append((s, f, render(s)))
+
+    start = refresh = _record
+
+    def flush(self) -> None:
+        pass
+
+    def event(self, engine, ev) -> None:
+        pass
+
+    def stop(self, engine) -> None:
+        pass
+
+
+def test_the_dashboard_shows_reasons_and_the_forecasts_eta(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path, SPEC.format(gate=gate))
+    ui = _Frames()
+
+    def open_gate() -> None:  # once the dashboard has explained the waiting tasks
+        wait_for(lambda: any(any("reserved for big" in w[1] for w in s.waiting) for s, _, _ in ui.snaps[-3:]),
+                 timeout=60, interval=0.1)
+        gate.touch()
+
+    opener = threading.Thread(target=open_gate, daemon=True)
+    opener.start()
+    try:
+        result = api.run(api.load_spec(str(spec)), gpus="4x80GB", cpus=8, ui=ui)
+    finally:
+        gate.touch()
+    assert result.exit_code == 0
+    opener.join(timeout=5)
+    s, f, frame = next((s, f, fr) for s, f, fr in ui.snaps if any("reserved for big" in w[1] for w in s.waiting))
+    names = [w[0] for w in s.waiting]
+    assert names[0] == "big" and set(names) <= {"big", "small-1", "small-2", "small-3", "after"}
+    assert all(w[2] is not None for w in s.waiting)  # each with its predicted start
+    # The ETA is the forecast's makespan, counted down from when it was made.
+    assert f is not None and f.makespan_s is not None
+    assert abs(s.eta_s - max(f.makespan_s - (s.now - f.at), 0.0)) < 1e-6
+    text = io.StringIO()
+    Console(file=text, width=200, color_system=None).print(frame)
+    out = text.getvalue()
+    assert "waiting" in out and "reserved for big (4 GPUs)" in out and "in ~" in out

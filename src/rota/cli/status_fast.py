@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -221,11 +222,12 @@ def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None)
     from rota.spec.units import format_duration
 
     rows = []
+    now = time.time()
     for t in tasks:
         if t["state"] != "pending" or not listed("pending", False, states):
             continue
-        p = t.get("predicted_start_s")
-        when = "no prediction" if p is None else "starts now" if p <= 0 else f"starts in ~{format_duration(p)}"
+        p = t.get("predicted_start_s")  # epoch seconds
+        when = "no prediction" if p is None else "starts now" if p <= now else f"starts in ~{format_duration(p - now)}"
         rows.append((t["name"], when, t["reason"] or "not explained yet"))
     if not rows:
         return []

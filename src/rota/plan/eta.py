@@ -18,6 +18,10 @@ learned duration (at least :data:`rota.plan.queues.REMAINING_FLOOR_S`).
 Then the ETA is the makespan of :func:`rota.plan.simulate.simulate` on the running
 tasks (first, with what they have left) and the pending ones (their needs on
 finished tasks dropped), on the run's machine, with the run's concurrency caps.
+
+:func:`forecast` is that simulation with every task's predicted start and end (what
+``rota status`` and ``rota why`` show, written by the controller's
+:mod:`rota.engine.predict`); :func:`remaining_s` is its makespan.
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ _TASK_JSON = (
     ("vars", "vars_"), ("params", "'null' if params is None else params"), ("metrics", "dumps(m) if m else '{}'"),
     ("group", "s(grp)"), ("queued", "'true' if queued else 'false'"), ("attempt", "attempt"),
     ("code", "'null' if code is None else code"),
-    ("predicted_start_s", "n(None if p_start is None or state not in waits else round(max(p_start - now, 0.0), 1))"),
-    ("predicted_end_s", "n(None if p_end is None or state not in waits else round(max(p_end - now, 0.0), 1))"),
+    ("predicted_start_s", "n(p_start if state in waits else None)"),
+    ("predicted_end_s", "n(p_end if state in waits else None)"),
     ("held", "'true' if held else 'false'"),
 )
 """Every task's fields in ``rota status --json`` (version 1), in their order, each with the expression
@@ -146,8 +146,8 @@ that makes its JSON text from the task's row: the one list that :func:`status_js
 (its ``attempt-N.log``; never restarts; 0: none yet); ``code``: the code that attempt ran (git
 commit, dirty, diff hash; or its script's hash: :mod:`rota.engine.codever`; null: none recorded). The JSON columns (gpus, vars, params) hold
 ``json.dumps`` text already: copied, never decoded and encoded again. ``predicted_start_s``,
-``predicted_end_s``: seconds from the status' ``now`` until the controller's forecast has the task
-start and end (0: due; null: no forecast, or the task is neither pending nor running; see
+``predicted_end_s``: when the controller's forecast has the task start and end, in epoch seconds
+as ``started_at`` (null: no forecast, or the task is neither pending nor running; see
 docs/status-json.md). ``held``: ``rota hold`` keeps it from launching (its state stays ``pending``)."""
 TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 
@@ -202,7 +202,6 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
-    parts.append(f'  "now": {now!r}')  # when this was read: predicted_*_s count from it
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
