@@ -176,8 +176,10 @@ class GpuWatch(Hook):
         """A failed attempt on a GPU that is (or just turned) unhealthy runs again, not counted."""
         if self.reader is None or status.phase != "failed" or lv.placement is None or not lv.placement.gpus:
             return None
+        with self._lock:
+            busy = set(self._busy_since)
         for i in lv.placement.gpus:  # read now: the attempt may have died before the watch thread saw why
-            if i not in self.sick:
+            if i not in self.sick and i not in busy:  # (not one the thread waits on: it may hang)
                 why = sickness(self.reader.read(i), self._ecc_base.get(i), ())
                 if why:
                     self._mark(engine, i, why)
