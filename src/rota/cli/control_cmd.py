@@ -82,7 +82,7 @@ def release(patterns: tuple[str, ...], target: str | None, state_dir: str | None
     _say(api.release(patterns, target, state_dir=state_dir, wait_s=wait_s))
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(context_settings={**CONTEXT, "ignore_unknown_options": True})  # N may be negative: -5
 @click.argument("pattern", metavar="PATTERN")
 @click.argument("value", type=int, metavar="N")
 @_where
