@@ -268,3 +268,12 @@ def test_sweep_figures_are_optunas_own() -> None:
     importance = figure_dict(figs["importance"])["data"][0]
     assert sorted(importance["y"]) == ["depth", "lr"]
     assert math.isclose(sum(importance["x"]), 1.0, abs_tol=0.02)
+
+
+def test_a_gpu_with_many_tasks_stacks_its_memory_per_group() -> None:
+    tasks = tuple(TaskRow(f"t{i}", "succeeded", start_s=T0 + 10 * (i // 2), end_s=T0 + 10 * (i // 2) + 10,
+                          gpus=(0,), gpu_memory_bytes=10 * GB, base=f"g{i % 2}") for i in range(70))  # fmt: skip
+    data = ReportData("r", "s", (GpuInfo(0, "H100", 80 * GB),), 8, tasks, (), T0, T0 + 350)
+    stacked = [tr for tr in figure_dict(gpu_memory_figure(data))["data"] if tr.get("stackgroup")]
+    assert [tr["name"] for tr in stacked] == ["g0", "g1"]  # 70 tasks > MAX_STACKED_TASKS: one layer a group
+    assert all(max(tr["y"]) == 10.0 and tr["y"][-1] == 0.0 for tr in stacked)  # one task of each at a time

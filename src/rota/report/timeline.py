@@ -17,7 +17,7 @@ from typing import Any
 
 from rota.lanes import Lane, LaneLike, as_lanes, stack_rows
 from rota.report.figures import downsample, esc, plotly_go, time_unit
-from rota.report.model import TASK_STATES, ReportData
+from rota.report.model import TASK_STATES, ReportData, TaskRow
 from rota.units import format_duration, format_size
 
 PALETTE: tuple[str, ...] = (
@@ -184,19 +184,14 @@ def gpu_memory_figure(data: ReportData) -> Any | None:
         times = sorted({origin, horizon, *(t.start_s for t in held if t.start_s is not None),
                         *(t.end_s for t in held if t.end_s is not None)})  # fmt: skip
         x = [(v - origin) / scale for v in times]
-        for t in sorted(held, key=lambda t: t.start_s or 0.0):
-            start = t.start_s or origin
-            end = t.end_s if t.end_s is not None else horizon
-            booked = t.gpu_memory_bytes if t.gpu_memory_bytes is not None else size.get(g)
-            if booked is None:
-                continue
-            y = [booked / 2**30 if start <= v < end else 0.0 for v in times]
-            group = t.base or t.name
+        index = {v: k for k, v in enumerate(times)}
+        for name, group, spans in _layers(held, size.get(g), origin, horizon):
+            y = _stacked_step(index, spans)
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines", line={"shape": "hv", "width": 0.5, "color": colors[group]},
                 stackgroup=f"gpu{g}", fillcolor=colors[group], name=esc(group), legendgroup=esc(group),
                 showlegend=group not in shown, hoverinfo="text",
-                hovertext=[f"{esc(t.name)}: booked {format_size(booked)}" if v else "" for v in y],
+                hovertext=[f"{esc(name)}: booked {v:.1f}GB" if v else "" for v in y],
             ), row, 1)  # fmt: skip
             shown.add(group)
         pts = sorted((s for s in data.gpu_samples if s.gpu == g), key=lambda s: s.t_s)
@@ -215,3 +210,39 @@ def gpu_memory_figure(data: ReportData) -> Any | None:
                       plot_bgcolor="white", hovermode="closest")  # fmt: skip
     fig.update_xaxes(title=f"time since start ({unit})", row=len(indices), col=1)
     return fig
+
+
+MAX_STACKED_TASKS = 60
+"""Tasks on one GPU beyond which its memory chart stacks per task group, not per task."""
+
+
+def _layers(held: Sequence[TaskRow], gpu_bytes: int | None, origin: float,
+            horizon: float) -> list[tuple[str, str, list[tuple[float, float, float]]]]:
+    """``(name, group, [(start, end, booked GB)])`` per stacked layer: a task each, or a group
+    each when more than :data:`MAX_STACKED_TASKS` tasks shared the GPU (the chart stays small).
+    A task that booked a whole GPU counts as ``gpu_bytes``; without it the task is left out."""
+    per_task = len(held) <= MAX_STACKED_TASKS
+    out: dict[str, tuple[str, str, list[tuple[float, float, float]]]] = {}
+    for t in sorted(held, key=lambda t: t.start_s or 0.0):
+        booked = t.gpu_memory_bytes if t.gpu_memory_bytes is not None else gpu_bytes
+        if booked is None:
+            continue
+        group = t.base or t.name
+        key = t.name if per_task else group
+        layer = out.setdefault(key, (t.name if per_task else f"{group} (tasks of the group)", group, []))
+        layer[2].append((t.start_s or origin, t.end_s if t.end_s is not None else horizon, booked / 2**30))
+    return list(out.values())
+
+
+def _stacked_step(index: Mapping[float, int], spans: Sequence[tuple[float, float, float]]) -> list[float]:
+    """The layer's height at each time of ``index`` (time -> position): the sum of the spans
+    covering it, a span counting from its start up to (not at) its end."""
+    delta = [0.0] * len(index)
+    for start, end, gb in spans:
+        delta[index[start]] += gb
+        delta[index[end]] -= gb
+    out, level = [], 0.0
+    for d in delta:
+        level += d
+        out.append(round(level, 9) + 0.0)
+    return out
