@@ -15,6 +15,7 @@ import pytest
 
 from rota import api
 from rota.errors import StateError
+from rota.store.sqlite import SqliteStore
 from tests.helpers import ROTA, rota, start_rota, wait_for, write_spec
 
 
@@ -256,6 +257,15 @@ def test_a_pattern_that_matches_nothing_is_bad_input(tmp_path):
         assert "matches no task" in p.stderr and "Traceback" not in p.stderr
     p = rota("cancel", "one", "--state-dir", tmp_path / "empty")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    # A malformed request (no priority given) is answered as refused, never left to block the next ones.
+    store = SqliteStore(tmp_path / ".rota")
+    try:
+        bad = store.add_control("priority", ["one"], {})
+        assert "unchanged (already not held): one" in api.release(["one"], spec)
+        got = store.control(bad)
+        assert got is not None and got.result is not None and got.result.startswith("refused"), got
+    finally:
+        store.close()
 
 
 def test_a_cancel_committed_by_a_killed_controller_is_finished_by_the_next(tmp_path):

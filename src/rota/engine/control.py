@@ -25,6 +25,7 @@ import fnmatch
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -139,7 +140,11 @@ def take_offline(store: SqliteStore) -> None:
     cancelled, a held one held; its dependents are skipped then)."""
     for c in store.controls(untaken=True):
         if c.kind in KINDS:
-            trs, lines = _decide(c, _store_states(store), None, time.time())
+            try:
+                trs, lines = _decide(c, _store_states(store), None, time.time())
+            except (KeyError, ValueError, TypeError) as e:  # a malformed request: answered, never retried
+                store.take_control(c.id, f"refused: {c.kind} could not be applied ({e!r}); nothing changed")
+                continue
             result = "\n".join(["no controller is running: the state is changed; the next 'rota run' obeys it",
                                 *lines])
             store.take_control(c.id, result, [_change(tr) for tr in trs])
@@ -268,7 +273,14 @@ def take_controls(engine: Engine, now: float) -> None:
     for c in controls:
         if c.kind in KINDS:
             engine._flush()  # the store agrees with memory: the requests' compare-and-sets hold
-            _take(engine, c, now)
+            try:
+                _take(engine, c, now)
+            except (sqlite3.Error, OSError):
+                raise  # the state folder's trouble: the engine stops as for any write
+            except Exception as e:  # noqa: BLE001 - a request that cannot be applied must not stop the run,
+                # nor every controller after it (it would stay untaken): it is answered as refused
+                store.take_control(c.id, f"refused: {c.kind} could not be applied ({e!r}); nothing changed")
+                engine._event("control", "", f"refused control {c.id} ({c.kind}): {e!r}")
         else:
             from rota.engine import respec
 
