@@ -200,7 +200,10 @@ def group_tables(groups: Sequence[GroupRow], by: Sequence[str]) -> list[Table]:
                 Text(g.metric),
                 fmt_mean_std(s.mean, s.std),
                 str(s.n),
-                fmt_ci(s.ci_low, s.ci_high),
+                fmt_ci(s.ci_low, s.ci_high) + (" *" if s.method == "bootstrap" else ""),
             )
+        if any(g.summary.method == "bootstrap" for g in rows):
+            table.caption = "* bootstrap interval: the t-interval left the metric's range"
+            table.caption_justify = "left"
         out.append(table)
     return out
