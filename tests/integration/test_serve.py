@@ -258,7 +258,7 @@ def test_serve_help_names_the_token() -> None:
     assert "--host" in out.stdout and "token" in out.stdout
 
 
-def test_page_cancels_and_retries_a_task(tmp_path: Path, browser: Any, served: list[Served]) -> None:
+def test_page_holds_releases_cancels_and_retries_a_task(tmp_path: Path, browser: Any, served: list[Served]) -> None:
     control = pytest.importorskip("rota.engine.control")  # the controls of "steer a run while it runs"
     assert hasattr(control, "request")
     from selenium.webdriver.common.by import By
@@ -279,6 +279,11 @@ def test_page_cancels_and_retries_a_task(tmp_path: Path, browser: Any, served: l
         assert refused.value.code == 403
         browser.get(s.url)
         wait_for(lambda: _row_state(browser, "first") == "running", timeout=60)
+        _click(browser, '#tasks tbody tr[data-task="second-2"]')
+        _click(browser, '#controls button[data-kind="hold"]')
+        wait_for(lambda: _row_state(browser, "second-2") == "held", timeout=30)
+        _click(browser, '#controls button[data-kind="release"]')
+        wait_for(lambda: _row_state(browser, "second-2") == "pending", timeout=30)
         _click(browser, '#tasks tbody tr[data-task="first"]')
         _click(browser, '#controls button[data-kind="cancel"]')
         wait_for(lambda: _row_state(browser, "first") == "cancelled", timeout=60)

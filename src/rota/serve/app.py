@@ -133,6 +133,7 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
             out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
             out["total"] = len(data["tasks"])
             out["queued_count"] = snap.queued
+            out["held_count"] = snap.held
             out["running_by_gpu"] = snap.running_by_gpu
             out.update(page_)
         return JSONResponse(out, headers=_NO_STORE)

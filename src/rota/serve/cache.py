@@ -50,6 +50,7 @@ class Snapshot:
     by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
     queued: int = 0
     running_by_gpu: dict[str, list[str]] = field(default_factory=dict)
+    held: int = 0
 
 
 class _Throttled:
@@ -124,7 +125,8 @@ class StateCache:
                 data = read_status(self.state_dir)
                 by_name = {t["name"]: t for t in data["tasks"]}
                 queued = sum(1 for t in data["tasks"] if t.get("queued"))
-                snap = Snapshot(time.time(), seq, data, None, by_name, queued, views.running_by_gpu(data["tasks"]))
+                held = sum(1 for t in data["tasks"] if t.get("held") and t["state"] == "pending")
+                snap = Snapshot(time.time(), seq, data, None, by_name, queued, views.running_by_gpu(data["tasks"]), held)
             except (RotaError, OSError, ValueError) as e:
                 snap = Snapshot(time.time(), seq, None, str(e))
             self._snap, self._files, self._read_at = snap, files, time.monotonic()

@@ -23,15 +23,24 @@ PAGE_MAX = 500
 """Table rows one request may ask for."""
 
 
+HELD = "held"
+"""Not a stored state: what the table shows (and its filter selects) for a held pending task."""
+
+
 def shown_state(task: Mapping[str, Any]) -> str:
-    """The state the table shows: ``queued`` for a running task its backend still queues."""
-    return QUEUED if task.get("queued") else str(task["state"])
+    """The state the table shows: ``queued`` for a running task its backend still queues, ``held``
+    for a pending task ``rota hold`` keeps (the status JSON's ``held``)."""
+    if task.get("queued"):
+        return QUEUED
+    if task.get("held") and task["state"] == "pending":
+        return HELD
+    return str(task["state"])
 
 
 def task_page(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None, query: str,
               offset: int, limit: int) -> dict[str, Any]:
     """``{"matching": N, "offset", "tasks": [...]}``: the tasks in ``states`` (None: all; ``queued``
-    selects queued running tasks, ``running`` the others) whose name, group or reason contains
+    selects queued running tasks, ``running`` the others; ``held`` and ``pending`` likewise) whose name, group or reason contains
     ``query`` (case-insensitive), rows ``offset .. offset+limit`` of them, in the run's order."""
     q = query.strip().lower()
     limit = max(0, min(limit, PAGE_MAX))
