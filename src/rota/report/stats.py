@@ -123,7 +123,8 @@ def summarize(values: Iterable[float], confidence: float = 0.95, bounds: Bounds 
     low, high = bounds
     if (low is not None and mean - half < low) or (high is not None and mean + half > high):
         lo, hi = bootstrap_ci(xs, confidence)
-        return Summary(mean, std, n, lo, hi, confidence, "bootstrap")
+        # a percentile interval of a very skewed sample could miss its own mean: widen to it
+        return Summary(mean, std, n, min(lo, mean), max(hi, mean), confidence, "bootstrap")
     return Summary(mean, std, n, mean - half, mean + half, confidence)
 
 
