@@ -152,7 +152,14 @@ def _read(state_dir: str | os.PathLike[str]) -> tuple[list[_Attempt], dict[str, 
 
 
 def _default_experiment(spec_path: str | None) -> str:
-    return Path(spec_path).stem if spec_path else "rota"
+    """The spec file's name (``train`` for train.yaml); a spec built in Python is recorded as
+    ``<dict spec NAME>``: its NAME (``hydra`` for the Hydra launcher's)."""
+    if not spec_path:
+        return "rota"
+    stem = Path(spec_path).name
+    if stem.startswith("<dict spec ") and stem.endswith(">"):
+        return stem[len("<dict spec "):-1] or "rota"
+    return Path(spec_path).stem
 
 
 def _existing(client: Any, exp_id: str, source: str) -> tuple[set[str], dict[str, str]]:
