@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rota.lanes import Lane
 from rota.report.figures import plan_vs_actual_figure, planned_tasks, ratio_text
@@ -53,6 +55,14 @@ def test_an_interval_leaving_the_metrics_range_becomes_a_bootstrap() -> None:
     inside = summarize([0.87, 0.88, 0.86], bounds=(0.0, 1.0))
     assert inside.method == "t"  # a t-interval inside the range stays
     assert summarize([0.5]).method == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=2, max_size=12))
+def test_intervals_of_a_unit_metric_stay_in_its_range_and_hold_the_mean(values: list[float]) -> None:
+    s = summarize(values, bounds=metric_bounds(values))
+    assert s.ci_low is not None and s.ci_high is not None
+    assert 0.0 <= s.ci_low <= s.mean <= s.ci_high <= 1.0
 
 
 def test_bootstrap_interval_lies_within_the_values() -> None:
