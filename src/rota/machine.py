@@ -211,7 +211,7 @@ def gpu_health(machine: Machine) -> dict[int, dict[str, object]]:
         for p in r.processes:
             user, command, task = process_owner(p.pid)
             procs.append({"pid": p.pid, "used_bytes": p.used_bytes, "user": user, "command": command, "rota_task": task})
-        health = r.lost or ("ok" if not r.ecc_uncorrected else
+        health = r.lost or (f"not answering: {r.error}" if r.error else "ok" if not r.ecc_uncorrected else
                             f"{r.ecc_uncorrected} uncorrectable ECC error(s) since the driver loaded")
         out[i] = {"health": health, "ecc_uncorrected": r.ecc_uncorrected, "processes": procs}
     return out

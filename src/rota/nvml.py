@@ -30,12 +30,14 @@ class GpuProcess:
 @dataclass(frozen=True)
 class GpuReading:
     """One GPU read once: its compute processes, its uncorrectable ECC count (None: not
-    supported), and ``lost``: why it did not answer (empty: it did)."""
+    supported), ``lost``: why it is gone (NVMLError_GpuIsLost, a reset needed; empty: it is
+    not), ``error``: a failure that may pass (a timeout, an unknown error; empty: none)."""
 
     index: int
     processes: tuple[GpuProcess, ...] = ()
     ecc_uncorrected: int | None = None
     lost: str = ""
+    error: str = ""
 
 
 class NvmlReader:
@@ -109,15 +111,15 @@ class NvmlReader:
             procs = tuple(GpuProcess(index, int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
                           for p in nv.nvmlDeviceGetComputeRunningProcesses(h))
         except Exception as e:  # noqa: BLE001
-            return GpuReading(index, lost=_lost_reason(nv, e)) if _is_lost(nv, e) else GpuReading(index)
+            return _failed(nv, index, (), e)
         count: int | None = None
         if ecc:
             try:
                 count = int(nv.nvmlDeviceGetTotalEccErrors(h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
                                                            nv.NVML_VOLATILE_ECC))
             except Exception as e:  # noqa: BLE001 - NotSupported: a GPU without ECC
-                if _is_lost(nv, e):
-                    return GpuReading(index, procs, lost=_lost_reason(nv, e))
+                if not isinstance(e, getattr(nv, "NVMLError_NotSupported", ())):
+                    return _failed(nv, index, procs, e)
         return GpuReading(index, procs, count)
 
     def close(self) -> None:
@@ -129,18 +131,13 @@ class NvmlReader:
             pass
 
 
-def _is_lost(nv: Any, e: Exception) -> bool:
-    lost = tuple(getattr(nv, n) for n in ("NVMLError_GpuIsLost", "NVMLError_Timeout", "NVMLError_ResetRequired",
-                                          "NVMLError_Unknown") if hasattr(nv, n))
-    return isinstance(e, lost)
-
-
-def _lost_reason(nv: Any, e: Exception) -> str:
+def _failed(nv: Any, index: int, procs: tuple[GpuProcess, ...], e: Exception) -> GpuReading:
+    """A reading that raised: the GPU is lost (GpuIsLost, ResetRequired), or it failed this once."""
     if isinstance(e, getattr(nv, "NVMLError_GpuIsLost", ())):
-        return "GPU is lost (NVML)"
+        return GpuReading(index, procs, lost="GPU is lost (NVML)")
     if isinstance(e, getattr(nv, "NVMLError_ResetRequired", ())):
-        return "GPU needs a reset (NVML)"
-    return f"stopped answering NVML ({e})"
+        return GpuReading(index, procs, lost="GPU needs a reset (NVML)")
+    return GpuReading(index, procs, error=f"{type(e).__name__}: {e}")
 
 
 def probe(indices: tuple[int, ...]) -> dict[int, GpuReading] | None:

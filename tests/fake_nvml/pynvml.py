@@ -153,6 +153,8 @@ def _gpu(handle: _Handle) -> dict[str, Any]:
     g = dict(gpus[handle.index])
     if g.get("lost"):
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    if g.get("fail"):  # e.g. "TIMEOUT", "UNKNOWN": every call on it raises that NVMLError
+        raise NVMLError(getattr(sys.modules[__name__], "NVML_ERROR_" + str(g["fail"]).upper()))
     return g
 
 

@@ -160,7 +160,7 @@ def test_cli_option_overrides_the_spec(tmp_path: Path, outsider: subprocess.Pope
     assert not ctl.saw("held by pid")
 
 
-@pytest.mark.parametrize("sickness", ["xid", "ecc", "lost"])
+@pytest.mark.parametrize("sickness", ["xid", "ecc", "lost", "timeouts"])
 def test_a_task_that_failed_on_a_sick_gpu_runs_again_elsewhere_free(tmp_path: Path, sickness: str) -> None:
     fake = FakeGpus(tmp_path, count=2)
     fake.set_gpu(0, ecc_uncorrected=3)  # errors from before the run do not count (the baseline)
@@ -186,9 +186,12 @@ def test_a_task_that_failed_on_a_sick_gpu_runs_again_elsewhere_free(tmp_path: Pa
         elif sickness == "ecc":
             fake.set_gpu(first, ecc_uncorrected=fake.data["gpus"][first]["ecc_uncorrected"] + 2)
             why = "2 uncorrectable ECC error(s)"
-        else:
+        elif sickness == "lost":
             fake.set_gpu(first, lost=True)
             why = "GPU is lost"
+        else:
+            fake.set_gpu(first, fail="TIMEOUT")  # one would pass; three readings in a row do not
+            why = "stopped answering NVML (NVMLError_Timeout"
         ctl.wait_line(f"GPU {first} unhealthy: {why}")
         assert not ctl.saw("Xid 45")
         (tmp_path / "go-1").touch()

@@ -46,6 +46,7 @@ from rota.units import format_size
 
 DEFAULT_MARGIN_BYTES = 2**30  # a CUDA context grows after it is first seen; 1 GB keeps a neighbour safe
 STALL_S = 30.0  # an NVML call that has not returned for this long: the GPU stopped answering
+FAILS_IN_A_ROW = 3  # readings that raised (a timeout, an unknown error) before the GPU counts as gone
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ class GpuWatch(Hook):
     def _loop(self, xid: bool) -> None:
         reader = self.reader
         assert reader is not None
+        fails: dict[int, int] = {}
         while not self._stop.is_set():
             if xid:
                 got = reader.wait_xid(int(self.interval_s * 1000))  # the wait is the interval
@@ -324,6 +326,10 @@ class GpuWatch(Hook):
                 r = reader.read(i)
                 with self._lock:
                     self._busy_since.pop(i, None)
+                # One failed call may pass; a GPU that fails FAILS_IN_A_ROW readings stopped answering.
+                fails[i] = fails.get(i, 0) + 1 if r.error else 0
+                if fails[i] >= FAILS_IN_A_ROW:
+                    r = replace(r, lost=f"stopped answering NVML ({r.error}, {fails[i]} times in a row)")
                 readings[i] = r
             with self._lock:
                 self._xids.extend(got)
