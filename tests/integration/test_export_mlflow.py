@@ -103,3 +103,10 @@ def test_each_ended_attempt_becomes_one_run_nested_by_group_and_only_new_ones_ar
 def test_a_missing_state_or_a_refused_store_is_one_line(tmp_path: Path):
     p = rota("export", "mlflow", "--state-dir", tmp_path / "none", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert p.returncode == 2 and p.stderr.startswith("rota: error: no rota state") and "Traceback" not in p.stderr
+
+
+def test_the_default_experiment_is_the_spec_name():
+    from rota.export.mlflow import _default_experiment
+
+    assert _default_experiment("/p/rota.yaml") == "rota" and _default_experiment("/p/train.yml") == "train"
+    assert _default_experiment("/p/<dict spec hydra>") == "hydra" and _default_experiment(None) == "rota"
