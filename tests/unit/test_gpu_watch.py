@@ -174,3 +174,14 @@ def test_the_dashboard_draws_a_sick_gpu_red_and_a_foreign_holders_line():
     plain = Console(record=True, width=160)
     plain.print(render(snap))
     assert "unhealthy" not in plain.export_text()
+
+
+def test_the_dashboard_notes_name_every_holder_of_a_gpu():
+    from rota.engine.gpu_watch import GpuWatch
+
+    w = GpuWatch(machine([80, 80]))
+    w.holders = {(1, 7): Holder(1, 7, 2 * GB, "ann", "python"), (1, 9): Holder(1, 9, 3 * GB, "bob", "vllm"),
+                 (0, 5): Holder(0, 5, GB, "cy", "jupyter")}
+    w.sick = {0: "Xid 79 error"}
+    assert w.notes() == {0: ("unhealthy", "Xid 79 error"),
+                         1: ("foreign", "2GB held by pid 7, user ann, python; 3GB held by pid 9, user bob, vllm")}

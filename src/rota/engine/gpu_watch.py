@@ -198,10 +198,10 @@ class GpuWatch(Hook):
     def notes(self) -> dict[int, tuple[str, str]]:
         """Per GPU: ("unhealthy", why) or ("foreign", who holds memory there), for the dashboard."""
         out: dict[int, tuple[str, str]] = {i: ("unhealthy", why) for i, why in self.sick.items()}
-        for h in self.holders.values():
-            if h.gpu not in out:
+        for h in sorted(self.holders.values(), key=lambda h: (h.gpu, h.pid)):
+            prev = out.get(h.gpu)
+            if prev is None or prev[0] == "foreign":  # several holders on one GPU: one line, all of them
                 text = f"{format_size(h.used_bytes)} held by pid {h.pid}, user {h.user}, {h.command}"
-                prev = out.get(h.gpu)
                 out[h.gpu] = ("foreign", f"{prev[1]}; {text}" if prev else text)
         return out
 
