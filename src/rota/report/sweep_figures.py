@@ -45,7 +45,9 @@ def study_figures(study: Any) -> dict[str, Any]:
                 fig = draw(study, target_name=metric)
             except (ValueError, RuntimeError, ZeroDivisionError, ImportError):
                 continue  # e.g. importances of one trial, or without a parameter that varies
-            fig.update_layout(title=FIGURE_TITLES[key], height=380, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+            # three side by side: the tool bar stands upright at the right, clear of the title
+            fig.update_layout(title=FIGURE_TITLES[key], height=380, margin={"l": 60, "r": 56, "t": 50, "b": 40},
+                              modebar={"orientation": "v"})  # fmt: skip
             out[key] = fig
     return out
 
