@@ -16,6 +16,12 @@ mlflow = pytest.importorskip("mlflow", reason="the mlflow extra: pip install 'ro
 optuna = pytest.importorskip("optuna")
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SQLite tracking store keeps artifacts in ./mlruns (MLflow's default artifact root): here.
+    monkeypatch.chdir(tmp_path)
 SPEC = """\
 defaults:
   retries: 1
