@@ -27,6 +27,9 @@ log "pip: rota with the test, examples and ray extras"
 # where the machine has one instead of the multi-GB CUDA build.
 "$PY" -m pip install -q torch==2.13.0 || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 "$PY" -m pip install -q -e ".[test,examples,ray]"
+# Hydra's Optuna sweeper pins optuna<3 (rota needs >=3.4) but works with it: installed without
+# its pins, for the Hydra launcher's sweeper test.
+"$PY" -m pip install -q --no-deps hydra-optuna-sweeper
 
 if [ "$(id -u)" = 0 ]; then
   log "SLURM: scripts/slurm-up.sh"
