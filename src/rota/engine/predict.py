@@ -2,12 +2,14 @@
 pending task (:func:`rota.core.explain.explain`) and forecasts every start and end
 (:func:`rota.plan.eta.forecast`) on the live state, and writes both to the store.
 
-When: at a loop round after something changed (an attempt ended, was adopted or lost; the number
-of running, ready, backed-off or held tasks), at most every :attr:`Predictor.min_interval_s`
+When: from :attr:`Predictor.min_interval_s` after the start, at a loop round after something
+changed (an attempt ended, was adopted or lost; the number of running, ready, backed-off or held
+tasks), at most every :attr:`Predictor.min_interval_s`
 and never more often than :attr:`Predictor.cost_factor` times what the last computation took
 (so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
-within 3% of its time without it, ``bench/bench_local.py``). Once more when the run stops, so the
-tasks it leaves pending keep a current reason.
+within 3% of its time without it, ``bench/bench_local.py``); and at least every
+:attr:`Predictor.max_age_s` while tasks are pending (a task running past its estimate moves every
+prediction). Once more when the run stops, so the tasks it leaves pending keep a current reason.
 
 What: each pending task's ``tasks.reason`` (one line) and ``predicted_start``/``predicted_end``
 (epoch seconds), each running task's ``predicted_end`` (start: its real one), in one transaction
@@ -40,15 +42,16 @@ HALTED = "the run launches nothing more (rota stop --drain, or --fail-fast after
 class Predictor(Hook, Forecasts):
     """Explains and forecasts the pending tasks of a live run (see the module docstring)."""
 
-    def __init__(self, min_interval_s: float = 2.0, cost_factor: float = 40.0) -> None:
+    def __init__(self, min_interval_s: float = 2.0, cost_factor: float = 60.0, max_age_s: float = 60.0) -> None:
         self.min_interval_s = min_interval_s
+        self.max_age_s = max_age_s
         self.cost_factor = cost_factor
         self.forecast: Forecast | None = None
         self.reasons: Mapping[str, Reason] = {}
         self._changes = 0  # attempts ended, adopted or lost so far
         self._seen: tuple[int, ...] | None = None  # what had changed at the last computation
         self._at = -math.inf  # when the last computation ran (epoch seconds)
-        self._cost_s = 0.0
+        self._cost_s = 0.0  # CPU seconds of the last computation (its wall time swells on a busy machine)
         self._history: dict[str, float] | None = None
 
     # -- hook points: each end, adoption or loss is a change --------------
@@ -66,8 +69,15 @@ class Predictor(Hook, Forecasts):
             return
         seen = (self._changes, len(engine.running), len(engine.ready), len(engine.delayed), len(engine.rs.held),
                 int(engine.halted))
-        if seen != self._seen:
+        # Also when the last one is old: a running task past its estimate moves every prediction.
+        if seen != self._seen or now - self._at >= self.max_age_s:
             self.update(engine, now, seen)
+
+    def start(self, engine: Any) -> None:
+        # The first one waits min_interval_s too: the first round's launches come first, and a run of
+        # short tasks that is over by then pays nothing.
+        self._at = time.time()
+        self._learn_history(engine)  # now, before this run's own attempts are in the store
 
     def stop(self, engine: Any) -> None:
         if any(lv.state == S.PENDING for lv in engine.live.values()):
@@ -76,7 +86,7 @@ class Predictor(Hook, Forecasts):
     # -- the computation --------------------------------------------------
     def update(self, engine: Any, now: float, seen: tuple[int, ...] | None) -> None:
         """Explain and forecast now, write the results; never raises (a forecast must not stop a run)."""
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         self._seen, self._at = seen, now
         try:
             held = set(engine.rs.held)
@@ -89,7 +99,7 @@ class Predictor(Hook, Forecasts):
             engine.store.set_forecast(self._rows(engine))
         except Exception as e:  # noqa: BLE001 - reported, never raised into the run
             engine._event("forecast", "", f"could not explain or forecast the pending tasks: {e}")
-        self._cost_s = time.perf_counter() - t0
+        self._cost_s = time.thread_time() - t0
 
     def _rows(self, engine: Any) -> list[tuple[str, str | None, float | None, float | None]]:
         slots = self.forecast.slots if self.forecast is not None else {}
@@ -105,11 +115,15 @@ class Predictor(Hook, Forecasts):
         return rows
 
     def _learn_history(self, engine: Any) -> dict[str, float]:
-        """Median seconds by command of the successful attempts in the store at the first call
-        (before this run's own: the forecast learns those from its tasks, :mod:`rota.plan.eta`)."""
+        """Median seconds by command of the successful attempts in the store at the start (before
+        this run's own: the forecast learns those from its tasks by group, :mod:`rota.plan.eta`)."""
         if self._history is None:
             self._history = {}
-            for cmd, runs in engine.store.durations_by_command().items():
+            try:
+                past = engine.store.durations_by_command()
+            except Exception:  # noqa: BLE001 - no history is not an error for a forecast
+                past = {}
+            for cmd, runs in past.items():
                 if runs:
                     self._history[cmd] = max(statistics.median(runs), 0.001)
         return self._history
