@@ -141,3 +141,22 @@ def test_forecast_orders_starts_as_the_simulation_and_leaves_held_out():
     assert s["a"][0] == NOW + 6.0 and s["b"][0] == NOW + 106.0  # one GPU: the longer path first
     assert s["agg"] == (NOW + 10_000.0, NOW + 10_060.0)  # its back-off runs out later
     assert fc.makespan_s == s["b"][1] - NOW + 0.0 or fc.makespan_s >= s["b"][1] - NOW
+
+
+def test_the_limit_text_names_the_sweep_and_its_parallel():
+    import rota
+    from rota.engine.predict import HALTED, limit_text
+    from rota.engine.runstate import Live
+
+    spec = rota.spec_from_dict({"tasks": [
+        {"name": "xgb", "command": "echo {lr}", "sweep": {"trials": 4, "metric": "auc", "parallel": 2,
+                                                        "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3}}}},
+        {"name": "plain", "command": "true"}]}, name="limits")
+    trial = next(t for t in spec.tasks if t.name == "xgb-trial-3")
+    assert limit_text(Live(trial, "pending")) == "sweep xgb runs at most 2 trial(s) at once (parallel: 2)"
+    plain = next(t for t in spec.tasks if t.name == "plain")
+    assert limit_text(Live(plain, "pending")) == "a concurrency limit of the run"
+    why = explain([Candidate("xgb-trial-3", trial.request)], machine(0), now=NOW,
+                  limits={"xgb-trial-3": limit_text(Live(trial, "pending"))})["xgb-trial-3"]
+    assert why.kind == "limit" and why.text.startswith("the run's limit: sweep xgb runs at most 2")
+    assert "rota stop --drain" in HALTED
