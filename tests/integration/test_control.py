@@ -292,3 +292,22 @@ def test_a_cancel_committed_by_a_killed_controller_is_finished_by_the_next(tmp_p
     assert p.returncode == 1, p.stdout
     assert state_of(sd, "train") == "cancelled" and state_of(sd, "evaluate") == "skipped"
     assert not any(alive(int(pid)) for pid in pids.read_text().split())
+
+
+def test_a_live_priority_reorders_the_waiting_tasks(tmp_path):
+    go = tmp_path / "go"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: gate, command: "while [ ! -f {go} ]; do sleep 0.05; done"}}
+          - {{name: "p-{{i}}", command: "true", needs: gate, matrix: {{i: [0, 1, 2, 3]}}}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain", "--cpus", "1")  # one task at a time: the order shows
+    wait_for(lambda: state_of(sd, "gate") == "running", timeout=30)
+    assert "priority 10: p-3" in rota("priority", "p-3", "10", "--spec", spec, check=True).stdout
+    go.touch()
+    code, log = finish(proc)
+    assert code == 0, log
+    st = states(sd)
+    order = sorted((st[f"p-{i}"]["started_at"], f"p-{i}") for i in range(4))
+    assert [n for _, n in order] == ["p-3", "p-0", "p-1", "p-2"], order
