@@ -28,7 +28,13 @@ from rota.store.read import read_status
 from rota.store.schema import DB_NAME
 
 STATUS_INTERVAL_S = 1.0
-"""The task table is read again at most this often (the page follows the run within 2 s)."""
+"""The task table is read again at most this often (the page follows the run within 2 s)..."""
+STATUS_INTERVAL_MAX_S = 1.5
+"""... or less often, up to this, when a read takes long (a big run, a busy machine: see
+:data:`STATUS_COST_FACTOR`)."""
+STATUS_COST_FACTOR = 5.0
+"""Reads of the status are at least this many times their own (wall) cost apart: the server backs
+off when the machine is busy, and the controller keeps the CPU."""
 UNCHANGED_MAX_AGE_S = 10.0
 """While the database files are unchanged, a snapshot is reused up to this age (the controller's
 liveness is part of it)."""
@@ -89,6 +95,7 @@ class StateCache:
         self._snap = Snapshot(at_s=0.0, seq=0, error="not read yet")
         self._files: tuple[Any, ...] = ()
         self._read_at = -1e18
+        self._cost_s = 0.0
         self._gpus = _Throttled(self._read_gpus, SLOW_INTERVAL_S)
         self._results = _Throttled(self._read_results, SLOW_INTERVAL_S)
         self._sweeps = _Throttled(self._read_sweeps, 2 * SLOW_INTERVAL_S)
@@ -115,12 +122,13 @@ class StateCache:
         with self._lock:
             now = time.monotonic()
             age = now - self._read_at
-            if age < self._interval_s:
+            if age < min(max(self._interval_s, STATUS_COST_FACTOR * self._cost_s), STATUS_INTERVAL_MAX_S):
                 return self._snap
             files = self._db_files()
             if files == self._files and age < UNCHANGED_MAX_AGE_S and self._snap.data is not None:
                 return self._snap
             seq = self._snap.seq + 1
+            t0 = time.monotonic()
             try:
                 data = read_status(self.state_dir)
                 by_name = {t["name"]: t for t in data["tasks"]}
@@ -130,6 +138,7 @@ class StateCache:
             except (RotaError, OSError, ValueError) as e:
                 snap = Snapshot(time.time(), seq, None, str(e))
             self._snap, self._files, self._read_at = snap, files, time.monotonic()
+            self._cost_s = self._read_at - t0
             return snap
 
     def page(self, states: frozenset[str] | None, query: str, offset: int, limit: int) -> tuple[Snapshot, Any]:

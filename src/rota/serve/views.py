@@ -7,6 +7,7 @@ time (filtered and searched here), the timeline the most recent tasks only, GPU 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -74,7 +75,8 @@ def timeline(tasks: Sequence[Mapping[str, Any]], now: float, limit: int = TIMELI
     if not started:
         return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": []}
     origin = min(float(t["started_at"]) for t in started)
-    recent = sorted(started, key=lambda t: float(t["started_at"]))[-limit:] if limit < len(started) else started
+    recent = heapq.nlargest(limit, started, key=lambda t: float(t["started_at"]))[::-1] \
+        if limit < len(started) else started
     items = []
     for t in recent:
         start = float(t["started_at"]) - origin
