@@ -176,6 +176,10 @@ def test_page_follows_a_run_and_shows_a_log_tail(tmp_path: Path, browser: Any, s
         "const d = document.getElementById('timeline').data; return d ? d.reduce((n, t) => n + t.x.length, 0) : 0") == 3,
         timeout=20)
     wait_for(lambda: "acc" in browser.find_element(By.ID, "results").text, timeout=20)
+    # The report's own figures (rota.report's functions): results per task group, booked GPU memory.
+    wait_for(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#figures [data-figure]')].filter(d => d.data).map(d => d.dataset.figure)"
+    ) == ["results-second-seed", "gpu-memory"], timeout=30)
     browser.save_screenshot(str(tmp_path / "serve-done.png"))
     assert (tmp_path / "serve-done.png").stat().st_size > 10_000
     assert _console_errors(browser) == []

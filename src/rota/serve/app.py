@@ -7,7 +7,8 @@ Routes (all GET and read-only, but one):
 - ``/api/status?state=a,b&q=TEXT&offset=N&limit=N``: the run's head (run id, spec, controller,
   counts), a page of the task table filtered and searched, and ``error`` while there is no state;
 - ``/api/log?task=NAME&bytes=N``: the end of a task's latest log;
-- ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``;
+- ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``, ``/api/figures``
+  (the report's figures of results, sweeps and booked GPU memory, as plotly JSON);
 - ``POST /api/control`` ``{"kind": "cancel"|"retry"|"hold"|"release", "task": NAME}``: the one
   route that changes the run, through :func:`rota.engine.control.request` (as ``rota cancel``
   would: a request committed for the controller, or applied under the state lock when none
@@ -174,7 +175,7 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
 
     routes = [Route("/", index), Route("/plotly.min.js", plotly_js), Route("/api/status", status),
               Route("/api/log", log), slow("timeline"), slow("gpus"), slow("results"), slow("sweeps"),
-              slow("eta")]
+              slow("eta"), slow("figures")]
     if controls is not None:
         routes.append(Route("/api/control", control, methods=["POST"]))
     return _Guard(Starlette(routes=routes), token)

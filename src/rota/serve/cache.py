@@ -40,6 +40,8 @@ UNCHANGED_MAX_AGE_S = 10.0
 liveness is part of it)."""
 SLOW_INTERVAL_S = 5.0
 """GPU samples and results are read again at most this often."""
+FIGURES_SHOWN = ("results-", "sweep-", "gpu-memory")
+"""The report's figures the page shows (its own timeline, GPU and table follow the run faster)."""
 SLOW_FACTOR = 20.0
 """A slow piece (ETA, sweeps) is computed at most once per this many times its last cost."""
 
@@ -100,6 +102,7 @@ class StateCache:
         self._results = _Throttled(self._read_results, SLOW_INTERVAL_S)
         self._sweeps = _Throttled(self._read_sweeps, 2 * SLOW_INTERVAL_S)
         self._eta = _Throttled(self._read_eta, 2 * SLOW_INTERVAL_S)
+        self._figures = _Throttled(self._read_figures, 2 * SLOW_INTERVAL_S)
         self._spec: tuple[Any, Any] | None = None  # (spec path and mtime, its tasks)
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._timeline: tuple[int, Any] = (-1, None)
@@ -190,6 +193,9 @@ class StateCache:
     def eta(self) -> Any:
         return self._eta.get()
 
+    def figures(self) -> Any:
+        return self._figures.get()
+
     def _read_gpus(self) -> dict[str, Any]:
         from rota.report.load import machine_from_meta
         from rota.store.sqlite import SqliteStore
@@ -216,6 +222,27 @@ class StateCache:
         from rota.report.sweeps import best_trials
 
         return {"sweeps": best_trials(self.state_dir)}
+
+    def _read_figures(self) -> dict[str, Any]:
+        """The report's own figures of results, sweeps and booked GPU memory
+        (:func:`rota.report.html.report_figures` on :func:`rota.report.load.load_report`, grouped
+        by the report's default variables), as plotly JSON: ``{"figures": [{"name", "figure"}]}``."""
+        if not os.path.exists(os.path.join(self.state_dir, DB_NAME)):
+            return {"figures": []}
+        from rota.report.html import report_figures
+        from rota.report.load import load_report
+        from rota.report.page import figure_dict
+        from rota.report.stats import default_by
+
+        data = load_report(self.state_dir)
+        sweep_figs: dict[str, Any] = {}
+        if os.path.exists(os.path.join(self.state_dir, "optuna.db")):
+            from rota.report.sweep_figures import sweep_figures
+
+            sweep_figs = sweep_figures(self.state_dir)
+        figs = report_figures(data, default_by(data.tasks), sweep_figs)
+        return {"figures": [{"name": name, "figure": figure_dict(fig)} for name, fig in figs.items()
+                            if name.startswith(FIGURES_SHOWN)]}
 
     def _read_eta(self) -> dict[str, Any]:
         """Seconds left: the controller's predictions when it records them, else the plan
