@@ -6,7 +6,7 @@ Runs ``rota run`` on TASKS ``true`` tasks (``--gpus none --cpus CPUS``) REPS tim
 REPS times with ``rota serve`` on its state folder and CLIENTS simulated browsers, alternating the
 two conditions to spread machine noise. Each client asks what the page asks, as often, on one
 kept-alive connection: the status and a table page every second, the timeline every 2 s, GPUs,
-results and the ETA every 5 s, sweeps every 10 s. The clients stand in for browsers on other
+results and the ETA every 5 s, sweeps and the report's figures every 10 s. The clients stand in for browsers on other
 machines: they run in their own process at ``nice 19``, so their own CPU is not what is measured
 (``rota serve`` itself runs at ``nice 10``, as always). Prints the median wall times and their ratio (with / without; the issue asks under
 1.05), the requests served and any failed request (exit 1 on any).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROTA = [sys.executable, "-m", "rota.cli"]
 EVERY_S = {"/api/status?limit=100": 1.0, "/api/timeline": 2.0, "/api/gpus": 5.0, "/api/results": 5.0,
-           "/api/eta": 5.0, "/api/sweeps": 10.0}
+           "/api/eta": 5.0, "/api/sweeps": 10.0, "/api/figures": 10.0}
 
 
 CLIENTS = """

@@ -257,6 +257,11 @@ def test_serve_refuses_a_busy_port_in_one_line(tmp_path: Path, served: list[Serv
     assert out.stderr.startswith("rota: error: --host 127.0.0.1 --port") and out.stderr.count("\n") == 1
 
 
+def test_serve_refuses_a_missing_spec_in_one_line(tmp_path: Path) -> None:
+    out = rota("serve", tmp_path / "nope.yaml", "--port", "0", timeout=30)
+    assert out.returncode == 2 and out.stderr == f"rota: error: {tmp_path / 'nope.yaml'}: no such spec file or folder\n"
+
+
 def test_serve_help_names_the_token() -> None:
     out = rota("serve", "--help", check=True)
     assert "--host" in out.stdout and "token" in out.stdout

@@ -70,6 +70,8 @@ def serve(target: str | None, port: int, host: str, state_dir: str | None, token
         raise UsageError(f"rota serve needs Starlette and uvicorn ({e.name} is missing): {_INSTALL_HINT}") from None
     from rota import api
 
+    if target is not None and not os.path.exists(target):
+        raise UsageError(f"{target}: no such spec file or folder")
     sd = api.resolve_state_dir(target, state_dir)
     if token is None and needs_token(host):
         token = secrets.token_urlsafe(24)
