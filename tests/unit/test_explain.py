@@ -160,3 +160,27 @@ def test_the_limit_text_names_the_sweep_and_its_parallel():
                   limits={"xgb-trial-3": limit_text(Live(trial, "pending"))})["xgb-trial-3"]
     assert why.kind == "limit" and why.text.startswith("the run's limit: sweep xgb runs at most 2")
     assert "rota stop --drain" in HALTED
+
+
+def test_forecast_rows_ride_with_a_commit_and_land_only_on_waiting_and_running_tasks(tmp_path):
+    from rota.store import base as S
+    from rota.store.sqlite import Change, SqliteStore
+
+    st = SqliteStore(tmp_path)
+    st.upsert_tasks([{"name": n, "state": S.PENDING, "attempts": 0, "free_attempts": 0, "reason": "", "gpus": [],
+                      "gpu_bytes": [], "cpus": 1, "memory_bytes": 0, "vars": {}, "command": "true"}
+                     for n in ("p", "r", "done")])
+    st.apply([Change("r", S.PENDING, "launching", {"state": S.RUNNING, "reason": "queued in slurm"}),
+              Change("done", S.PENDING, "succeeded", {"state": S.SUCCEEDED})])
+    events = len(st.events())
+    rows = [("p", "waiting for its need: x (running)", NOW + 5, NOW + 65), ("r", "ignored", NOW - 10, NOW + 50),
+            ("done", "ignored", NOW, NOW + 1)]
+    # In the same transaction as a transition (and without an event of their own).
+    assert st.apply([Change("p", S.PENDING, "hold", {"held": 1})], forecast=rows) == [True]
+    got = {r.name: (r.reason, r.predicted_start, r.predicted_end) for r in st.tasks()}
+    assert got["p"] == ("waiting for its need: x (running)", NOW + 5, NOW + 65)
+    assert got["r"] == ("queued in slurm", NOW - 10, NOW + 50)  # a running task keeps its reason
+    assert got["done"] == ("", None, None)  # a task that moved on is left as it is
+    assert len(st.events()) == events + 1  # the hold's event only
+    st.set_forecast([("p", None, None, None)])  # alone; None keeps the reason
+    assert st.task("p").reason == "waiting for its need: x (running)" and st.task("p").predicted_start is None

@@ -12,15 +12,18 @@ within 3% of its time without it, ``bench/bench_local.py``); and at least every
 prediction). Once more when the run stops, so the tasks it leaves pending keep a current reason.
 
 What: each pending task's ``tasks.reason`` (one line) and ``predicted_start``/``predicted_end``
-(epoch seconds), each running task's ``predicted_end`` (start: its real one), in one transaction
-of their own (:meth:`rota.store.sqlite.SqliteStore.set_forecast`), no events. The UIs read the
+(epoch seconds), each running task's ``predicted_end`` (start: its real one), no events: in one
+transaction with the engine's other commits (``EngineState._flush``: staged transitions are
+committed within ``STAGE_WAIT_S``), or alone when nothing is staged. The UIs read the
 same results from :class:`rota.ui.view.Forecasts` (the dashboard's ETA is the forecast's
 makespan, its pending lines the reasons).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 import statistics
 import time
 from collections.abc import Mapping
@@ -81,13 +84,18 @@ class Predictor(Hook, Forecasts):
 
     def stop(self, engine: Any) -> None:
         if any(lv.state == S.PENDING for lv in engine.live.values()):
-            self.update(engine, time.time(), None)
+            # The run is over: a state folder that cannot be written now was reported already.
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.update(engine, time.time(), None)
 
     # -- the computation --------------------------------------------------
     def update(self, engine: Any, now: float, seen: tuple[int, ...] | None) -> None:
-        """Explain and forecast now, write the results; never raises (a forecast must not stop a run)."""
+        """Explain and forecast now, and hand the rows to the engine's next commit (now, when nothing
+        else is staged). A failure to explain or forecast is reported, never raised into the run; a
+        failure to commit is the store's, raised as any commit's is."""
         t0 = time.thread_time()
         self._seen, self._at = seen, now
+        rows = None
         try:
             held = set(engine.rs.held)
             self.reasons = reasons_of(engine, now, held)
@@ -96,10 +104,15 @@ class Predictor(Hook, Forecasts):
                 {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
                 now, self._learn_history(engine), held=held,
                 not_before={n: engine.live[n].not_before for n in engine.delayed})
-            engine.store.set_forecast(self._rows(engine))
+            rows = self._rows(engine)
         except Exception as e:  # noqa: BLE001 - reported, never raised into the run
             engine._event("forecast", "", f"could not explain or forecast the pending tasks: {e}")
         self._cost_s = time.thread_time() - t0
+        if rows is not None:
+            # With the round's other commits (staged ones are flushed within STAGE_WAIT_S), or alone now.
+            engine._forecast = rows
+            if not engine._staged:
+                engine._flush()
 
     def _rows(self, engine: Any) -> list[tuple[str, str | None, float | None, float | None]]:
         slots = self.forecast.slots if self.forecast is not None else {}

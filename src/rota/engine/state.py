@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "STORAGE_ERRNOS", "EngineState", "Live", "Options"]
@@ -20,7 +21,7 @@ from rota.executors.base import Executor
 from rota.spec.load import Spec
 from rota.spec.model import Task
 from rota.store import base as S
-from rota.store.sqlite import Change, SqliteStore
+from rota.store.sqlite import Change, ForecastRow, SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -133,12 +134,16 @@ class EngineState:
                 self._staged_handles[ch.name] = len(self._staged)
             self._staged.append(ch)
 
+    _forecast: Sequence[ForecastRow] = ()  # the predictor's rows, committed with the next flush
+
     def _flush(self) -> None:
-        """Commit every staged transition in one transaction."""
-        if self._staged:
+        """Commit every staged transition in one transaction, with the predictor's rows if any
+        (:mod:`rota.engine.predict`: pending tasks' reasons and predicted starts)."""
+        if self._staged or self._forecast:
             staged, self._staged = self._staged, []
+            forecast, self._forecast = self._forecast, ()
             self._staged_handles.clear()
-            self.store.apply(staged)
+            self.store.apply(staged, forecast=forecast)
 
     def _halt(self, task: str, why: str) -> None:
         """Launch nothing more (``--fail-fast``, ``rota stop --drain``); running tasks finish."""

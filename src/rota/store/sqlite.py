@@ -27,6 +27,11 @@ from rota.store.schema import APP_ID, DB_NAME, DDL, MIGRATIONS, SCHEMA_VERSION, 
 _JSON_COLS = {"gpus", "gpu_bytes", "handle", "vars", "params"}
 
 
+ForecastRow = tuple[str, str | None, float | None, float | None]
+"""``(task, reason, predicted_start, predicted_end)``: what the controller's predictor writes
+(:meth:`SqliteStore.set_forecast`; epoch seconds; None: keep the reason, no prediction)."""
+
+
 @dataclass(frozen=True)
 class Change:
     """One compare-and-set transition for :meth:`SqliteStore.apply`."""
@@ -325,13 +330,16 @@ class SqliteStore:
         """
         return self.apply([Change(name, expect, event, fields, attempt, metrics)])[0]
 
-    def apply(self, changes: Sequence[Change]) -> list[bool]:
-        """Several compare-and-set transitions in ONE transaction (one commit)."""
+    def apply(self, changes: Sequence[Change], *, forecast: Sequence[ForecastRow] = ()) -> list[bool]:
+        """Several compare-and-set transitions in ONE transaction (one commit); ``forecast`` rows
+        (:meth:`set_forecast`) in the same one, after them."""
         now = time.time()
         results: list[bool] = []
         with transaction(self.conn):
             for ch in changes:
                 results.append(self._apply_one(ch, now))
+            if forecast:
+                self._set_forecast(forecast)
         return results
 
     def _apply_one(self, ch: Change, now: float) -> bool:
@@ -450,16 +458,19 @@ class SqliteStore:
                                               json.loads(r["data"]), r["taken_at"], r["result"])
 
     # -- why tasks wait, when they start (rota.engine.predict) -------------
-    def set_forecast(self, rows: Sequence[tuple[str, str | None, float | None, float | None]]) -> None:
+    def set_forecast(self, rows: Sequence[ForecastRow]) -> None:
         """Write ``(task, reason, predicted_start, predicted_end)`` rows in one transaction, without
         events (a prediction is not a transition). ``reason`` lands only on a task still ``pending``
         (None: keep the stored one); the predictions on a pending or running one. A task that moved
-        on since the prediction was made keeps its row as it is."""
+        on since the prediction was made keeps its row as it is. :meth:`apply` takes them too."""
         with transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE tasks SET reason=CASE WHEN state='pending' THEN coalesce(?, reason) ELSE reason END, "
-                "predicted_start=?, predicted_end=? WHERE name=? AND state IN ('pending','launching','running')",
-                [(reason, start, end, name) for name, reason, start, end in rows])
+            self._set_forecast(rows)
+
+    def _set_forecast(self, rows: Sequence[ForecastRow]) -> None:
+        self.conn.executemany(
+            "UPDATE tasks SET reason=CASE WHEN state='pending' THEN coalesce(?, reason) ELSE reason END, "
+            "predicted_start=?, predicted_end=? WHERE name=? AND state IN ('pending','launching','running')",
+            [(reason, start, end, name) for name, reason, start, end in rows])
 
     def held_tasks(self) -> set[str]:
         """Names of the tasks ``rota hold`` keeps from launching (column ``held``)."""
