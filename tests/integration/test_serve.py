@@ -308,3 +308,32 @@ def test_page_holds_releases_cancels_and_retries_a_task(tmp_path: Path, browser:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(10)
+
+
+def test_sweeps_show_their_best_trials_and_the_reports_figures(tmp_path: Path, served: list[Served]) -> None:
+    pytest.importorskip("optuna")
+    spec = write_spec(tmp_path / "p", """
+        tasks:
+          - name: hpo
+            command: echo ROTA_METRIC loss={x}
+            sweep:
+              trials: 4
+              metric: loss
+              sampler: random
+              seed: 3
+              params:
+                x: {type: float, low: 0.0, high: 1.0}
+                depth: {type: int, low: 1, high: 8}
+        """)
+    rota("run", spec, "--plain", "--cpus", "2", check=True)
+    sd = tmp_path / "p" / ".rota"
+    before = {p: p.stat().st_mtime_ns for p in sd.rglob("*") if not p.name.endswith("-shm")}
+    s = Served(spec)
+    served.append(s)
+    sweeps = s.json("/api/sweeps")["sweeps"]
+    assert [(w["sweep"], w["counts"]["complete"]) for w in sweeps] == [("hpo", 4)]
+    best = sweeps[0]["best"]
+    assert best[0]["value"] == min(b["value"] for b in best) and set(best[0]["params"]) == {"x", "depth"}
+    names = [f["name"] for f in s.json("/api/figures")["figures"]]
+    assert "sweep-hpo-history" in names and all(f.startswith(("results-", "sweep-", "gpu-memory")) for f in names)
+    assert {p: p.stat().st_mtime_ns for p in sd.rglob("*") if not p.name.endswith("-shm")} == before
