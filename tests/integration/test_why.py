@@ -215,3 +215,26 @@ def test_the_dashboard_shows_reasons_and_the_forecasts_eta(tmp_path: Path) -> No
     Console(file=text, width=200, color_system=None).print(frame)
     out = text.getvalue()
     assert "waiting" in out and "reserved for big (4 GPUs)" in out and "in ~" in out
+
+
+def test_a_retry_waiting_out_its_back_off_says_until_when_and_after_what(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        tasks:
+          - name: flaky
+            command: exit 7
+            retries: 1
+    """)
+    sd = tmp_path / "state"
+    run = start_rota("run", spec, "--state-dir", sd, "--gpus", "none", "--plain", "--retry-delay", "60")
+    try:
+        wait_for(lambda: (sd / "state.db").exists() and "back-off" in by_name(sd)["flaky"]["reason"], timeout=60)
+        t = by_name(sd)["flaky"]
+        assert t["state"] == "pending" and t["reason"].startswith("retry back-off until ")
+        assert t["reason"].endswith(", after: exit 7") and t["predicted_start_s"] >= t["ended_at"] + 59
+        assert "why: retry back-off until " in _why(sd, "flaky")
+        assert rota("stop", "--state-dir", sd).returncode == 0
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

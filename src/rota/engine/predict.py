@@ -27,6 +27,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from rota.core.explain import Reason, explain
@@ -170,8 +171,13 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
     running += engine.outside_bookings
     if engine._gpus_given_back:
         running = _within(running, engine._gpus_given_back)
-    return explain(cands, engine.launch_machine, running, now=now, waiting=waiting, held=held, backoff=backoff,
-                   limits=limits)
+    out = explain(cands, engine.launch_machine, running, now=now, waiting=waiting, held=held, backoff=backoff,
+                  limits=limits)
+    for name in backoff:  # what the retry follows stays in sight ("exit 1", "cuda out of memory")
+        r = out[name]
+        if r.kind == "backoff" and live[name].reason:
+            out[name] = replace(r, text=f"{r.text}, after: {live[name].reason}")
+    return out
 
 
 def limit_text(lv: Live) -> str:
