@@ -98,7 +98,12 @@ def test_why_names_the_reservation_needs_and_holds_during_a_run(tmp_path: Path) 
         line = next(ln for ln in rota("status", "--state-dir", sd, check=True).stdout.splitlines()
                     if ln.startswith("  small-3 "))
         assert line.split()[1:4] == ["no", "prediction", "held:"], line
-        assert rota("release", "small-3", "--state-dir", sd).returncode == 0
+        # A task that needs a held one says so, and has no prediction either.
+        assert rota("hold", "big", "--state-dir", sd).returncode == 0
+        wait_for(lambda: by_name(sd)["after"]["reason"] == "waiting for its need: big (held)", timeout=30)
+        assert by_name(sd)["after"]["predicted_start_s"] is None
+        assert "needs:\n  big  held\n" in _why(sd, "after")
+        assert rota("release", "small-3", "big", "--state-dir", sd).returncode == 0
         table = rota("status", "--state-dir", sd, check=True).stdout
         assert "pending, why they wait (rota why TASK):" in table and "  after  " in table
 

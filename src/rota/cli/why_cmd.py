@@ -104,7 +104,8 @@ def _needs_of(task: str, spec_path: str | None, target: str | None, recs: Mappin
     t = next((t for t in spec.tasks if t.name == task), None)
     if t is None:
         return ()
-    return tuple((n, recs[n].state if n in recs else "unknown") for n in dict.fromkeys(t.needs))
+    return tuple((n, ("held" if recs[n].held else recs[n].state) if n in recs else "unknown")
+                 for n in dict.fromkeys(t.needs))
 
 
 def _machine(meta_machine: str | None) -> Any:
@@ -152,7 +153,8 @@ def _computed(task: str, spec: Any, recs: Mapping[str, Any], meta_machine: str |
             running.append(Running(Placement(t.name, tuple(r.gpus), tuple(r.gpu_bytes), r.cpus, r.memory_bytes), left))
         if state[t.name] != "pending":
             continue
-        unmet = [(n, state.get(n, "unknown")) for n in dict.fromkeys(t.needs) if state.get(n) not in ("succeeded", "cached")]
+        unmet = [(n, "held" if n in held else state.get(n, "unknown")) for n in dict.fromkeys(t.needs)
+                 if state.get(n) not in ("succeeded", "cached")]
         if unmet:
             waiting[t.name] = unmet
             continue

@@ -156,7 +156,8 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
         if lv.state != S.PENDING:
             continue
         if name not in ready:
-            waiting[name] = [(n, live[n].state) for n in dict.fromkeys(lv.task.needs) if live[n].state not in S.DONE_OK]
+            waiting[name] = [(n, "held" if n in held else live[n].state) for n in dict.fromkeys(lv.task.needs)
+                             if live[n].state not in S.DONE_OK]
             continue
         cands.append(engine._candidate(lv))
         if lv.not_before > now:
