@@ -4,7 +4,7 @@ pending task (:func:`rota.core.explain.explain`) and forecasts every start and e
 
 When: from :attr:`Predictor.min_interval_s` after the start, at a loop round after something
 changed (an attempt ended, was adopted or lost; the number of running, ready, backed-off or held
-tasks), at most every :attr:`Predictor.min_interval_s`
+tasks; the run's limits; GPU memory booked outside rota), at most every :attr:`Predictor.min_interval_s`
 and never more often than :attr:`Predictor.cost_factor` times what the last computation took
 (so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
 within 3% of its time without it, ``bench/bench_local.py``); and at least every
@@ -71,8 +71,9 @@ class Predictor(Hook, Forecasts):
     def tick(self, engine: Any, now: float) -> None:
         if now - self._at < max(self.min_interval_s, self.cost_factor * self._cost_s):
             return
+        # The machine (live limits) and the outside bookings are replaced, never changed in place.
         seen = (self._changes, len(engine.running), len(engine.ready), len(engine.delayed), len(engine.rs.held),
-                int(engine.halted))
+                int(engine.halted), id(engine.launch_machine), id(engine.outside_bookings))
         # Also when the last one is old: a running task past its estimate moves every prediction.
         if seen != self._seen or now - self._at >= self.max_age_s:
             self.update(engine, now, seen)
