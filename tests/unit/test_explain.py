@@ -104,7 +104,7 @@ machines = st.builds(
 times = st.sampled_from([None, 5.0, 20.0, 50.0, 120.0, 400.0])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(machines, st.lists(requests, min_size=1, max_size=12), st.data())
 def test_explained_next_is_exactly_what_the_policy_places(m, reqs, data):
     cands = [Candidate(f"t{i}", r, priority=data.draw(st.integers(0, 1)), rank_s=float(data.draw(st.integers(0, 3))),

@@ -162,11 +162,18 @@ def _replay(
     shadow: Ledger | None = None
     shadow_at: float | None = None
     holder: Candidate | None = None
+    # A request that did not fit the ledger gets the same reason until the ledger changes (it only
+    # shrinks within a decision, as in the policy): one fit and one text per request class.
+    short: dict[Request, Reason] = {}
     for c in ordered:
+        if c.request in short and holder is not None:
+            out[c.name] = short[c.request]
+            continue
         p = ledger.fit(c.name, c.request)
         if shadow is None or holder is None:
             if p is not None:
                 ledger.book(p)
+                short.clear()
                 placed_est.append((c.estimate_s, p))
                 out[c.name] = Reason("next", _NEXT, gpus=loads)
                 continue
@@ -181,7 +188,7 @@ def _replay(
             continue
         if p is None:
             kind, text = _short(c.request, ledger, machine)
-            out[c.name] = Reason(kind, text, gpus=loads)
+            out[c.name] = short[c.request] = Reason(kind, text, gpus=loads)
             continue
         shadow_s = math.inf if shadow_at is None else shadow_at - now
         ends_before = c.estimate_s is not None and math.isfinite(shadow_s) and c.estimate_s <= shadow_s
@@ -193,6 +200,7 @@ def _replay(
                 continue
             shadow.book(p)
         ledger.book(p)
+        short.clear()
         out[c.name] = Reason("next", _NEXT, gpus=loads)
     return out
 
