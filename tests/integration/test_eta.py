@@ -83,6 +83,8 @@ class RecordingUI:
 
         self.eta = EtaTracker(min_interval_s=0.3)
         self.seen: list[tuple[float, float | None, int]] = []
+        self.gpu_live: dict[int, tuple[float, int]] = {}  # the UI protocol's GPU fields
+        self.gpu_notes: dict[int, tuple[str, str]] = {}
 
     def _record(self, engine) -> None:
         from rota.ui.snapshot import snapshot

@@ -50,9 +50,8 @@ class GpuMonitor(Hook):
         except Exception:
             self._nvml = None
             return
-        ui = getattr(engine, "ui", None)
-        if ui is not None and hasattr(ui, "gpu_live"):
-            self.live = ui.gpu_live
+        if engine.ui is not None:
+            self.live = engine.ui.gpu_live
         self._thread = threading.Thread(target=self._sample_loop, daemon=True, name="rota-gpu-sampler")
         self._thread.start()
 

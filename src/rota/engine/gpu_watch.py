@@ -230,8 +230,8 @@ class GpuWatch(Hook):
         entries += foreign_bookings((h for h in self.holders.values() if h.gpu not in self.sick),
                                     self.machine, self.margin_bytes)
         engine.set_outside_bookings(entries)
-        notes = getattr(engine.ui, "gpu_notes", None)
-        if isinstance(notes, dict):
+        if engine.ui is not None:
+            notes = engine.ui.gpu_notes
             notes.clear()
             notes.update(self.notes())
         self._write_notes()

@@ -69,6 +69,12 @@ class Hook:
 class UI(Protocol):
     """What the engine shows a run on (``rota.ui.plain.PlainUI``, ``rota.ui.dashboard.LiveUI``)."""
 
+    gpu_live: dict[int, tuple[float, int]]
+    """Per GPU, the sampler's latest (utilisation %, used bytes): written by ``engine.gpu_monitor``."""
+
+    gpu_notes: dict[int, tuple[str, str]]
+    """Per GPU, ``("unhealthy", why)`` or ``("foreign", who holds memory)``: written by ``engine.gpu_watch``."""
+
     def start(self, engine: RunView) -> None: ...
 
     def event(self, engine: RunView, ev: Event) -> None: ...

@@ -215,7 +215,7 @@ class NotifyHook(Hook):
 
     def _task_hooks(self, engine: Any) -> dict[str, TaskHooks]:
         # A spec edited during the run (the controller took a new one) brings its tasks' hooks.
-        spec = getattr(engine, "spec", self.spec)
+        spec = engine.spec
         if spec is not self._hooks_of:
             self._hooks_of = spec
             try:
@@ -237,7 +237,7 @@ class NotifyHook(Hook):
         counts = {k: v for k, v in engine.counts().items() if v}
         if outcome in self.events:
             self._send("", *self._end_text(engine, code, outcome, counts), "success" if code == 0 else "failure")
-        f = getattr(engine, "spec", self.spec).file  # the run's hooks as its spec says now (edited or not)
+        f = engine.spec.file  # the run's hooks as its spec says now (edited or not)
         cmds = [f.on_success if code == 0 else f.on_failure, f.on_finish]
         if any(cmds):
             env = inherited_env(os.environ)

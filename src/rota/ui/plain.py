@@ -22,6 +22,8 @@ class PlainUI:
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.gpu_live: dict[int, tuple[float, int]] = {}  # the UI protocol's; one line per event shows neither
+        self.gpu_notes: dict[int, tuple[str, str]] = {}
 
     def start(self, engine: RunView) -> None:
         m = engine.machine
