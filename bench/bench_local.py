@@ -2,7 +2,9 @@
 
     python bench/bench_local.py [--tasks 1000] [--slots 8] [--reps 5]
 
-Peers: GNU parallel -j8, xargs -P8, and a bare Python Popen loop keeping 8
+Peers: GNU parallel -j8, xargs -P8, a runner's minimum (``runner-min``: a Python loop keeping 8
+tasks going, each with its own log file, session/process group and environment: what any task
+runner must do, the loop rota is compared with), and a bare Python Popen loop keeping 8
 `bash -c true` processes going, run as a script (``popen-script``: a fresh
 interpreter, as rota is and as a user runs one) and, for reference, inside this
 process (``popen-inproc``: no interpreter start-up). Prints each tool's median
@@ -48,6 +50,36 @@ def popen_loop(n: int, slots: int) -> float:
             still = [p for p in running if p.poll() is None]
         running = still
     return time.perf_counter() - t
+
+
+def runner_loop(n: int, slots: int, log_dir: str) -> float:
+    """What any runner of tasks must do at least (issue 18's peer): a log file per task, its own
+    session and process group (so a cancel reaches its children), its own environment (a copy of
+    the parent's plus the task's variables), and the exit status collected, 8 at a time."""
+    t = time.perf_counter()
+    base = dict(os.environ)
+    running: list[subprocess.Popen[bytes]] = []
+    started = 0
+    while started < n or running:
+        while started < n and len(running) < slots:
+            env = dict(base, TASK_NAME=f"t-{started}", TASK_ATTEMPT="1", CUDA_VISIBLE_DEVICES="")
+            with open(os.path.join(log_dir, f"t-{started}.log"), "wb") as log:
+                running.append(subprocess.Popen(["bash", "-c", "true"], stdout=log, stderr=subprocess.STDOUT,
+                                                env=env, start_new_session=True))
+            started += 1
+        still = [p for p in running if p.poll() is None]
+        if len(still) == len(running):
+            os.wait3(0)
+            still = [p for p in running if p.poll() is None]
+        running = still
+    return time.perf_counter() - t
+
+
+def runner_script(n: int, slots: int) -> float:
+    d = tempfile.mkdtemp(dir=KEEP.name)
+    code = ("import os, subprocess, time\n" + inspect.getsource(runner_loop)
+            + f"\nrunner_loop({n}, {slots}, {d!r})\n")
+    return timed([sys.executable, "-c", code])
 
 
 def popen_script(n: int, slots: int) -> float:
@@ -101,7 +133,8 @@ def main() -> None:
     a = ap.parse_args()
     n, j = a.tasks, a.slots
     seq = "\n".join(str(i) for i in range(n)) + "\n"
-    tools: dict[str, object] = {"rota": lambda: bench_rota(n, j), "popen-script": lambda: popen_script(n, j),
+    tools: dict[str, object] = {"rota": lambda: bench_rota(n, j), "runner-min": lambda: runner_script(n, j),
+                                "popen-script": lambda: popen_script(n, j),
                                 "popen-inproc": lambda: popen_loop(n, j)}
     if shutil.which("parallel"):
         tools["gnu-parallel"] = lambda: timed(["parallel", "-j", str(j), "true", ":::", *map(str, range(n))])
@@ -116,7 +149,7 @@ def main() -> None:
     print(f"{n} trivial tasks on {j} slots, median of {a.reps} runs (seconds):")
     for k, v in med.items():
         print(f"  {k:<13} {v:7.2f}   runs: {', '.join(f'{x:.2f}' for x in results[k])}")
-    for peer in ("gnu-parallel", "xargs", "popen-script", "popen-inproc"):
+    for peer in ("gnu-parallel", "runner-min", "xargs", "popen-script", "popen-inproc"):
         if peer in med:
             print(f"  rota / {peer:<13} {med['rota'] / med[peer]:.2f}x")
     print(f"policy: 10,000 ready tasks on 8 GPUs: {bench_policy() * 1000:.1f} ms per decision (median of 20)")
