@@ -45,8 +45,14 @@ class Hook:
         return type(self).may_launch is not Hook.may_launch
 
     def may_launch(self, engine: Any, lv: Live) -> bool:
-        """Whether the ready task ``lv`` may be offered to the policy this round (a concurrency cap)."""
+        """Whether the ready task ``lv`` may be offered to the policy this round (a concurrency cap).
+        Every pass of such questions starts with :meth:`begin_gating`."""
         return True
+
+    def begin_gating(self, engine: Any) -> None:
+        """A pass of :meth:`may_launch` questions begins (the engine's launch, a pending-reason
+        refresh): what a gate cached from the last pass (its caps) is stale, as running and
+        ready tasks may have changed since."""
 
     def params_for(self, engine: Any, lv: Live) -> dict[str, Any] | None:
         """The parameters of ``lv``'s next attempt (a sweep's trial), or None to keep its own."""

@@ -84,6 +84,8 @@ class Launching(Finishing):
         if self.rs.held:  # rota hold: not launched, still offered once released
             cands = [c for c in cands if c.name not in self.rs.held]
         if gates:
+            for g in gates:
+                g.begin_gating(self)
             cands = [c for c in cands if all(g.may_launch(self, self.live[c.name]) for g in gates)]
         if not cands:
             return

@@ -149,6 +149,8 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
     live: Mapping[str, Live] = engine.live
     ready: set[str] = engine.ready
     gates = [h for h in engine.hooks if h.gates]
+    for g in gates:
+        g.begin_gating(engine)
     cands: list[Candidate] = []
     waiting: dict[str, list[tuple[str, str]]] = {}
     backoff: dict[str, float] = {}

@@ -305,6 +305,11 @@ class SweepHook(Hook):
         trial = self._trial(self.study(ref[0]), ref[1])  # decided by a previous controller?
         return trial is not None and "rota_pruned_at" in trial.user_attrs
 
+    def begin_gating(self, engine: Any) -> None:
+        # Caps cached by another pass (the predictor's, between two launches) would keep a slot
+        # that became free waiting for good: each pass computes them again, once.
+        self._allowed = None
+
     def may_launch(self, engine: Any, lv: Any) -> bool:
         sw: SweepSpec | None = lv.task.sweep
         if sw is None or sw.parallel is None:
