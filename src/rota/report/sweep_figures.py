@@ -13,8 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rota.errors import RotaError
-
 FIGURE_TITLES = {
     "history": "Optimisation history",
     "parallel": "Parallel coordinates",
@@ -60,16 +58,10 @@ def sweep_figures(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]
     sd = Path(state_dir)
     if not (sd / "optuna.db").exists():
         return {}
+    from rota.report.sweeps import open_studies
     from rota.studies.names import group_studies
-    from rota.studies.storage import import_optuna, open_storage
 
-    optuna = import_optuna()
-    try:
-        storage = open_storage(sd, readonly=True)
-    except RotaError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise RotaError(f"cannot read the sweep studies in {sd / 'optuna.db'}: {e}") from None
+    optuna, storage = open_studies(sd)
     out: dict[str, dict[str, Any]] = {}
     try:
         studies = group_studies((s.study_name, s.user_attrs) for s in storage.get_all_studies())

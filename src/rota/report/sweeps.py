@@ -59,15 +59,8 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
     if not (sd / "optuna.db").exists():
         return []
     from rota.studies.names import NOT_RUN_ATTR, group_studies
-    from rota.studies.storage import import_optuna, open_storage
 
-    optuna = import_optuna()
-    try:
-        storage = open_storage(sd, readonly=True)
-    except RotaError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
-        raise RotaError(f"cannot read the sweep studies in {sd / 'optuna.db'}: {e}") from None
+    optuna, storage = open_studies(sd)
     names = _task_names(sd)
     TS = optuna.trial.TrialState
     out: list[dict[str, Any]] = []
@@ -149,3 +142,18 @@ def best_trials_text(sweeps: list[dict[str, Any]]) -> str:
             lines.append(f"  {b['rank']:>2}. {_fmt(b['value']):>10}  {b['task'] or '#' + str(b['number'])}  {params}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def open_studies(sd: Path) -> tuple[Any, Any]:
+    """Optuna and the state folder's study storage, read-only (``optuna.db`` must exist). A
+    corrupt or foreign file is one RotaError line; so is a missing Optuna."""
+    from rota.studies.storage import import_optuna, open_storage
+
+    optuna = import_optuna()
+    try:
+        storage = open_storage(sd, readonly=True)
+    except RotaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
+        raise RotaError(f"cannot read the sweep studies in {sd / 'optuna.db'}: {e}") from None
+    return optuna, storage
