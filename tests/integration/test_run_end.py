@@ -11,7 +11,7 @@ import sys
 import termios
 import time
 
-from tests.helpers import write_spec
+from tests.helpers import rota, write_spec
 
 
 def _run_in_pty(argv: list[str], ctrl_c_after_s: float, timeout_s: float = 60.0) -> tuple[int, bytes]:
@@ -64,3 +64,15 @@ def test_ctrl_c_under_the_dashboard_leaves_no_echo_and_restores_the_terminal(tmp
     assert "^C" not in text
     assert "rota: stopped; 'rota run" in text and "continues where this run stopped" in text
     assert "echoctl" in text.replace("\r", "").splitlines()  # the terminal's settings are back
+
+
+def test_a_failed_run_ends_naming_the_log_of_a_failed_task(tmp_path):
+    spec = write_spec(tmp_path, """\
+        tasks:
+          - {name: ok, command: "true"}
+          - {name: bad, command: exit 3}
+    """)
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 1, p.stdout + p.stderr
+    last = [line for line in p.stdout.splitlines() if line.startswith("rota: next:")]
+    assert last and "'rota logs bad " in last[0], p.stdout
