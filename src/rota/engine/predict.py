@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -35,7 +34,7 @@ from rota.core.policy import Candidate, Running
 from rota.engine.hooks import Hook
 from rota.engine.launching import _within
 from rota.engine.runstate import Live
-from rota.plan.eta import Forecast, Progress, forecast
+from rota.plan.eta import Forecast, Progress, forecast, history_s
 from rota.store import base as S
 from rota.studies.names import study_name
 from rota.ui.view import Forecasts
@@ -133,14 +132,7 @@ class Predictor(Hook, Forecasts):
         """Median seconds by command of the successful attempts in the store at the start (before
         this run's own: the forecast learns those from its tasks by group, :mod:`rota.plan.eta`)."""
         if self._history is None:
-            self._history = {}
-            try:
-                past = engine.store.durations_by_command()
-            except Exception:  # noqa: BLE001 - no history is not an error for a forecast
-                past = {}
-            for cmd, runs in past.items():
-                if runs:
-                    self._history[cmd] = max(statistics.median(runs), 0.001)
+            self._history = history_s(engine.store)
         return self._history
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from rota.core.resources import Machine
 from rota.plan.estimates import DEFAULT_DURATION_S, resolve_durations
@@ -191,3 +192,15 @@ def _with_dependents(tasks: Sequence[Task], names: Collection[str]) -> set[str]:
                 out.add(u)
                 todo.append(u)
     return out
+
+
+def history_s(store: Any) -> dict[str, float]:
+    """Median seconds by command of the successful attempts ``store`` holds
+    (``SqliteStore.durations_by_command``); empty when they cannot be read (no history is not an
+    error for a forecast). Called at a run's start, it learns only from earlier runs: the forecast
+    learns this run's own attempts from its tasks by group."""
+    try:
+        past: Mapping[str, Sequence[float]] = store.durations_by_command()
+    except Exception:  # noqa: BLE001 - see above
+        return {}
+    return {cmd: max(statistics.median(runs), 0.001) for cmd, runs in past.items() if runs}

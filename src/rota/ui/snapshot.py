@@ -96,18 +96,10 @@ class EtaTracker:
         return max(self._value - (now - self._at), 0.0)
 
     def _learn_history(self, engine: RunView) -> dict[str, float]:
-        if self._history is None:
-            import statistics
+        if self._history is None:  # at the first refresh: only attempts from before this run
+            from rota.plan.eta import history_s
 
-            self._history = {}
-            try:
-                past = engine.store.durations_by_command()
-            except Exception:  # noqa: BLE001 - no history is not an error for an ETA
-                past = {}
-            # Only attempts from before this run: the ETA learns this run's from its own tasks.
-            for cmd, runs in past.items():
-                if runs:
-                    self._history[cmd] = max(statistics.median(runs), 0.001)
+            self._history = history_s(engine.store)
         return self._history
 
 
