@@ -61,16 +61,10 @@ def sweep_figures(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]
     from rota.report.sweeps import open_studies
     from rota.studies.names import group_studies
 
-    optuna, storage = open_studies(sd)
     out: dict[str, dict[str, Any]] = {}
-    try:
+    with open_studies(sd) as (optuna, storage):
         studies = group_studies((s.study_name, s.user_attrs) for s in storage.get_all_studies())
         for group in sorted(studies):
             name = sorted(studies[group])[-1][1]
             out[name] = study_figures(optuna.load_study(study_name=name, storage=storage))
-    finally:
-        try:
-            storage.engine.dispose()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
     return out

@@ -10,7 +10,9 @@ sweep's current study and names the earlier ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,10 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
         return []
     from rota.studies.names import NOT_RUN_ATTR, group_studies
 
-    optuna, storage = open_studies(sd)
     names = _task_names(sd)
-    TS = optuna.trial.TrialState
     out: list[dict[str, Any]] = []
-    try:
+    with open_studies(sd) as (optuna, storage):
+        TS = optuna.trial.TrialState
         studies = group_studies((s.study_name, s.user_attrs) for s in storage.get_all_studies())
         for group in sorted(studies):
             gens = sorted(studies[group])
@@ -109,11 +110,6 @@ def best_trials(state_dir: str | os.PathLike[str], top: int = 5) -> list[dict[st
                     "best": best,
                 }
             )
-    finally:
-        try:
-            storage.engine.dispose()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
     return out
 
 
@@ -144,9 +140,11 @@ def best_trials_text(sweeps: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
-def open_studies(sd: Path) -> tuple[Any, Any]:
-    """Optuna and the state folder's study storage, read-only (``optuna.db`` must exist). A
-    corrupt or foreign file is one RotaError line; so is a missing Optuna."""
+@contextlib.contextmanager
+def open_studies(sd: Path) -> Iterator[tuple[Any, Any]]:
+    """Optuna and the state folder's study storage, read-only (``optuna.db`` must exist), its
+    connections closed on leaving. A corrupt or foreign file is one RotaError line; so is a
+    missing Optuna."""
     from rota.studies.storage import import_optuna, open_storage
 
     optuna = import_optuna()
@@ -156,4 +154,10 @@ def open_studies(sd: Path) -> tuple[Any, Any]:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
         raise RotaError(f"cannot read the sweep studies in {sd / 'optuna.db'}: {e}") from None
-    return optuna, storage
+    try:
+        yield optuna, storage
+    finally:
+        try:
+            storage.engine.dispose()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
