@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -105,3 +106,31 @@ def read_records(folder: Path) -> list[dict]:
             if line.strip():
                 out.append(json.loads(line))
     return out
+
+
+class SnapshotUI:
+    """A UI for tests (the engine's UI protocol): ``_record(engine)`` at the start and at every
+    refresh, as LiveUI renders; events, flushes and the stop do nothing. Subclasses keep what
+    they need."""
+
+    def __init__(self) -> None:
+        self.gpu_live: dict[int, tuple[float, int]] = {}  # the UI protocol's GPU fields
+        self.gpu_notes: dict[int, tuple[str, str]] = {}
+
+    def _record(self, engine: Any) -> None:
+        raise NotImplementedError
+
+    def start(self, engine: Any) -> None:
+        self._record(engine)
+
+    def refresh(self, engine: Any) -> None:
+        self._record(engine)
+
+    def flush(self) -> None:
+        pass
+
+    def event(self, engine: Any, ev: Any) -> None:
+        pass
+
+    def stop(self, engine: Any) -> None:
+        pass

@@ -17,7 +17,7 @@ from rota.machine import detect_machine
 from rota.plan.estimates import load_history
 from rota.plan.eta import Progress, remaining_s
 from rota.spec.load import load_spec
-from tests.helpers import rota, start_rota, status, wait_for, write_spec
+from tests.helpers import SnapshotUI, rota, start_rota, status, wait_for, write_spec
 
 SPEC = """
 tasks:
@@ -74,17 +74,16 @@ def test_eta_from_a_real_runs_store_learns_the_real_durations(tmp_path):
     assert round(again, 3) == replanned["makespan_s"]
 
 
-class RecordingUI:
-    """A UI (the engine's documented ui hooks) that builds the dashboard's snapshot at every
-    refresh, as LiveUI does, and keeps (time, ETA shown, tasks finished)."""
+class RecordingUI(SnapshotUI):
+    """Builds the dashboard's snapshot at every refresh, as LiveUI does, and keeps (time, ETA
+    shown, tasks finished)."""
 
     def __init__(self) -> None:
         from rota.ui.snapshot import EtaTracker
 
+        super().__init__()
         self.eta = EtaTracker(min_interval_s=0.3)
         self.seen: list[tuple[float, float | None, int]] = []
-        self.gpu_live: dict[int, tuple[float, int]] = {}  # the UI protocol's GPU fields
-        self.gpu_notes: dict[int, tuple[str, str]] = {}
 
     def _record(self, engine) -> None:
         from rota.ui.snapshot import snapshot
@@ -92,21 +91,6 @@ class RecordingUI:
         s = snapshot(engine, eta=self.eta)
         finished = s.counts.get("succeeded", 0)
         self.seen.append((s.now, s.eta_s, finished))
-
-    def start(self, engine) -> None:
-        self._record(engine)
-
-    def refresh(self, engine) -> None:
-        self._record(engine)
-
-    def flush(self) -> None:
-        pass
-
-    def event(self, engine, ev) -> None:
-        pass
-
-    def stop(self, engine) -> None:
-        pass
 
 
 def test_dashboard_eta_learns_during_a_real_run(tmp_path):

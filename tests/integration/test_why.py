@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 import rota as api
-from tests.helpers import by_name, rota, start_rota, status, wait_for, write_spec
+from tests.helpers import SnapshotUI, by_name, rota, start_rota, status, wait_for, write_spec
 
 # One 1-GPU task holds GPU 0 until the test lets it go; the 4-GPU task waits for it with a
 # reservation, so the long 1-GPU tasks may not take the three idle GPUs; 'after' needs the big one.
@@ -162,11 +162,11 @@ def test_why_without_a_controller_computes_from_the_state_and_the_spec(tmp_path:
     assert missing.returncode == 2 and missing.stderr.startswith("rota: error: ") and "did you mean" in missing.stderr
 
 
-class _Frames:
-    """A UI (the engine's documented ui hooks) that renders the dashboard at every refresh, as LiveUI
-    does, and keeps the snapshots."""
+class _Frames(SnapshotUI):
+    """Renders the dashboard at every refresh, as LiveUI does, and keeps the snapshots."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.snaps: list = []
 
     def _record(self, engine) -> None:
@@ -178,17 +178,6 @@ class _Frames:
         fc = forecasts(engine)
         f = fc.forecast if fc is not None else None
         self.snaps.append((s, f, render(s)))
-
-    start = refresh = _record
-
-    def flush(self) -> None:
-        pass
-
-    def event(self, engine, ev) -> None:
-        pass
-
-    def stop(self, engine) -> None:
-        pass
 
 
 def test_the_dashboard_shows_reasons_and_the_forecasts_eta(tmp_path: Path) -> None:
