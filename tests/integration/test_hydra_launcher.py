@@ -5,6 +5,7 @@ JobReturn comes back to Hydra."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,7 +20,8 @@ cloudpickle = pytest.importorskip("cloudpickle")
 from hydra.core.utils import JobStatus  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from tests.helpers import by_name  # noqa: E402
+from hydra_plugins.rota_launcher.rota_launcher import override_vars  # noqa: E402
+from tests.helpers import by_name, rota  # noqa: E402
 
 # The task functions below run in rota's task processes: pickled by value, as a user's script's are.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -66,6 +68,25 @@ def test_a_grid_sweep_runs_as_rota_tasks_and_returns_each_job(hydra_sweep_runner
         spans = [(t["started_at"], t["ended_at"], t["gpus"][0]) for t in tasks.values()]
         most = max(sum(1 for s, e, g in spans if g == gpu and s <= at < e) for at, _, gpu in spans)
         assert most == 2
+
+        # each job's overrides are its task's variables, as a matrix's values are: the report
+        # groups the six jobs by model over the three seeds, with intervals
+        combos = {(t["vars"]["seed"], t["vars"]["model"]) for t in tasks.values()}
+        assert combos == {(s, m) for s in ("1", "2", "3") for m in ("small", "medium")}
+        assert all(t["vars"]["marker_dir"] == str(tmp_path) for t in tasks.values())
+        rep = json.loads(rota("report", "--state-dir", sweep_dir / ".rota", "--json", check=True).stdout)
+        score = {g["vars"]["model"]: g for g in rep["groups"] if g["metric"] == "score"}
+        assert set(score) == {"small", "medium"} and "seed" not in rep["by"]
+        for g in score.values():
+            assert g["base"] == "test_hydra_launcher" and g["n"] == 3 and g["mean"] == pytest.approx(1.0)
+            assert g["ci_low"] < 1.0 < g["ci_high"]
+
+
+def test_overrides_become_variables_as_matrix_values_are_written():
+    assert override_vars(["+seed=1", "model=a", "++lr=0.01", "~db", "hydra.launcher.gpus=1", "msg='a b'",
+                          "db@pkg=mysql", "l=[1,2]", "x=null", "flag=true"]) == (
+        ("seed", "1"), ("model", "a"), ("lr", "0.01"), ("msg", "a b"), ("db@pkg", "mysql"), ("l", "[1,2]"),
+        ("x", "null"), ("flag", "true"))
 
 
 def quadratic(cfg: Any) -> float:

@@ -8,10 +8,16 @@ with :func:`rota.run` as tasks ``JOBNAME-N`` of one spec (packing by GPUs and GP
 ``rota report`` read afterwards), and returns each job's ``JobReturn`` (return value, working
 directory, overrides) as Hydra's own launchers do. The tasks of earlier batches stay in the spec
 (``only=`` the new ones), so the state folder keeps the whole sweep.
+
+Each job's overrides are its task's variables (``seed=1 model=a`` -> ``{seed: "1", model: "a"}``,
+:func:`override_vars`) and its task group is the Hydra job's name, as a matrix's tasks carry their
+values and their template: ``rota status --json`` shows them and ``rota report`` groups the jobs
+over seeds (``--by model``), with intervals.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -43,6 +50,7 @@ class RotaLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self._tasks: dict[str, dict[str, Any]] = {}  # every job's task so far, by name (the spec grows)
+        self._vars: dict[str, tuple[tuple[str, str], ...]] = {}  # every job's overrides as its task's vars
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -78,8 +86,14 @@ class RotaLauncher(Launcher):
                                   "config": cfg, "singletons": singletons}, f)
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} -> rota task {name}")
             self._tasks[name] = self._task(name, path, overrides)
+            self._vars[name] = override_vars(overrides)
             batch.append((name, path, cfg, overrides))
         spec = rota.spec_from_dict({"tasks": list(self._tasks.values())}, root=os.getcwd(), name="hydra")
+        # The jobs are one group with variables, as one matrix's tasks are (the spec language has no
+        # way to say so for tasks that are not a cartesian product: set on the expanded tasks).
+        group = str(self.config.hydra.job.name)
+        spec = dataclasses.replace(spec, tasks=tuple(
+            dataclasses.replace(t, vars=self._vars.get(t.name, ()), group=group) for t in spec.tasks))
         result = rota.run(
             spec, gpus=self.conf.get("machine_gpus"), cpus=self.conf.get("machine_cpus"),
             memory=self.conf.get("machine_memory"), state_dir=state_dir, only=[n for n, *_ in batch],
@@ -140,3 +154,35 @@ class RotaLauncher(Launcher):
         ret._return_value = RuntimeError(f"rota task {name} ended {state} without a result"
                                          + (f" ({reason})" if reason else "") + (f"; its log: {log_path}" if log_path else ""))
         return ret
+
+
+def override_vars(overrides: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """A job's overrides as task variables, in their order: ``+seed=1 model=a`` -> ``(("seed", "1"),
+    ("model", "a"))``. The key without ``+``/``++`` (``group@package`` kept), the value as a matrix
+    value is written (a string as it is, ``true``/``false``, ``null``, else Hydra's own text: ``[1,2]``);
+    deletions (``~key``) and ``hydra.*`` overrides are left out. An override Hydra cannot parse (it
+    would not have launched the job) is split at its first ``=``."""
+    out: dict[str, str] = {}
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - any parse error: the plain split below
+        for text in overrides:
+            key, sep, value = text.partition("=")
+            key = key.lstrip("+")
+            if sep and key and not key.startswith(("~", "hydra.")):
+                out[key] = value
+        return tuple(out.items())
+    for o in parsed:
+        if o.is_delete() or o.is_hydra_override():
+            continue
+        key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        v = o.value()
+        if isinstance(v, bool):
+            out[key] = "true" if v else "false"
+        elif v is None:
+            out[key] = "null"
+        elif isinstance(v, str | int | float):
+            out[key] = str(v)
+        else:
+            out[key] = o.get_value_element_as_str()
+    return tuple(out.items())
