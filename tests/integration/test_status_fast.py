@@ -220,3 +220,30 @@ def test_state_filter_in_both_forms_and_both_paths(tmp_path: Path) -> None:
                               text=True)
         assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1, typo.stderr
         assert "'faild' is not a task state" in typo.stderr and "Traceback" not in typo.stderr
+
+
+def test_held_is_a_state_filter_in_both_forms_and_both_paths(tmp_path: Path) -> None:
+    """``--state held``: the pending tasks ``rota hold`` keeps back (no controller: the requests change
+    the store); ``pending`` still lists them, and the counts are those of the stored states."""
+    sd = _mixed_run(tmp_path)
+    spec = tmp_path / "rota.yaml"
+    assert "pending again: bad, after-bad" in rota_cli("retry", "*bad", "--spec", spec, check=True).stdout
+    assert "held: after-bad" in rota_cli("hold", "after-bad", "--spec", spec, check=True).stdout
+    for cmd in (ROTA, CLICK):
+        table = subprocess.run([*cmd, "status", "--state", "held", "--state-dir", str(sd)], capture_output=True,
+                               text=True)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert [r.split()[:2] for r in lines[2:3]] == [["after-bad", "held"]], table.stdout
+        assert lines[3] == "pending 2  succeeded 2", table.stdout  # the counts count all, held ones as pending
+        assert [ln.split()[0] for ln in lines[5:]] == ["after-bad"], table.stdout  # why it waits: only the held one
+        data = json.loads(subprocess.run([*cmd, "status", "--json", "--state=held,failed", "--state-dir", str(sd)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert [(t["name"], t["state"], t["held"]) for t in data["tasks"]] == [("after-bad", "pending", True)]
+        assert data["counts"]["pending"] == 2 and data["counts"]["succeeded"] == 2
+        pending = json.loads(subprocess.run([*cmd, "status", "--json", "--state", "pending", "--state-dir", str(sd)],
+                                            capture_output=True, text=True, check=True).stdout)
+        assert [t["name"] for t in pending["tasks"]] == ["bad", "after-bad"]
+    assert rota_cli("release", "after-bad", "--spec", spec, check=True).returncode == 0
+    none = json.loads(rota_cli("status", "--json", "--state", "held", "--state-dir", sd, check=True).stdout)
+    assert none["tasks"] == [] and none["counts"]["pending"] == 2

@@ -23,7 +23,8 @@ Output contracts:
 
 ``--state failed`` (repeatable, or ``failed,running``) lists only the tasks in
 those states, in both forms; the counts still count every task. ``--state queued``
-lists the running tasks that their backend still holds in its queue.
+lists the running tasks that their backend still holds in its queue; ``--state held`` the pending
+tasks ``rota hold`` keeps back (``pending`` lists them too: their stored state stays pending).
 
 The process runs at nice +10: when the run needs every core, the run wins.
 """
@@ -50,7 +51,8 @@ SUMMARY = "Every task of a run: state, attempts, exit code, GPUs, times, log. Sa
 OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--state-dir",), "DIRECTORY", ""),
     (("--state",), "STATE", "Only tasks in this state (repeat, or failed,running; queued: running tasks the backend "
-                            "has not started yet); the counts still count all."),
+                            "has not started yet; held: pending tasks rota hold keeps back); the counts still count "
+                            "all."),
     (("--json",), None, "The documented JSON format (see README)."),
     (("-h", "--help"), None, "Show this message and exit."),
 )
@@ -129,14 +131,14 @@ def help_text(width: int = 80) -> str:
 def wanted_states(values: Sequence[str]) -> frozenset[str] | None:
     """``--state`` values (repeated or comma-separated) as a set; None for all. UsageError on a typo."""
     from rota.errors import UsageError
-    from rota.store.base import QUEUED, STATES
+    from rota.store.base import HELD, QUEUED, STATES
 
     if not values:
         return None
     got = {v.strip() for value in values for v in value.split(",") if v.strip()}
-    bad = sorted(got - {*STATES, QUEUED})
+    bad = sorted(got - {*STATES, QUEUED, HELD})
     if bad:
-        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}, {QUEUED}")
+        raise UsageError(f"--state {bad[0]!r} is not a task state; states: {', '.join(STATES)}, {QUEUED}, {HELD}")
     return frozenset(got)
 
 
@@ -199,7 +201,7 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
     lines = [f"run {data['run_id']}  ({'running, pid ' + str(c['pid']) if c['alive'] else 'no controller running'})"]
     rows = [_COLUMNS]
     for t in data["tasks"]:
-        if not listed(t["state"], t["queued"], states):
+        if not listed(t["state"], t["queued"], states, t.get("held")):
             continue
         shown = "queued" if t["queued"] else "held" if t.get("held") and t["state"] == "pending" else t["state"]
         rows.append((t["name"], shown, str(t["attempts"]),
@@ -224,7 +226,7 @@ def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None)
     rows = []
     now = time.time()
     for t in tasks:
-        if t["state"] != "pending" or not listed("pending", False, states):
+        if t["state"] != "pending" or not listed("pending", False, states, t.get("held")):
             continue
         p = t.get("predicted_start_s")  # epoch seconds
         when = "no prediction" if p is None else "starts now" if p <= now else f"starts in ~{format_duration(p - now)}"

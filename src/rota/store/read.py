@@ -32,7 +32,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from rota.errors import StateError
-from rota.store.base import QUEUED, QUEUED_PREFIX, RUNNING
+from rota.store.base import HELD, PENDING, QUEUED, QUEUED_PREFIX, RUNNING
 from rota.store.base import STATES as _STATES
 from rota.store.schema import APP_ID, DB_NAME, SCHEMA_VERSION
 
@@ -159,7 +159,7 @@ def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running,
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code, held in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = state == running and reason.startswith(prefix)  # store.base.is_queued, inlined
-        if states is not None and not listed(state, queued, states):
+        if states is not None and not listed(state, queued, states, held):
             continue
         duration = None if queued or started is None or state in no_duration else (ended or now) - started
         m = metrics.get(name)
@@ -224,10 +224,12 @@ def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[s
     return ctl, meta, metrics, rows
 
 
-def listed(state: str, queued: bool, states: Collection[str] | None) -> bool:
+def listed(state: str, queued: bool, states: Collection[str] | None, held: object = False) -> bool:
     """Whether ``--state`` values ``states`` (None: all) select a task: its state is one of them, or
-    it is queued (a running task its backend has not started yet) and ``queued`` is one of them."""
-    return states is None or state in states or (queued and QUEUED in states)
+    it is queued (a running task its backend has not started yet) and ``queued`` is one of them, or
+    it is a held pending task (``rota hold``; ``held``: its column, truthy) and ``held`` is one of them."""
+    return (states is None or state in states or (queued and QUEUED in states)
+            or (bool(held) and state == PENDING and HELD in states))
 
 
 def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, Any]) -> dict[str, Any]:
