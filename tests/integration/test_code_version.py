@@ -94,3 +94,41 @@ def test_git_is_asked_once_per_folder(tmp_path: Path):
     assert script_of(str(repo), "python -u train.py --lr 0.1") == str(repo / "train.py")
     assert script_of(str(repo), "python -m pkg.train") is None
     assert script_of(str(repo), "echo missing.py") is None
+
+
+def test_the_html_report_shows_each_groups_code_versions_and_warns(tmp_path: Path):
+    """A real run in a repository, a commit, a rerun: the HTML report names both commits with the
+    number of tasks each ran, and warns (at the top and in the group's results) that the replicates
+    differ; a dirty tree is marked, and grouped by seed nothing warns."""
+    repo = _repo(tmp_path)
+    first = _git(repo, "rev-parse", "HEAD")
+    rota("run", repo / "rota.yaml", "--plain", check=True)
+    (repo / "train.py").write_text("print('ROTA_METRIC acc=2')\n")
+    _git(repo, "commit", "-qam", "tuned")
+    second = _git(repo, "rev-parse", "HEAD")
+    rota("run", repo / "rota.yaml", "--plain", "--rerun", "t-2", check=True)
+
+    html = tmp_path / "r.html"
+    rep = rota("report", repo / "rota.yaml", "--html", html, check=True)
+    warning = f"replicates of t-{{seed}} ran different code: git:{first[:12]}: t-1; git:{second[:12]}: t-2"
+    assert warning in rep.stderr  # the text report's warning ...
+    text = html.read_text()
+    assert len(text.encode()) < 5_000_000
+    top, rest = text.split("<nav>", 1)
+    assert f"<div class=warn>&#9888; warning: {warning}</div>" in top  # ... the same, visibly, in the page
+    results = rest.split("<h2 id=results>", 1)[1].split("<h2 id=timeline>", 1)[0]
+    assert (f'<p class=note>code: <code title="{repo}">git {first[:12]}</code> (1 task), '
+            f'<code title="{repo}">git {second[:12]}</code> (1 task)</p>') in results
+    assert f"<div class=warn>&#9888; warning: {warning}</div>" in results
+    tasks = rest.split("<h2 id=tasks>", 1)[1]
+    assert f"<code>git:{first[:12]}</code>" in tasks and f"<code>git:{second[:12]}</code>" in tasks
+
+    with (repo / "train.py").open("a") as f:
+        f.write("# not committed\n")
+    rota("run", repo / "rota.yaml", "--plain", "--rerun", "t-1", check=True)
+    digest = by_name(repo / ".rota")["t-1"]["code"]["diff_sha256"]
+    rep = rota("report", repo / "rota.yaml", "--by", "seed", "--html", html, check=True)
+    text = html.read_text()
+    assert "different code" not in rep.stderr and "<div class=warn>" not in text
+    assert (f'<code title="code/{digest}.diff">git {second[:12]} <span class=dirty>dirty</span> '
+            f"(diff {digest[:12]})</code> (1 task)") in text

@@ -206,6 +206,13 @@ def test_history_counts_only_attempts_before_the_run() -> None:
 # --------------------------------------------------------------- the page
 
 
+def _git_code(commit: int, dirty: bool = False) -> dict[str, object]:
+    """A git code record as the engine writes it (rota.engine.codever)."""
+    diff = f"{commit + 7:x}" * 64 if dirty else None
+    return {"kind": "git", "repo": "/work/repo", "commit": f"{commit + 10:x}" * 40, "dirty": dirty, "diff_sha256": diff,
+            **({"diff_path": f"code/{diff}.diff"} if dirty else {})}
+
+
 def _hundred_task_run() -> ReportData:
     tasks, samples = [], []
     for i in range(100):
@@ -214,7 +221,8 @@ def _hundred_task_run() -> ReportData:
                              start_s=start, end_s=start + 55, gpus=(i % 4,), gpu_memory_bytes=20 * GB,
                              peak_gpu_memory_bytes=15 * GB, estimate_s=60.0, base=f"train-{i % 3}",
                              vars={"model": f"m{i % 5}", "seed": str(i // 5)},
-                             metrics={"acc": 0.5 + 0.01 * (i % 7), "loss": 1.0 / (1 + i)}))  # fmt: skip
+                             metrics={"acc": 0.5 + 0.01 * (i % 7), "loss": 1.0 / (1 + i)},
+                             code=_git_code(i % 2, dirty=i % 10 == 9)))  # fmt: skip
     for k in range(0, 25 * 60, 2):
         for g in range(4):
             samples.append(GpuSample(T0 + k, g, 60.0 + g, (10 + g) * GB, 80 * GB))
@@ -230,6 +238,38 @@ def test_a_100_task_report_is_one_page_under_5_mb_with_plotly_once() -> None:
     assert len(ids) == len(set(ids)) == len(re.findall(r'type="application/json" id="[^"]+-json"', text))
     assert {"fig-timeline", "fig-gpu-memory", "fig-gpu-util", "fig-planned-vs-actual"} <= set(ids)
     assert sum(i.startswith("fig-results-") for i in ids) == 3  # one per task group
+    # every task group says which code its tasks ran; replicates over seeds that ran two commits warn
+    assert text.count("<p class=note>code: ") == 3 + 3  # in the results and in the task tables
+    head = text.split("<nav>", 1)[0]  # the first five warnings at the top, then how many more
+    assert head.count("<div class=warn>") == 6 and "and 10 more groups of replicates ran different code" in head
+    assert text.count("<div class=warn>") == 6 + 15  # each group's own in its results
+
+
+def test_html_shows_each_groups_code_versions_and_warns_when_replicates_differ() -> None:
+    clean, dirty = _git_code(0), _git_code(1, dirty=True)
+    script = {"kind": "script", "path": "/x/<b>train.py", "sha256": "ab" * 32}
+    tasks = [_row("t-1", "t-{seed}", 1, 0.8, code=clean), _row("t-2", "t-{seed}", 2, 0.9, code=clean),
+             _row("t-3", "t-{seed}", 3, 0.7, code=dirty),
+             _row("u-1", "u-{seed}", 1, 0.5, code=script), _row("u-2", "u-{seed}", 2, 0.6, code=script)]
+    text = render_html(ReportData("r", "s.yaml", (), 2, tuple(tasks)), [])
+    head = text.split("<nav>", 1)[0]  # the warning is visible before anything else
+    assert head.count("<div class=warn>") == 1
+    assert "replicates of t-{seed} ran different code: git:aaaaaaaaaaaa: t-1, t-2; " \
+           "git:bbbbbbbbbbbb+888888888888: t-3" in head
+    results = text.split("<h2 id=results>", 1)[1].split("<h2 id=timeline>", 1)[0]
+    assert f'<code title="/work/repo">git {clean["commit"][:12]}</code> (2 tasks)' in results
+    assert ("<code title=\"code/" + "8" * 64 + ".diff\">git bbbbbbbbbbbb <span class=dirty>dirty</span> "
+            "(diff 888888888888)</code> (1 task)") in results
+    assert results.count("<div class=warn>") == 1  # t-{seed}'s; u-{seed} ran one script
+    assert "script &lt;b&gt;train.py abababababab</code> (2 tasks)" in results and "<b>train" not in text
+    tables = text.split("<h2 id=tasks>", 1)[1]
+    assert "<th>code</th>" in tables and "<code>git:bbbbbbbbbbbb+888888888888</code>" in tables
+    # grouped by seed, no two replicates differ: no warning, the versions are still shown
+    by_seed = render_html(ReportData("r", "s.yaml", (), 2, tuple(tasks)), ["seed"])
+    assert "<div class=warn>" not in by_seed and "dirty</span>" in by_seed
+    # without records, nothing about code
+    bare = render_html(ReportData("r", "s.yaml", (), 2, tuple(_row(f"t-{i}", "t", i, 0.5) for i in range(3))), [])
+    assert "code: " not in bare and "<th>code</th>" not in bare
 
 
 def test_figure_json_cannot_close_its_script() -> None:

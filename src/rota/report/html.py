@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rota.report.code import CodeConflict, code_conflicts, code_id, code_text, code_versions
 from rota.report.figures import gpu_figure, plan_vs_actual_figure, planned_tasks, ratio_text
 from rota.report.gantt import lanes_from_report
 from rota.report.gantt_file import render_gantt_file
@@ -54,6 +55,8 @@ pre{background:#1f2933;color:#e4e7eb;padding:8px;overflow-x:auto;font-size:12px;
 .note{color:#616e7c;font-size:13px}.head td{border:none;padding:1px 12px 1px 0}
 .row{display:flex;flex-wrap:wrap;gap:16px}.row>div{flex:1 1 440px;min-width:0}
 nav a{margin-right:12px;font-size:14px}
+.warn{background:#fff4e5;border-left:4px solid #d9822b;padding:6px 10px;margin:8px 0;font-size:13px}
+.dirty{color:#b3261e;font-weight:600}
 """
 
 
@@ -99,11 +102,45 @@ def _chip(state: str, text: str) -> str:
     return f'<span class=chip style="background:{STATE_COLORS.get(state, "#555")}">{esc(text)}</span>'
 
 
+def _code_html(code: Mapping[str, Any]) -> str:
+    """One code version: ``git 1a2b3c4d5e6f``, a red ``dirty`` and the diff's hash where the tree was
+    dirty; hovering shows where the diff is kept (state folder), the repository or the script."""
+    text = esc(code_text(code))
+    if code.get("kind") == "git" and code.get("dirty"):
+        text = text.replace(" dirty ", " <span class=dirty>dirty</span> ", 1)
+    tip = code.get("diff_path") or code.get("repo") or code.get("path") or ""
+    return f'<code title="{esc(tip)}">{text}</code>'
+
+
+def _code_line(tasks: Sequence[TaskRow]) -> str:
+    """Which code these tasks' latest attempts ran: each version and how many tasks ran it
+    (nothing when no task has a code record)."""
+    versions = code_versions(tasks)
+    if not versions:
+        return ""
+    items = [f"{_code_html(code)} ({len(names)} task{'s' if len(names) != 1 else ''})" for code, names in versions]
+    return "<p class=note>code: " + ", ".join(items) + "</p>"
+
+
+def _code_warnings(conflicts: Sequence[CodeConflict], most: int | None = None) -> str:
+    """The text report's warnings (replicates of one group ran different code), as boxes; past
+    ``most`` of them, one box that counts the rest (each group's results show its own)."""
+    shown = conflicts if most is None else conflicts[:most]
+    out = "".join(f"<div class=warn>&#9888; {esc(c.message)}</div>" for c in shown)
+    if len(conflicts) > len(shown):
+        out += (f"<div class=warn>&#9888; and {len(conflicts) - len(shown)} more groups of replicates ran "
+                "different code: see each group's results</div>")
+    return out
+
+
 def _task_rows(tasks: Sequence[TaskRow]) -> str:
-    """A group's task table: its own metrics as columns (narrow: only what the group has)."""
+    """A group's task table: its own metrics as columns (narrow: only what the group has), and the
+    code each task's latest attempt ran (:func:`rota.report.code.code_id`) where any was recorded."""
     names = metric_names(tasks)
     rows = task_table(tasks)
     with_mem = any(r.gpu_memory_bytes is not None or r.peak_gpu_memory_bytes is not None for r in rows)
+    codes = {t.name: code_id(t.code) for t in tasks}
+    with_code = any(codes.values())
     out = []
     for r in rows:
         cells = [(esc(r.name), False), (_chip(r.state, r.state), False), (str(r.attempts), True),
@@ -112,8 +149,11 @@ def _task_rows(tasks: Sequence[TaskRow]) -> str:
             mem = format_size(r.peak_gpu_memory_bytes) if r.peak_gpu_memory_bytes is not None else "-"
             cells.append((esc(mem + (f" / {format_size(r.gpu_memory_bytes)}" if r.gpu_memory_bytes else "")), True))
         cells += [(esc(fmt_value(r.metrics.get(m))), True) for m in names]
+        if with_code:
+            cells.append((f"<code>{esc(codes.get(r.name) or '-')}</code>", False))
         out.append(cells)
-    head = ["task", "state", "att.", "duration", "GPUs", *(["GPU mem peak / booked"] if with_mem else []), *names]
+    head = ["task", "state", "att.", "duration", "GPUs", *(["GPU mem peak / booked"] if with_mem else []), *names,
+            *(["code"] if with_code else [])]
     return _table(head, out)
 
 
@@ -168,8 +208,14 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
     memory per GPU; GPU utilisation; planned vs actual (tasks with an estimate
     or history only); GPU-memory flags; failures with their log tails; the
     tasks, one table per group.
+
+    The code each task ran (``TaskRow.code``): per group, in its results and its task table, each
+    version (short commit, dirty marker) and how many tasks ran it; a warning box, at the top and
+    in the group's results, for each group of replicates that ran different code
+    (:func:`rota.report.code.code_conflicts`, as ``rota report`` warns on stderr).
     """
     figs = report_figures(data, by, sweep_figs, plan)
+    conflicts = code_conflicts(data.tasks, {t.name: t.code for t in data.tasks if t.code}, by)
     summary = run_summary(data)
     parts: list[str] = []
     nav = [("results", "Results"), ("sweeps", "Sweeps"), ("timeline", "Timeline"), ("gpus", "GPUs"),
@@ -177,6 +223,7 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
     head_rows = "".join(f"<tr><td><b>{esc(k)}</b></td><td>{esc(v)}</td></tr>" for k, v in header_lines(data))
     chips = "".join(_chip(s, f"{n} {s}") for s, n in summary.states.items())
     parts.append(f"<h1>rota report — {esc(data.run_id)}</h1><table class=head>{head_rows}</table><p>{chips}</p>"
+                 + _code_warnings(conflicts, most=5)
                  + "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in nav if a != "sweeps" or sweeps) + "</nav>")
 
     parts.append("<h2 id=results>Results</h2>")
@@ -194,6 +241,9 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
     for base, (mine, rows) in groups.items():
         parts.append(f"<h3>{esc(base)}</h3>" + figure_div(figs[f"results-{slug(base)}"], f"fig-results-{slug(base)}"))
         parts.append(_group_table(mine, rows))
+        replicates = {n for g in rows for n in g.tasks}
+        parts.append(_code_line([t for t in data.tasks if t.name in replicates])
+                     + _code_warnings([c for c in conflicts if (c.base or "tasks") == base]))
         if any(g.summary.method == "bootstrap" for g in rows):
             parts.append("<p class=note>* bootstrap interval (the t-interval left the metric's range)</p>")
 
@@ -259,5 +309,5 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
     parts.append("<h2 id=tasks>Tasks</h2>")
     for group, members in task_groups(data.tasks):
         parts.append(f"<h3>{esc(group) if group is not None else 'Other tasks'} ({len(members)})</h3>"
-                     + _task_rows(members))
+                     + _code_line(members) + _task_rows(members))
     return page(f"rota report {data.run_id}", parts, _CSS, plotlyjs)

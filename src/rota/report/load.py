@@ -14,6 +14,7 @@ from typing import Any
 
 from rota.core.resources import Gpu, Machine
 from rota.logtail import tail
+from rota.report.code import latest_codes
 from rota.report.model import FAILED_STATES, GpuInfo, GpuSample, ReportData, TaskRow
 from rota.store.sqlite import SqliteStore
 
@@ -75,6 +76,7 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
         first = min((r.started_at for r in stored if r.started_at is not None), default=None)
         planned = _planned(spec_path, machine, history_before(attempts, first))
         metrics = store.metrics()
+        codes = latest_codes(attempts)
         peaks: dict[str, int] = {}
         for a in attempts:
             if a.get("peak_gpu_memory_bytes"):
@@ -103,7 +105,7 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
                 estimate_s=r.estimate_s, vars=r.vars or {}, metrics=metrics.get(r.name, {}), log_path=r.log_path,
                 log_tail=_last_lines(tail(r.log_path, 8192), 30) if r.state in FAILED_STATES else "",
                 planned_start_s=p[0] if p else None, planned_end_s=p[1] if p else None, base=r.grp or None,
-                trial=r.trial, duration_source=p[2] if p else None,
+                trial=r.trial, duration_source=p[2] if p else None, code=codes.get(r.name),
             ))
         samples = [GpuSample(ts, gpu, util, used, total) for ts, gpu, util, used, total in store.gpu_samples()]
         starts = [t.start_s for t in rows if t.start_s is not None]

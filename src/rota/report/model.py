@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rota.errors import ReportError
 from rota.lanes import Lane, LaneItem, LaneLike, as_lanes
@@ -61,7 +62,8 @@ class TaskRow:
     duration came from (``estimate``, ``history``, ``default``; ``None``:
     unknown). ``trial`` is the sweep trial number of a sweep's slot task
     (``None`` for any other task): trials are not replicates, so metrics are
-    never averaged over them.
+    never averaged over them. ``code`` is the code record of its latest attempt that has one (git
+    commit, dirty flag and diff hash, or the script's hash: :mod:`rota.engine.codever`; ``None``: none).
     """
 
     name: str
@@ -85,6 +87,7 @@ class TaskRow:
     base: str | None = None
     trial: int | None = None
     duration_source: str | None = None
+    code: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.state not in TASK_STATES:
