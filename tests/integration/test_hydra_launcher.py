@@ -83,10 +83,12 @@ def test_a_grid_sweep_runs_as_rota_tasks_and_returns_each_job(hydra_sweep_runner
 
 
 def test_overrides_become_variables_as_matrix_values_are_written():
-    assert override_vars(["+seed=1", "model=a", "++lr=0.01", "~db", "hydra.launcher.gpus=1", "msg='a b'",
+    assert override_vars(["+seed=1", "model=a", "++opt.lr=0.01", "~db", "hydra.launcher.gpus=1", "msg='a b'",
                           "db@pkg=mysql", "l=[1,2]", "x=null", "flag=true"]) == (
-        ("seed", "1"), ("model", "a"), ("lr", "0.01"), ("msg", "a b"), ("db@pkg", "mysql"), ("l", "[1,2]"),
+        ("seed", "1"), ("model", "a"), ("opt_lr", "0.01"), ("msg", "a b"), ("db_pkg", "mysql"), ("l", "[1,2]"),
         ("x", "null"), ("flag", "true"))
+    # names a shell (a SLURM batch script's export lines) takes, as a matrix variable's
+    assert all(k.isidentifier() for k, _ in override_vars(["a.b-c=1", "+1x=2", "bad override"]))
 
 
 def quadratic(cfg: Any) -> float:

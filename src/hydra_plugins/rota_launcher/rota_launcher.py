@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -156,12 +157,21 @@ class RotaLauncher(Launcher):
         return ret
 
 
+def var_name(key: str) -> str:
+    """An override's key as a variable name, an identifier as a matrix variable's is (the engine
+    exports each variable as ``ROTA_VAR_<NAME>``, and a SLURM batch script refuses a name that is
+    not valid in a shell): ``model.lr`` -> ``model_lr``, ``db@pkg`` -> ``db_pkg``."""
+    name = re.sub(r"\W", "_", key, flags=re.ASCII)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
 def override_vars(overrides: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """A job's overrides as task variables, in their order: ``+seed=1 model=a`` -> ``(("seed", "1"),
-    ("model", "a"))``. The key without ``+``/``++`` (``group@package`` kept), the value as a matrix
-    value is written (a string as it is, ``true``/``false``, ``null``, else Hydra's own text: ``[1,2]``);
-    deletions (``~key``) and ``hydra.*`` overrides are left out. An override Hydra cannot parse (it
-    would not have launched the job) is split at its first ``=``."""
+    ("model", "a"))``. The key without ``+``/``++``, made an identifier (:func:`var_name`: ``model.lr``
+    -> ``model_lr``); the value as a matrix value is written (a string as it is, ``true``/``false``,
+    ``null``, else Hydra's own text: ``[1,2]``); deletions (``~key``) and ``hydra.*`` overrides are
+    left out. An override Hydra cannot parse (it would not have launched the job) is split at its
+    first ``=``."""
     out: dict[str, str] = {}
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -170,12 +180,12 @@ def override_vars(overrides: Sequence[str]) -> tuple[tuple[str, str], ...]:
             key, sep, value = text.partition("=")
             key = key.lstrip("+")
             if sep and key and not key.startswith(("~", "hydra.")):
-                out[key] = value
+                out[var_name(key)] = value
         return tuple(out.items())
     for o in parsed:
         if o.is_delete() or o.is_hydra_override():
             continue
-        key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        key = var_name(o.key_or_group + (f"@{o.package}" if o.package else ""))
         v = o.value()
         if isinstance(v, bool):
             out[key] = "true" if v else "false"
