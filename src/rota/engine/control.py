@@ -40,8 +40,9 @@ from rota.engine.runstate import Op, Transition
 from rota.errors import StateError, StateLockedError, UsageError
 from rota.store import base as S
 from rota.store.read import controller
+from rota.store.records import Control
 from rota.store.schema import DB_NAME
-from rota.store.sqlite import Change, Control, SqliteStore
+from rota.store.sqlite import Change, SqliteStore
 
 if TYPE_CHECKING:
     from rota.engine.loop import Engine

@@ -34,7 +34,8 @@ from rota.engine import spec_diff as D
 from rota.errors import RotaError
 from rota.spec.graph import critical_path_ranks
 from rota.store import base as S
-from rota.store.sqlite import Change, Control, SqliteStore
+from rota.store.records import Control
+from rota.store.sqlite import Change, SqliteStore
 from rota.units import format_size
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rota.errors import RotaError, UsageError
-from rota.store.sqlite import SqliteStore, TaskRecord
+from rota.store.records import TaskRecord
+from rota.store.sqlite import SqliteStore
 
 INSTALL_HINT = "pip install 'rota[mlflow]'"
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "cancelled": "KILLED"}

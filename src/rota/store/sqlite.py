@@ -1,7 +1,10 @@
-"""All of rota's SQLite in one boring place (huey/storage.py style).
+"""All of rota's SQLite writes in one boring place (huey/storage.py style).
 
 One ``connect()`` (WAL, busy_timeout), one ``transaction()``, the schema
-version in ``user_version``. See :mod:`rota.store.base` for the contract.
+version in ``user_version``, and :class:`SqliteStore`'s writes: compare-and-set transitions
+(:class:`Change`), the event log, controls taken, forecasts. Its reads and the records they
+return (:class:`~rota.store.records.TaskRecord`, :class:`~rota.store.records.Control`) are
+:class:`rota.store.records.StoreReads`, its base class. See :mod:`rota.store.base` for the contract.
 """
 
 from __future__ import annotations
@@ -20,12 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rota.errors import StateError
-from rota.store.base import ACTIVE
 from rota.store.read import connect_ro, schema_version, unusable
+from rota.store.records import _JSON_COLS, CONTROL_KINDS, StoreReads
 from rota.store.schema import APP_ID, DB_NAME, DDL, MIGRATIONS, SCHEMA_VERSION, TASK_COLUMNS
-
-_JSON_COLS = {"gpus", "gpu_bytes", "handle", "vars", "params"}
-
 
 ForecastRow = tuple[str, str | None, float | None, float | None]
 """``(task, reason, predicted_start, predicted_end)``: what the controller's predictor writes
@@ -42,69 +42,6 @@ class Change:
     fields: Mapping[str, Any]
     attempt: Mapping[str, Any] | None = None
     metrics: Mapping[str, float] | None = None
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """One row of ``tasks`` with JSON columns decoded."""
-
-    name: str
-    grp: str
-    fingerprint: str
-    inputs_fp: str | None
-    state: str
-    attempts: int
-    free_attempts: int
-    exit_code: int | None
-    reason: str
-    gpus: list[int]
-    gpu_bytes: list[int]
-    cpus: int
-    memory_bytes: int
-    gpu_memory_override: int | None
-    started_at: float | None
-    ended_at: float | None
-    deadline: float | None
-    not_before: float | None
-    log_path: str | None
-    out_dir: str | None
-    handle: dict[str, Any] | None
-    vars: dict[str, str]
-    estimate_s: float | None
-    command: str
-    trial: int | None
-    params: dict[str, Any] | None
-    updated_at: float
-    attempt: int  # the number of the task's latest attempt (never restarts); ``attempts`` restarts at a reset
-    held: int = 0  # 1: ``rota hold`` keeps it from launching
-    priority: int | None = None  # a live override of the spec's priority
-    predicted_start: float | None = None  # the controller's prediction (epoch seconds)
-    predicted_end: float | None = None
-
-
-@dataclass(frozen=True)
-class Control:
-    """One request to the controller (a row of ``controls``): ``kind`` is one of
-    :data:`CONTROL_KINDS`, ``targets`` the task names it applies to, ``data`` its arguments."""
-
-    id: int
-    ts: float
-    kind: str
-    targets: list[str]
-    data: dict[str, Any]
-    taken_at: float | None = None
-    result: str | None = None
-
-
-CONTROL_KINDS = ("cancel", "retry", "hold", "release", "priority", "spec", "limits")
-
-
-def _decode(row: sqlite3.Row) -> TaskRecord:
-    d = {k: row[k] for k in TASK_COLUMNS}
-    for k in _JSON_COLS:
-        if d[k] is not None:
-            d[k] = json.loads(d[k])
-    return TaskRecord(**d)
 
 
 def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
@@ -229,50 +166,29 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-class SqliteStore:
-    """The controller's (read-write) or a reader's (read-only) view of one state folder."""
+class SqliteStore(StoreReads):
+    """The controller's (read-write) or a reader's (read-only) view of one state folder: the
+    writes here, the reads inherited (:class:`rota.store.records.StoreReads`)."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
         self.readonly = readonly
-        self.conn = connect(self.path, readonly=readonly)
-        # A reader may open a schema-1 state (a controller migrates it): read it as schema 2.
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0] if readonly else SCHEMA_VERSION
-        v1, v2 = version < 2, version < 3
-        # A reader may open an older schema (a controller migrates it): read it as the current one.
-        extra = ", 0 AS held, NULL AS priority, NULL AS predicted_start, NULL AS predicted_end" if v2 else ""
-        self._tasks_sql = f"SELECT *, attempts AS attempt{extra} FROM tasks" if v1 else f"SELECT *{extra} FROM tasks"
-        self._attempts_sql = "SELECT rowid AS id, * FROM attempts" if v1 else "SELECT * FROM attempts"
-        self._has_controls = not v2
+        conn = connect(self.path, readonly=readonly)
+        # The writer migrated on connect; a reader may hold an older schema (read as the current one).
+        super().__init__(conn, conn.execute("PRAGMA user_version").fetchone()[0] if readonly else SCHEMA_VERSION)
         self._next_attempt_id: int | None = None
 
     def close(self) -> None:
         self.conn.close()
 
     # -- meta -------------------------------------------------------------
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
-
     def set_meta(self, items: Mapping[str, str]) -> None:
         with transaction(self.conn):
             for k, v in items.items():
                 self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (k, v))
 
     # -- tasks ------------------------------------------------------------
-    def tasks(self, states: Sequence[str] | None = None) -> list[TaskRecord]:
-        if states:
-            q = f"{self._tasks_sql} WHERE state IN ({','.join('?' * len(states))}) ORDER BY rowid"
-            rows = self.conn.execute(q, tuple(states)).fetchall()
-        else:
-            rows = self.conn.execute(f"{self._tasks_sql} ORDER BY rowid").fetchall()
-        return [_decode(r) for r in rows]
-
-    def task(self, name: str) -> TaskRecord | None:
-        row = self.conn.execute(f"{self._tasks_sql} WHERE name=?", (name,)).fetchone()
-        return _decode(row) if row else None
-
     def upsert_tasks(self, rows: Sequence[Mapping[str, Any]], event: str = "sync",
                      resets: Collection[str] = ()) -> None:
         """Insert or fully reset tasks (used when a spec is (re)loaded).
@@ -379,36 +295,6 @@ class SqliteStore:
         self._next_attempt_id += 1
         return self._next_attempt_id
 
-    def attempt_id(self, task: str, attempt: int) -> int | None:
-        """The id of ``task``'s attempt number ``attempt`` (None: no such attempt was committed)."""
-        row = self.conn.execute(f"{self._attempts_sql} WHERE task=? AND attempt=?", (task, attempt)).fetchone()
-        return None if row is None else int(row["id"])
-
-    def attempts(self, task: str | None = None) -> list[dict[str, Any]]:
-        """Attempt rows (``id``, ``task``, ``attempt``, ``state``, ...), by task and number."""
-        if task is None:
-            rows = self.conn.execute(f"{self._attempts_sql} ORDER BY task, attempt").fetchall()
-        else:
-            rows = self.conn.execute(f"{self._attempts_sql} WHERE task=? ORDER BY attempt", (task,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            for k in ("gpus", "handle", "code"):
-                if d.get(k) is not None:
-                    d[k] = json.loads(d[k])
-            out.append(d)
-        return out
-
-    def metrics(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for r in self.conn.execute("SELECT task, name, value FROM metrics"):
-            out.setdefault(r[0], {})[r[1]] = r[2]
-        return out
-
-    def events(self, since_seq: int = 0) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT * FROM events WHERE seq>? ORDER BY seq", (since_seq,)).fetchall()
-        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
-
     def log_event(self, task: str | None, kind: str, data: Mapping[str, Any]) -> None:
         with transaction(self.conn):
             self._event(task, kind, data, time.time())
@@ -427,14 +313,6 @@ class SqliteStore:
                                     (time.time(), kind, json.dumps(list(targets)), json.dumps(dict(data or {}))))
         return int(cur.lastrowid or 0)
 
-    def controls(self, *, untaken: bool = True) -> list[Control]:
-        """Requests in id order (``untaken``: only those no controller has taken yet)."""
-        if not self._has_controls:
-            return []
-        q = "SELECT * FROM controls" + (" WHERE taken_at IS NULL" if untaken else "") + " ORDER BY id"
-        return [Control(r["id"], r["ts"], r["kind"], json.loads(r["targets"]), json.loads(r["data"]),
-                        r["taken_at"], r["result"]) for r in self.conn.execute(q)]
-
     def take_control(self, control_id: int, result: str, changes: Sequence[Change] = ()) -> bool:
         """Mark a request taken with ``result`` (what it changed, for the requester) and apply its
         ``changes`` in the same transaction: a request is applied exactly once, even if the
@@ -448,14 +326,6 @@ class SqliteStore:
             for ch in changes:
                 self._apply_one(ch, now)
         return True
-
-    def control(self, control_id: int) -> Control | None:
-        """One request by id (the requester polls it to learn the controller's result)."""
-        if not self._has_controls:
-            return None
-        r = self.conn.execute("SELECT * FROM controls WHERE id=?", (control_id,)).fetchone()
-        return None if r is None else Control(r["id"], r["ts"], r["kind"], json.loads(r["targets"]),
-                                              json.loads(r["data"]), r["taken_at"], r["result"])
 
     # -- why tasks wait, when they start (rota.engine.predict) -------------
     def set_forecast(self, rows: Sequence[ForecastRow]) -> None:
@@ -472,48 +342,15 @@ class SqliteStore:
             "predicted_start=?, predicted_end=? WHERE name=? AND state IN ('pending','launching','running')",
             [(reason, start, end, name) for name, reason, start, end in rows])
 
-    def held_tasks(self) -> set[str]:
-        """Names of the tasks ``rota hold`` keeps from launching (column ``held``)."""
-        if not self._has_controls:  # schema 2, read as it is: no holds
-            return set()
-        return {r[0] for r in self.conn.execute("SELECT name FROM tasks WHERE held=1")}
-
     # -- GPU samples ------------------------------------------------------
     def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:
         with transaction(self.conn):
             self.conn.executemany("INSERT INTO gpu_samples VALUES(?,?,?,?,?)", rows)
 
-    def gpu_samples(self) -> list[tuple[float, int, float | None, int | None, int | None]]:
-        return [tuple(r) for r in self.conn.execute("SELECT * FROM gpu_samples ORDER BY ts, gpu")]
-
     def set_peak_gpu_memory(self, task: str, attempt: int, peak_bytes: int) -> None:
         """Record the most GPU memory attempt ``attempt`` of ``task`` was seen using (the GPU monitor)."""
         self.conn.execute("UPDATE attempts SET peak_gpu_memory_bytes=? WHERE task=? AND attempt=?",
                           (peak_bytes, task, attempt))
-
-    def history(self, command: str) -> list[dict[str, Any]]:
-        """Finished successful attempts of any task with this command (learned estimates)."""
-        rows = self.conn.execute(
-            "SELECT task, started_at, ended_at, peak_gpu_memory_bytes FROM attempts "
-            "WHERE command=? AND state='succeeded' AND ended_at IS NOT NULL",
-            (command,),
-        ).fetchall()
-        return [dict(r) for r in rows]
-
-    def durations_by_command(self) -> dict[str, list[float]]:
-        """Wall seconds of every successful attempt, by command (one query)."""
-        out: dict[str, list[float]] = {}
-        for cmd, start, end in self.conn.execute(
-            "SELECT command, started_at, ended_at FROM attempts "
-            "WHERE state='succeeded' AND started_at IS NOT NULL AND ended_at IS NOT NULL"
-        ):
-            out.setdefault(cmd, []).append(max(end - start, 0.0))
-        return out
-
-    def active_count(self) -> int:
-        q = f"SELECT count(*) FROM tasks WHERE state IN ({','.join('?' * len(ACTIVE))})"
-        return int(self.conn.execute(q, tuple(ACTIVE)).fetchone()[0])
-
 
 _EVENT_FIELDS = frozenset({"state", "exit_code", "reason", "attempts"})
 _EVENT_JSON = json.JSONEncoder(default=str)
