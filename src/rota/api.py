@@ -41,6 +41,7 @@ class RunResult:
     ran: int = 0
     kept: int = 0
     handed_over: str | None = None  # a controller was running: it took the spec (its answer); nothing ran here
+    failed: tuple[str, ...] = ()  # the tasks that ended failed, in the spec's order
 
 
 _DICT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -206,7 +207,8 @@ def run(
                 ui=ui, hooks=hooks,
             )
             code = engine.run()
-            return RunResult(code, str(sd), engine.counts(), ran=len(engine.ran), kept=len(engine.kept))
+            return RunResult(code, str(sd), engine.counts(), ran=len(engine.ran), kept=len(engine.kept),
+                             failed=engine.failed_names())
         finally:
             store.close()
 

@@ -170,23 +170,10 @@ def _run_end(result: Any, spec: str, state_dir: str | None) -> list[str]:
         return [f"rota: nothing ran: {why} (state {sd}); 'rota run {where} --rerun PATTERN' runs tasks again"]
     lines = [f"rota: outputs in {os.path.join(sd, 'out', 'TASK')}, logs in {os.path.join(sd, 'logs', 'TASK', '')}"]
     nxt = [f"'rota report {where}'"]
-    failed = _failed_tasks(sd)[:1]
+    failed = result.failed[:1]
     nxt.append(f"'rota logs {shlex.quote(failed[0])} {where}'" if failed else f"'rota logs TASK {where}'")
     lines.append("rota: next: " + ", ".join(nxt))
     return lines
-
-
-def _failed_tasks(state_dir: str) -> list[str]:
-    """Names of the failed tasks of ``state_dir`` (none when it cannot be read)."""
-    import json
-
-    from rota.errors import StateError
-    from rota.store.read import status_json
-
-    try:  # only the failed rows: the whole status of a 20,000-task run was its peak memory
-        return [t["name"] for t in json.loads(status_json(state_dir, states=("failed",)))["tasks"]]
-    except StateError:
-        return []
 
 
 def _slurm_options(spec: Any, partition: str | None, state_dir: str | None) -> dict[str, Any]:

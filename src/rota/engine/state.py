@@ -175,6 +175,11 @@ class EngineState:
             out.extend(self.live[n].task.outputs)
         return out
 
+    def failed_names(self) -> tuple[str, ...]:
+        """The failed tasks' names, in the spec's order (what a run's last lines name; read from
+        memory, not the store: re-reading a big run's rows was its peak memory)."""
+        return tuple(name for name, lv in self.live.items() if lv.state == S.FAILED)
+
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state."""
         out = {s: 0 for s in S.STATES}
