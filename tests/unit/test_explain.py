@@ -88,6 +88,15 @@ def test_gpu_loads_sum_shared_gpus():
     assert [(g.booked_bytes, g.tasks) for g in loads] == [(60 * GB, ("a", "b", "c")), (80 * GB, ("c",))]
 
 
+def test_gpu_loads_keep_outside_bookings_apart():
+    """What rota did not start (a foreign process, an unhealthy GPU) is summed apart and leaves less free."""
+    loads = gpu_loads(machine(2), [Placement("a", (0,), (30 * GB,))],
+                      [Placement("pid 7 (bob, python)", (1,), (13 * GB,)), Placement("pid 8 (eve, a.out)", (1,), (2 * GB,)),
+                       Placement("on a GPU the machine lacks", (5,), (GB,))])
+    assert [(g.booked_bytes, g.tasks, g.other_bytes, g.others, g.free_bytes) for g in loads] == [
+        (30 * GB, ("a",), 0, (), 50 * GB), (0, (), 15 * GB, ("pid 7 (bob, python)", "pid 8 (eve, a.out)"), 65 * GB)]
+
+
 # Properties: the explanation is the policy's decision, task by task.
 
 requests = st.builds(

@@ -8,23 +8,31 @@ With a live controller, the reason and the prediction are the controller's (``ta
 Without one, they are computed here from the stored state and the spec, by the same functions
 (:func:`rota.core.explain.explain`, :func:`rota.plan.eta.forecast`): what the next ``rota run``
 would decide first. Either way it prints the reason in full, the task's needs and their states,
-the per-GPU table (size, booked, by which tasks, free) and the prediction.
+the per-GPU table (size, booked, by which tasks, free) and the prediction. With a live controller
+the table also shows what it books for what rota did not start (processes holding GPU memory, with
+their margin; unhealthy GPUs), read from the GPU notes it writes for ``rota status``.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
+import re
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rota.errors import StateError, UsageError
+
+if TYPE_CHECKING:
+    from rota.core.explain import GpuLoad
+    from rota.core.resources import Machine, Placement
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class Answer:
     reason: str  # one line; empty when the task is not pending
     source: str  # "controller" (its stored reason), "computed" (no controller), or "" (not pending)
     needs: tuple[tuple[str, str], ...]  # every need, with its state
-    gpus: tuple[tuple[int, int, int, tuple[str, ...]], ...]  # (index, total, booked, by) per GPU
+    gpus: tuple[GpuLoad, ...]  # per GPU: size, booked by rota's tasks, booked for others (other_bytes), free
     predicted_start: float | None  # epoch seconds
     predicted_end: float | None
     now: float
@@ -62,7 +70,7 @@ def answer(task: str, target: str | None, state_dir: str | None) -> Answer:
         spec_path = store.get_meta("spec_path")
         now = time.time()
         rec = recs[task]
-        loads = _gpu_loads(meta_machine, recs.values())
+        loads = _gpu_loads(meta_machine, recs.values(), sd if alive else None, lambda: _spec(spec_path, target))
         reason, source = "", ""
         start, end = rec.predicted_start, rec.predicted_end
         needs: tuple[tuple[str, str], ...] = ()
@@ -118,15 +126,63 @@ def _machine(meta_machine: str | None) -> Any:
     return Machine(gpus, int(m["cpus"]), int(m["memory_bytes"]), m.get("source") or "declared")
 
 
-def _gpu_loads(meta_machine: str | None, recs: Any) -> tuple[tuple[int, int, int, tuple[str, ...]], ...]:
+def _gpu_loads(meta_machine: str | None, recs: Any, live_sd: str | None, spec: Any) -> tuple[GpuLoad, ...]:
+    """The per-GPU table's rows: the running attempts' bookings, and (``live_sd``: the state folder
+    of a live controller) what that controller books for what rota did not start. ``spec``: a
+    callable giving the spec or None (read only when there is such a booking: its margin)."""
     from rota.core.explain import gpu_loads
     from rota.core.resources import Placement
+    from rota.nvml import read_notes
 
     if not meta_machine:
         return ()
+    machine = _machine(meta_machine)
     running = [Placement(r.name, tuple(r.gpus), tuple(r.gpu_bytes), r.cpus, r.memory_bytes)
                for r in recs if r.state in ("launching", "running")]
-    return tuple((g.index, g.total_bytes, g.booked_bytes, g.tasks) for g in gpu_loads(_machine(meta_machine), running))
+    notes = read_notes(live_sd) if live_sd is not None else []
+    outside = _outside(notes, machine, functools.cache(lambda: _margin_bytes(spec()))) if notes else []
+    return gpu_loads(machine, running, outside)
+
+
+# The lines rota.engine.gpu_watch writes for `rota status` (GpuWatch._write_notes, Holder.describe):
+#   GPU 1: 30GB held by pid 4242, user bob, python (not rota's: booked, tasks pack around it)
+#   GPU 2 unhealthy: Xid 79 error (no new tasks there)
+# tests/integration/test_why_foreign.py runs the real controller, so a change of format fails there.
+_HELD = re.compile(r"^GPU (\d+): (\S+) held by pid (\d+), user (.*?), (.*) \(not rota's: booked")
+_SICK = re.compile(r"^GPU (\d+) unhealthy: (.*) \(no new tasks there\)$")
+
+
+def _outside(notes: Sequence[str], machine: Machine, margin: Callable[[], int]) -> list[Placement]:
+    """The controller's bookings for what rota did not start, from its GPU notes: a holder's memory
+    plus the margin (capped at the GPU's size), an unhealthy GPU whole; as the controller books them
+    (rota.engine.gpu_watch.foreign_bookings, sick_bookings). Lines it cannot read are skipped."""
+    from rota.core.resources import Placement
+    from rota.units import parse_size
+
+    size = {g.index: g.memory_bytes for g in machine.gpus}
+    out: list[Placement] = []
+    for line in notes:
+        m = _SICK.match(line)
+        if m and int(m[1]) in size:
+            out.append(Placement(f"unhealthy: {m[2]}", (int(m[1]),), (size[int(m[1])],), cpus=0, memory_bytes=0))
+            continue
+        m = _HELD.match(line)
+        if m is None or int(m[1]) not in size:
+            continue
+        try:
+            used = parse_size(m[2])
+        except ValueError:
+            continue
+        booked = min(max(used + margin(), 1), size[int(m[1])])
+        out.append(Placement(f"pid {m[3]} ({m[4]}, {m[5]})", (int(m[1]),), (booked,), cpus=0, memory_bytes=0))
+    return out
+
+
+def _margin_bytes(spec: Any) -> int:
+    """The margin booked above a foreign process's memory: the spec's ``foreign_gpu_margin``, else 1GB
+    (rota.engine.gpu_watch.DEFAULT_MARGIN_BYTES)."""
+    margin = getattr(getattr(spec, "file", None), "foreign_gpu_margin", None)
+    return int(margin) if margin is not None else 2**30
 
 
 def _computed(task: str, spec: Any, recs: Mapping[str, Any], meta_machine: str | None, store: Any,
@@ -205,12 +261,19 @@ def render(a: Answer) -> str:
         lines += [f"  {n.ljust(w)}  {s}" for n, s in a.needs]
     if a.gpus:
         lines.append("GPUs:")
-        rows = [("GPU", "size", "booked", "free", "by")] + [
-            (str(i), format_size(total), format_size(booked), format_size(max(total - booked, 0)),
-             ", ".join(by) or "-") for i, total, booked, by in a.gpus]
-        widths = [max(len(r[k]) for r in rows) for k in range(4)]
-        lines += ["  " + "  ".join(c.ljust(wd) for c, wd in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        # The "others" column only where the controller books memory for what rota did not start.
+        others = any(g.others for g in a.gpus)
+        rows = [("GPU", "size", "booked", *(("others",) if others else ()), "free", "by")] + [
+            (str(g.index), format_size(g.total_bytes), format_size(g.booked_bytes),
+             *((format_size(g.other_bytes) if g.others else "-",) if others else ()),
+             format_size(max(g.free_bytes, 0)), ", ".join((*g.tasks, *g.others)) or "-") for g in a.gpus]
+        n = len(rows[0]) - 1
+        widths = [max(len(r[k]) for r in rows) for k in range(n)]
+        lines += ["  " + "  ".join(c.ljust(wd) for c, wd in zip(r[:n], widths, strict=True)) + "  " + r[n]
                   for r in rows]
+        if others:
+            lines.append("  others: booked for what rota did not start (a process's memory and a safety margin; "
+                         "an unhealthy GPU whole), packed around like a task")
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +281,9 @@ def as_dict(a: Answer) -> dict[str, Any]:
     """``rota why --json``: the answer as one JSON object (times in epoch seconds)."""
     return {"name": a.name, "state": a.state, "held": a.held, "reason": a.reason, "source": a.source,
             "needs": [{"name": n, "state": s} for n, s in a.needs],
-            "gpus": [{"index": i, "memory_bytes": t, "booked_bytes": b, "tasks": list(by)} for i, t, b, by in a.gpus],
+            "gpus": [{"index": g.index, "memory_bytes": g.total_bytes, "booked_bytes": g.booked_bytes,
+                      "tasks": list(g.tasks), "other_bytes": g.other_bytes, "others": list(g.others)}
+                     for g in a.gpus],
             "predicted_start": a.predicted_start, "predicted_end": a.predicted_end, "now": a.now}
 
 

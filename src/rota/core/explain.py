@@ -41,16 +41,20 @@ _LISTED = 5  # needs and GPU tasks named in one line before "and N more"
 
 @dataclass(frozen=True)
 class GpuLoad:
-    """One GPU as the ledger sees it: its size, the bytes booked on it and by which tasks."""
+    """One GPU as the ledger sees it: its size, the bytes booked on it and by which tasks; and what
+    is booked there for what rota did not start (``other_bytes``, by ``others``: processes holding
+    memory, an unhealthy GPU; :mod:`rota.engine.gpu_watch`), when the caller tells them apart."""
 
     index: int
     total_bytes: int
     booked_bytes: int
     tasks: tuple[str, ...] = ()
+    other_bytes: int = 0
+    others: tuple[str, ...] = ()
 
     @property
     def free_bytes(self) -> int:
-        return self.total_bytes - self.booked_bytes
+        return self.total_bytes - self.booked_bytes - self.other_bytes
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,24 @@ class Reason:
     gpus: tuple[GpuLoad, ...] = ()
 
 
-def gpu_loads(machine: Machine, running: Iterable[Placement]) -> tuple[GpuLoad, ...]:
-    """The per-GPU picture of ``machine`` with ``running`` placements booked, in GPU order."""
-    booked = {g.index: 0 for g in machine.gpus}
-    by: dict[int, list[str]] = {g.index: [] for g in machine.gpus}
-    for p in running:
-        for idx, b in zip(p.gpus, p.gpu_bytes, strict=False):
-            booked[idx] = booked.get(idx, 0) + b
-            by.setdefault(idx, []).append(p.task)
-    return tuple(GpuLoad(g.index, g.memory_bytes, booked[g.index], tuple(by[g.index])) for g in machine.gpus)
+def gpu_loads(machine: Machine, running: Iterable[Placement], outside: Iterable[Placement] = ()) -> tuple[GpuLoad, ...]:
+    """The per-GPU picture of ``machine`` with ``running`` placements booked, in GPU order;
+    ``outside``: bookings for what rota did not start (foreign processes, unhealthy GPUs), summed
+    apart (``other_bytes``, ``others``). Bookings on GPUs the machine lacks are left out."""
+
+    def sums(placements: Iterable[Placement]) -> tuple[dict[int, int], dict[int, list[str]]]:
+        booked = {g.index: 0 for g in machine.gpus}
+        by: dict[int, list[str]] = {g.index: [] for g in machine.gpus}
+        for p in placements:
+            for idx, b in zip(p.gpus, p.gpu_bytes, strict=False):
+                if idx in booked:
+                    booked[idx] += b
+                    by[idx].append(p.task)
+        return booked, by
+
+    (booked, by), (other, others) = sums(running), sums(outside)
+    return tuple(GpuLoad(g.index, g.memory_bytes, booked[g.index], tuple(by[g.index]), other[g.index],
+                         tuple(others[g.index])) for g in machine.gpus)
 
 
 def clock(epoch_s: float) -> str:
