@@ -266,7 +266,8 @@ def tick(engine: Engine, now: float) -> None:
 def take_controls(engine: Engine, now: float) -> None:
     """Apply every untaken request in id order: its transitions (and what follows from them:
     dependents skipped or made ready) committed with the request marked taken, in one transaction;
-    then running attempts are stopped and the policy's list re-sorted."""
+    then running attempts are stopped, the policy's list re-sorted and the predictor told
+    (:func:`rota.engine.predict.steered`: reasons and predicted starts follow at its next pass)."""
     store = engine.store
     controls = store.controls(untaken=True)
     if not controls:
@@ -287,6 +288,9 @@ def take_controls(engine: Engine, now: float) -> None:
 
             store.take_control(c.id, respec.handle(engine, c))
     _resort(engine)
+    from rota.engine.predict import steered
+
+    steered(engine)  # a new priority, a hold...: the predictions follow within seconds, not at the next end
 
 
 def _take(engine: Engine, c: Control, now: float) -> None:

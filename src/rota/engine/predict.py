@@ -3,8 +3,9 @@ pending task (:func:`rota.core.explain.explain`) and forecasts every start and e
 (:func:`rota.plan.eta.forecast`) on the live state, and writes both to the store.
 
 When: from :attr:`Predictor.min_interval_s` after the start, at a loop round after something
-changed (an attempt ended, was adopted or lost; the number of running, ready, backed-off or held
-tasks; the run's limits; GPU memory booked outside rota), at most every :attr:`Predictor.min_interval_s`
+changed (an attempt ended, was adopted or lost; a control request was taken: ``rota priority``,
+``hold``, ``release``, ``cancel``, ``retry``, a live edit, through :func:`steered`; the number of
+running, ready, backed-off or held tasks; the run's limits; GPU memory booked outside rota), at most every :attr:`Predictor.min_interval_s`
 and never more often than :attr:`Predictor.cost_factor` times what the last computation took
 (so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
 within 3% of its time without it, ``bench/bench_local.py``); and at least every
@@ -35,6 +36,7 @@ from rota.engine.hooks import Hook
 from rota.engine.launching import _within
 from rota.engine.runstate import Live
 from rota.plan.eta import Forecast, Progress, forecast, history_s
+from rota.spec.model import Task
 from rota.store import base as S
 from rota.studies.names import study_name
 from rota.ui.view import Forecasts
@@ -65,6 +67,11 @@ class Predictor(Hook, Forecasts):
         self._changes += 1
 
     def lost(self, engine: Any, lv: Live) -> None:
+        self._changes += 1
+
+    def steered(self) -> None:
+        """A control request was taken (:func:`rota.engine.control.take_controls`): a change, so the
+        next tick past the interval explains and forecasts again (a new priority changes no count)."""
         self._changes += 1
 
     def tick(self, engine: Any, now: float) -> None:
@@ -101,7 +108,7 @@ class Predictor(Hook, Forecasts):
             held = set(engine.rs.held)
             self.reasons = reasons_of(engine, now, held)
             self.forecast = forecast(
-                [lv.task for lv in engine.live.values()], engine.machine,
+                [_as_launched(engine, lv) for lv in engine.live.values()], engine.machine,
                 {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
                 now, self._learn_history(engine), held=held,
                 not_before={n: engine.live[n].not_before for n in engine.delayed})
@@ -174,6 +181,24 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
         if r.kind == "backoff" and live[name].reason:
             out[name] = replace(r, text=f"{r.text}, after: {live[name].reason}")
     return out
+
+
+def steered(engine: Any) -> None:
+    """Tell the engine's predictor (if it has one) that a control request was taken."""
+    for h in engine.hooks:
+        if isinstance(h, Predictor):
+            h.steered()
+
+
+def _as_launched(engine: Any, lv: Live) -> Task:
+    """A pending task as the policy would launch it now: ``rota priority``'s live override and an OOM
+    retry's bigger booking (the forecast's simulator reads both from the task)."""
+    t = lv.task
+    if lv.state != S.PENDING:
+        return t
+    prio = t.priority if lv.priority is None else lv.priority
+    req = engine.request_of(lv)
+    return t if prio == t.priority and req == t.request else replace(t, priority=prio, request=req)
 
 
 def limit_text(lv: Live) -> str:
