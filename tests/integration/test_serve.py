@@ -8,6 +8,7 @@ Screenshots are saved in each test's tmp folder.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -222,9 +223,11 @@ def test_default_bind_needs_no_token_but_a_loopback_host_and_never_writes_the_st
     spec = _finished_run(tmp_path)
     sd = tmp_path / "p" / ".rota"
     # Every file but SQLite's shared-memory index (state.db-shm), where any WAL reader, rota status
-    # too, marks what it reads: no file is created, written or removed.
+    # too, marks what it reads, and the empty state.db-wal SQLite opens beside it when the last
+    # writer removed it: no file is created, written or removed.
     def files() -> dict[Path, tuple[int, int]]:
-        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sd.rglob("*") if not p.name.endswith("-shm")}
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sd.rglob("*")
+                if not p.name.endswith("-shm") and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
 
     before = files()
     s = Served(spec)
@@ -240,6 +243,13 @@ def test_default_bind_needs_no_token_but_a_loopback_host_and_never_writes_the_st
     assert [(r["metric"], r["n"]) for r in results] == [("loss", 3)]
     for path in ("/api/timeline", "/api/gpus", "/api/sweeps", "/api/eta", "/"):
         assert s.get(path)[0] == 200, path
+    # A browser's Accept-Encoding: the same JSON, gzip'd (once per snapshot; "now" put in front).
+    plain = s.json("/api/status?limit=500")
+    req = urllib.request.Request(s.base + "api/status?limit=500", headers={"Accept-Encoding": "gzip, deflate"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        zipped = json.loads(gzip.decompress(r.read()))
+    assert zipped["now"] >= plain["now"] and {**zipped, "now": 0} == {**plain, "now": 0}
     assert files() == before
 
     # A controller that starts again (a rerun) is followed by the same server.
@@ -327,7 +337,11 @@ def test_sweeps_show_their_best_trials_and_the_reports_figures(tmp_path: Path, s
         """)
     rota("run", spec, "--plain", "--cpus", "2", check=True)
     sd = tmp_path / "p" / ".rota"
-    before = {p: p.stat().st_mtime_ns for p in sd.rglob("*") if not p.name.endswith("-shm")}
+    def files() -> dict[Path, int]:  # but SQLite's reader files (-shm, an empty -wal), as above
+        return {p: p.stat().st_mtime_ns for p in sd.rglob("*")
+                if not p.name.endswith("-shm") and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
+
+    before = files()
     s = Served(spec)
     served.append(s)
     sweeps = s.json("/api/sweeps")["sweeps"]
@@ -336,4 +350,4 @@ def test_sweeps_show_their_best_trials_and_the_reports_figures(tmp_path: Path, s
     assert best[0]["value"] == min(b["value"] for b in best) and set(best[0]["params"]) == {"x", "depth"}
     names = [f["name"] for f in s.json("/api/figures")["figures"]]
     assert "sweep-hpo-history" in names and all(f.startswith(("results-", "sweep-", "gpu-memory")) for f in names)
-    assert {p: p.stat().st_mtime_ns for p in sd.rglob("*") if not p.name.endswith("-shm")} == before
+    assert files() == before

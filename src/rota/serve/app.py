@@ -39,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rota.errors import RotaError
+from rota.serve.bodies import Bodies
 from rota.serve.cache import StateCache
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -105,9 +106,25 @@ def _int(request: Request, name: str, default: int) -> int:
         return default
 
 
+def _json(body: tuple[bytes, bool]) -> Response:
+    """A JSON response of an encoded body (:class:`rota.serve.bodies.Bodies`), gzip'd or not."""
+    data, gzipped = body
+    headers = {**_NO_STORE, "Vary": "Accept-Encoding"}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/json", headers=headers)
+
+
+def _gzip_ok(request: Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "")
+
+
 def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cache: StateCache | None = None) -> ASGIApp:
-    """The application serving ``state_dir`` (read-only); ``token``: required on every request."""
+    """The application serving ``state_dir`` (read-only); ``token``: required on every request.
+    Each answer is encoded once per value it shows (the cache's snapshot and question), however
+    many browsers ask (:mod:`rota.serve.bodies`)."""
     state = cache or StateCache(state_dir)
+    bodies = Bodies()
     controls = _controls()
     page = resources.files("rota.serve").joinpath("static", "index.html")
 
@@ -125,19 +142,24 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
     async def status(request: Request) -> Response:
         raw = request.query_params.get("state", "")
         states = frozenset(s for s in raw.split(",") if s) or None
-        snap, page_ = await run_in_threadpool(state.page, states, request.query_params.get("q", ""),
-                                              _int(request, "offset", 0), _int(request, "limit", 100))
-        out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "now": time.time(), "error": snap.error,
-                               "controls": list(CONTROL_KINDS) if controls is not None else []}
-        if snap.data is not None:
-            data = snap.data
-            out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
-            out["total"] = len(data["tasks"])
-            out["queued_count"] = snap.queued
-            out["held_count"] = snap.held
-            out["running_by_gpu"] = snap.running_by_gpu
-            out.update(page_)
-        return JSONResponse(out, headers=_NO_STORE)
+        question = (states, request.query_params.get("q", ""), _int(request, "offset", 0), _int(request, "limit", 100))
+        snap, page_ = await run_in_threadpool(state.page, *question)
+
+        def make() -> dict[str, Any]:
+            out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "error": snap.error,
+                                   "controls": list(CONTROL_KINDS) if controls is not None else []}
+            if snap.data is not None:
+                data = snap.data
+                out.update({k: data[k] for k in ("run_id", "spec", "state_dir", "controller", "counts")})
+                out["total"] = len(data["tasks"])
+                out["queued_count"] = snap.queued
+                out["held_count"] = snap.held
+                out["running_by_gpu"] = snap.running_by_gpu
+                out.update(page_)
+            return out
+
+        # "now" (the server's clock) is the one field that changes per request: put in front.
+        return _json(bodies.get(("status", question), (snap, page_), make, gzip=_gzip_ok(request), now=time.time()))
 
     async def log(request: Request) -> Response:
         task = request.query_params.get("task", "")
@@ -148,7 +170,8 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
 
     def slow(name: str) -> Route:
         async def endpoint(request: Request) -> Response:
-            return JSONResponse(await run_in_threadpool(getattr(state, name)), headers=_NO_STORE)
+            value = await run_in_threadpool(getattr(state, name))
+            return _json(bodies.get(name, (value,), lambda: value, gzip=_gzip_ok(request)))
 
         return Route(f"/api/{name}", endpoint)
 

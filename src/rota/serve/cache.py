@@ -3,8 +3,10 @@
 Each piece is read at most once per its interval, whatever the number of requests (a request
 that finds it stale reads it again, others wait for that one read: single flight), through the
 readers' path of :mod:`rota.store.read` (``rota status --json``'s: one short read transaction on
-a read-only connection, never a lock the controller waits for). Nothing here writes: not the
-database, not a file in the state folder.
+a read-only connection, never a lock the controller waits for). The task table is kept between
+reads and each read takes only the rows that changed (:mod:`rota.serve.table`): a 20,000-task
+run costs milliseconds a read, not half a second. Nothing here writes: not the database, not a
+file in the state folder.
 
 A state folder without a database yet, or one a controller is creating, is not an error for
 the page: the snapshot carries the message and the page keeps asking (a run started later, or
@@ -24,7 +26,7 @@ from typing import Any
 from rota.errors import RotaError
 from rota.logtail import tail
 from rota.serve import views
-from rota.store.read import read_status
+from rota.serve.table import TaskTable
 from rota.store.schema import DB_NAME
 
 STATUS_INTERVAL_S = 1.0
@@ -59,6 +61,12 @@ class Snapshot:
     queued: int = 0
     running_by_gpu: dict[str, list[str]] = field(default_factory=dict)
     held: int = 0
+    started: dict[str, float] = field(default_factory=dict)
+    """``{task: started_at}`` of the tasks the timeline draws."""
+    with_metrics: int = 0
+    """Tasks done with metrics (none: no results to compute)."""
+    with_gpus: int = 0
+    """Tasks with GPUs (none: no GPU memory figure)."""
 
 
 class _Throttled:
@@ -104,6 +112,7 @@ class StateCache:
         self._eta = _Throttled(self._read_eta, 2 * SLOW_INTERVAL_S)
         self._figures = _Throttled(self._read_figures, 2 * SLOW_INTERVAL_S)
         self._spec: tuple[Any, Any] | None = None  # (spec path and mtime, its tasks)
+        self._table = TaskTable(self.state_dir)
         self._pages: dict[tuple[Any, ...], Any] = {}
         self._timeline: tuple[int, Any] = (-1, None)
 
@@ -133,12 +142,12 @@ class StateCache:
             seq = self._snap.seq + 1
             t0 = time.monotonic()
             try:
-                data = read_status(self.state_dir)
-                by_name = {t["name"]: t for t in data["tasks"]}
-                queued = sum(1 for t in data["tasks"] if t.get("queued"))
-                held = sum(1 for t in data["tasks"] if t.get("held") and t["state"] == "pending")
-                snap = Snapshot(time.time(), seq, data, None, by_name, queued, views.running_by_gpu(data["tasks"]), held)
-            except (RotaError, OSError, ValueError) as e:
+                # Only the rows that changed (rota.serve.table); all of them for a new database file.
+                new_db = not self._files or files[0] is None or self._files[0] is None or files[0][2] != self._files[0][2]
+                v = self._table.read(force_full=new_db or self._snap.data is None)
+                snap = Snapshot(time.time(), seq, v.data, None, v.by_name, v.queued, v.running_by_gpu, v.held,
+                                v.started, v.metrics, v.gpus)
+            except (RotaError, OSError, ValueError, sqlite3.Error) as e:
                 snap = Snapshot(time.time(), seq, None, str(e))
             self._snap, self._files, self._read_at = snap, files, time.monotonic()
             self._cost_s = self._read_at - t0
@@ -152,7 +161,12 @@ class StateCache:
         with self._lock:
             hit = self._pages.get(key)
         if hit is None:
-            hit = views.task_page(snap.data["tasks"], states, query, offset, limit) if snap.data else None
+            if snap.data is None:
+                hit = None
+            elif states is None and not query.strip():  # the whole table: a slice, no filter
+                hit = views.plain_page(snap.data["tasks"], offset, limit)
+            else:
+                hit = views.task_page(snap.data["tasks"], states, query, offset, limit)
             with self._lock:
                 if len(self._pages) > 64 or any(k[0] != snap.seq for k in self._pages):
                     self._pages.clear()
@@ -165,7 +179,7 @@ class StateCache:
         with self._lock:
             if self._timeline[0] == snap.seq:
                 return self._timeline[1]
-        value = views.timeline(snap.data["tasks"] if snap.data else [], snap.at_s)
+        value = views.timeline_of(snap.started, snap.by_name, snap.at_s)
         with self._lock:
             self._timeline = (snap.seq, value)
         return value
@@ -213,8 +227,10 @@ class StateCache:
         return {"gpus": gpus, "series": views.gpu_series(samples)}
 
     def _read_results(self) -> dict[str, Any]:
-        data = self.status().data
-        return views.results(data["tasks"]) if data else {"by": [], "rows": []}
+        snap = self.status()
+        if not snap.data or not snap.with_metrics:  # nothing to group: no work
+            return {"by": [], "rows": []}
+        return views.results(snap.data["tasks"])
 
     def _read_sweeps(self) -> dict[str, Any]:
         if not os.path.exists(os.path.join(self.state_dir, "optuna.db")):
@@ -224,23 +240,38 @@ class StateCache:
         return {"sweeps": best_trials(self.state_dir)}
 
     def _read_figures(self) -> dict[str, Any]:
-        """The report's own figures of results, sweeps and booked GPU memory
-        (:func:`rota.report.html.report_figures` on :func:`rota.report.load.load_report`, grouped
-        by the report's default variables), as plotly JSON: ``{"figures": [{"name", "figure"}]}``."""
-        if not os.path.exists(os.path.join(self.state_dir, DB_NAME)):
+        """The report's own figures of results, sweeps and booked GPU memory (the functions of
+        :func:`rota.report.html.report_figures`, on :func:`rota.report.load.load_report`, grouped
+        by the report's default variables; not its timeline, which the page draws itself), as
+        plotly JSON: ``{"figures": [{"name", "figure"}]}``. Nothing is loaded when no task has
+        metrics or GPUs and there is no study: a big run without them costs no report."""
+        snap = self.status()
+        sweeps = os.path.exists(os.path.join(self.state_dir, "optuna.db"))
+        if not os.path.exists(os.path.join(self.state_dir, DB_NAME)) or (
+                not snap.with_metrics and not snap.with_gpus and not sweeps):
             return {"figures": []}
-        from rota.report.html import report_figures
+        from rota.report.html import slug
         from rota.report.load import load_report
         from rota.report.page import figure_dict
-        from rota.report.stats import default_by
+        from rota.report.results import results_by_group, results_figure
+        from rota.report.stats import default_by, group_metrics
+        from rota.report.timeline import gpu_memory_figure
 
         data = load_report(self.state_dir)
-        sweep_figs: dict[str, Any] = {}
-        if os.path.exists(os.path.join(self.state_dir, "optuna.db")):
+        by = default_by(data.tasks)
+        figs: dict[str, Any] = {}
+        for base, (mine, rows) in results_by_group(group_metrics(data.tasks, by), by).items():
+            figs[f"results-{slug(base)}"] = results_figure(base, mine, rows, data.tasks)
+        if sweeps:
             from rota.report.sweep_figures import sweep_figures
 
-            sweep_figs = sweep_figures(self.state_dir)
-        figs = report_figures(data, default_by(data.tasks), sweep_figs)
+            for study, kinds in sweep_figures(self.state_dir).items():
+                for kind, fig in kinds.items():
+                    figs[f"sweep-{slug(study)}-{kind}"] = fig
+        if any(t.gpus for t in data.tasks):
+            mem = gpu_memory_figure(data)
+            if mem is not None:
+                figs["gpu-memory"] = mem
         return {"figures": [{"name": name, "figure": figure_dict(fig)} for name, fig in figs.items()
                             if name.startswith(FIGURES_SHOWN)]}
 

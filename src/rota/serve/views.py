@@ -7,7 +7,6 @@ time (filtered and searched here), the timeline the most recent tasks only, GPU 
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -60,6 +59,13 @@ def task_page(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None
     return {"matching": matching, "offset": offset, "tasks": out}
 
 
+def plain_page(tasks: Sequence[Mapping[str, Any]], offset: int, limit: int) -> dict[str, Any]:
+    """:func:`task_page` without a filter or a search (what most requests ask): a slice."""
+    limit = max(0, min(limit, PAGE_MAX))
+    offset = max(0, offset)
+    return {"matching": len(tasks), "offset": offset, "tasks": list(tasks[offset:offset + limit])}
+
+
 def lanes_of(task: Mapping[str, Any]) -> list[str]:
     """The timeline rows a task occupies: one per GPU it holds (``gpu 0``), else ``cpu``."""
     gpus = task.get("gpus") or []
@@ -70,16 +76,31 @@ def timeline(tasks: Sequence[Mapping[str, Any]], now: float, limit: int = TIMELI
     """The started tasks' bars: ``{"origin_s", "now_s", "shown", "started", "items": [{name, group,
     state, lane, start_s, end_s}]}``, times relative to the first start; a task still running
     ends at ``now``. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
-    started = [t for t in tasks if t.get("started_at") is not None and not t.get("queued")
-               and t["state"] not in ("pending", "skipped")]
+    started = {str(t["name"]): float(t["started_at"]) for t in tasks if is_started(t)}
+    return timeline_of(started, {str(t["name"]): t for t in tasks}, now, limit)
+
+
+def is_started(task: Mapping[str, Any]) -> bool:
+    """Whether the timeline draws ``task``: it has started (and its backend no longer queues it)."""
+    return task.get("started_at") is not None and not task.get("queued") and task["state"] not in ("pending", "skipped")
+
+
+def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str, Any]], now: float,
+                limit: int = TIMELINE_MAX_TASKS) -> dict[str, Any]:
+    """:func:`timeline` from ``{task: started_at}`` of the started tasks (kept up to date by
+    :class:`rota.serve.table.TaskTable`) and the tasks by name: no pass over every task."""
     if not started:
         return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": []}
-    origin = min(float(t["started_at"]) for t in started)
-    recent = heapq.nlargest(limit, started, key=lambda t: float(t["started_at"]))[::-1] \
-        if limit < len(started) else started
+    origin = min(started.values())
+    if limit < len(started):  # the limit started last, in start order (sorting floats in C: fast)
+        cut = sorted(started.values())[-limit] if limit > 0 else math.inf
+        recent = sorted((n for n, s in started.items() if s >= cut), key=started.__getitem__)[-limit:] if limit else []
+    else:
+        recent = list(started)
     items = []
-    for t in recent:
-        start = float(t["started_at"]) - origin
+    for name in recent:
+        t = by_name[name]
+        start = started[name] - origin
         ended = t.get("ended_at")
         end = (float(ended) if ended is not None and t["state"] in FINAL else now) - origin
         for lane in lanes_of(t):

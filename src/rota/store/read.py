@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, NamedTuple
 
 from rota.errors import StateError
 from rota.store.base import HELD, PENDING, QUEUED, QUEUED_PREFIX, RUNNING
@@ -341,3 +341,75 @@ def controller(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     return {"pid": info.get("pid"), "host": info.get("host"), "alive": info["alive"]}
+
+
+# -- the rows that changed: one reader that follows a big run (rota serve) -------------------------
+
+_CHANGED_QUERY = _TASKS_QUERY.replace("SELECT ", "SELECT rowid, updated_at, ", 1).replace(
+    " ORDER BY rowid", " WHERE updated_at >= ? ORDER BY rowid")
+_FORECAST_QUERY = ("SELECT rowid, reason, predicted_start, predicted_end FROM tasks "
+                   "WHERE state IN ('pending', 'launching', 'running')")
+
+
+class ChangedRows(NamedTuple):
+    """What :func:`read_changed` read in one transaction: ``head`` (the status object's head, without
+    ``counts``: the caller holds every row), ``total`` (task rows now), ``full`` (every row read),
+    ``rows`` (``(rowid, updated_at, task)`` in the status order, ``task`` exactly as
+    :func:`read_status` lists it), ``watermark`` (the largest ``updated_at`` seen: the next call's
+    ``since``), ``forecast`` (when asked: ``(rowid, reason, predicted_start, predicted_end)`` of every
+    pending, launching or running task, columns the predictor writes without moving ``updated_at``)."""
+
+    head: dict[str, Any]
+    total: int
+    full: bool
+    rows: list[tuple[int, float, dict[str, Any]]]
+    watermark: float | None
+    forecast: list[tuple[int, str, float | None, float | None]] | None
+
+
+def read_changed(state_dir: str | os.PathLike[str], since: float | None = None, *,
+                 forecast: bool = False) -> ChangedRows:
+    """The task rows of ``state_dir`` whose ``updated_at`` is ``since`` or later (None: all), in ONE
+    short read transaction on a read-only connection, as :func:`read_status` reads.
+
+    Every write of a task's row but the predictor's moves its ``updated_at`` (one controller writes
+    at a time, with its clock), so a reader that keeps the rows and passes the last ``watermark`` as
+    ``since`` sees every row changed since (``>=``: a row written in the same instant is never
+    lost). It cannot see: removed rows (compare ``total``), the predictor's columns
+    (``forecast=True``), a clock set back (read everything now and then). A state from before
+    schema 3 is read whole (``full``). No index on ``updated_at``: a scan, milliseconds at 20,000."""
+    sd = os.fspath(state_dir)
+    ctl = controller(sd)
+    path = os.path.join(sd, DB_NAME)
+    conn = connect_ro(path)
+    try:
+        conn.execute("BEGIN")  # one snapshot for everything below; ended (not held) right after
+        try:
+            version = schema_version(conn, path)
+            since = since if version >= SCHEMA_VERSION else None
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
+            total = int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+            if since is None:
+                query = _TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1
+                raw = conn.execute(query.replace("SELECT ", "SELECT rowid, updated_at, ", 1)).fetchall()
+                metric_rows = conn.execute("SELECT task, name, value FROM metrics").fetchall()
+            else:
+                raw = conn.execute(_CHANGED_QUERY, (since,)).fetchall()
+                metric_rows = conn.execute("SELECT task, name, value FROM metrics WHERE task IN (SELECT value FROM "
+                                           "json_each(?))", (json.dumps([r[2] for r in raw]),)).fetchall() if raw else []
+            fc = conn.execute(_FORECAST_QUERY).fetchall() if forecast and version >= 3 else None
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.DatabaseError as e:
+        raise unusable(path, e) from None
+    finally:
+        conn.close()
+    metrics: dict[str, dict[str, float]] = {}
+    for task, name, value in metric_rows:
+        metrics.setdefault(task, {})[name] = value
+    # The builder of status_json: a row read here is exactly what a full read lists.
+    lines = _task_lines([r[2:] for r in raw], metrics, None, time.time(), {}, _jstr, _jnum, json.dumps, listed,
+                        RUNNING, QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
+    rows = [(int(r[0]), float(r[1]), t) for r, t in zip(raw, json.loads("[" + ",".join(lines) + "]"), strict=True)]
+    head = {k: v for k, v in _head(sd, meta, {}, ctl).items() if k != "counts"}
+    return ChangedRows(head, total, since is None, rows, max((r[1] for r in rows), default=since), fc)
