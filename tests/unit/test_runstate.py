@@ -14,6 +14,8 @@ import pytest
 from rota.core.dag import blocked, needs_met
 from rota.core.resources import Placement, Request
 from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
+from rota.engine import runstate_control as RC
 from rota.engine.runstate import Op, RunState
 from rota.executors.base import Handle
 from rota.spec.load import load_spec
@@ -34,16 +36,16 @@ def _start(rs: RunState, names: list[str]) -> list:
     for n in names:
         lv = rs.tasks[n]
         assert n in rs.ready
-        R.apply(rs, [R.placed(lv, Placement(n, (), (), 1, 0), attempt=lv.attempt + 1, attempt_id=None, now=1.0,
+        R.apply(rs, [RA.placed(lv, Placement(n, (), (), 1, 0), attempt=lv.attempt + 1, attempt_id=None, now=1.0,
                               deadline=None, log_path=f"/logs/{n}", out=f"/out/{n}", params=None)], changes.extend)
-        R.apply(rs, [R.submitted(lv, Handle(f"{n}#1", "local", "1"))], changes.extend)
+        R.apply(rs, [RA.submitted(lv, Handle(f"{n}#1", "local", "1"))], changes.extend)
     return changes
 
 
 def _end(rs: RunState, name: str, phase: str, *, now: float = 2.0, interrupting: bool = False, **kw) -> list:
     """``name``'s attempt ends: its own transition and what it releases."""
     lv = rs.tasks[name]
-    tr = R.ended(lv, R.End(phase, 0 if phase == "succeeded" else 1, "", now, **kw), retry_delay_s=1.0,
+    tr = RA.ended(lv, RA.End(phase, 0 if phase == "succeeded" else 1, "", now, **kw), retry_delay_s=1.0,
                  interrupting=interrupting)
     R.apply(rs, [tr])
     follow = R.released(rs, name, now)
@@ -136,9 +138,9 @@ def test_queued_attempt_start_and_interrupt():
     _start(rs, ["a", "b"])
     assert rs.tasks["a"].queued
     changes: list = []
-    R.apply(rs, [R.started(rs.tasks["a"], 5.0, 65.0)], changes.extend)
+    R.apply(rs, [RA.started(rs.tasks["a"], 5.0, 65.0)], changes.extend)
     assert not rs.tasks["a"].queued and rs.tasks["a"].deadline == 65.0 and changes[0].event == "started"
-    trs = R.interrupted(rs, 9.0)
+    trs = RA.interrupted(rs, 9.0)
     R.apply(rs, trs, changes.extend)
     assert {t.task for t in trs} == {"a", "b"} and rs.running == {}
     assert all(lv.state == S.INTERRUPTED for lv in rs.tasks.values())
@@ -149,10 +151,10 @@ def test_submit_failure_is_recorded_then_ends_as_a_failure():
     rs = _initial(_tasks(("a", ())))
     lv = rs.tasks["a"]
     changes: list = []
-    R.apply(rs, [R.placed(lv, Placement("a", (), (), 1, 0), attempt=1, attempt_id=7, now=1.0, deadline=None,
+    R.apply(rs, [RA.placed(lv, Placement("a", (), (), 1, 0), attempt=1, attempt_id=7, now=1.0, deadline=None,
                           log_path="/l", out="/o", params=None)], changes.extend)
     assert lv.attempt_id == 7 and changes[0].attempt["id"] == 7
-    tr = R.submitted(lv, OSError("no bash"))
+    tr = RA.submitted(lv, OSError("no bash"))
     R.apply(rs, [tr], changes.extend)
     assert tr.kind is Op.SUBMIT_FAILED and lv.handle is None and lv.reason == "could not start: no bash"
     assert _end(rs, "a", "failed")[0].kind is Op.FAILED
@@ -278,20 +280,20 @@ def test_controls_cancel_retry_hold_and_priority_are_transitions():
     brings back the task and what it left skipped; --force reruns a done task and its consumers."""
     rs = _initial(_tasks(("a", ()), ("b", ("a",)), ("c", ("b",)), ("d", ()), ("e", ("d",)), retries=3))
     # a pending task cancelled: never starts, its users skipped transitively
-    R.apply(rs, [R.cancelled("d", 1.0)])
+    R.apply(rs, [RC.cancelled("d", 1.0)])
     follow = R.released(rs, "d", 1.0)
     assert [(f.kind, f.task) for f in follow] == [(Op.SKIPPED, "e")]
     R.apply(rs, follow)
     assert "d" not in rs.ready and rs.tasks["d"].state == S.CANCELLED
     # a running one: marked, then its end (a SIGTERM's exit) is CANCELLED with retries left
     _start(rs, ["a"])
-    R.apply(rs, [R.cancelling("a")])
-    assert rs.tasks["a"].cancelling and rs.tasks["a"].reason == R.CANCELLING_REASON
+    R.apply(rs, [RC.cancelling("a")])
+    assert rs.tasks["a"].cancelling and rs.tasks["a"].reason == RC.CANCELLING_REASON
     kinds = [(t.kind, t.task) for t in _end(rs, "a", "failed")]
     assert kinds == [(Op.CANCELLED, "a"), (Op.SKIPPED, "b"), (Op.SKIPPED, "c")]
     assert "a" not in rs.running
     # retry: a and everything it left skipped come back, a fresh budget; only a is ready
-    trs = R.retried(rs, ["a"])
+    trs = RC.retried(rs, ["a"])
     assert [(t.kind, t.task) for t in trs] == [(Op.REQUEUED, "a"), (Op.REQUEUED, "b"), (Op.REQUEUED, "c")]
     R.apply(rs, trs)
     for t in trs:
@@ -301,16 +303,16 @@ def test_controls_cancel_retry_hold_and_priority_are_transitions():
     _end(rs, "a", "succeeded")
     assert rs.ready == {"b"}
     # --force on a done task: its users wait for it again; without force it is left alone
-    assert R.retried(rs, ["a"]) == []
-    trs = R.retried(rs, ["a"], force=True)
+    assert RC.retried(rs, ["a"]) == []
+    trs = RC.retried(rs, ["a"], force=True)
     assert [t.task for t in trs] == ["a"]  # b is pending (ready), not done: only the unmet count changes
     R.apply(rs, trs)
     R.apply(rs, R.released(rs, "a"))
     assert rs.ready == {"a"} and rs.tasks["b"].unmet == 1
     # hold / release / priority: columns, and the held set the launcher filters on
-    R.apply(rs, [R.held("b", True), R.prioritised("b", 5)])
+    R.apply(rs, [RC.held("b", True), RC.prioritised("b", 5)])
     assert rs.held == {"b"} and rs.tasks["b"].held == 1 and rs.tasks["b"].priority == 5
-    R.apply(rs, [R.held("b", False)])
+    R.apply(rs, [RC.held("b", False)])
     assert rs.held == set() and rs.tasks["b"].held == 0
     # every control's store change has a compare-and-set state
     assert {Op.CANCELLING, Op.CANCELLED, Op.REQUEUED, Op.HELD, Op.RELEASED, Op.PRIORITY} <= set(R.EXPECT)
@@ -320,9 +322,9 @@ def test_an_attempt_lost_while_being_cancelled_is_cancelled_not_run_again():
     rs = _initial(_tasks(("a", ()), ("b", ("a",))))
     _start(rs, ["a"])
     lv = rs.tasks["a"]
-    assert R.lost(lv, 3.0).kind is Op.LOST  # vanished with its controller: runs again
+    assert RA.lost(lv, 3.0).kind is Op.LOST  # vanished with its controller: runs again
     lv.cancelling = True  # recovery read the dead controller's CANCELLING mark
-    tr = R.lost(lv, 3.0)
+    tr = RA.lost(lv, 3.0)
     assert (tr.kind, tr.state, tr.attempt and tr.attempt["state"]) == (Op.CANCELLED, S.CANCELLED, S.CANCELLED)
     R.apply(rs, [tr])
     assert [(f.kind, f.task) for f in R.released(rs, "a", 3.0)] == [(Op.SKIPPED, "b")]

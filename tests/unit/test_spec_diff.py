@@ -10,6 +10,7 @@ import pytest
 
 from rota.core.resources import Gpu, Machine, Placement
 from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
 from rota.engine import spec_diff as D
 from rota.engine.respec import limited_machine
 from rota.engine.runstate import Op, RunState
@@ -36,12 +37,12 @@ def _run(*tasks: Task) -> RunState:
 def _set(rs: RunState, name: str, state: str) -> None:
     """Move ``name`` through the real transitions to ``state`` (running, succeeded or failed)."""
     lv = rs.tasks[name]
-    R.apply(rs, [R.placed(lv, Placement(name), attempt=lv.attempt + 1, attempt_id=None, now=1.0, deadline=None,
+    R.apply(rs, [RA.placed(lv, Placement(name), attempt=lv.attempt + 1, attempt_id=None, now=1.0, deadline=None,
                           log_path="/l", out="/o", params=None)])
-    R.apply(rs, [R.submitted(lv, Handle(f"{name}#1", "local", "1"))])
+    R.apply(rs, [RA.submitted(lv, Handle(f"{name}#1", "local", "1"))])
     if state == S.RUNNING:
         return
-    R.apply(rs, [R.ended(lv, R.End(state, 0 if state == S.SUCCEEDED else 1, "", 2.0), retry_delay_s=1.0,
+    R.apply(rs, [RA.ended(lv, RA.End(state, 0 if state == S.SUCCEEDED else 1, "", 2.0), retry_delay_s=1.0,
                          interrupting=False)])
     R.apply(rs, R.released(rs, name, 2.0))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rota.core.resources import Machine, Placement
-from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
 from rota.engine.loop import Engine
 from rota.executors.local import LocalExecutor
 from rota.spec.load import load_spec
@@ -43,12 +43,12 @@ def test_caps_follow_the_run_after_begin_gating(tmp_path: Path) -> None:
     assert first.task.name in eng.ready and second.task.name in eng.ready
 
     now = time.time()
-    eng._apply([R.placed(first, Placement(first.task.name, (), (), 1, 0), attempt=1, attempt_id=1, now=now,
+    eng._apply([RA.placed(first, Placement(first.task.name, (), (), 1, 0), attempt=1, attempt_id=1, now=now,
                          deadline=None, log_path=str(tmp_path / "a.log"), out=str(tmp_path / "o"), params=None)])
     hook.begin_gating(eng)
     assert not hook.may_launch(eng, second)  # trial 0 runs: parallel 1 is used up
 
-    eng._apply([R.ended(first, R.End("succeeded", 0, "", now + 1), retry_delay_s=0.0, interrupting=False)])
+    eng._apply([RA.ended(first, RA.End("succeeded", 0, "", now + 1), retry_delay_s=0.0, interrupting=False)])
     assert first.task.name not in eng.running
     assert not hook.may_launch(eng, second)  # the same pass: its caps stand (what went wrong)
     hook.begin_gating(eng)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from rota.core.policy import sort_key
 from rota.engine import runstate as R
+from rota.engine import runstate_control as RC
 from rota.engine.lock import StateLock
 from rota.engine.runstate import Op, Transition
 from rota.errors import StateError, StateLockedError, UsageError
@@ -171,7 +172,7 @@ StateOf = Callable[[str], tuple[str | None, int]]  # name -> (state, held); stat
 def _decide(c: Control, state_of: StateOf, retried: Callable[[list[str], bool], list[Transition]] | None,
             now: float) -> tuple[list[Transition], list[str]]:
     """The transitions of request ``c`` and the lines that say what it changed. ``retried``: the
-    live run's graph-aware :func:`runstate.retried` (None offline: the targets only)."""
+    live run's graph-aware :func:`runstate_control.retried` (None offline: the targets only)."""
     groups: dict[str, list[str]] = {}
     trs: list[Transition] = []
 
@@ -188,10 +189,10 @@ def _decide(c: Control, state_of: StateOf, retried: Callable[[list[str], bool], 
         for name in known:
             state = state_of(name)[0]
             if state == S.PENDING:
-                trs.append(R.cancelled(name, now))
+                trs.append(RC.cancelled(name, now))
                 note("cancelled", name)
             elif state in S.ACTIVE:
-                trs.append(R.cancelling(name))
+                trs.append(RC.cancelling(name))
                 note("stopping (SIGTERM, then SIGKILL after the grace period)", name)
             else:
                 note(f"unchanged ({state})", name)
@@ -202,7 +203,7 @@ def _decide(c: Control, state_of: StateOf, retried: Callable[[list[str], bool], 
         for name in known:
             if name not in roots:
                 note(f"unchanged ({state_of(name)[0]}{'' if force else '; --force reruns a done task'})", name)
-        trs = retried(roots, force) if retried is not None else [R.requeued(n, "retried (rota retry)") for n in roots]
+        trs = retried(roots, force) if retried is not None else [RC.requeued(n, "retried (rota retry)") for n in roots]
         for tr in trs:
             note("pending again" if tr.task in roots else "pending again (uses one of them)", tr.task)
     elif c.kind in ("hold", "release"):
@@ -214,12 +215,12 @@ def _decide(c: Control, state_of: StateOf, retried: Callable[[list[str], bool], 
             elif bool(is_held) == on:
                 note(f"unchanged (already {'held' if on else 'not held'})", name)
             else:
-                trs.append(R.held(name, on))
+                trs.append(RC.held(name, on))
                 note("held" if on else "released", name)
     elif c.kind == "priority":
         prio = int(c.data["priority"])
         for name in known:
-            trs.append(R.prioritised(name, prio))
+            trs.append(RC.prioritised(name, prio))
             note(f"priority {prio}", name)
     return trs, [f"{what}: {_names(names)}" for what, names in groups.items()]
 
@@ -245,7 +246,7 @@ def start(engine: Engine) -> None:
             lv.held = 1
             rs.held.add(rec.name)
         lv.priority = rec.priority
-        if rec.name in rs.running and rec.reason == R.CANCELLING_REASON:
+        if rec.name in rs.running and rec.reason == RC.CANCELLING_REASON:
             lv.cancelling = True
             _stop(engine, [rec.name], None)
     for name, lv in live.items():
@@ -307,8 +308,8 @@ def _take(engine: Engine, c: Control, now: float) -> None:
         return (rec.state, rec.held) if rec is not None else (None, 0)
 
     def retried(names: list[str], force: bool) -> list[Transition]:
-        return [*R.retried(rs, [n for n in names if n in live], force=force),
-                *(R.requeued(n, "retried (rota retry)") for n in names if n not in live)]
+        return [*RC.retried(rs, [n for n in names if n in live], force=force),
+                *(RC.requeued(n, "retried (rota retry)") for n in names if n not in live)]
 
     trs, lines = _decide(c, state_of, retried, now)
     changes = [_change(tr) for tr in trs if tr.task not in live]

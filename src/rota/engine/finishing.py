@@ -1,7 +1,7 @@
 """Engine part: what happens when an attempt ends (success, retry, failure, skip, Ctrl-C).
 
-The decisions are pure (:func:`rota.engine.runstate.ended`, :func:`~rota.engine.runstate.released`,
-:func:`~rota.engine.runstate.interrupted`); this part reads what they need (metrics, the log's
+The decisions are pure (:func:`rota.engine.runstate_attempt.ended`, :func:`~rota.engine.runstate.released`,
+:func:`~rota.engine.runstate_attempt.interrupted`); this part reads what they need (metrics, the log's
 tail, fingerprints), applies the transitions, and runs the hooks and the UI around them.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rota.engine import attempt as A
 from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
 from rota.engine.runstate import Op, Transition
 from rota.engine.state import EngineState, Live
 from rota.executors.base import Status
@@ -34,14 +35,14 @@ class Finishing(EngineState):
             # lets a later run of it take the finished folder for checkpoints to resume.
             A.out_succeeded(self.state_dir, t.name, lv.out)
             inputs_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t)) if t.outputs else None
-            end = R.End("succeeded", st.exit_code, st.reason, now, metrics=metrics, inputs_fp=inputs_fp,
+            end = RA.End("succeeded", st.exit_code, st.reason, now, metrics=metrics, inputs_fp=inputs_fp,
                         started_at=moved)
         else:
             oom = A.is_oom(A.tail(lv.log_path))
             booking = self._bigger_booking(lv) if oom and t.request.gpus else None
-            end = R.End(st.phase, st.exit_code, st.reason, now, retry_free=st.retry_free, metrics=metrics,
+            end = RA.End(st.phase, st.exit_code, st.reason, now, retry_free=st.retry_free, metrics=metrics,
                         started_at=moved, oom=oom, oom_booking=booking)
-        tr = R.ended(lv, end, retry_delay_s=self.opt.retry_delay_s, interrupting=bool(self.interrupts))
+        tr = RA.ended(lv, end, retry_delay_s=self.opt.retry_delay_s, interrupting=bool(self.interrupts))
         self._apply([tr])
         self._finished_hooks(lv, S.SUCCEEDED if tr.kind is Op.SUCCEEDED else S.FAILED, metrics)
         self._settle(tr, now)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Placement
 from rota.engine import attempt as A
-from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
 from rota.engine.codever import CodeVersions
 from rota.engine.finishing import Finishing
 from rota.engine.runstate import Transition
@@ -125,7 +125,7 @@ class Launching(Finishing):
                 now_fp = A.inputs_fingerprint(list(t.inputs) + self._need_outputs(t))
                 if rec is not None and (rec.inputs_fp is None or rec.inputs_fp == now_fp):
                     now = time.time()
-                    tr = R.cached(t.name, now_fp, now)
+                    tr = RA.cached(t.name, now_fp, now)
                     self._apply([tr], commit_now=True)
                     self._settle(tr, now)
                     continue
@@ -174,7 +174,7 @@ class Launching(Finishing):
             # A backend that queues arms the timeout when the attempt really starts (see _poll);
             # one that enforces timeouts itself needs no deadline here.
             deadline = now + t.timeout_s if t.timeout_s and not (self._queues or self._enforces_timeout) else None
-            placed.append(R.placed(lv, p, attempt=attempt, attempt_id=attempt_id, now=now, deadline=deadline,
+            placed.append(RA.placed(lv, p, attempt=attempt, attempt_id=attempt_id, now=now, deadline=deadline,
                                    log_path=log, out=out, params=params, code=self._code_of(t)))
             launches.append((lv, launch))
         self._apply(placed)
@@ -188,7 +188,7 @@ class Launching(Finishing):
                 lv.handle = h if isinstance(h, Handle) else None
             raise full[0]
         queued_in = self.executor.name if self._queues else ""
-        self._apply([R.submitted(lv, h, queued_in=queued_in) for (lv, _la), h in zip(launches, handles, strict=True)])
+        self._apply([RA.submitted(lv, h, queued_in=queued_in) for (lv, _la), h in zip(launches, handles, strict=True)])
         # Staged, not committed now: a controller that dies first leaves these attempts "launching"
         # without a handle, and recovery finds them again (executor.recover: by environment, or
         # by their exit-status file). Executors that cannot do that get their handles committed now.

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from rota.core.policy import Candidate
 from rota.core.resources import Machine, Request, with_cpu_headroom
 from rota.engine import control, drain
-from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
 from rota.engine.hooks import UI, Hook
 from rota.engine.recovery import Recovery
 from rota.engine.runstate import RunState
@@ -270,12 +270,12 @@ class Engine(Recovery):
     def _started(self, lv: Live, started_at: float) -> None:
         """A queued attempt began: its run (status, report) and its timeout count from now on."""
         deadline = started_at + lv.task.timeout_s if lv.task.timeout_s and not self._enforces_timeout else lv.deadline
-        self._apply([R.started(lv, started_at, deadline)])
+        self._apply([RA.started(lv, started_at, deadline)])
 
     def _timeouts(self, now: float) -> None:
         for lv in list(self.running.values()):
             if lv.deadline is not None and now >= lv.deadline and not lv.timed_out and lv.handle is not None:
-                tr = R.timed_out(lv)
+                tr = RA.timed_out(lv)
                 self._apply([tr], commit_now=True)  # recorded before it is stopped
                 self._event("timeout", lv.task.name, tr.note)
                 threading.Thread(target=self.executor.cancel, args=([lv.handle], self.opt.grace_s), daemon=True).start()
@@ -290,7 +290,7 @@ class Engine(Recovery):
         if handles:
             self.executor.cancel(handles, self.opt.grace_s)
         stopped = list(self.running.values())
-        self._apply(R.interrupted(self.rs, time.time()), commit_now=True)
+        self._apply(RA.interrupted(self.rs, time.time()), commit_now=True)
         for lv in stopped:
             for hook in self.hooks:
                 hook.finished(self, lv, S.INTERRUPTED, {})

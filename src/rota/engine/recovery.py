@@ -13,6 +13,8 @@ from rota.core.dag import blocked
 from rota.core.resources import Placement
 from rota.engine import attempt as A
 from rota.engine import runstate as R
+from rota.engine import runstate_attempt as RA
+from rota.engine import runstate_control as RC
 from rota.engine.launching import Launching
 from rota.engine.state import Live
 from rota.executors.base import Handle
@@ -132,12 +134,12 @@ class Recovery(Launching):
         lv.gpu_override, lv.params = rec.gpu_memory_override, rec.params
         # Its reason says "queued in ..." until its start was seen (Engine._started clears it).
         lv.queued = self._queues and S.is_queued(rec.state, rec.reason or "")
-        lv.cancelling = rec.reason == R.CANCELLING_REASON  # rota cancel begun by the dead controller
+        lv.cancelling = rec.reason == RC.CANCELLING_REASON  # rota cancel begun by the dead controller
         h = Handle.from_json(rec.handle) if rec.handle else self._recover_handle(t.name, rec)
         if h is not None:
             if self.executor.adopt(h):
                 placement = Placement(t.name, tuple(rec.gpus), tuple(rec.gpu_bytes), rec.cpus, rec.memory_bytes)
-                tr = R.adopted(lv, h, placement)
+                tr = RA.adopted(lv, h, placement)
                 if rec.handle:
                     R.apply(self.rs, [tr])  # its row already says so
                 else:
@@ -149,7 +151,7 @@ class Recovery(Launching):
         else:
             self._stop_unrecorded(t.name, rec.attempt, lv.attempt_id)
         # Vanished with the old controller: run again, not counted against retries.
-        tr = R.lost(lv, time.time())
+        tr = RA.lost(lv, time.time())
         self._apply([tr], commit_now=True)
         for hook in self.hooks:
             hook.lost(self, lv)
