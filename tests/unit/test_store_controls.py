@@ -55,3 +55,15 @@ def test_schema_2_is_migrated_and_read(tmp_path: Path) -> None:
     assert rw.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert rw.task("a").held == 0  # type: ignore[union-attr]
     assert rw.add_control("retry", ["a"]) == 1
+
+
+def test_marked_tasks_are_the_rows_that_say_more_than_their_spec(tmp_path: Path) -> None:
+    st = SqliteStore(tmp_path)
+    st.upsert_tasks([_row(n) for n in ("a", "b", "c", "d")])
+    st.apply([Change("b", S.PENDING, "hold", {"held": 1}), Change("d", S.PENDING, "priority", {"priority": 5})])
+    st.apply([Change("c", S.PENDING, "cancelling", {"reason": "stopping"})])
+    assert st.marked_tasks("stopping") == [("b", 1, None, ""), ("c", 0, None, "stopping"), ("d", 0, 5, "")]
+    assert st.marked_tasks("other") == [("b", 1, None, ""), ("d", 0, 5, "")]
+    st.apply([Change("b", S.PENDING, "release", {"held": 0})])
+    assert [m[0] for m in st.marked_tasks("other")] == ["d"]
+    st.close()

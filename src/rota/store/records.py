@@ -113,6 +113,19 @@ class StoreReads:
             rows = self.conn.execute(f"{self._tasks_sql} ORDER BY rowid").fetchall()
         return [_decode(r) for r in rows]
 
+    def marked_tasks(self, reason: str) -> list[tuple[str, int, int | None, str | None]]:
+        """``(name, held, priority, reason)`` of the tasks whose row says more than their spec: held,
+        a live priority, or ``reason`` as their reason (a controller's mark, e.g. a cancel it had
+        begun); in rowid order. What a controller restores at its start without decoding every
+        task's record (at 20,000 tasks that was the run's peak memory)."""
+        if not self._has_controls:  # before schema 3 nothing is held or re-prioritised
+            q, args = "SELECT name, 0, NULL, reason FROM tasks WHERE reason=? ORDER BY rowid", (reason,)
+        else:
+            q = ("SELECT name, held, priority, reason FROM tasks"
+                 " WHERE held != 0 OR priority IS NOT NULL OR reason=? ORDER BY rowid")
+            args = (reason,)
+        return [(r[0], r[1], r[2], r[3]) for r in self.conn.execute(q, args)]
+
     def task(self, name: str) -> TaskRecord | None:
         row = self.conn.execute(f"{self._tasks_sql} WHERE name=?", (name,)).fetchone()
         return _decode(row) if row else None
