@@ -27,9 +27,13 @@ from rota.store.base import STATES
 from rota.store.read import ChangedRows, read_changed
 
 FULL_READ_S = 30.0
-"""Everything is read again at least this often (bounds what a clock set back could hide)."""
-FORECAST_S = 3.0
-"""The predictor's reasons and predictions (pending and running tasks) are compared this often."""
+"""Everything is read again at least this often (bounds what a clock set back could hide)..."""
+FULL_COST_FACTOR = 200.0
+"""... or less often: at most once per this many times the last full read's cost (0.3-0.6 s at
+20,000 tasks on a busy 2-core machine: every 1-2 minutes)."""
+FORECAST_S = 5.0
+"""The predictor's reasons and predictions (pending and running tasks) are compared this often
+(the controller's predictor itself runs every 2 s at most, less often in a big run)."""
 _GPU_STATES = ("running", "launching")
 _DONE = ("succeeded", "cached")
 
@@ -86,20 +90,22 @@ class TaskTable:
         self._gpus: set[int] = set()
         self._watermark: float | None = None
         self._full_at = -1e18
+        self._full_cost_s = 0.0
         self._forecast_at = -1e18
 
     def read(self, force_full: bool = False) -> TableView:
         """Read what changed (or everything, see the module docstring) and return the picture.
         Raises what :func:`rota.store.read.read_changed` raises (StateError, OSError)."""
         now = time.monotonic()
-        full = force_full or self._watermark is None or now - self._full_at >= self.full_read_s
+        full = force_full or self._watermark is None or \
+            now - self._full_at >= max(self.full_read_s, FULL_COST_FACTOR * self._full_cost_s)
         want_forecast = not full and now - self._forecast_at >= self.forecast_s
         got = read_changed(self.state_dir, None if full else self._watermark, forecast=want_forecast)
         key = (got.head["run_id"], got.head["spec"], got.head["controller"]["pid"])
         if not got.full and key != self._key:
             got = read_changed(self.state_dir, None)
         if got.full:
-            return self._load_all(got, key)
+            return self._load_all(got, key, now)
         structural = False
         changed: list[int] = []
         for rowid, _, task in got.rows:
@@ -115,7 +121,7 @@ class TaskTable:
             changed.append(rowid)
         self._settle()
         if len(self._rows) != got.total:  # a row was removed: read everything
-            return self._load_all(read_changed(self.state_dir, None), key)
+            return self._load_all(read_changed(self.state_dir, None), key, now)
         fresh = set(changed)
         if got.forecast is not None:
             self._forecast_at = now
@@ -124,7 +130,7 @@ class TaskTable:
         t_now = time.time()
         for rowid in self._open - fresh:  # as a full read at this time would give them
             task = self._rows[rowid]
-            self._replace(rowid, {**task, "duration_s": t_now - task["started_at"]})
+            self._swap(rowid, {**task, "duration_s": t_now - task["started_at"]})
             changed.append(rowid)
         if structural:
             self._reindex()
@@ -136,13 +142,14 @@ class TaskTable:
         return self._view(got, len(got.rows), False)
 
     # -- keeping the rows and what is derived from them ---------------------------------------
-    def _load_all(self, got: ChangedRows, key: tuple[Any, ...]) -> TableView:
+    def _load_all(self, got: ChangedRows, key: tuple[Any, ...], t0: float) -> TableView:
         self._reset()
         self._key = key
         for rowid, _, task in got.rows:
             self._add(rowid, task)
         self._watermark = got.watermark if got.watermark is not None else 0.0
         self._full_at = self._forecast_at = time.monotonic()
+        self._full_cost_s = self._full_at - t0
         self._reindex()
         return self._view(got, len(got.rows), True)
 
@@ -204,9 +211,11 @@ class TaskTable:
                 self._started_seen = None
         self._gone.clear()
 
-    def _replace(self, rowid: int, task: dict[str, Any]) -> None:
-        self._drop(rowid)
-        self._add(rowid, task)
+    def _swap(self, rowid: int, task: dict[str, Any]) -> None:
+        """Put ``task`` in place of its row where only fields nothing is derived from changed (a
+        running task's duration, a pending task's reason, predictions)."""
+        self._rows[rowid] = task
+        self._by_name[task["name"]] = task
 
     def _patch_forecast(self, rows: list[tuple[int, str, float | None, float | None]]) -> list[int]:
         """The predictor's reason (pending tasks only, as it writes it) and predictions, where they
@@ -218,7 +227,7 @@ class TaskTable:
                 continue
             new_reason = reason if t["state"] == "pending" else t["reason"]
             if (t["reason"], t["predicted_start_s"], t["predicted_end_s"]) != (new_reason, start, end):
-                self._replace(rowid, {**t, "reason": new_reason, "predicted_start_s": start, "predicted_end_s": end})
+                self._swap(rowid, {**t, "reason": new_reason, "predicted_start_s": start, "predicted_end_s": end})
                 out.append(rowid)
         return out
 
