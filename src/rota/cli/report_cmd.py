@@ -38,10 +38,13 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
     from rota.report.load import load_report
     from rota.report.stats import default_by
 
+    _check_writable_file("--html", html_path)  # before the render: a typo'd folder is one line, exit 2
     sd = api.resolve_state_dir(target, state_dir)
     data = load_report(sd)
     keys = [k.strip() for item in by for k in item.split(",") if k.strip()]
-    if not keys:
+    if keys:
+        _check_by(keys, data.tasks)
+    else:
         keys = default_by(data.tasks)
     sweeps = _sweeps(sd, top)
     from rota.report.code import code_by_task, code_warnings
@@ -77,6 +80,38 @@ def report(target: str | None, state_dir: str | None, by: tuple[str, ...], as_js
         from rota.report.sweeps import best_trials_text
 
         console.print(best_trials_text(sweeps), soft_wrap=True, markup=False, highlight=False)
+
+
+def _check_writable_file(flag: str, path: str | None) -> None:
+    """Refuse (UsageError, exit 2) a file path whose folder does not exist or is not a folder.
+
+    Without this check the report was rendered first and ``write_text`` then ended in a
+    FileNotFoundError traceback (exit 1)."""
+    from rota.errors import UsageError
+
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise UsageError(f"{flag} {path}: {parent} {why}; create the folder first or choose another path")
+
+
+def _check_by(keys: list[str], tasks: Any) -> None:
+    """Refuse (UsageError, exit 2) a ``--by`` name that no task of the run has as a variable.
+
+    Before, ``--by sed`` (for ``seed``) grouped every task under '-' without a word: a
+    typo looked like a result."""
+    from rota.errors import UsageError
+
+    known: dict[str, None] = {}
+    for t in tasks:
+        for k in t.vars:
+            known.setdefault(k, None)
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        have = ", ".join(known) if known else "none (no task has a matrix variable)"
+        raise UsageError(f"--by {','.join(unknown)}: no task of this run has that variable; its variables: {have}")
 
 
 def _sweeps(state_dir: Path, top: int) -> list[dict[str, Any]]:

@@ -1,0 +1,61 @@
+"""A new user's slips on the command line: one line naming the flag, exit 2, nothing written.
+
+Each case here was a defect a user hit on the README's commands (real subprocesses, a real
+run's state): ``rota report --by sed`` (for ``seed``) grouped every task under '-' without a
+word, and ``rota report --html missing/r.html`` rendered the report, then ended in a
+FileNotFoundError traceback with exit 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import rota, write_spec
+
+SPEC = """
+tasks:
+  - name: train-{model}-{seed}
+    matrix: {model: [small, big], seed: [1, 2]}
+    command: "echo ROTA_METRIC acc=0.{seed}"
+"""
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of SPEC: its spec file."""
+    spec = write_spec(tmp_path_factory.mktemp("user-errors"), SPEC)
+    rota("run", spec, "--gpus", "none", "--cpus", "2", "--plain", check=True)
+    return spec
+
+
+def _one_line_exit_2(p: object, *needles: str) -> None:
+    import subprocess
+
+    assert isinstance(p, subprocess.CompletedProcess)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rota: error: "), p.stderr
+    assert all(n in lines[0] for n in needles), (needles, lines[0])
+
+
+def test_report_by_a_variable_no_task_has_is_refused(ran: Path) -> None:
+    _one_line_exit_2(rota("report", ran, "--by", "sed"), "--by sed", "model, seed")
+    _one_line_exit_2(rota("report", ran, "--by", "model,sed", "--json"), "--by sed")
+    # The variables the run has still group as before.
+    ok = rota("report", ran, "--by", "seed", "--csv", check=True)
+    assert ok.stdout.splitlines()[0].startswith("base,var.seed,")
+
+
+def test_report_html_into_a_missing_folder_is_refused_before_rendering(ran: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "r.html"
+    _one_line_exit_2(rota("report", ran, "--html", target), f"--html {target}", "does not exist")
+    assert not target.parent.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _one_line_exit_2(rota("report", ran, "--html", afile / "r.html"), "is not a folder")
+    # A folder that exists: written, as before.
+    rota("report", ran, "--html", tmp_path / "r.html", check=True)
+    assert (tmp_path / "r.html").read_text().startswith("<!")
