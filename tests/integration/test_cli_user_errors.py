@@ -59,3 +59,19 @@ def test_report_html_into_a_missing_folder_is_refused_before_rendering(ran: Path
     # A folder that exists: written, as before.
     rota("report", ran, "--html", tmp_path / "r.html", check=True)
     assert (tmp_path / "r.html").read_text().startswith("<!")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["priority", "train-*", "abc"], "rota priority: Invalid value for 'N'"),
+    (["hold"], "rota hold: Missing argument 'PATTERN...'"),
+    (["run", "rota.yaml", "--bogus"], "rota run: No such option '--bogus'"),
+    (["run", "rota.yaml", "--backend", "k8s"], "rota run: Invalid value for '--backend'"),
+    (["nosuchcommand"], "rota: No such command 'nosuchcommand'"),
+    (["status", "--bogus"], "rota status: No such option '--bogus'"),
+    (["report", "--top", "x"], "rota report: Invalid value for '--top'"),
+])
+def test_a_usage_error_is_one_line_naming_the_command_and_its_help(args: list[str], needle: str,
+                                                                   tmp_path: Path) -> None:
+    """Click printed four lines (usage, 'Try ...', a blank, 'Error: ...'); now rota's one line."""
+    p = rota(*args, cwd=tmp_path)
+    _one_line_exit_2(p, needle, f"(see '{needle.split(':')[0]} --help')")

@@ -309,6 +309,15 @@ def _register_optional() -> None:
 _register_optional()
 
 
+def usage_line(e: click.UsageError) -> str:
+    """A click usage error (unknown flag, bad value, missing argument) as rota's one line.
+
+    Click prints four lines (usage, a hint, a blank, the error); every other bad input is one
+    line, ``rota: error: ...``, so a usage error names its command and points to its help."""
+    path = e.ctx.command_path if e.ctx is not None else "rota"
+    return f"rota: error: {path}: {' '.join(e.format_message().split())} (see '{path} --help')"
+
+
 def main() -> None:
     try:
         rv = cli.main(prog_name="rota", standalone_mode=False)
@@ -319,6 +328,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("rota: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        click.echo(usage_line(e), err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(2)

@@ -61,7 +61,7 @@ OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
 
 
 class StatusUsage(Exception):
-    """A usage error in ``rota status``' words (printed as click prints one; exit code 2)."""
+    """A usage error in ``rota status``' words (one line, as :func:`rota.cli.main.usage_line`; exit code 2)."""
 
 
 class StatusHelp(Exception):
@@ -150,7 +150,8 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(help_text())
         return 0
     except StatusUsage as e:
-        sys.stderr.write(f"{USAGE}\nTry 'rota status --help' for help.\n\nError: {e}\n")
+        # One line, as rota.cli.main.usage_line writes every other command's usage error.
+        sys.stderr.write(f"rota: error: rota status: {e} (see 'rota status --help')\n")
         return 2
     try:
         show(*parsed)
