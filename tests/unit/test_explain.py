@@ -193,3 +193,29 @@ def test_forecast_rows_ride_with_a_commit_and_land_only_on_waiting_and_running_t
     assert len(st.events()) == events + 1  # the hold's event only
     st.set_forecast([("p", None, None, None)])  # alone; None keeps the reason
     assert st.task("p").reason == "waiting for its need: x (running)" and st.task("p").predicted_start is None
+
+
+def test_memory_held_outside_rota_never_ends_in_the_forecast_and_the_reason_says_so():
+    m = machine(1, cpus=8)
+    foreign = Placement("pid 4242 (bob, python)", (0,), (51 * GB,), 0, 0)  # 50 GB + the 1 GB margin
+    req = lambda gb: Request(gpus=1, gpu_memory_bytes=gb * GB)  # noqa: E731
+    tasks = [Task("fits", "echo fits", (), req(20), 100.0), Task("big", "echo big", (), req(40), 50.0),
+             Task("after-big", "echo after", ("big",), Request(), 10.0)]
+    # Without the booking (rota plan, no foreign process): every task is forecast, the big one now.
+    plain = forecast(tasks, m, {}, NOW)
+    assert set(plain.slots) == {"fits", "big", "after-big"} and plain.slots["big"][0] == NOW
+    fc = forecast(tasks, m, {}, NOW, outside=[foreign])
+    assert fc.slots == {"fits": (NOW, NOW + 100.0)}  # beside it as before; the 40 GB one and its user: none
+    assert fc.makespan_s == 100.0
+    cands = [Candidate(t.name, t.request, 0, t.estimate_s or 0.0, t.estimate_s, i) for i, t in enumerate(tasks[:2])]
+    why = explain(cands, m, [], now=NOW, waiting={"after-big": [("big", "pending")]},
+                  outside=[Running(foreign, None)])
+    assert why["fits"].kind == "next"
+    assert why["big"].kind == "gpu" and "held outside rota (pid 4242 (bob, python))" in why["big"].text
+    assert "no predicted start while it stays" in why["big"].text
+    g = why["big"].gpus[0]
+    assert (g.booked_bytes, g.other_bytes, g.others) == (0, 51 * GB, ("pid 4242 (bob, python)",))
+    # A task that fits beside the booking, but not now, is not said to wait for it.
+    busy = explain(cands[:1], m, [Running(Placement("r", (0,), (20 * GB,), 1, 0), 30.0)], now=NOW,
+                   outside=[Running(foreign, None)])
+    assert busy["fits"].kind == "gpu" and "outside rota" not in busy["fits"].text

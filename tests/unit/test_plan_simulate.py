@@ -294,3 +294,49 @@ def test_one_pass_figures_equal_the_interval_unions(raw, in_start_order):
     if s.makespan_s > 0:
         assert u.gpu_busy == {g.index: union_length(spans.get(g.index, [])) / s.makespan_s for g in m.gpus}
         assert u.memory == sum(x.memory_bytes * x.duration_s for x in slots) / (m.memory_bytes * s.makespan_s)
+
+
+# ----------------------------------------------------- bookings outside rota (never end)
+
+
+def _foreign(gpu, gb, who="pid 7 (bob, python)"):
+    from rota.core.resources import Placement
+
+    return Placement(who, (gpu,), (gb * GB,), cpus=0, memory_bytes=0)
+
+
+def test_an_outside_booking_holds_its_memory_for_the_whole_simulation():
+    from rota.plan.simulate import OUTSIDE_REASON
+
+    m = mach((80,))
+    tasks = [task("small1", gpus=1, gpu_gb=20, est=100), task("small2", gpus=1, gpu_gb=20, est=100),
+             task("big", gpus=1, gpu_gb=40, est=50), task("after-big", needs=("big",), est=10)]
+    plain = simulate(tasks, m, durations(tasks))
+    assert {s.name for s in plain.slots} == {t.name for t in tasks}  # rota plan: all of them
+    s = simulate(tasks, m, durations(tasks), outside=[_foreign(0, 51)])
+    # 29 GB beside the foreign 51: one 20 GB task at a time, for ever; the 40 GB one never.
+    starts = {sl.name: sl.start_s for sl in s.slots}
+    assert starts == {"small1": 0.0, "small2": 100.0}
+    assert s.unschedulable == (("big", OUTSIDE_REASON),)
+    assert s.blocked == (("after-big", "big"),)
+    assert s.makespan_s == 200.0
+
+
+def test_outside_bookings_keep_whole_gpu_tasks_off_their_gpu_and_the_policy_sees_them_run():
+    from rota.plan.simulate import OUTSIDE_REASON
+
+    m = mach((80, 80))
+    tasks = [task("w1", gpus=1, est=100), task("w2", gpus=1, est=100)]
+    s = simulate(tasks, m, durations(tasks), outside=[_foreign(0, 1)])
+    assert [(sl.name, sl.start_s, sl.gpus) for sl in s.slots] == [("w1", 0.0, (1,)), ("w2", 100.0, (1,))]
+    # One GPU: a whole-GPU task of higher priority that never fits holds the reservation (as the
+    # engine's policy does: its shadow time is never), so the small one that fits now waits too.
+    m1 = mach((80,))
+    tasks = [task("whole", gpus=1, est=100, prio=5), task("small", gpus=1, gpu_gb=20, est=10)]
+    s = simulate(tasks, m1, durations(tasks), outside=[_foreign(0, 10)])
+    assert s.slots == () and set(s.unschedulable) == {("whole", OUTSIDE_REASON), ("small", OUTSIDE_REASON)}
+    assert schedule([Candidate(t.name, t.request, t.priority, 0, t.estimate_s, i) for i, t in enumerate(tasks)],
+                    m1, [Running(_foreign(0, 10), None)]) == []
+    # A booking on a GPU the machine lacks (live limits gave it back) is left out.
+    s = simulate(tasks, m1, durations(tasks), outside=[_foreign(3, 80)])
+    assert {sl.name for sl in s.slots} == {"whole", "small"}

@@ -253,8 +253,11 @@ def render(a: Answer) -> str:
             lines.append(f"predicted start: {at(a.predicted_start)}, end: {at(a.predicted_end)}")
         else:
             lines.append(f"predicted end: {at(a.predicted_end)}")
+    elif a.state == "pending" and "held outside rota" in a.reason:
+        lines.append("predicted start: none: it waits for GPU memory held outside rota, which has no known end")
     elif a.state == "pending":
-        lines.append("predicted start: none (held, needs a held task, or not forecast yet)")
+        lines.append("predicted start: none (held, needs a held task, waits for GPU memory held outside rota, "
+                     "or not forecast yet)")
     if a.needs:
         lines.append("needs:")
         w = max(len(n) for n, _ in a.needs)

@@ -18,6 +18,11 @@ reason is the policy's own decision:
 - ``reserved``: it fits what is free, but starting it would delay the reservation (it would not
   end before the reservation's shadow time, and does not fit beside it).
 
+Bookings for what rota did not start (``outside=``: a colleague's process holding GPU memory, an
+unhealthy GPU) are booked like running attempts with no known end; a task that cannot fit beside
+them even on an otherwise idle machine says so (it waits for memory held outside rota, with no
+predicted start while it stays: :func:`rota.plan.eta.forecast` gives it none).
+
 Every reason carries the per-GPU picture (booked bytes, by which tasks, free), so ``rota why``
 can print it.
 """
@@ -111,6 +116,7 @@ def explain(
     held: Collection[str] = (),
     backoff: Mapping[str, float] | None = None,
     limits: Mapping[str, str] | None = None,
+    outside: Sequence[Running] = (),
 ) -> dict[str, Reason]:
     """The reason of every pending task given (see the module docstring for the kinds).
 
@@ -120,7 +126,9 @@ def explain(
     whose needs are not all done -> ``(need, state)`` of those needs. ``held``: held task names.
     ``backoff``: task -> epoch seconds its retry back-off ends (ignored once ``<= now``).
     ``limits``: task -> what limit holds it back this round (one line). ``now``: epoch seconds
-    of the decision; ``running``'s remaining seconds count from it.
+    of the decision; ``running``'s remaining seconds count from it. ``outside``: bookings for what
+    rota did not start (:attr:`rota.engine.launching.Launching.outside_bookings`), booked as
+    running ones and shown apart in the per-GPU picture (``other_bytes``, ``others``).
 
     Returns one :class:`Reason` per task of ``ready`` and ``waiting``. Pure.
     """
@@ -128,7 +136,7 @@ def explain(
     backoff = backoff or {}
     limits = limits or {}
     held_set = set(held)
-    loads = gpu_loads(machine, (r.placement for r in running))
+    loads = gpu_loads(machine, (r.placement for r in running), (r.placement for r in outside))
     out: dict[str, Reason] = {}
     for name, needs in waiting.items():
         if name in held_set:
@@ -147,7 +155,8 @@ def explain(
             out[c.name] = Reason("limit", f"the run's limit: {limits[c.name]}", gpus=loads)
         else:
             offered.append(c)
-    out.update(_replay(sorted(offered, key=sort_key), machine, running, now, loads))
+    out.update(_replay(sorted(offered, key=sort_key), machine, [*running, *outside], now, loads,
+                       _Outside(machine, outside) if outside else None))
     return out
 
 
@@ -161,9 +170,31 @@ def _needs_text(needs: Sequence[tuple[str, str]]) -> str:
     return f"waiting for {'its need' if len(needs) == 1 else f'{len(needs)} needs'}: {shown}{more}"
 
 
+class _Outside:
+    """The bookings outside rota alone on the machine: which requests can never fit beside them."""
+
+    def __init__(self, machine: Machine, outside: Sequence[Running]) -> None:
+        self.ledger = Ledger.for_machine(machine, (r.placement for r in outside))
+        who = list(dict.fromkeys(r.placement.task for r in outside))
+        more = f" and {len(who) - _LISTED} more" if len(who) > _LISTED else ""
+        self.who = ", ".join(who[:_LISTED]) + more
+        self._never: dict[Request, bool] = {}
+
+    def blocks(self, req: Request) -> bool:
+        """True when ``req`` does not fit even with every rota task gone."""
+        never = self._never.get(req)
+        if never is None:
+            never = self._never[req] = self.ledger.fit("?", req) is None
+        return never
+
+    def text(self) -> str:
+        return (f"it waits for GPU memory held outside rota ({self.who}), which has no known end: "
+                "no predicted start while it stays")
+
+
 def _replay(
     ordered: Sequence[Candidate], machine: Machine, running: Sequence[Running], now: float,
-    loads: tuple[GpuLoad, ...],
+    loads: tuple[GpuLoad, ...], outside: _Outside | None = None,
 ) -> dict[str, Reason]:
     """:func:`rota.core.policy.schedule`'s loop, step by step, recording each task's outcome.
 
@@ -196,11 +227,15 @@ def _replay(
             when = (f"from ~{clock(shadow_at)}" if shadow_at is not None
                     else "from when running tasks with no estimate end")
             kind, text = _short(c.request, ledger, machine)
+            if outside is not None and outside.blocks(c.request):
+                text, when = f"{text}; {outside.text()}", "once that memory is freed"
             out[c.name] = Reason(kind, f"{text}; resources are reserved for it {when}", holder=c.name,
                                  at=shadow_at, gpus=loads)
             continue
         if p is None:
             kind, text = _short(c.request, ledger, machine)
+            if outside is not None and outside.blocks(c.request):
+                text = f"{text}; {outside.text()}"
             out[c.name] = short[c.request] = Reason(kind, text, gpus=loads)
             continue
         shadow_s = math.inf if shadow_at is None else shadow_at - now

@@ -13,7 +13,9 @@ within 3% of its time without it, ``bench/bench_local.py``); and at least every
 prediction). Once more when the run stops, so the tasks it leaves pending keep a current reason.
 
 What: each pending task's ``tasks.reason`` (one line) and ``predicted_start``/``predicted_end``
-(epoch seconds), each running task's ``predicted_end`` (start: its real one), no events: in one
+(epoch seconds; None for a task that cannot start while GPU memory held outside rota stays, and for
+the tasks that need it: that memory has no known end), each running task's ``predicted_end`` (start:
+its real one), no events: in one
 transaction with the engine's other commits (``EngineState._flush``: staged transitions are
 committed within ``STAGE_WAIT_S``), or alone when nothing is staged. The UIs read the
 same results from :class:`rota.ui.view.Forecasts` (the dashboard's ETA is the forecast's
@@ -111,7 +113,9 @@ class Predictor(Hook, Forecasts):
                 [_as_launched(engine, lv) for lv in engine.live.values()], engine.machine,
                 {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
                 now, self._learn_history(engine), held=held,
-                not_before={n: engine.live[n].not_before for n in engine.delayed})
+                not_before={n: engine.live[n].not_before for n in engine.delayed},
+                # Memory held outside rota has no known end: held for the whole forecast.
+                outside=[r.placement for r in engine.outside_bookings])
             rows = self._rows(engine)
         except Exception as e:  # noqa: BLE001 - reported, never raised into the run
             engine._event("forecast", "", f"could not explain or forecast the pending tasks: {e}")
@@ -171,11 +175,11 @@ def reasons_of(engine: Any, now: float, held: set[str]) -> dict[str, Reason]:
     # The policy's view of what runs, as Launching._launch builds it: bookings outside rota too
     # (foreign GPU memory), less what runs on GPUs live limits gave back.
     running = [Running(lv.placement, engine._remaining(lv, now)) for lv in engine.running.values() if lv.placement]
-    running += engine.outside_bookings
+    outside = list(engine.outside_bookings)
     if engine._gpus_given_back:
-        running = _within(running, engine._gpus_given_back)
+        running, outside = _within(running, engine._gpus_given_back), _within(outside, engine._gpus_given_back)
     out = explain(cands, engine.launch_machine, running, now=now, waiting=waiting, held=held, backoff=backoff,
-                  limits=limits)
+                  limits=limits, outside=outside)
     for name in backoff:  # what the retry follows stays in sight ("exit 1", "cuda out of memory")
         r = out[name]
         if r.kind == "backoff" and live[name].reason:

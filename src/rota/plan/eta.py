@@ -21,7 +21,10 @@ finished tasks dropped), on the run's machine, with the run's concurrency caps.
 
 :func:`forecast` is that simulation with every task's predicted start and end (what
 ``rota status`` and ``rota why`` show, written by the controller's
-:mod:`rota.engine.predict`); :func:`remaining_s` is its makespan.
+:mod:`rota.engine.predict`); :func:`remaining_s` is its makespan. GPU memory booked for what rota
+did not start (``outside=``: a colleague's process, an unhealthy GPU) has no known end: it is held
+for the whole forecast, so a task that can never fit while it stays gets no prediction, nor do the
+tasks that need it; the tasks that fit beside it are forecast as before.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rota.core.resources import Machine
+from rota.core.resources import Machine, Placement
 from rota.plan.estimates import DEFAULT_DURATION_S, resolve_durations
 from rota.plan.queues import REMAINING_FLOOR_S
 from rota.plan.simulate import simulate
@@ -117,7 +120,8 @@ class Forecast:
     ``makespan_s``: seconds from ``at`` until the last simulated task ends (None: nothing left).
     ``slots``: task -> ``(start, end)`` in epoch seconds, for every pending and running task the
     simulation placed (a running task's start is its real one); a held task, a task that
-    (transitively) needs a held one and a task that can never fit are left out (no prediction).
+    (transitively) needs a held one, a task that can never fit (the machine, or beside the bookings
+    outside rota) and a task that needs one of those are left out (no prediction).
     """
 
     at: float
@@ -135,12 +139,15 @@ def forecast(
     *,
     held: Collection[str] = (),
     not_before: Mapping[str, float] | None = None,
+    outside: Sequence[Placement] = (),
 ) -> Forecast:
     """The rest of the run from ``now`` (see the module docstring), with every task's predicted
     start and end. ``held``: pending tasks that must not start (``rota hold``); they and their
     dependents are simulated as absent. ``not_before``: task -> epoch seconds its retry back-off
     ends; its predicted start is no earlier (the simulator itself has no release times, so
-    what it placed after it is not moved)."""
+    what it placed after it is not moved). ``outside``: bookings for what rota did not start
+    (:attr:`rota.engine.launching.Launching.outside_bookings`' placements), held for the whole
+    forecast (:func:`rota.plan.simulate.simulate`'s ``outside``)."""
     durations = learned_durations(tasks, progress, history_s, default_s)
     left: list[Task] = []
     seconds: dict[str, float] = {}
@@ -165,7 +172,7 @@ def forecast(
     todo = {t.name for t in running} | {t.name for t in left}
     pending = [t if all(n in todo for n in t.needs) else replace(t, needs=tuple(n for n in t.needs if n in todo))
                for t in left]
-    sched = simulate(running + pending, machine, seconds)
+    sched = simulate(running + pending, machine, seconds, outside=outside)
     slots: dict[str, tuple[float, float]] = {}
     waits = not_before or {}
     for sl in sched.slots:

@@ -39,29 +39,39 @@ only where it fits and the ledger only shrinks within one call, the tasks
 left out could not have been placed, so the placements are exactly those of
 the full call (``tests/unit/test_plan_simulate.py`` checks this against a
 reference that passes the full list).
+
+Bookings outside rota (``outside=``: GPU memory held by processes rota did not
+start, an unhealthy GPU; :mod:`rota.engine.gpu_watch`) have no known end: they
+are booked in the ledger from time 0 to the end, and the policy sees them as
+running entries with no remaining time, as the engine's ``_launch`` does. A task
+that never gets placed while they stay (it cannot fit beside them, or a task
+that cannot holds the reservation it needs) is reported ``unschedulable`` with
+:data:`OUTSIDE_REASON`, its dependents ``blocked``: no slot, no predicted start.
+Without them (``rota plan``) nothing of this runs.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter, neg
 
 from rota.core.dag import blocked as blocked_by
 from rota.core.dag import needs_met
-from rota.core.policy import Candidate, schedule, sort_key
+from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
 from rota.plan.limits import Cap, concurrency_caps
 from rota.plan.queues import REMAINING_FLOOR_S, ReadyQueue, RunningAt
 from rota.spec.model import Task
 
-__all__ = ["REMAINING_FLOOR_S", "Schedule", "Slot", "remaining_ranks_s", "scaled_durations", "simulate"]
+__all__ = ["OUTSIDE_REASON", "REMAINING_FLOOR_S", "Schedule", "Slot", "remaining_ranks_s", "scaled_durations", "simulate"]
 
 _NAME, _NEEDS, _REQUEST, _PRIORITY = (attrgetter(a) for a in ("name", "needs", "request", "priority"))
 PolicyFn = Callable[..., list[Placement]]
 KeyFn = Callable[[Candidate], tuple[float, ...]]
+OUTSIDE_REASON = "waits for GPU memory held outside rota, which has no known end"
 
 
 @dataclass(frozen=True, init=False)
@@ -180,6 +190,7 @@ def simulate(
     policy: PolicyFn = schedule,
     key: KeyFn = sort_key,
     caps: Mapping[str, Cap] | None = None,
+    outside: Sequence[Placement] = (),
 ) -> Schedule:
     """Simulate running ``tasks`` (resolved, acyclic, file order) on ``machine``.
 
@@ -193,6 +204,11 @@ def simulate(
     earlier than the end of each of its ``needs``; every task that can fit the
     machine and does not need an unschedulable one gets a slot; at no instant
     do more than ``limit`` tasks of one cap group run.
+
+    ``outside``: bookings for what rota did not start, held for the whole
+    simulation (see the module docstring); those on GPUs the machine lacks are
+    left out. The tasks never placed beside them are ``unschedulable``
+    (:data:`OUTSIDE_REASON`), which only they can cause.
     """
     dur = durations_s if gpu_speed == cpu_speed == 1 else scaled_durations(tasks, durations_s, gpu_speed, cpu_speed)
     n = len(tasks)
@@ -264,8 +280,11 @@ def simulate(
                 classes[cls[i]] += 1
 
     running: dict[int, tuple[Placement, float]] = {}  # index -> (placement, end_s)
-    view = RunningAt(running)
-    free = Ledger.for_machine(machine)  # kept in step with ``running`` (``_decide`` books)
+    if outside:
+        have = set(machine.gpu_indices)
+        outside = [p for p in outside if have.issuperset(p.gpus)]
+    view = _RunningBeside(running, outside) if outside else RunningAt(running)
+    free = Ledger.for_machine(machine, outside)  # kept in step with ``running`` (``_decide`` books)
     ending: dict[float, list[int]] = {}  # end time -> tasks ending then (tasks end together)
     times: list[float] = []  # heap of the keys of ``ending``
     slots: list[Slot] = []
@@ -315,9 +334,19 @@ def simulate(
                 ready.add(pos[u])
                 classes[cls[u]] += 1
     if len(ready) or (gates and gates.waiting()):
-        # Cannot happen with a policy that keeps its contract: everything left fits an idle machine.
-        stuck = [tasks[by_pos[x]].name for x in ready.prefix(len(ready))]
-        raise RuntimeError(f"simulation stalled with {len(stuck)} ready tasks, e.g. {stuck[:3]}")
+        never = [by_pos[x] for x in ready.prefix(len(ready))] + ([i for h in gates.heaps for _, i in h] if gates else [])
+        if not outside:
+            # Cannot happen with a policy that keeps its contract: everything left fits an idle machine.
+            stuck = [names[i] for i in never]
+            raise RuntimeError(f"simulation stalled with {len(stuck)} ready tasks, e.g. {stuck[:3]}")
+        # Only the bookings outside rota are left, for ever: what is still waiting never starts.
+        for i in sorted(never):
+            unschedulable.append((names[i], OUTSIDE_REASON))
+            dead[i] = True
+        if not flat:
+            for u, i in blocked_by(users.__getitem__, sorted(never), lambda u: not dead[u]):
+                dead[u] = True
+                blocked.append((names[u], names[i]))
     makespan = max((s.end_s for s in slots), default=0.0)
     return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls, tuple(ranks))
 
@@ -375,6 +404,21 @@ class _Gates:
 
     def waiting(self) -> int:
         return sum(map(len, self.heaps))
+
+
+class _RunningBeside(RunningAt):
+    """:class:`RunningAt` and the bookings outside rota after it, with no remaining time."""
+
+    def __init__(self, running: Mapping[int, tuple[Placement, float]], outside: Sequence[Placement]) -> None:
+        super().__init__(running)
+        self._outside = [Running(p, None) for p in outside]
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._outside)
+
+    def __iter__(self) -> Iterator[Running]:
+        yield from super().__iter__()
+        yield from self._outside
 
 
 @dataclass(frozen=True)
