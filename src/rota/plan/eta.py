@@ -29,6 +29,7 @@ tasks that need it; the tasks that fit beside it are forecast as before.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from typing import Any
 from rota.core.resources import Machine, Placement
 from rota.plan.estimates import DEFAULT_DURATION_S, resolve_durations
 from rota.plan.queues import REMAINING_FLOOR_S
-from rota.plan.simulate import simulate
+from rota.plan.simulate import OUTSIDE_REASON, simulate
 from rota.spec.model import Task
 from rota.store import base as S
 
@@ -117,7 +118,8 @@ def remaining_s(
 class Forecast:
     """The plan simulator's picture of the rest of a run, computed at ``at`` (epoch seconds).
 
-    ``makespan_s``: seconds from ``at`` until the last simulated task ends (None: nothing left).
+    ``makespan_s``: seconds from ``at`` until the last simulated task ends (None: nothing left;
+    ``math.inf``: a task never starts while the bookings outside rota stay, so neither can the run end).
     ``slots``: task -> ``(start, end)`` in epoch seconds, for every pending and running task the
     simulation placed (a running task's start is its real one); a held task, a task that
     (transitively) needs a held one, a task that can never fit (the machine, or beside the bookings
@@ -182,7 +184,10 @@ def forecast(
         if wait is not None and wait > start:  # its back-off runs out later: as long, from then
             start, end = wait, wait + sl.duration_s
         slots[sl.name] = (start, end)
-    return Forecast(now, sched.makespan_s, slots)
+    makespan = sched.makespan_s
+    if outside and any(why == OUTSIDE_REASON for _, why in sched.unschedulable):
+        makespan = math.inf  # the run cannot end while that memory stays: the dashboard's ETA is unknown
+    return Forecast(now, makespan, slots)
 
 
 def _with_dependents(tasks: Sequence[Task], names: Collection[str]) -> set[str]:
