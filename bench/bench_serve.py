@@ -9,7 +9,8 @@ kept-alive connection: the status and a table page every second, the timeline ev
 results and the ETA every 5 s, sweeps and the report's figures every 10 s. The clients stand in for browsers on other
 machines: they run in their own process at ``nice 19``, so their own CPU is not what is measured
 (``rota serve`` itself runs at ``nice 10``, as always). Prints the median wall times and their ratio (with / without; the issue asks under
-1.05), the requests served and any failed request (exit 1 on any).
+1.05), the requests served and any failed request (exit 1 on any), and, what machine noise moves
+less than a wall time, the CPU seconds: the run's (controller and tasks) and the server's own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -70,13 +72,21 @@ print(counts[0], counts[1], flush=True)
 """
 
 
-def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int]:
-    """Wall seconds of one run, the requests served and failed requests (clients=0: no server)."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int, float, float]:
+    """Wall seconds of one run, the requests served, failed requests, the run's CPU seconds
+    (controller and tasks) and the server's (clients=0: no server, 0.0)."""
     root = Path(tempfile.mkdtemp(prefix="rota-benchserve-"))
     spec = root / "rota.yaml"
     spec.write_text(f"tasks:\n  - name: t-{{i}}\n    command: 'true'\n    matrix: {{i: {list(range(tasks))}}}\n")
     server = clients_proc = None
     served, failed = 0, 0
+    server_cpu = 0.0
     try:
         if clients:
             server = subprocess.Popen([*ROTA, "serve", str(spec), "--port", "0"], stdout=subprocess.PIPE, text=True,
@@ -89,10 +99,15 @@ def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int]:
             clients_proc = subprocess.Popen([sys.executable, "-c", CLIENTS, host, port, str(clients),
                                              json.dumps(EVERY_S)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cpu0 = server_cpu = _cpu_s(server.pid) if server is not None else 0.0
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         p = subprocess.run([*ROTA, "run", str(spec), "--plain", "--gpus", "none", "--cpus", str(cpus)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        server_cpu = _cpu_s(server.pid) - cpu0 if server is not None else 0.0
         if p.returncode != 0:
             raise SystemExit(f"rota run failed ({p.returncode}): {p.stderr[-500:]}")
     finally:
@@ -103,7 +118,7 @@ def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int]:
             os.killpg(server.pid, signal.SIGINT)
             server.wait(30)
         shutil.rmtree(root, ignore_errors=True)
-    return wall, served, failed
+    return wall, served, failed, run_cpu, server_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,25 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     base: list[float] = []
     loaded: list[float] = []
+    cpu_base: list[float] = []
+    cpu_loaded: list[float] = []
+    cpu_server: list[float] = []
     requests = 0
     errors = 0
     for _ in range(args.reps):
-        base.append(one(args.tasks, 0, args.cpus)[0])
-        wall, n, failed = one(args.tasks, args.clients, args.cpus)
+        wall, _n, _f, run_cpu, _s = one(args.tasks, 0, args.cpus)
+        base.append(wall)
+        cpu_base.append(run_cpu)
+        wall, n, failed, run_cpu, server_cpu = one(args.tasks, args.clients, args.cpus)
         loaded.append(wall)
+        cpu_loaded.append(run_cpu)
+        cpu_server.append(server_cpu)
         requests += n
         errors += failed
     mb, ml = statistics.median(base), statistics.median(loaded)
     res = {"tasks": args.tasks, "clients": args.clients, "reps": args.reps, "cpus": args.cpus,
            "median_wall_s_without": round(mb, 2), "median_wall_s_with": round(ml, 2), "ratio": round(ml / mb, 3),
            "requests": requests, "failed_requests": errors,
-           "walls_without": [round(x, 2) for x in base], "walls_with": [round(x, 2) for x in loaded]}
+           "walls_without": [round(x, 2) for x in base], "walls_with": [round(x, 2) for x in loaded],
+           "median_run_cpu_s_without": round(statistics.median(cpu_base), 2),
+           "median_run_cpu_s_with": round(statistics.median(cpu_loaded), 2),
+           "median_server_cpu_s": round(statistics.median(cpu_server), 2), "load_avg_1m": os.getloadavg()[0]}
     if args.json:
         print(json.dumps(res))
     else:
         print(f"{args.tasks} tasks, {args.clients} clients polling rota serve, {args.reps} runs each: "
               f"median {mb:.2f}s without, {ml:.2f}s with: ratio {ml / mb:.3f} (under 1.05 asked); "
-              f"{requests} requests, {errors} failed")
+              f"{requests} requests, {errors} failed; CPU: the run {res['median_run_cpu_s_without']}s without, "
+              f"{res['median_run_cpu_s_with']}s with, the server {res['median_server_cpu_s']}s")
     return 1 if errors else 0
 
 
