@@ -75,3 +75,13 @@ def test_a_usage_error_is_one_line_naming_the_command_and_its_help(args: list[st
     """Click printed four lines (usage, 'Try ...', a blank, 'Error: ...'); now rota's one line."""
     p = rota(*args, cwd=tmp_path)
     _one_line_exit_2(p, needle, f"(see '{needle.split(':')[0]} --help')")
+
+
+def test_a_rerun_pattern_that_matches_no_task_is_refused_before_anything_runs(ran: Path) -> None:
+    """``--rerun trian-*`` was ignored: 'nothing ran', as if the misspelt task were done."""
+    before = rota("status", ran, "--json", check=True).stdout
+    _one_line_exit_2(rota("run", ran, "--gpus", "none", "--plain", "--rerun", "trian-*"),
+                     "--rerun 'trian-*' matches no task", "train-small-1")
+    assert rota("status", ran, "--json", check=True).stdout == before  # no run, no attempt
+    ok = rota("run", ran, "--gpus", "none", "--plain", "--rerun", "train-small-1", check=True)
+    assert "train-small-1 attempt 2" in ok.stdout

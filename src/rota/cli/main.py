@@ -79,6 +79,7 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
     from rota.ui.plain import PlainUI
 
     loaded = load_spec(spec)
+    _check_rerun(rerun, [t.name for t in loaded.tasks])
     ui: Any = PlainUI()
     if sys.stdout.isatty() and not plain:
         from rota.ui.dashboard import LiveUI
@@ -111,6 +112,22 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
     for line in _run_end(result, spec, state_dir):
         click.echo(line)
     sys.exit(result.exit_code)
+
+
+def _check_rerun(patterns: tuple[str, ...], names: list[str]) -> None:
+    """Refuse (UsageError, exit 2, nothing started) a ``--rerun`` pattern that matches no task.
+
+    The run matches ``--rerun`` on task names (``fnmatchcase``, as ``--only``); a misspelt one
+    was ignored without a word, and the run reported 'nothing ran' as if the task were done."""
+    import fnmatch
+
+    from rota.errors import UsageError
+
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise UsageError(f"--rerun {pattern!r} matches no task; the tasks are named {shown} "
+                             "(a glob: quote it so the shell does not expand it)")
 
 
 @contextlib.contextmanager
