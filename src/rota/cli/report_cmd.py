@@ -98,12 +98,12 @@ def _check_writable_file(flag: str, path: str | None) -> None:
 
 
 def _check_by(keys: list[str], tasks: Any) -> None:
-    """Refuse (UsageError, exit 2) a ``--by`` name that no task of the run has as a variable.
+    """Warn (one line on stderr) about a ``--by`` name that no task of the run has as a variable.
 
-    Before, ``--by sed`` (for ``seed``) grouped every task under '-' without a word: a
-    typo looked like a result."""
-    from rota.errors import UsageError
-
+    Before, ``--by sed`` (for ``seed``) grouped every task under '-' without a word: a typo
+    looked like a result. A warning, not a refusal: such a name groups nothing, the report
+    is still right, and commands that passed one (``--by model,task`` where ``model`` is in
+    the task names, not a variable) keep working; stdout (``--json``, ``--csv``) is unchanged."""
     known: dict[str, None] = {}
     for t in tasks:
         for k in t.vars:
@@ -111,7 +111,8 @@ def _check_by(keys: list[str], tasks: Any) -> None:
     unknown = [k for k in keys if k not in known]
     if unknown:
         have = ", ".join(known) if known else "none (no task has a matrix variable)"
-        raise UsageError(f"--by {','.join(unknown)}: no task of this run has that variable; its variables: {have}")
+        click.echo(f"rota: warning: --by {','.join(unknown)}: no task of this run has that variable, so it "
+                   f"groups nothing; its variables: {have}", err=True)
 
 
 def _sweeps(state_dir: Path, top: int) -> list[dict[str, Any]]:
