@@ -216,6 +216,11 @@ def test_memory_held_outside_rota_never_ends_in_the_forecast_and_the_reason_says
     assert "no predicted start while it stays" in why["big"].text
     g = why["big"].gpus[0]
     assert (g.booked_bytes, g.other_bytes, g.others) == (0, 51 * GB, ("pid 4242 (bob, python)",))
+    # Whole-GPU and higher priority, it holds a reservation that has no end while the booking stays.
+    whole = [Candidate("whole", Request(gpus=1), 5, 100.0, 100.0, 0), cands[0]]
+    starved = explain(whole, m, [], now=NOW, outside=[Running(foreign, None)])
+    assert starved["whole"].kind == "gpu" and "held outside rota" in starved["whole"].text
+    assert starved["fits"].kind == "reserved" and "while GPU memory held outside rota stays" in starved["fits"].text
     # A task that fits beside the booking, but not now, is not said to wait for it.
     busy = explain(cands[:1], m, [Running(Placement("r", (0,), (20 * GB,), 1, 0), 30.0)], now=NOW,
                    outside=[Running(foreign, None)])

@@ -243,7 +243,10 @@ def _replay(
         if not ends_before:
             p = ledger.fit(c.name, c.request, also=shadow)
             if p is None:
-                out[c.name] = Reason("reserved", _reserved_text(c, holder, shadow_at), holder=holder.name,
+                text = _reserved_text(c, holder, shadow_at)
+                if outside is not None and outside.blocks(holder.request):  # that reservation has no end in sight
+                    text = text.replace(_NO_ESTIMATE, "while GPU memory held outside rota stays (no predicted start)")
+                out[c.name] = Reason("reserved", text, holder=holder.name,
                                      at=shadow_at, gpus=loads)
                 continue
             shadow.book(p)
@@ -254,12 +257,13 @@ def _replay(
 
 
 _NEXT = "resources are free: it starts at the next scheduling round"
+_NO_ESTIMATE = "until running tasks with no estimate end"
 
 
 def _reserved_text(c: Candidate, holder: Candidate, at: float | None) -> str:
     big = holder.request
     what = f"{big.gpus} GPU{'s' if big.gpus != 1 else ''}" if big.gpus else f"{big.cpus} CPUs"
-    until = f"until ~{clock(at)}" if at is not None else "until running tasks with no estimate end"
+    until = f"until ~{clock(at)}" if at is not None else _NO_ESTIMATE
     why = ("its duration is unknown" if c.estimate_s is None
            else f"it would not end before then ({format_duration(c.estimate_s)})")
     return f"free resources are reserved for {holder.name} ({what}) {until}; {why}"
