@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import rota, write_spec
+from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
 
 SPEC = """
 tasks:
@@ -89,3 +89,33 @@ def test_a_rerun_pattern_that_matches_no_task_is_refused_before_anything_runs(ra
     assert rota("status", ran, "--json", check=True).stdout == before  # no run, no attempt
     ok = rota("run", ran, "--gpus", "none", "--plain", "--rerun", "train-small-1", check=True)
     assert "train-small-1 attempt 2" in ok.stdout
+
+
+def test_status_after_the_controller_left_shows_no_stale_start(tmp_path: Path) -> None:
+    """After ``rota stop --drain`` ended a run, ``rota status`` said 'starts now' / 'starts in ~13s'
+    for tasks that nothing would start before the next ``rota run``: the last controller's
+    predictions, read back as if it were still there."""
+    spec = write_spec(tmp_path, """
+        tasks:
+          - {name: first, command: "sleep 3"}
+          - {name: second, command: "sleep 3"}
+    """)
+    sd = tmp_path / ".rota"
+    run = start_rota("run", spec, "--gpus", "none", "--cpus", "1", "--plain")
+    try:
+        wait_for(lambda: (sd / "state.db").exists() and by_name(sd).get("second", {}).get("predicted_start_s")
+                 is not None, timeout=60, interval=0.2)
+        live = rota("status", spec, check=True).stdout
+        assert "pending, why they wait (rota why TASK):" in live and "  second  starts " in live, live
+        assert rota("stop", spec, "--drain").returncode == 0
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 1  # drained: 'second' left pending
+    assert by_name(sd)["second"]["predicted_start_s"] is not None  # the stored forecast outlives its controller
+    table = rota("status", spec, check=True).stdout
+    assert "no controller running ('rota run' continues them)" in table, table
+    line = next(ln for ln in table.splitlines() if ln.startswith("  second "))
+    assert "not before 'rota run'" in line and "starts" not in line, line

@@ -215,13 +215,16 @@ def render_table(data: Mapping[str, Any], *, color: bool = False, states: Collec
             cells[1] = f"\x1b[{_COLORS[row[1]]}m{row[1]}\x1b[0m" + cells[1][len(row[1]):]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     lines.append("  ".join(f"{k} {v}" for k, v in data["counts"].items() if v))
-    lines.extend(_waiting(data["tasks"], states))
+    lines.extend(_waiting(data["tasks"], states, alive=bool(c["alive"])))
     return "\n".join(lines) + "\n"
 
 
-def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None) -> list[str]:
+def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None, *, alive: bool = True) -> list[str]:
     """After the counts, each listed pending task's predicted start and reason, aligned:
-    ``  big  starts in ~3m  GPUs reserved for ...`` (what ``rota why TASK`` prints in full)."""
+    ``  big  starts in ~3m  GPUs reserved for ...`` (what ``rota why TASK`` prints in full).
+
+    Without a live controller nothing starts until the next ``rota run``: the predictions the
+    last controller stored are not shown (they said 'starts now' after a drained run ended)."""
     from rota.spec.units import format_duration
 
     rows = []
@@ -230,12 +233,17 @@ def _waiting(tasks: Sequence[Mapping[str, Any]], states: Collection[str] | None)
         if t["state"] != "pending" or not listed("pending", False, states, t.get("held")):
             continue
         p = t.get("predicted_start_s")  # epoch seconds
-        when = "no prediction" if p is None else "starts now" if p <= now else f"starts in ~{format_duration(p - now)}"
+        if not alive:
+            when = "not before 'rota run'"
+        else:
+            when = "no prediction" if p is None else "starts now" if p <= now else f"starts in ~{format_duration(p - now)}"
         rows.append((t["name"], when, t["reason"] or "not explained yet"))
     if not rows:
         return []
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
-    return ["pending, why they wait (rota why TASK):"] + [f"  {a.ljust(w0)}  {b.ljust(w1)}  {c}" for a, b, c in rows]
+    head = ("pending, why they wait (rota why TASK):" if alive else
+            "pending, no controller running ('rota run' continues them); the last controller's reasons:")
+    return [head] + [f"  {a.ljust(w0)}  {b.ljust(w1)}  {c}" for a, b, c in rows]
 
 
 def _color_wanted(out: TextIO) -> bool:
