@@ -37,7 +37,7 @@ from rota.core.policy import Candidate, Running
 from rota.engine.hooks import Hook
 from rota.engine.launching import _within
 from rota.engine.runstate import Live
-from rota.plan.eta import Forecast, Progress, forecast, history_s
+from rota.plan.eta import Forecast, forecast, history_s
 from rota.spec.model import Task
 from rota.store import base as S
 from rota.studies.names import study_name
@@ -106,12 +106,15 @@ class Predictor(Hook, Forecasts):
         t0 = time.thread_time()
         self._seen, self._at = seen, now
         rows = None
+        # The last answers go before their successors are built (one copy of each at a time);
+        # the UIs read them between loop rounds, never during this one.
+        self.reasons, self.forecast = {}, None
         try:
             held = set(engine.rs.held)
             self.reasons = reasons_of(engine, now, held)
             self.forecast = forecast(
                 [_as_launched(engine, lv) for lv in engine.live.values()], engine.machine,
-                {n: Progress(lv.state, lv.started_at, lv.ended_at) for n, lv in engine.live.items()},
+                engine.live,  # as it is: forecast reads state, started_at and ended_at
                 now, self._learn_history(engine), held=held,
                 not_before={n: engine.live[n].not_before for n in engine.delayed},
                 # Memory held outside rota has no known end: held for the whole forecast.

@@ -33,7 +33,7 @@ import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from rota.core.resources import Machine, Placement
 from rota.plan.estimates import DEFAULT_DURATION_S, resolve_durations
@@ -54,6 +54,19 @@ class Progress:
     ended_at: float | None = None
 
 
+class TaskProgress(Protocol):
+    """What a forecast reads of a task's progress: a :class:`Progress`, or any record with the same
+    three attributes (the controller passes its in-memory tasks as they are: a copy of 20,000 of
+    them per forecast was most of what a big run's predictions added to its peak memory)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def ended_at(self) -> float | None: ...
+
+
 def _median_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
     ratios = [actual / base for actual, base in pairs if base > 0]
     return statistics.median(ratios) if ratios else None
@@ -61,7 +74,7 @@ def _median_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
 
 def learned_durations(
     tasks: Sequence[Task],
-    progress: Mapping[str, Progress],
+    progress: Mapping[str, TaskProgress],
     history_s: Mapping[str, float] | None = None,
     default_s: float = DEFAULT_DURATION_S,
 ) -> dict[str, float]:
@@ -104,7 +117,7 @@ def learned_durations(
 def remaining_s(
     tasks: Sequence[Task],
     machine: Machine,
-    progress: Mapping[str, Progress],
+    progress: Mapping[str, TaskProgress],
     now: float,
     history_s: Mapping[str, float] | None = None,
     default_s: float = DEFAULT_DURATION_S,
@@ -134,7 +147,7 @@ class Forecast:
 def forecast(
     tasks: Sequence[Task],
     machine: Machine,
-    progress: Mapping[str, Progress],
+    progress: Mapping[str, TaskProgress],
     now: float,
     history_s: Mapping[str, float] | None = None,
     default_s: float = DEFAULT_DURATION_S,

@@ -340,7 +340,7 @@ class SqliteStore(StoreReads):
         self.conn.executemany(
             "UPDATE tasks SET reason=CASE WHEN state='pending' THEN coalesce(?, reason) ELSE reason END, "
             "predicted_start=?, predicted_end=? WHERE name=? AND state IN ('pending','launching','running')",
-            [(reason, start, end, name) for name, reason, start, end in rows])
+            ((reason, start, end, name) for name, reason, start, end in rows))  # no second list of 20,000
 
     # -- GPU samples ------------------------------------------------------
     def add_gpu_samples(self, rows: Sequence[tuple[float, int, float | None, int | None, int | None]]) -> None:

@@ -104,12 +104,11 @@ class EtaTracker:
 
 
 def _remaining(engine: RunView, now: float, history_s: dict[str, float]) -> float | None:
-    from rota.plan.eta import Progress, remaining_s
+    from rota.plan.eta import remaining_s
 
     tasks = [lv.task for lv in engine.live.values()]
-    progress = {lv.task.name: Progress(lv.state, lv.started_at, lv.ended_at) for lv in engine.live.values()}
-    try:
-        return remaining_s(tasks, engine.machine, progress, now, history_s)
+    try:  # the engine's tasks are their own progress records (state, started_at, ended_at)
+        return remaining_s(tasks, engine.machine, engine.live, now, history_s)
     except Exception:  # noqa: BLE001 - an ETA must never stop the run; show none
         return None
 
