@@ -99,7 +99,9 @@ def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str,
         recent = list(started)
     items = []
     for name in recent:
-        t = by_name[name]
+        t = by_name.get(name)
+        if t is None:  # gone since (a later read's table: a live edit dropped it)
+            continue
         start = started[name] - origin
         ended = t.get("ended_at")
         end = (float(ended) if ended is not None and t["state"] in FINAL else now) - origin
