@@ -166,7 +166,7 @@ def _reserve(
 ) -> tuple[float, RefLedger]:
     """Shadow time for ``c`` and the ledger left at that time once ``c`` is booked."""
     future = ledger.copy()
-    events = [(r.remaining_s, r.placement) for r in running] + list(placed_est)
+    events = [(r.remaining_s, r.placement) for r in running if not r.outside] + list(placed_est)
     events.sort(key=lambda e: math.inf if e[0] is None else e[0])
     t = 0.0
     for remaining, p in events:

@@ -329,14 +329,17 @@ def test_outside_bookings_keep_whole_gpu_tasks_off_their_gpu_and_the_policy_sees
     tasks = [task("w1", gpus=1, est=100), task("w2", gpus=1, est=100)]
     s = simulate(tasks, m, durations(tasks), outside=[_foreign(0, 1)])
     assert [(sl.name, sl.start_s, sl.gpus) for sl in s.slots] == [("w1", 0.0, (1,)), ("w2", 100.0, (1,))]
-    # One GPU: a whole-GPU task of higher priority that never fits holds the reservation (as the
-    # engine's policy does: its shadow time is never), so the small one that fits now waits too.
+    # One GPU: a whole-GPU task of higher priority that never fits while the booking stays holds
+    # no reservation (it would have no end), so the small one that fits now starts now, as the
+    # engine's policy does; a rota task with no estimate in the booking's place still keeps it back.
     m1 = mach((80,))
     tasks = [task("whole", gpus=1, est=100, prio=5), task("small", gpus=1, gpu_gb=20, est=10)]
     s = simulate(tasks, m1, durations(tasks), outside=[_foreign(0, 10)])
-    assert s.slots == () and set(s.unschedulable) == {("whole", OUTSIDE_REASON), ("small", OUTSIDE_REASON)}
-    assert schedule([Candidate(t.name, t.request, t.priority, 0, t.estimate_s, i) for i, t in enumerate(tasks)],
-                    m1, [Running(_foreign(0, 10), None)]) == []
+    assert [(sl.name, sl.start_s) for sl in s.slots] == [("small", 0.0)]
+    assert s.unschedulable == (("whole", OUTSIDE_REASON),)
+    cands = [Candidate(t.name, t.request, t.priority, 0, t.estimate_s, i) for i, t in enumerate(tasks)]
+    assert [p.task for p in schedule(cands, m1, [Running(_foreign(0, 10), None, outside=True)])] == ["small"]
+    assert schedule(cands, m1, [Running(_foreign(0, 10), None)]) == []
     # A booking on a GPU the machine lacks (live limits gave it back) is left out.
     s = simulate(tasks, m1, durations(tasks), outside=[_foreign(3, 80)])
     assert {sl.name for sl in s.slots} == {"whole", "small"}

@@ -187,8 +187,10 @@ def test_same_placements_as_the_reference_policy(m, pool, data):
     running = [Running(p, data.draw(times)) for p in first]
     if data.draw(st.booleans()):  # also an arbitrary booking the policy did not make
         g = data.draw(st.sampled_from(m.gpus)) if m.gpus else None
+        outside = data.draw(st.booleans())  # held outside rota: no end, no reservation waits for it
         running.append(Running(Placement("other", (g.index,) if g else (), (g.memory_bytes // 3,) if g else (),
-                                         cpus=1, memory_bytes=0), data.draw(st.floats(0, 50))))
+                                         cpus=0 if outside else 1, memory_bytes=0),
+                               None if outside else data.draw(st.floats(0, 50)), outside=outside))
     rest = [c for c in cands if c.name not in {p.task for p in first}]
     want = reference_schedule(rest, m, running)
     assert schedule(rest, m, running) == want

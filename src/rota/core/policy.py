@@ -11,6 +11,13 @@ backfilling: the first task in order that does not fit gets a reservation at
 the *shadow time*, the earliest moment enough running tasks will have ended
 (by their remaining estimates). Later tasks may start now only if they end
 before the shadow time, or if they fit beside the reservation.
+
+Bookings for what rota did not start (``Running.outside``: GPU memory of a
+colleague's process, an unhealthy GPU) have no end the policy could wait for.
+A task that cannot fit until they go away gets no reservation (as a task that
+can never fit): a reservation with no end would keep tasks that fit now from
+starting for as long as the colleague's process stays. It is placed, as any
+task, once the memory is freed.
 """
 
 from __future__ import annotations
@@ -45,10 +52,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Running:
-    """A task holding resources, with its expected remaining time (None: unknown)."""
+    """A task holding resources, with its expected remaining time (None: unknown).
+
+    ``outside``: a booking for what rota did not start (a foreign process's GPU
+    memory, an unhealthy GPU): no end is known, and no reservation waits for it.
+    """
 
     placement: Placement
     remaining_s: float | None = None
+    outside: bool = False
 
 
 def sort_key(c: Candidate) -> tuple[int, float, int]:
@@ -172,9 +184,13 @@ def _reserve(
     running: Sequence[Running],
     placed_est: Sequence[tuple[float | None, Placement]],
 ) -> tuple[float, Ledger]:
-    """Shadow time for ``c`` and the ledger left at that time once ``c`` is booked."""
+    """Shadow time for ``c`` and the ledger left at that time once ``c`` is booked.
+
+    Bookings outside rota are never released here: a task that fits only once they
+    are gone gets the no-reservation answer, as an impossible task does.
+    """
     future = ledger.copy()
-    events = [(r.remaining_s, r.placement) for r in running] + list(placed_est)
+    events = [(r.remaining_s, r.placement) for r in running if not r.outside] + list(placed_est)
     events.sort(key=lambda e: math.inf if e[0] is None else e[0])
     t = 0.0
     for remaining, p in events:

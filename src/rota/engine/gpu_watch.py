@@ -74,14 +74,14 @@ def foreign_bookings(holders: Iterable[Holder], machine: Machine, margin_bytes: 
     for h in holders:
         total = machine.gpu(h.gpu).memory_bytes
         booked = min(max(h.used_bytes + margin_bytes, 1), total)
-        out.append(Running(Placement(h.label, (h.gpu,), (booked,), cpus=0, memory_bytes=0), None))
+        out.append(Running(Placement(h.label, (h.gpu,), (booked,), cpus=0, memory_bytes=0), None, outside=True))
     return out
 
 
 def sick_bookings(sick: Mapping[int, str], machine: Machine) -> list[Running]:
     """An unhealthy GPU booked whole, for ever: no new placements there."""
     return [Running(Placement(f"GPU {i} unhealthy: {why}", (i,), (machine.gpu(i).memory_bytes,), cpus=0,
-                              memory_bytes=0), None) for i, why in sorted(sick.items()) if _has(machine, i)]
+                              memory_bytes=0), None, outside=True) for i, why in sorted(sick.items()) if _has(machine, i)]
 
 
 def sickness(reading: GpuReading, ecc_baseline: int | None, xids: Iterable[int]) -> str:

@@ -234,7 +234,7 @@ def _within(running: list[Running], gone: frozenset[int]) -> list[Running]:
         if gone.intersection(p.gpus):
             kept = [(g, b) for g, b in zip(p.gpus, p.gpu_bytes, strict=True) if g not in gone]
             p = Placement(p.task, tuple(g for g, _ in kept), tuple(b for _, b in kept), p.cpus, p.memory_bytes)
-            r = Running(p, r.remaining_s)
+            r = Running(p, r.remaining_s, r.outside)
         out.append(r)
     return out
 

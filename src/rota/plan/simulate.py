@@ -411,7 +411,7 @@ class _RunningBeside(RunningAt):
 
     def __init__(self, running: Mapping[int, tuple[Placement, float]], outside: Sequence[Placement]) -> None:
         super().__init__(running)
-        self._outside = [Running(p, None) for p in outside]
+        self._outside = [Running(p, None, outside=True) for p in outside]
 
     def __len__(self) -> int:
         return super().__len__() + len(self._outside)
