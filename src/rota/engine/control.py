@@ -142,8 +142,10 @@ def take_offline(store: SqliteStore) -> None:
     cancelled, a held one held; its dependents are skipped then)."""
     for c in store.controls(untaken=True):
         if c.kind in KINDS:
+            state_of = _store_states(store)
             try:
-                trs, lines = _decide(c, _store_states(store), None, time.time())
+                trs, lines = _decide(c, state_of, _offline_retried(store, state_of) if c.kind == "retry" else None,
+                                     time.time())
             except (KeyError, ValueError, TypeError) as e:  # a malformed request: answered, never retried
                 store.take_control(c.id, f"refused: {c.kind} could not be applied ({e!r}); nothing changed")
                 continue
@@ -154,6 +156,34 @@ def take_offline(store: SqliteStore) -> None:
             from rota.engine import respec
 
             store.take_control(c.id, respec.handle_offline(store, c))
+
+
+def _offline_retried(store: SqliteStore, state_of: StateOf) -> Callable[[list[str], bool], list[Transition]] | None:
+    """The live run's graph-aware retry (:func:`runstate_control.retried`) with no controller: the
+    graph is the spec's the run recorded (``meta.spec_path``), the states the store's. So an
+    offline ``rota retry`` resets and names the dependents skipped behind a task (``--force``: the
+    done ones that used it) as a live one does. None when that spec cannot be read (moved, now
+    invalid): the targets alone are reset, and the next ``rota run`` brings their dependents back."""
+    from rota.errors import RotaError
+    from rota.spec.load import load_spec
+
+    path = store.get_meta("spec_path")
+    if not path:
+        return None
+    try:
+        tasks = load_spec(path).tasks
+    except (RotaError, OSError):
+        return None
+    rs = R.RunState.of(tasks)
+    for name, lv in rs.tasks.items():
+        state = state_of(name)[0]
+        lv.state = state if state is not None else S.PENDING  # not yet in the store: never a retry's
+
+    def retried(names: list[str], force: bool) -> list[Transition]:
+        return [*RC.retried(rs, [n for n in names if n in rs.tasks], force=force),
+                *(RC.requeued(n, "retried (rota retry)") for n in names if n not in rs.tasks)]
+
+    return retried
 
 
 def _store_states(store: SqliteStore) -> StateOf:
@@ -172,7 +202,8 @@ StateOf = Callable[[str], tuple[str | None, int]]  # name -> (state, held); stat
 def _decide(c: Control, state_of: StateOf, retried: Callable[[list[str], bool], list[Transition]] | None,
             now: float) -> tuple[list[Transition], list[str]]:
     """The transitions of request ``c`` and the lines that say what it changed. ``retried``: the
-    live run's graph-aware :func:`runstate_control.retried` (None offline: the targets only)."""
+    graph-aware :func:`runstate_control.retried`, on the live run or (offline) on the recorded
+    spec's graph (None: the targets only)."""
     groups: dict[str, list[str]] = {}
     trs: list[Transition] = []
 
