@@ -78,6 +78,7 @@ class Engine(Recovery):
         self._staged: list[Change] = []  # transitions not yet committed (see _stage/_flush)
         self._staged_handles: dict[str, int] = {}
         self.interrupts = 0
+        self.stop_signal = 0  # the first stop signal: SIGINT is Ctrl-C, SIGTERM 'rota stop' (or kill)
         self.halted = False
         self._wake = Waker()  # set() from signal handlers: must not take a lock
         self.control_woken = False  # SIGUSR1: a control request was committed (rota cancel, ...)
@@ -164,6 +165,7 @@ class Engine(Recovery):
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.interrupts += 1
+        self.stop_signal = self.stop_signal or signum
         self._wake.set()
         if self.interrupts >= 2:
             self.executor.kill_now([lv.handle for lv in self.running.values() if lv.handle])
@@ -282,13 +284,19 @@ class Engine(Recovery):
 
     # ------------------------------------------------------------- interrupt
     def _interrupt(self) -> int:
-        self._event("interrupt", "", "stopping: terminating running tasks (Ctrl-C again to kill at once)")
+        if self.stop_signal == signal.SIGINT:
+            how = "Ctrl-C again to kill them at once"
+        else:  # 'rota stop' sends SIGTERM; 'rota stop --now' a second one, which kills at once
+            how = "SIGTERM: 'rota stop'; 'rota stop --now' or a second SIGTERM kills them at once"
+        self._event("interrupt", "", f"stopping: terminating running tasks, SIGKILL after {self.opt.grace_s:g}s ({how})")
         if self.running:
             self._poll(time.time())  # attempts that already ended keep their real outcome (not "interrupted")
         self._flush()
         handles = [lv.handle for lv in self.running.values() if lv.handle is not None]
         if handles:
             self.executor.cancel(handles, self.opt.grace_s)
+            if self.interrupts >= 2:  # the handler of the second signal killed them (kill_now)
+                self._event("interrupt", "", "killed the running tasks at once (a second stop signal)")
         stopped = list(self.running.values())
         self._apply(RA.interrupted(self.rs, time.time()), commit_now=True)
         for lv in stopped:
