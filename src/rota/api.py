@@ -97,8 +97,18 @@ def check_fits(spec: Spec, machine: Machine) -> None:
             field = "gpus" if "GPU" in why else "cpus" if "CPU" in why else "memory" if "RAM" in why else "devices"
             if "per GPU" in why:
                 field = "gpu_memory"
-            raise SpecError(f"can never run here: {why}; {how_to_fit(t.request, machine)}", file=spec.path,
+            raise SpecError(f"can never run here: {why}; {how_to_fit(t.request, machine)}", file=_as_typed(spec.path),
                             task=t.name, field=field)
+
+
+def _as_typed(path: str) -> str:
+    """A spec's path as the user most likely typed it (relative to here when below here), as the
+    spec's other errors show it; ``Spec.path`` is resolved."""
+    try:
+        rel = os.path.relpath(path)
+    except (ValueError, OSError):  # another drive; the working folder is gone
+        return path
+    return path if rel.startswith(os.pardir) else rel
 
 
 def make_executor(backend: str, **options: Any) -> Any:

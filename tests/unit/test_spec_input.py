@@ -191,7 +191,7 @@ def test_never_run_message_says_1_gpu_not_1_gpus(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, _task("  gpus: 1\n"))
     p = rota("run", spec, "--gpus", "none", "--plain")
     assert p.returncode == 2, p.stdout + p.stderr
-    assert "asks for 1 GPU but the machine has 0" in p.stderr, p.stderr
+    assert "asks for 1 GPU but the machine has none" in p.stderr, p.stderr
     assert not (tmp_path / ".rota").exists()
 
 

@@ -261,7 +261,8 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
             return f"devices {missing} are not among the machine's GPUs {list(machine.gpu_indices)}"
         pool = [g for g in machine.gpus if g.index in req.devices]
     if req.gpus > len(pool):
-        return f"asks for {_n(req.gpus, 'GPU')} but {'its devices pool' if req.devices else 'the machine'} has {len(pool)}"
+        return (f"asks for {_n(req.gpus, 'GPU')} but {'its devices pool' if req.devices else 'the machine'} has "
+                f"{len(pool) or 'none'}")
     if req.gpu_memory_bytes is not None:
         big = [g for g in pool if g.memory_bytes >= req.gpu_memory_bytes]
         if len(big) < req.gpus:
@@ -287,8 +288,13 @@ def how_to_fit(req: Request, machine: Machine) -> str:
         return "list only GPUs this machine has in 'devices:', or declare them with --gpus"
     pool = [g for g in machine.gpus if req.devices is None or g.index in req.devices]
     if req.gpus > len(pool):
-        where = "widen 'devices:'" if req.devices is not None else f"declare {req.gpus} GPUs with --gpus"
-        return f"{where}, or lower the task's 'gpus:' to {len(pool)}"
+        if req.devices is not None:
+            return f"widen 'devices:', or lower the task's 'gpus:' to {len(pool)}"
+        size = format_size(req.gpu_memory_bytes) if req.gpu_memory_bytes is not None else "24GB"
+        fix = (f"declare {_n(req.gpus, 'GPU')} with --gpus (e.g. --gpus {req.gpus}x{size}) if this machine has "
+               f"{'it' if req.gpus == 1 else 'them'}")
+        # 'gpus: 0' is no fix for a task written for a GPU: offered only when some GPUs are there
+        return f"{fix}, or lower the task's 'gpus:' to {len(pool)}" if pool else fix
     if req.gpus and req.gpu_memory_bytes is not None:
         return (f"declare larger GPUs with --gpus {req.gpus}x{format_size(req.gpu_memory_bytes)}, or lower the "
                 "task's 'gpu_memory:'")
