@@ -107,8 +107,9 @@ def plan_command(
     w = width or min(shutil.get_terminal_size((100, 24)).columns, 140)
     if len(plans) > 1:
         Console(width=max(w, 150), highlight=False).print(render.comparison_table(plans))
-    for p in plans:
-        click.echo("")
+    for i, p in enumerate(plans):
+        if i or len(plans) > 1:  # a blank line between plans and after the table, none before the output
+            click.echo("")
         click.echo(render.summary(p))
         click.echo("")
         click.echo(render.gantt(p, width=w))
