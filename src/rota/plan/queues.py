@@ -1,5 +1,6 @@
 """The simulator's working sets: ready tasks in policy order, running tasks as the policy
-sees them. Internal to :mod:`rota.plan.simulate`."""
+sees them (with the bookings outside rota), the concurrency-cap gates. Internal to
+:mod:`rota.plan.simulate`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import overload
 
 from rota.core.policy import Running
 from rota.core.resources import Placement
+from rota.plan.limits import Cap
 
 REMAINING_FLOOR_S = 1.0  # the engine's floor on a running task's remaining estimate
 
@@ -102,3 +104,73 @@ class RunningAt(Sequence[Running]):
 
     def __getitem__(self, k: int | slice) -> Running | Sequence[Running]:
         return list(self)[k]
+
+
+class Gates:
+    """The cap groups of a simulation: which tasks wait outside the ready queue, which may enter.
+
+    ``group[i]``: task ``i``'s group number, -1 when uncapped. ``inflight[g]``:
+    tasks of group ``g`` admitted to the ready queue or running.
+    """
+
+    def __init__(self, names: Sequence[str], caps: Mapping[str, Cap]) -> None:
+        self.group = [-1] * len(names)
+        self.order: list[int] = [0] * len(names)
+        self.limit: list[int] = []
+        number: dict[str, int] = {}
+        if caps:
+            for i, name in enumerate(names):
+                c = caps.get(name)
+                if c is None:
+                    continue
+                g = number.get(c.group)
+                if g is None:
+                    g = number[c.group] = len(self.limit)
+                    self.limit.append(c.limit)
+                self.group[i], self.order[i] = g, c.order
+        self.inflight = [0] * len(self.limit)
+        self.heaps: list[list[tuple[int, int]]] = [[] for _ in self.limit]
+        self.touched: set[int] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.limit)
+
+    def wait(self, i: int) -> None:
+        g = self.group[i]
+        heapq.heappush(self.heaps[g], (self.order[i], i))
+        self.touched.add(g)
+
+    def done(self, i: int) -> None:
+        g = self.group[i]
+        if g >= 0:
+            self.inflight[g] -= 1
+            self.touched.add(g)
+
+    def admit_all(self) -> list[int]:
+        """The waiting tasks that may enter the ready queue now, lowest order first per group."""
+        out = []
+        for g in self.touched:
+            heap = self.heaps[g]
+            while heap and self.inflight[g] < self.limit[g]:
+                out.append(heapq.heappop(heap)[1])
+                self.inflight[g] += 1
+        self.touched.clear()
+        return out
+
+    def waiting(self) -> int:
+        return sum(map(len, self.heaps))
+
+
+class RunningBeside(RunningAt):
+    """:class:`RunningAt` and the bookings outside rota after it, with no remaining time."""
+
+    def __init__(self, running: Mapping[int, tuple[Placement, float]], outside: Sequence[Placement]) -> None:
+        super().__init__(running)
+        self._outside = [Running(p, None, outside=True) for p in outside]
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._outside)
+
+    def __iter__(self) -> Iterator[Running]:
+        yield from super().__iter__()
+        yield from self._outside

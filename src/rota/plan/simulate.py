@@ -54,16 +54,16 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter, neg
 
 from rota.core.dag import blocked as blocked_by
 from rota.core.dag import needs_met
-from rota.core.policy import Candidate, Running, schedule, sort_key
+from rota.core.policy import Candidate, schedule, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request, fits_machine
 from rota.plan.limits import Cap, concurrency_caps
-from rota.plan.queues import REMAINING_FLOOR_S, ReadyQueue, RunningAt
+from rota.plan.queues import REMAINING_FLOOR_S, Gates, ReadyQueue, RunningAt, RunningBeside
 from rota.spec.model import Task
 
 __all__ = ["OUTSIDE_REASON", "REMAINING_FLOOR_S", "Schedule", "Slot", "remaining_ranks_s", "scaled_durations", "simulate"]
@@ -261,7 +261,7 @@ def simulate(
         at = _ByPos([cands[i] for i in by_pos], [cls[i] for i in by_pos])
     unmet = [0] * n if flat else [len(t.needs) for t in tasks]
     classes = [0] * len(reqs)  # ready tasks per request class
-    gates = _Gates(names, concurrency_caps(tasks) if caps is None else caps)
+    gates = Gates(names, concurrency_caps(tasks) if caps is None else caps)
     if flat and not unschedulable and not gates:
         ready = ReadyQueue(list(range(n)))
         for c, count in Counter(cls).items():
@@ -283,7 +283,7 @@ def simulate(
     if outside:
         have = set(machine.gpu_indices)
         outside = [p for p in outside if have.issuperset(p.gpus)]
-    view = _RunningBeside(running, outside) if outside else RunningAt(running)
+    view = RunningBeside(running, outside) if outside else RunningAt(running)
     free = Ledger.for_machine(machine, outside)  # kept in step with ``running`` (``_decide`` books)
     ending: dict[float, list[int]] = {}  # end time -> tasks ending then (tasks end together)
     times: list[float] = []  # heap of the keys of ``ending``
@@ -349,76 +349,6 @@ def simulate(
                 blocked.append((names[u], names[i]))
     makespan = max((s.end_s for s in slots), default=0.0)
     return Schedule(machine, tuple(slots), makespan, tuple(unschedulable), tuple(blocked), calls, tuple(ranks))
-
-
-class _Gates:
-    """The cap groups of a simulation: which tasks wait outside the ready queue, which may enter.
-
-    ``group[i]``: task ``i``'s group number, -1 when uncapped. ``inflight[g]``:
-    tasks of group ``g`` admitted to the ready queue or running.
-    """
-
-    def __init__(self, names: Sequence[str], caps: Mapping[str, Cap]) -> None:
-        self.group = [-1] * len(names)
-        self.order: list[int] = [0] * len(names)
-        self.limit: list[int] = []
-        number: dict[str, int] = {}
-        if caps:
-            for i, name in enumerate(names):
-                c = caps.get(name)
-                if c is None:
-                    continue
-                g = number.get(c.group)
-                if g is None:
-                    g = number[c.group] = len(self.limit)
-                    self.limit.append(c.limit)
-                self.group[i], self.order[i] = g, c.order
-        self.inflight = [0] * len(self.limit)
-        self.heaps: list[list[tuple[int, int]]] = [[] for _ in self.limit]
-        self.touched: set[int] = set()
-
-    def __bool__(self) -> bool:
-        return bool(self.limit)
-
-    def wait(self, i: int) -> None:
-        g = self.group[i]
-        heapq.heappush(self.heaps[g], (self.order[i], i))
-        self.touched.add(g)
-
-    def done(self, i: int) -> None:
-        g = self.group[i]
-        if g >= 0:
-            self.inflight[g] -= 1
-            self.touched.add(g)
-
-    def admit_all(self) -> list[int]:
-        """The waiting tasks that may enter the ready queue now, lowest order first per group."""
-        out = []
-        for g in self.touched:
-            heap = self.heaps[g]
-            while heap and self.inflight[g] < self.limit[g]:
-                out.append(heapq.heappop(heap)[1])
-                self.inflight[g] += 1
-        self.touched.clear()
-        return out
-
-    def waiting(self) -> int:
-        return sum(map(len, self.heaps))
-
-
-class _RunningBeside(RunningAt):
-    """:class:`RunningAt` and the bookings outside rota after it, with no remaining time."""
-
-    def __init__(self, running: Mapping[int, tuple[Placement, float]], outside: Sequence[Placement]) -> None:
-        super().__init__(running)
-        self._outside = [Running(p, None, outside=True) for p in outside]
-
-    def __len__(self) -> int:
-        return super().__len__() + len(self._outside)
-
-    def __iter__(self) -> Iterator[Running]:
-        yield from super().__iter__()
-        yield from self._outside
 
 
 @dataclass(frozen=True)
