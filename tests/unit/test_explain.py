@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rota.core.explain import KINDS, Reason, explain, gpu_loads
-from rota.core.policy import Candidate, Running, schedule
+from rota.core.policy import Candidate, Running, schedule, sort_key
 from rota.core.resources import Gpu, Machine, Placement, Request, fits_machine
 from rota.plan.eta import Progress, forecast
 from rota.spec.model import Task
@@ -216,11 +216,16 @@ def test_memory_held_outside_rota_never_ends_in_the_forecast_and_the_reason_says
     assert "no predicted start while it stays" in why["big"].text
     g = why["big"].gpus[0]
     assert (g.booked_bytes, g.other_bytes, g.others) == (0, 51 * GB, ("pid 4242 (bob, python)",))
-    # Whole-GPU and higher priority, it holds a reservation that has no end while the booking stays.
+    # Whole-GPU and higher priority, it reserves nothing while the booking stays (the policy's
+    # answer: a reservation would have no end), so the small one is not starved: it starts next,
+    # as schedule() places it on the same inputs.
     whole = [Candidate("whole", Request(gpus=1), 5, 100.0, 100.0, 0), cands[0]]
     starved = explain(whole, m, [], now=NOW, outside=[Running(foreign, None)])
     assert starved["whole"].kind == "gpu" and "held outside rota" in starved["whole"].text
-    assert starved["fits"].kind == "reserved" and "while GPU memory held outside rota stays" in starved["fits"].text
+    assert "reserved" not in starved["whole"].text and starved["whole"].holder is None
+    assert starved["fits"].kind == "next"
+    placed = schedule(sorted(whole, key=sort_key), m, [Running(foreign, None, outside=True)])
+    assert [p.task for p in placed] == ["fits"]
     # A task that fits beside the booking, but not now, is not said to wait for it.
     busy = explain(cands[:1], m, [Running(Placement("r", (0,), (20 * GB,), 1, 0), 30.0)], now=NOW,
                    outside=[Running(foreign, None)])

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rota.core.policy import Candidate, Running, _reserve, sort_key
 from rota.core.resources import Ledger, Machine, Placement, Request
@@ -155,6 +155,8 @@ def explain(
             out[c.name] = Reason("limit", f"the run's limit: {limits[c.name]}", gpus=loads)
         else:
             offered.append(c)
+    # Marked as the engine marks them (Running.outside): the policy never waits for their end.
+    outside = [r if r.outside else replace(r, outside=True) for r in outside]
     out.update(_replay(sorted(offered, key=sort_key), machine, [*running, *outside], now, loads,
                        _Outside(machine, outside) if outside else None))
     return out
@@ -228,7 +230,9 @@ def _replay(
                     else "from when running tasks with no estimate end")
             kind, text = _short(c.request, ledger, machine)
             if outside is not None and outside.blocks(c.request):
-                text, when = f"{text}; {outside.text()}", "once that memory is freed"
+                # No reservation (the policy's _reserve): it would last as long as that memory stays.
+                out[c.name] = Reason(kind, f"{text}; {outside.text()}", gpus=loads)
+                continue
             out[c.name] = Reason(kind, f"{text}; resources are reserved for it {when}", holder=c.name,
                                  at=shadow_at, gpus=loads)
             continue
@@ -244,8 +248,6 @@ def _replay(
             p = ledger.fit(c.name, c.request, also=shadow)
             if p is None:
                 text = _reserved_text(c, holder, shadow_at)
-                if outside is not None and outside.blocks(holder.request):  # that reservation has no end in sight
-                    text = text.replace(_NO_ESTIMATE, "while GPU memory held outside rota stays (no predicted start)")
                 out[c.name] = Reason("reserved", text, holder=holder.name,
                                      at=shadow_at, gpus=loads)
                 continue
