@@ -255,6 +255,8 @@ def render(a: Answer) -> str:
             lines.append(f"predicted end: {at(a.predicted_end)}")
     elif a.state == "pending" and "held outside rota" in a.reason:
         lines.append("predicted start: none: it waits for GPU memory held outside rota, which has no known end")
+    elif a.state == "pending" and "launches nothing more" in a.reason:
+        lines.append("predicted start: none: this run launches nothing more; the next 'rota run' starts it")
     elif a.state == "pending":
         lines.append("predicted start: none (held, needs a held task, waits for GPU memory held outside rota, "
                      "or not forecast yet)")

@@ -112,10 +112,13 @@ class Predictor(Hook, Forecasts):
         try:
             held = set(engine.rs.held)
             self.reasons = reasons_of(engine, now, held)
+            # A halted run (rota stop --drain, --fail-fast) starts no pending task: none gets a
+            # predicted start, and the ETA is that of the running tasks alone.
+            kept = held | {n for n, lv in engine.live.items() if lv.state == S.PENDING} if engine.halted else held
             self.forecast = forecast(
                 [_as_launched(engine, lv) for lv in engine.live.values()], engine.machine,
                 engine.live,  # as it is: forecast reads state, started_at and ended_at
-                now, self._learn_history(engine), held=held,
+                now, self._learn_history(engine), held=kept,
                 not_before={n: engine.live[n].not_before for n in engine.delayed},
                 # Memory held outside rota has no known end: held for the whole forecast.
                 outside=[r.placement for r in engine.outside_bookings])

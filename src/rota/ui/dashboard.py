@@ -54,6 +54,9 @@ def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) 
             f"GPU {g.index}", _bar(g.booked_bytes, g.total_bytes),
             f"{format_size(g.booked_bytes)}/{format_size(g.total_bytes)}{live}", ", ".join(g.tasks) or "-",
         )
+        if g.given_back:  # live --gpus gave it back: what runs there finishes, nothing new goes there
+            res.add_row("", "", Text("given back", style="yellow"),
+                        Text("by a live --gpus change: nothing new goes there", style="yellow"))
         if kind == "foreign":
             res.add_row("", "", Text("not rota's", style="yellow"), Text(note, style="yellow"))
     ahead = s.cpus_booked - s.cpus_total  # > 0: attempts queued ahead in the backend (Ray)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rota.core.resources import Machine
 from rota.store import base as S
 from rota.ui.view import Forecasts, RunView, forecasts
 
@@ -21,6 +22,7 @@ class GpuView:
     tasks: tuple[str, ...]
     util_pct: float | None = None
     used_bytes: int | None = None
+    given_back: bool = False  # live limits took it out of the run; tasks started there still run
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def snapshot(
         GpuView(g.index, g.name, g.memory_bytes, booked[g.index], tuple(on_gpu[g.index]),
                 *(gpu_live.get(g.index, (None, None)) if gpu_live else (None, None)))
         for g in m.gpus
-    )
+    ) + _given_back(engine, m, booked, on_gpu)
     failures = tuple(
         (lv.task.name, lv.reason, lv.log_path or "")
         for lv in engine.live.values() if lv.state == S.FAILED
@@ -156,6 +158,20 @@ def snapshot(
         memory_total=m.memory_bytes, memory_booked=mem, running=tuple(sorted(running, key=lambda r: r.name)),
         counts=engine.counts(), total=len(engine.live), eta_s=eta_s, failures=failures,
         recent=tuple(engine.events[-8:]), waiting=_waiting(engine, fc),
+    )
+
+
+def _given_back(engine: RunView, m: Machine, booked: dict[int, int],
+                on_gpu: dict[int, list[str]]) -> tuple[GpuView, ...]:
+    """GPUs a live ``--gpus`` change gave back while tasks still run there: shown (marked) until
+    those tasks end, so a running task's GPU never vanishes from the dashboard."""
+    kept = set(m.gpu_indices)
+    base = getattr(engine, "base_machine", None)  # the machine the run started with (Engine.base_machine)
+    sizes = {g.index: (g.name, g.memory_bytes) for g in base.gpus} if base is not None else {}
+    return tuple(
+        GpuView(i, sizes.get(i, ("", booked[i]))[0], sizes.get(i, ("", booked[i]))[1], booked[i],
+                tuple(on_gpu[i]), given_back=True)
+        for i in sorted(on_gpu) if i not in kept and on_gpu[i]
     )
 
 

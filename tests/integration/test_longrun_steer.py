@@ -1,0 +1,122 @@
+"""A user steering a long run (helper 'longrun'): what the controller shows after each step.
+
+Real controllers (``rota run`` in the background), the real CLI, real SQLite; no mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+
+
+def _finish(run: subprocess.Popen[str], gate: Path) -> str:
+    gate.touch()
+    try:
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+    return out
+
+
+def test_a_drained_run_predicts_no_start_for_its_pending_tasks(tmp_path: Path) -> None:
+    """After ``rota stop --drain`` the run launches nothing more: a pending task must not be shown
+    as starting "now" or "in ~5s" (status --json, rota why), and the ETA covers the running task alone."""
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: long
+            command: 'while [ ! -e {gate} ]; do sleep 0.05; done'
+            gpus: 1
+            estimate: 30s
+            priority: 100
+          - name: later
+            command: 'true'
+            gpus: 1
+            estimate: 1m
+    """)
+    sd = tmp_path / ".rota"
+    run = start_rota("run", spec, "--gpus", "1x80GB", "--cpus", "4", "--plain")
+    try:
+        wait_for(lambda: sd.joinpath("state.db").exists()
+                 and by_name(sd)["later"]["predicted_start_s"] is not None, timeout=60)
+        out = rota("stop", spec, "--drain", check=True).stdout
+        assert "launches nothing more" in out, out
+
+        def drained() -> bool:
+            t = by_name(sd)["later"]
+            return "launches nothing more" in (t["reason"] or "") and t["predicted_start_s"] is None
+        wait_for(drained, timeout=20)
+        why = rota("why", "later", "--state-dir", sd, check=True).stdout
+        assert "predicted start: none: this run launches nothing more" in why, why
+    finally:
+        out = _finish(run, gate)
+    assert run.returncode == 1, out
+    assert by_name(sd)["later"]["state"] == "pending"
+
+
+def test_the_dashboard_keeps_a_gpu_given_back_while_its_task_runs(tmp_path: Path) -> None:
+    """``rota run SPEC --gpus 0`` on a live run of two GPUs gives GPU 1 back; the task running
+    there finishes there. The dashboard must keep showing GPU 1 (marked given back) with that task
+    until it ends, not drop the GPU while its task still runs."""
+    import threading
+
+    import rota as api
+    from rota.ui.dashboard import render
+    from rota.ui.snapshot import snapshot
+    from tests.helpers import SnapshotUI
+
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: w-{{i}}
+            matrix: {{i: [0, 1]}}
+            command: 'while [ ! -e {gate} ]; do sleep 0.05; done'
+            gpus: 1
+    """)
+
+    class Recording(SnapshotUI):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[tuple[int, ...], dict[int, tuple[tuple[str, ...], bool]], str]] = []
+
+        def _record(self, engine: object) -> None:
+            from io import StringIO
+
+            from rich.console import Console
+
+            s = snapshot(engine)  # type: ignore[arg-type]
+            buf = StringIO()
+            Console(file=buf, width=160).print(render(s))
+            self.seen.append((tuple(engine.machine.gpu_indices),  # type: ignore[attr-defined]
+                              {g.index: (g.tasks, g.given_back) for g in s.gpus}, buf.getvalue()))
+
+    ui = Recording()
+    sd = tmp_path / ".rota"
+    seen: dict[str, str] = {}
+
+    def steer() -> None:  # another terminal, while the run goes on in this (main) thread
+        try:
+            wait_for(lambda: sd.joinpath("state.db").exists()
+                     and {x["state"] for x in by_name(sd).values()} == {"running"}, timeout=60)
+            seen["on1"] = next(n for n, x in by_name(sd).items() if x["gpus"] == [1])
+            seen["out"] = rota("run", spec, "--gpus", "0", check=True).stdout
+            wait_for(lambda: any(m == (0,) for m, _, _ in ui.seen[-3:]), timeout=20)
+        finally:
+            gate.touch()
+
+    t = threading.Thread(target=steer)
+    t.start()
+    rc = api.run(str(spec), gpus="2x80GB", cpus=4, ui=ui).exit_code
+    t.join(timeout=120)
+    assert rc == 0
+    assert "GPUs 0:80GB" in seen["out"], seen
+    after = [(gpus, text) for m, gpus, text in ui.seen if m == (0,) and len(gpus) > 1]
+    assert after, [g for _, g, _ in ui.seen[-3:]]
+    gpus, text = after[0]
+    assert gpus[1] == ((seen["on1"],), True), gpus
+    assert "given back" in text, text
