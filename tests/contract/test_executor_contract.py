@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from rota.executors.base import Executor, Handle, Launch
 from tests.helpers import wait_ended, wait_for
 
@@ -97,3 +99,26 @@ def test_submit_many_when_offered(executor, tmp_path):
     assert all(s.phase == "succeeded" for s in res.values())
     for i in range(5):
         assert f"item {i}" in Path(launches[i].log_path).read_text()
+
+
+def test_cancel_before_start_leaves_a_log_saying_so(executor, tmp_path):
+    """An attempt cancelled while it waits in the backend's queue (SLURM PENDING, Ray's queue)
+    never ran: its log says so, so ``rota logs`` has something true to show; the running one
+    cancelled beside it keeps its own output."""
+    if not executor.queues:
+        pytest.skip("this backend starts every attempt at once: nothing waits in a queue")
+    cpus = executor.capacity().cpus  # each asks for a whole node: the second must wait
+    blocker = executor.submit(_launch(tmp_path, "blocker#1", "echo blocker-ran; sleep 120", cpus=cpus))
+    waiting = executor.submit(_launch(tmp_path, "waiting#1", "echo waiting-ran", cpus=cpus))
+    blocker_log, waiting_log = Path(blocker.data["rc_path"][: -len(".rc")]), Path(waiting.data["rc_path"][: -len(".rc")])
+    try:
+        wait_for(lambda: "blocker-ran" in (blocker_log.read_text() if blocker_log.exists() else ""), timeout=120)
+        assert not waiting_log.exists(), "the second whole-node attempt started beside the first"
+        executor.cancel([waiting], grace_s=1.0)
+        st = wait_ended(executor, [waiting], timeout_s=60)[waiting.key]
+        assert st.phase in ("failed", "lost")
+        text = waiting_log.read_text()
+        assert "never started" in text and "waiting-ran" not in text, text
+    finally:
+        executor.cancel([blocker, waiting], grace_s=1.0)
+    assert "never started" not in blocker_log.read_text()

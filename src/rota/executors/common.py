@@ -42,6 +42,25 @@ def discard_rc_files(handles: Sequence[Handle]) -> None:
                 os.unlink(path)
 
 
+def note_never_started(handles: Sequence[Handle], backend: str) -> None:
+    """After a cancel: give each attempt that never started a log that says so.
+
+    A SLURM job cancelled while PENDING, or a Ray task cancelled in Ray's queue, never opened
+    its log (both backends create it when the command starts), so ``rota logs TASK`` would find
+    nothing to show for an attempt ``rota status`` lists. Only a missing log is written (with
+    ``O_EXCL``): an attempt that did start keeps its own output untouched. Call it only for
+    attempts known to have ended, or one starting late would append to this line.
+    """
+    for h in handles:
+        rc = str(h.data.get("rc_path") or "")
+        log = str(h.data.get("log_path") or (rc[: -len(".rc")] if rc.endswith(".rc") else ""))
+        if not log:
+            continue
+        with contextlib.suppress(OSError):  # FileExistsError: it started; others: nothing to add
+            with open(log, "x") as f:
+                f.write(f"rota: cancelled while waiting in {backend}'s queue: this attempt never started\n")
+
+
 def status_from_code(code: int, started_at: float | None = None, ended_at: float | None = None) -> Status:
     """A process's exit code (or an ``.rc`` file's) as a Status, for every executor: 0 succeeded;
     negative (``waitpid``: killed by signal N) and 128+N (a shell reporting signal N) failed,

@@ -84,7 +84,7 @@ from typing import Any
 from rota.core.resources import Gpu, Machine, Node
 from rota.errors import ExecutorError
 from rota.executors.base import Executor, Handle, Launch, Status
-from rota.executors.common import rc_path_for, read_rc, status_from_code
+from rota.executors.common import note_never_started, rc_path_for, read_rc, status_from_code
 from rota.executors.ray_connect import connect, error_of, wake_main_thread
 from rota.executors.ray_supervisor import Supervisor
 from rota.executors.ray_task import need_ray, ray, rex
@@ -224,9 +224,16 @@ class RayExecutor(Executor):
         for sup, hs in self._by_supervisor(handles).items():
             if sup is not None:
                 try:
-                    ray.get(sup.cancel.remote([h.external_id for h in hs], grace_s), timeout=grace_s + 60)
+                    ids = [h.external_id for h in hs]
+                    ray.get(sup.cancel.remote(ids, grace_s), timeout=grace_s + 60)
+                    # the supervisor's own poll: it keeps results (ours hands each to the engine once)
+                    got = ray.get(sup.poll.remote(ids), timeout=60)
                 except rex.RayError as e:
                     raise ExecutorError(f"could not cancel on Ray: {e}") from None
+                # a task cancelled in Ray's queue never opened its log: say so there (rota logs shows it)
+                ended = [h for h in hs if isinstance(got.get(h.external_id), dict)
+                         and not got[h.external_id].get("running")]
+                note_never_started(ended, "Ray")
 
     def kill_now(self, handles: Sequence[Handle]) -> None:
         """Second Ctrl-C: SIGKILL at once (no grace). Called from a signal handler: never blocks."""

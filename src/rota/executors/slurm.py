@@ -76,6 +76,7 @@ from rota.core.resources import Gpu, Machine
 from rota.errors import ExecutorError
 from rota.executors import slurm_text as T
 from rota.executors.base import Executor, Handle, Launch, Status, inherited_env
+from rota.executors.common import note_never_started
 from rota.executors.slurm_units import is_shared, plan_units, split_cancel
 
 NAME = "slurm"
@@ -382,11 +383,12 @@ class SlurmExecutor(Executor):
         killed = False
         while True:
             left = self._still_running(handles)
-            if not left:
+            live = {h.key for h in left}
+            if not left or (time.time() >= deadline and killed):
+                # a job cancelled while PENDING never made its log: say so there (rota logs shows it)
+                note_never_started([h for h in handles if h.key not in live], "SLURM")
                 return
             if time.time() >= deadline:
-                if killed:
-                    return
                 killed = True
                 deadline = time.time() + 10.0
                 for h in partial:
