@@ -99,9 +99,14 @@ def test_dashboard_render_is_pure_and_complete(tmp_path):
                    "cuda out of memory", "/x/bad/attempt-1.log", "done 3", "failed 1"):
         assert needle in text, needle
     assert "waiting in the backend's queue" not in text
-    console.print(render(dataclasses.replace(snap, cpus_booked=20)))  # Ray: booked ahead of capacity
+    queued = (*snap.running, TaskView("train-r", (), 0.0, None, None, queued=True))
+    console.print(render(dataclasses.replace(snap, cpus_booked=20, running=queued)))  # Ray: booked ahead
     ahead = console.export_text()
     assert "20/16" in ahead and "4 waiting in the backend's queue" in ahead
+    # Over the limit with nothing queued: a live --cpus change lowered it under what runs (local)
+    console.print(render(dataclasses.replace(snap, cpus_booked=20)))
+    over = console.export_text().split("4 waiting in the backend's queue")[-1]
+    assert "4 over the limit" in over and "backend's queue" not in over, over
     held = dataclasses.replace(snap, running=(TaskView("train-q", (1,), 30.0, 120.0, None, queued=True),))
     console.print(render(held))  # SLURM still holds it PENDING: no elapsed time yet
     line = next(ln for ln in console.export_text().splitlines() if "train-q" in ln and "GPU" not in ln)

@@ -59,9 +59,13 @@ def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) 
                         Text("by a live --gpus change: nothing new goes there", style="yellow"))
         if kind == "foreign":
             res.add_row("", "", Text("not rota's", style="yellow"), Text(note, style="yellow"))
-    ahead = s.cpus_booked - s.cpus_total  # > 0: attempts queued ahead in the backend (Ray)
-    res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}",
-                f"{ahead} waiting in the backend's queue" if ahead > 0 else "")
+    # Booked beyond the limit: attempts queued ahead in the backend (Ray: shown queued), or tasks
+    # started before a live --cpus change lowered it (they finish; nothing waits in any queue).
+    ahead = s.cpus_booked - s.cpus_total
+    queued = sum(1 for r in s.running if r.queued)
+    over = (f"{ahead} waiting in the backend's queue" if queued and ahead > 0 else
+            f"{ahead} over the limit: tasks started before a live --cpus change finish" if ahead > 0 else "")
+    res.add_row("CPU", _bar(s.cpus_booked, s.cpus_total), f"{s.cpus_booked}/{s.cpus_total}", over)
     res.add_row("RAM", _bar(s.memory_booked, s.memory_total),
                 f"{format_size(s.memory_booked)}/{format_size(s.memory_total)}", "")
     run = Table(box=None, expand=False, show_edge=False, pad_edge=False)
