@@ -7,8 +7,9 @@ changed (an attempt ended, was adopted or lost; a control request was taken: ``r
 ``hold``, ``release``, ``cancel``, ``retry``, a live edit, through :func:`steered`; the number of
 running, ready, backed-off or held tasks; the run's limits; GPU memory booked outside rota), at most every :attr:`Predictor.min_interval_s`
 and never more often than :attr:`Predictor.cost_factor` times what the last computation took
-(so it costs at most ~1/cost_factor of the controller's time: a run of 1,000 short tasks stays
-within 3% of its time without it, ``bench/bench_local.py``); and at least every
+(so it costs at most ~1/cost_factor of the controller's time, 1%: a forecast of 20,000 pending
+tasks takes ~0.25 CPU-s, so a big run's predictions are redone every ~25 s; a run of 1,000
+short tasks stays within 3% of its time without it, ``bench/bench_local.py``); and at least every
 :attr:`Predictor.max_age_s` while tasks are pending (a task running past its estimate moves every
 prediction). Once more when the run stops, so the tasks it leaves pending keep a current reason.
 
@@ -49,7 +50,7 @@ HALTED = "the run launches nothing more (rota stop --drain, or --fail-fast after
 class Predictor(Hook, Forecasts):
     """Explains and forecasts the pending tasks of a live run (see the module docstring)."""
 
-    def __init__(self, min_interval_s: float = 2.0, cost_factor: float = 60.0, max_age_s: float = 60.0) -> None:
+    def __init__(self, min_interval_s: float = 2.0, cost_factor: float = 100.0, max_age_s: float = 60.0) -> None:
         self.min_interval_s = min_interval_s
         self.max_age_s = max_age_s
         self.cost_factor = cost_factor
