@@ -127,6 +127,26 @@ def make_executor(backend: str, **options: Any) -> Any:
     raise SpecError(f"unknown backend {backend!r}; expected local, slurm or ray")
 
 
+def _backend_defaults(backend: str, spec: Spec, state_dir: str | os.PathLike[str] | None, gpus: str | None,
+                      options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``backend_options`` completed as ``rota run --backend`` completes them, so ``run(spec,
+    backend="slurm")`` works as the CLI does: SLURM's scripts in the run's state folder and the
+    spec's ``slurm:`` section; on both, the GPU size of ``--gpus NxSIZE``
+    (SLURM and Ray know GPU counts, not sizes). What the caller gives wins."""
+    out = dict(options or {})  # Ray's address is "auto" by default already
+    if backend == "slurm":
+        out.setdefault("state_dir", str(state_dir or default_state_dir(spec)))
+        if "options" not in out:
+            out.setdefault("spec_slurm", spec.file.slurm)
+    if gpus and not gpus.replace(",", "").isdigit() and "gpu_memory_bytes" not in out:
+        from rota.machine import parse_gpus_flag
+
+        declared = parse_gpus_flag(gpus, [])
+        if declared:
+            out["gpu_memory_bytes"] = max(g.memory_bytes for g in declared)
+    return out
+
+
 def run(
     spec: Spec | str | os.PathLike[str],
     *,
@@ -182,7 +202,7 @@ def run(
 
         # On a cluster --gpus/--cpus/--memory cap what this run takes; a bad one is refused before connecting.
         limits = parse_limits(backend, gpus=gpus, cpus=cpus, memory=memory)
-        executor = make_executor(backend, **dict(backend_options or {}))
+        executor = make_executor(backend, **_backend_defaults(backend, spec, state_dir, gpus, backend_options))
         if machine is None and executor.capacity() is not None:
             machine = limited_capacity(executor, limits)
     if machine is None:

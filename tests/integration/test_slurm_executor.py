@@ -322,3 +322,25 @@ def test_crash_before_handle_commit_kills_the_unrecorded_job_before_the_rerun(tm
     assert "overlap" not in lines and len(starts) == 2 and starts[0] != starts[1], lines
     assert [ln for ln in lines if ln.startswith("end")] == [f"end {starts[1]}"], lines  # the first was killed
     assert by_name(state)["slow"]["state"] == "succeeded"
+
+
+def test_python_api_runs_a_dict_spec_on_slurm(tmp_path):
+    """``rota.run(spec, backend="slurm")`` as the README's API shows it, with no backend_options:
+    the executor gets the run's state folder, the spec's ``slurm:`` section and ``--gpus``' size
+    as ``rota run --backend slurm`` gives them (it raised TypeError: no state_dir)."""
+    import rota
+
+    spec = rota.spec_from_dict({
+        "slurm": {"extra": ["--comment=rota-api-test"]},
+        "tasks": [{"name": "hello", "command": "echo hi from $ROTA_TASK on $SLURM_JOB_ID", "gpus": 1,
+                   "gpu_memory": "30GB"}],
+    }, root=tmp_path, name="api-slurm")
+    result = rota.run(spec, backend="slurm", gpus="2x40GB")
+    assert result.exit_code == 0, result
+    sd = Path(result.state_dir)
+    assert sd == (tmp_path / ".rota" / "dicts" / "api-slurm").resolve()
+    (task,) = rota.status(state_dir=sd)["tasks"]
+    assert task["state"] == "succeeded"
+    assert "hi from hello on " in Path(task["log_path"]).read_text()
+    scripts = list((sd / "slurm").glob("*.sbatch"))  # in the run's own state folder, with the spec's slurm:
+    assert scripts and "--comment=rota-api-test" in scripts[0].read_text()
