@@ -311,3 +311,27 @@ def test_a_live_priority_reorders_the_waiting_tasks(tmp_path):
     st = states(sd)
     order = sorted((st[f"p-{i}"]["started_at"], f"p-{i}") for i in range(4))
     assert [n for _, n in order] == ["p-3", "p-0", "p-1", "p-2"], order
+
+
+def test_offline_controls_say_whether_the_state_changed_and_refuse_a_negative_grace(tmp_path: Path) -> None:
+    """With no controller, a request that changes nothing (cancel of a done task, hold of one that
+    is not pending) must not claim 'the state is changed'; one that changes something says so.
+    ``rota cancel --grace -3`` is bad input: one line, exit 2, nothing sent."""
+    spec = write_spec(tmp_path, """
+        tasks:
+          - name: a
+            command: 'true'
+          - name: b
+            command: 'exit 1'
+    """)
+    sd = tmp_path / ".rota"
+    assert rota("run", spec, "--gpus", "none").returncode == 1
+    out = rota("cancel", "a", "--spec", spec, check=True).stdout
+    assert "nothing changed" in out and "state is changed" not in out, out
+    assert "unchanged (succeeded): a" in out, out
+    out = rota("retry", "b", "--spec", spec, check=True).stdout
+    assert "the state is changed" in out and "pending again: b" in out, out
+    bad = rota("cancel", "b", "--grace", "-3", "--spec", spec)
+    assert bad.returncode == 2, bad
+    assert "--grace" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert state_of(sd, "b") == "pending"

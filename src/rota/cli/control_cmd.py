@@ -39,7 +39,7 @@ def _say(answer: str) -> None:
 @click.command(context_settings=CONTEXT)
 @click.argument("patterns", nargs=-1, required=True, metavar="PATTERN...")
 @_where
-@click.option("--grace", "grace_s", type=float, default=None,
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None,
               help="Seconds between SIGTERM and SIGKILL for a running task (default: the run's --grace).")
 def cancel(patterns: tuple[str, ...], target: str | None, state_dir: str | None, wait_s: float,
            grace_s: float | None) -> None:

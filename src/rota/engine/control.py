@@ -149,8 +149,10 @@ def take_offline(store: SqliteStore) -> None:
             except (KeyError, ValueError, TypeError) as e:  # a malformed request: answered, never retried
                 store.take_control(c.id, f"refused: {c.kind} could not be applied ({e!r}); nothing changed")
                 continue
-            result = "\n".join(["no controller is running: the state is changed; the next 'rota run' obeys it",
-                                *lines])
+            # Say the state changed only when it did: a request that changes nothing says so.
+            head = ("no controller is running: the state is changed; the next 'rota run' obeys it" if trs else
+                    "no controller is running: nothing changed")
+            result = "\n".join([head, *lines])
             store.take_control(c.id, result, [_change(tr) for tr in trs])
         else:
             from rota.engine import respec
