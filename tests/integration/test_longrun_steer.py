@@ -120,3 +120,26 @@ def test_the_dashboard_keeps_a_gpu_given_back_while_its_task_runs(tmp_path: Path
     gpus, text = after[0]
     assert gpus[1] == ((seen["on1"],), True), gpus
     assert "given back" in text, text
+
+
+def test_the_waiting_table_keeps_names_and_starts_on_an_80_column_terminal() -> None:
+    """On an 80-column terminal the dashboard's waiting table cut names to 'basel…' and dropped the
+    'starts' column, the long reasons taking the width: the reasons must give way instead."""
+    import time
+
+    from rich.console import Console
+
+    from rota.ui.dashboard import render
+    from rota.ui.snapshot import GpuView, Snapshot
+
+    now = time.time()
+    why = "no 1 CPU slot free: 0 of 8 free (the run's --cpus); resources are reserved for it from ~20:06:36"
+    snap = Snapshot(now=now, started_at=now - 5, gpus=(GpuView(0, "H100", 80 * 2**30, 0, ()),), cpus_total=8,
+                    cpus_booked=8, memory_total=2**30, memory_booked=0, running=(), counts={"pending": 2}, total=2,
+                    eta_s=60.0, failures=(), recent=(),
+                    waiting=(("baseline-random", why, now + 75), ("train-medium-12", why, None)))
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render(snap))
+    text = console.export_text()
+    for needle in ("baseline-random", "train-medium-12", "starts", "in ~1m15s", "no 1 CPU slot free"):
+        assert needle in text, (needle, text)

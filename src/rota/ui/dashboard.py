@@ -101,11 +101,14 @@ def render(s: Snapshot, gpu_notes: Mapping[int, tuple[str, str]] | None = None) 
     parts: list[Any] = [head, overall, res, run]
     if s.waiting:
         wait = Table(box=None, show_edge=False)
-        wait.add_column("waiting", no_wrap=True, max_width=40)
-        wait.add_column("starts", no_wrap=True)
-        wait.add_column("why", overflow="ellipsis", no_wrap=True)
-        for name, why, start in s.waiting:
-            wait.add_row(name, starts_in(start, s.now), why)
+        rows = [(name, starts_in(start, s.now), why) for name, why, start in s.waiting]
+        # The long reasons give way on a narrow terminal, never the task's name nor its start.
+        wait.add_column("waiting", no_wrap=True, max_width=40,
+                        min_width=min(max(len("waiting"), *(len(r[0]) for r in rows)), 40))
+        wait.add_column("starts", no_wrap=True, min_width=max(len("starts"), *(len(r[1]) for r in rows)))
+        wait.add_column("why", overflow="ellipsis", no_wrap=True, ratio=1)
+        for row in rows:
+            wait.add_row(*row)
         parts.append(wait)
     if s.failures:
         fail = Table(box=None, show_edge=False)
