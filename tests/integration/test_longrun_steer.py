@@ -143,3 +143,42 @@ def test_the_waiting_table_keeps_names_and_starts_on_an_80_column_terminal() -> 
     text = console.export_text()
     for needle in ("baseline-random", "train-medium-12", "starts", "in ~1m15s", "no 1 CPU slot free"):
         assert needle in text, (needle, text)
+
+
+def test_a_closed_terminal_sighup_leaves_the_tasks_to_the_next_run(tmp_path: Path) -> None:
+    """A dropped SSH session or ``tmux kill-session`` sends the controller SIGHUP: it ends as after
+    ``kill -9`` (docs/running.md, crash safety): the task keeps running, and the next ``rota run``
+    adopts it and records its result, with no second attempt."""
+    import signal
+
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: long
+            command: 'while [ ! -e {gate} ]; do sleep 0.05; done; echo ROTA_METRIC acc=0.5'
+    """)
+    sd = tmp_path / ".rota"
+    run = start_rota("run", spec, "--gpus", "none", "--plain")
+    try:
+        wait_for(lambda: sd.joinpath("state.db").exists() and by_name(sd)["long"]["state"] == "running", timeout=60)
+        os.kill(run.pid, signal.SIGHUP)
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+    assert by_name(sd)["long"]["state"] == "running"  # left running, not interrupted
+    again = start_rota("run", spec, "--gpus", "none", "--plain")
+    try:
+        from tests.helpers import status
+
+        wait_for(lambda: (status(sd).get("controller") or {}).get("pid") == again.pid, timeout=60)
+        gate.touch()
+        out, _ = again.communicate(timeout=120)
+    finally:
+        if again.poll() is None:
+            os.killpg(again.pid, 9)
+            again.wait()
+    assert again.returncode == 0, out
+    t = by_name(sd)["long"]
+    assert t["state"] == "succeeded" and t["attempt"] == 1 and t["metrics"] == {"acc": 0.5}, t
