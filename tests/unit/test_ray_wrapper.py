@@ -64,15 +64,17 @@ def test_task_env_follows_the_worker_environment(monkeypatch) -> None:
     """The filtered environment is cached per worker, but never stale."""
     first = rs._task_env({"env": {"A": "1"}, "num_gpus": 0})
     assert first["A"] == "1"
-    monkeypatch.setenv("ROTA_LEFT_BY_PARENT", "x")
+    monkeypatch.setenv("ROTA_OUT", "x")  # a parent task's variable (a worker started inside a rota task)
     monkeypatch.setenv("ADDED_LATER", "y")
+    monkeypatch.setenv("ROTA_EXAMPLE_TIME_SCALE", "0.5")  # the user's own setting: passes, as on local and SLURM
     second = rs._task_env({"env": {"B": "2"}, "num_gpus": 0})
-    assert second["ADDED_LATER"] == "y" and "ROTA_LEFT_BY_PARENT" not in second
+    assert second["ADDED_LATER"] == "y" and "ROTA_OUT" not in second
+    assert second["ROTA_EXAMPLE_TIME_SCALE"] == "0.5"
     assert "A" not in second and second["B"] == "2"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     gpu = rs._task_env({"env": {"CUDA_VISIBLE_DEVICES": "0"}, "num_gpus": 1})
     assert gpu["CUDA_VISIBLE_DEVICES"] == "3" and gpu["ROTA_GPUS"] == "3"  # Ray's grant wins
-    assert os.environ.get("ROTA_LEFT_BY_PARENT") == "x"  # the worker's own environment is untouched
+    assert os.environ.get("ROTA_OUT") == "x"  # the worker's own environment is untouched
 
 
 def test_cpu_headroom_adds_cpu_slots_only() -> None:

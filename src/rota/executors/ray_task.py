@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rota.errors import ExecutorError
+from rota.executors.base import TASK_VAR_PREFIXES
 
 ray: Any  # typed Any: Ray's own stubs do not know what ray.remote makes of a class
 rex: Any
@@ -98,7 +99,7 @@ def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, grace_now: Any = 
             continue
 
 
-# The worker's environment less ROTA_*, and the raw environment it was made from: a pooled
+# The worker's environment less rota's task variables, and the raw environment it was made from: a pooled
 # worker runs many attempts, and comparing two dicts is far cheaper than filtering again.
 _BASE_ENV: list[tuple[dict[bytes, bytes], dict[str, str]]] = []
 
@@ -107,7 +108,9 @@ def _base_env() -> dict[str, str]:
     raw = getattr(os.environ, "_data", None)  # CPython's encoded environment: a plain dict, compared in C
     if _BASE_ENV and raw is not None and _BASE_ENV[0][0] == raw:
         return dict(_BASE_ENV[0][1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
+    # rota's own task variables only (a worker started inside a rota task must not pass its task's
+    # on); the user's ROTA_* settings pass through, as on the local and SLURM backends
+    env = {k: v for k, v in os.environ.items() if not k.startswith(TASK_VAR_PREFIXES)}
     if raw is not None:
         _BASE_ENV[:] = [(dict(raw), env)]
     return dict(env)
