@@ -67,3 +67,17 @@ def test_marked_tasks_are_the_rows_that_say_more_than_their_spec(tmp_path: Path)
     st.apply([Change("b", S.PENDING, "release", {"held": 0})])
     assert [m[0] for m in st.marked_tasks("other")] == ["d"]
     st.close()
+
+
+def test_a_rewritten_task_keeps_its_place_and_what_the_user_steered(tmp_path: Path) -> None:
+    st = SqliteStore(tmp_path)
+    st.upsert_tasks([_row(n) for n in ("a", "b", "c")])
+    st.apply([Change("a", S.PENDING, "hold", {"held": 1, "priority": 7, "attempt": 3})])
+    changed = dict(_row("a"), command="echo new", reason="redefined")
+    st.upsert_tasks([changed, _row("d")], event="respec", resets=["a"])
+    assert [t.name for t in st.tasks()] == ["a", "b", "c", "d"]  # its row, not a new one at the end
+    a = st.task("a")
+    assert a is not None and (a.command, a.reason, a.held, a.priority, a.attempt) == ("echo new", "redefined", 1, 7, 3)
+    d = st.task("d")
+    assert d is not None and (d.held, d.priority, d.attempt) == (0, None, 0)
+    st.close()

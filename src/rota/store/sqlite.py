@@ -14,6 +14,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -200,13 +201,16 @@ class SqliteStore(StoreReads):
         now = time.time()
         kept = ("updated_at", "attempt", "held", "priority")
         cols = [k for k in TASK_COLUMNS if k not in kept]
-        marks = ",".join("?" * (len(cols) + 1))
+        # As INSERT OR REPLACE did: a NULL where the column is NOT NULL takes its default.
+        marks = ",".join([*(f"coalesce(?,{_TASK_DEFAULTS[k]})" if k in _TASK_DEFAULTS else "?" for k in cols), "?"])
+        sets = ",".join(f"{k}=excluded.{k}" for k in (*cols, "updated_at") if k != "name")
         with transaction(self.conn):
+            # An upsert, not INSERT OR REPLACE: a rewritten task keeps its row (its rowid, so its
+            # place in 'rota status' and the dashboard) and the columns it does not set (kept).
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO tasks({','.join(cols)},updated_at,attempt,held,priority) "
-                f"SELECT {marks}, coalesce(o.attempt, 0), coalesce(o.held, 0), o.priority "
-                "FROM (SELECT 1) LEFT JOIN tasks o ON o.name=?",
-                ((*(_enc(k, r.get(k)) for k in cols), now, r["name"]) for r in rows),
+                f"INSERT INTO tasks({','.join(cols)},updated_at) VALUES({marks}) "
+                f"ON CONFLICT(name) DO UPDATE SET {sets}",
+                ((*(_enc(k, r.get(k)) for k in cols), now) for r in rows),
             )
             if resets:
                 reason = {r["name"]: r.get("reason") or "" for r in rows}
@@ -355,6 +359,10 @@ class SqliteStore(StoreReads):
 _EVENT_FIELDS = frozenset({"state", "exit_code", "reason", "attempts"})
 _EVENT_JSON = json.JSONEncoder(default=str)
 _SPECIAL_COLS = _JSON_COLS | {"gpus", "gpu_bytes", "vars"}
+_TASK_DEFAULTS: dict[str, str] = dict(
+    re.findall(r"^\s*(\w+) \w+ NOT NULL DEFAULT ('[^']*'|-?\d+)", DDL.split("CREATE TABLE IF NOT EXISTS tasks(")[1].split(");")[0],
+               re.M))
+"""``tasks``' NOT NULL columns with a default -> that default's SQL text (from the DDL)."""
 
 
 @functools.lru_cache(maxsize=256)
