@@ -351,6 +351,9 @@ def test_fail_fast_keeps_attempts_queued_ahead_in_ray_from_starting(tmp_path, ra
     with sqlite3.connect(state / "state.db") as db:
         booked = db.execute("SELECT count(*) FROM events WHERE kind='launching' AND task LIKE 'later-%'").fetchone()
     assert booked[0] == 4  # they had been submitted (queued ahead), yet none started
+    for i in range(4):  # each such attempt's log says why it never ran ('rota logs' found no file)
+        log = (state / "logs" / f"later-{i}" / "attempt-1.log").read_text()
+        assert "never started" in log and "launched nothing more" in log, log
     p2 = ray_run(spec, ray_cluster, state)
     assert p2.returncode == 1, p2.stdout + p2.stderr  # bad fails again; the rest now runs
     assert {f"later-{i}" for i in range(4)} <= {r["name"] for r in read_records(rec)}

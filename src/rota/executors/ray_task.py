@@ -181,6 +181,13 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
     started = time.time()
     halt = spec.get("halt_path")
     if halt and os.path.exists(halt):  # booked ahead, and the run stopped launching while it was queued
+        # its log says why it never ran (its controller may have ended already: no one else would)
+        try:
+            with _open_log(spec["log_path"]) as out:
+                out.write(b"rota: its run launched nothing more (rota stop --drain, --fail-fast) while it waited"
+                          b" in Ray's queue: this attempt never started; the next 'rota run' runs the task\n")
+        except OSError:
+            pass
         return {"code": None, "error": "not started: the run launches nothing more", "lost": True,
                 "started_at": started, "ended_at": started, "host": _HOST}
     log, rc_path = spec["log_path"], spec["rc_path"]
