@@ -409,6 +409,8 @@ def cancel(patterns: Sequence[str], target: str | os.PathLike[str] | None = None
     changed; the next ``rota run`` keeps it cancelled). Returns what changed, one line per kind of
     change. UsageError (exit 2) when a pattern matches no task. The same holds for the functions
     below."""
+    if grace_s is not None and not grace_s >= 0:  # NaN too
+        raise UsageError(f"grace_s={grace_s!r}: expected seconds >= 0 between SIGTERM and SIGKILL")
     data: dict[str, Any] = {} if grace_s is None else {"grace_s": grace_s}
     return _control("cancel", patterns, target, state_dir, data, wait_s)
 

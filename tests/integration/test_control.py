@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from rota import api
-from rota.errors import StateError
+from rota.errors import StateError, UsageError
 from rota.store.sqlite import SqliteStore
 from tests.helpers import ROTA, rota, start_rota, wait_for, write_spec
 
@@ -334,4 +334,6 @@ def test_offline_controls_say_whether_the_state_changed_and_refuse_a_negative_gr
     bad = rota("cancel", "b", "--grace", "-3", "--spec", spec)
     assert bad.returncode == 2, bad
     assert "--grace" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    with pytest.raises(UsageError, match="grace_s=-3"):  # the API refuses it as the CLI does
+        api.cancel(["b"], spec, grace_s=-3)
     assert state_of(sd, "b") == "pending"
