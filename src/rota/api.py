@@ -147,6 +147,34 @@ def _backend_defaults(backend: str, spec: Spec, state_dir: str | os.PathLike[str
     return out
 
 
+def _refuse_other_backend(store: Any, backend: str) -> None:
+    """Bad input (exit 2, nothing started) when a killed controller left attempts running on
+    another backend: this run's executor cannot follow them, so it would take them for lost and
+    run each task again beside its first attempt (a SLURM job or a Ray task outlives its
+    controller on purpose). Continue with the backend that started them."""
+    import json
+
+    from rota.store.base import ACTIVE
+
+    rows = store.tasks(tuple(ACTIVE))
+    if not rows:
+        return
+    try:  # the dead controller's backend, for an attempt it never recorded a handle of
+        last = json.loads(store.get_meta("machine") or "{}").get("executor")
+    except (ValueError, AttributeError):
+        last = None
+    others: dict[str, list[str]] = {}
+    for r in rows:
+        theirs = (r.handle or {}).get("executor") or last
+        if theirs and theirs != backend:
+            others.setdefault(str(theirs), []).append(r.name)
+    if others:
+        theirs, names = next(iter(others.items()))
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UsageError(f"{shown} still run on --backend {theirs} from a controller that was stopped without "
+                         f"ending them; run again with --backend {theirs} to adopt them (this run uses {backend})")
+
+
 def run(
     spec: Spec | str | os.PathLike[str],
     *,
@@ -229,6 +257,7 @@ def run(
                     hooks = _hooks(spec, sd, machine, foreign_gpu_memory)
             if executor is None:
                 executor = make_executor("local")
+            _refuse_other_backend(store, executor.name)
             engine = Engine(
                 spec, machine, store, executor,
                 options=Options(rerun=tuple(rerun), rerun_dependents=rerun_dependents, grace_s=grace_s,

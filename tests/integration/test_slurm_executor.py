@@ -344,3 +344,37 @@ def test_python_api_runs_a_dict_spec_on_slurm(tmp_path):
     assert "hi from hello on " in Path(task["log_path"]).read_text()
     scripts = list((sd / "slurm").glob("*.sbatch"))  # in the run's own state folder, with the spec's slurm:
     assert scripts and "--comment=rota-api-test" in scripts[0].read_text()
+
+
+def test_a_run_left_on_slurm_is_not_continued_on_another_backend(tmp_path):
+    """kill -9 of a --backend slurm controller, then 'rota run SPEC' without the flag (as the
+    end-of-run hint reads): the local executor cannot follow the SLURM jobs, so it took them for
+    lost and ran each task a second time beside its still running job. Now: exit 2, nothing
+    started; with --backend slurm the jobs are adopted and each task runs once."""
+    import os
+    import signal
+
+    from tests.helpers import by_name, rota, start_rota, write_spec
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: long-{{i}}
+            matrix: {{i: [0, 1]}}
+            command: touch {runs}/{{i}}-$ROTA_ATTEMPT; sleep 6
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--backend", "slurm", "--plain")
+    try:
+        wait_for(lambda: len(list(runs.iterdir())) == 2, timeout=120)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "--backend slurm" in p.stderr and "long-0" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = rota("run", spec, "--plain", "--backend", "slurm", timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(f.name for f in runs.iterdir()) == ["0-1", "1-1"]  # each task ran once
+    assert {n: t["state"] for n, t in by_name(sd).items()} == {"long-0": "succeeded", "long-1": "succeeded"}
