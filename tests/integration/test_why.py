@@ -160,6 +160,9 @@ def test_why_without_a_controller_computes_from_the_state_and_the_spec(tmp_path:
     # Bad input: a task the run does not have (exit 2, one line).
     missing = rota("why", "later-3", "--state-dir", sd)
     assert missing.returncode == 2 and missing.stderr.startswith("rota: error: ") and "did you mean" in missing.stderr
+    # Nothing close: the line names some of the run's tasks, as 'rota hold' does.
+    far = rota("why", "zzzzzzzz", "--state-dir", sd)
+    assert far.returncode == 2 and "its tasks are named " in far.stderr and len(far.stderr.strip().splitlines()) == 1
 
 
 class _Frames(SnapshotUI):

@@ -64,7 +64,9 @@ def answer(task: str, target: str | None, state_dir: str | None) -> Answer:
         recs = {r.name: r for r in store.tasks()}
         if task not in recs:
             close = difflib.get_close_matches(task, list(recs), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            names = list(recs)
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            hint = f"; did you mean {close[0]!r}?" if close else f"; its tasks are named {shown}" if names else ""
             raise UsageError(f"{sd}: no task {task!r} in this run{hint}")
         meta_machine = store.get_meta("machine")
         spec_path = store.get_meta("spec_path")
