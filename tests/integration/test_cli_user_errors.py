@@ -107,13 +107,12 @@ def test_status_after_the_controller_left_shows_no_stale_start(tmp_path: Path) -
                  is not None, timeout=60, interval=0.2)
         live = rota("status", spec, check=True).stdout
         assert "pending, why they wait (rota why TASK):" in live and "  second  starts " in live, live
-        assert rota("stop", spec, "--drain").returncode == 0
+        run.kill()  # SIGKILL: its forecast stays in the store (a drain clears it: test_longrun_steer)
         run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert run.returncode == 1  # drained: 'second' left pending
     assert by_name(sd)["second"]["predicted_start_s"] is not None  # the stored forecast outlives its controller
     table = rota("status", spec, check=True).stdout
     assert "no controller running ('rota run' continues them)" in table, table

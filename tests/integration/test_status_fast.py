@@ -94,6 +94,8 @@ def test_errors_help_and_unknown_options(tmp_path: Path) -> None:
     missing = rota_cli("status", "--json", "--state-dir", tmp_path / "nothing")
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.startswith("rota: error: no rota state at ") and len(missing.stderr.splitlines()) == 1
+    typo = rota_cli("status", tmp_path / "nosuch.yaml")  # a spec's name mistyped: said so, not "no state at"
+    assert typo.returncode == 2 and typo.stderr == f"rota: error: {tmp_path / 'nosuch.yaml'}: no such spec file or folder\n"
     (tmp_path / "afile").write_text("x")
     for args, code, needle in ((["--help"], 0, "Usage: rota status"), (["--bogus"], 2, "No such option"),
                                (["--state-dir", str(tmp_path / "afile")], 2, "is a file"),

@@ -113,6 +113,8 @@ def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.Path
     t = "." if target is None else os.fspath(target)
     if os.path.isfile(t):
         return state_dir_for_spec(t)
+    if not os.path.exists(t):  # a typo in a spec's name: said as 'rota serve' says it
+        raise StateError(f"{t}: no such spec file or folder")
     if os.path.exists(os.path.join(t, DB_NAME)):
         return t
     base = os.path.join(t, STATE_FOLDER) if target is not None else STATE_FOLDER
