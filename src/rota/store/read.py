@@ -130,15 +130,21 @@ def state_dir_of(target: str | os.PathLike[str] | None, state_dir: str | os.Path
     return base
 
 
+# A number's and a string's JSON text, inline in the generated loop (no call per field): a number as
+# json.dumps writes it (repr; inf and nan, whose repr ends in "f" or "n", through dumps), a string
+# as ensure_ascii JSON text; None as null.
+_NUM = "('null' if {0} is None else r if (r := repr({0}))[-1] not in 'fn' else dumps({0}))"
+_STR = "('null' if {0} is None else e({0}))"
 _TASK_JSON = (
-    ("name", "s(name)"), ("state", "s(state)"), ("attempts", "attempts"), ("exit_code", "n(exit_code)"),
-    ("reason", "s(reason)"), ("gpus", "gpus"), ("cpus", "cpus"), ("started_at", "n(started)"),
-    ("ended_at", "n(ended)"), ("duration_s", "n(duration)"), ("log_path", "s(log)"), ("out_dir", "s(out)"),
+    ("name", "e(name)"), ("state", "e(state)"), ("attempts", "attempts"), ("exit_code", _NUM.format("exit_code")),
+    ("reason", _STR.format("reason")), ("gpus", "gpus"), ("cpus", "cpus"), ("started_at", _NUM.format("started")),
+    ("ended_at", _NUM.format("ended")), ("duration_s", _NUM.format("duration")), ("log_path", _STR.format("log")),
+    ("out_dir", _STR.format("out")),
     ("vars", "vars_"), ("params", "'null' if params is None else params"), ("metrics", "dumps(m) if m else '{}'"),
-    ("group", "s(grp)"), ("queued", "'true' if queued else 'false'"), ("attempt", "attempt"),
+    ("group", _STR.format("grp")), ("queued", "'true' if queued else 'false'"), ("attempt", "attempt"),
     ("code", "'null' if code is None else code"),
-    ("predicted_start_s", "n(p_start if state in waits else None)"),
-    ("predicted_end_s", "n(p_end if state in waits else None)"),
+    ("predicted_start_s", f"('null' if state not in waits else {_NUM.format('p_start')})"),
+    ("predicted_end_s", f"('null' if state not in waits else {_NUM.format('p_end')})"),
     ("held", "'true' if held else 'false'"),
 )
 """Every task's fields in ``rota status --json`` (version 1), in their order, each with the expression
@@ -158,6 +164,7 @@ TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 _TASK_LINES_SRC = '''
 def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration, waits):
     lines = []
+    e = _enc  # strings: ensure_ascii JSON text, None handled inline (no call per field)
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code, held in rows:
         counts[state] = counts.get(state, 0) + 1
         queued = state == running and reason.startswith(prefix)  # store.base.is_queued, inlined
@@ -168,7 +175,7 @@ def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running,
         lines.append(f"""LINE""")
     return lines
 '''.replace("LINE", "{{" + ", ".join(f'"{f}": {{{e}}}' for f, e in _TASK_JSON) + "}}")
-_generated: dict[str, Any] = {}
+_generated: dict[str, Any] = {"_enc": encode_basestring_ascii}
 exec(compile(_TASK_LINES_SRC, "<rota.store.read task_lines>", "exec"), _generated)
 _task_lines: Callable[..., list[str]] = _generated["task_lines"]
 
