@@ -140,6 +140,10 @@ def test_cpu_task_on_slurm_gets_empty_cuda_visible_devices(tmp_path, slurm_clust
     for name in ("cpu-0", "cpu-1", "alone"):  # an array of two, and a job of its own
         assert (logs / name / "attempt-1.log").read_text().splitlines()[-1] == "cvd=[]", name
     assert (logs / "gpu" / "attempt-1.log").read_text().splitlines()[-1] in {f"cvd=[{i}]" for i in range(4)}
+    # Nothing left to run: the hint keeps the backend (a plain 'rota run' would continue on local).
+    again = subprocess.run([*ROTA, "run", str(spec), "--backend", "slurm", "--plain", "--state-dir", str(tmp_path / "st")],
+                           capture_output=True, text=True, env=env, timeout=240)
+    assert again.returncode == 0 and "--backend slurm --rerun PATTERN' runs tasks again" in again.stdout, again.stdout
 
 
 def test_memory_shared_gpu_tasks_under_a_gpu_cap_hold_one_gpu(tmp_path, backend):

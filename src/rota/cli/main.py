@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -109,7 +109,9 @@ def run(spec: str, gpus: str | None, cpus: int | None, memory: str | None, state
         for line in result.handed_over.splitlines():
             click.echo(f"  {line}")
         sys.exit(0)
-    for line in _run_end(result, spec, state_dir):
+    same = [] if backend == "local" else ["--backend", backend, *(["--address", address] if address else []),
+                                           *(["--partition", partition] if partition else [])]
+    for line in _run_end(result, spec, state_dir, same):
         click.echo(line)
     sys.exit(result.exit_code)
 
@@ -168,23 +170,25 @@ def _foreground(fd: int) -> bool:
         return False
 
 
-def _run_end(result: Any, spec: str, state_dir: str | None) -> list[str]:
+def _run_end(result: Any, spec: str, state_dir: str | None, same: Sequence[str] = ()) -> list[str]:
     """The lines after a run: what it did when it did nothing, where its files are, what to run next.
 
-    Paths are absolute (as the first line's state folder); commands name the spec as it was given.
+    Paths are absolute (as the first line's state folder); commands name the spec as it was given;
+    ``same``: the flags that keep a next ``rota run`` on this run's backend (``--backend slurm``...).
     """
     import shlex
 
     c = result.counts
     sd = result.state_dir
     where = shlex.quote(spec) + (f" --state-dir {shlex.quote(state_dir)}" if state_dir else "")
+    again = " ".join([where, *map(shlex.quote, same)])  # a run goes on on the backend it started on
     if result.exit_code == 130:
-        return [f"rota: stopped; 'rota run {where}' continues where this run stopped"]
+        return [f"rota: stopped; 'rota run {again}' continues where this run stopped"]
     if result.ran == 0 and result.exit_code == 0:
         n = sum(c.values())
         why = (f"all {n} tasks succeeded in an earlier run with the same commands" if result.kept >= n else
                f"of {n} tasks, {result.kept} succeeded in an earlier run and {n - result.kept} found their outputs")
-        return [f"rota: nothing ran: {why} (state {sd}); 'rota run {where} --rerun PATTERN' runs tasks again"]
+        return [f"rota: nothing ran: {why} (state {sd}); 'rota run {again} --rerun PATTERN' runs tasks again"]
     lines = [f"rota: outputs in {os.path.join(sd, 'out', 'TASK')}, logs in {os.path.join(sd, 'logs', 'TASK', '')}"]
     nxt = [f"'rota report {where}'"]
     failed = result.failed[:1]
