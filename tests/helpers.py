@@ -38,6 +38,19 @@ def start_rota(*args: str | os.PathLike[str], env: dict[str, str] | None = None)
                             env={**os.environ, **(env or {})}, start_new_session=True)
 
 
+def open_gate(run: subprocess.Popen[str], gate: Path, timeout: float = 120) -> str:
+    """Let a run whose tasks wait for the file ``gate`` finish: create it, wait for the run, return
+    its output; a run still there after ``timeout`` is killed with its process group."""
+    gate.touch()
+    try:
+        out, _ = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+    return out
+
+
 def status(state_dir: Path) -> dict:
     out = rota("status", "--json", "--state-dir", state_dir, check=True)
     return json.loads(out.stdout)

@@ -6,21 +6,9 @@ Real controllers (``rota run`` in the background), the real CLI, real SQLite; no
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
-
-
-def _finish(run: subprocess.Popen[str], gate: Path) -> str:
-    gate.touch()
-    try:
-        out, _ = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, 9)
-            run.wait()
-    return out
+from tests.helpers import by_name, open_gate, rota, start_rota, wait_for, write_spec
 
 
 def test_a_drained_run_predicts_no_start_for_its_pending_tasks(tmp_path: Path) -> None:
@@ -54,7 +42,7 @@ def test_a_drained_run_predicts_no_start_for_its_pending_tasks(tmp_path: Path) -
         why = rota("why", "later", "--state-dir", sd, check=True).stdout
         assert "predicted start: none: this run launches nothing more" in why, why
     finally:
-        out = _finish(run, gate)
+        out = open_gate(run, gate)
     assert run.returncode == 1, out
     assert by_name(sd)["later"]["state"] == "pending"
 

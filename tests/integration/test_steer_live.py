@@ -17,18 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakegpu import FakeGpus, GiB
-from tests.helpers import ROTA, by_name, rota, start_rota, wait_for, write_spec
-
-
-def _stop(run: subprocess.Popen[str], gate: Path) -> str:
-    gate.touch()
-    try:
-        out, _ = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, 9)
-            run.wait()
-    return out
+from tests.helpers import ROTA, by_name, open_gate, rota, start_rota, wait_for, write_spec
 
 
 def test_a_priority_change_moves_the_predictions_within_seconds(tmp_path: Path) -> None:
@@ -77,7 +66,7 @@ def test_a_priority_change_moves_the_predictions_within_seconds(tmp_path: Path) 
         why = rota("why", "w-3", "--state-dir", sd, check=True).stdout
         assert "resources are reserved for it" in why, why
     finally:
-        out = _stop(run, gate)
+        out = open_gate(run, gate)
     assert run.returncode == 0, out
 
 
@@ -135,5 +124,5 @@ def test_why_shows_memory_booked_for_processes_rota_did_not_start(tmp_path: Path
         assert _gpu_rows(why)[0] == ["GPU", "size", "booked", "free", "by"], why
         assert "others" not in why
     finally:
-        out = _stop(run, gate)
+        out = open_gate(run, gate)
     assert run.returncode == 0, out
