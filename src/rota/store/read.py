@@ -22,12 +22,13 @@ ids) is read as it is; only a controller migrates it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
@@ -254,24 +255,31 @@ def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, 
 
 def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tuple[Any, ...]]]:
     """(meta, metrics by task, task rows) from ONE read transaction of ``sd``'s database."""
-    path = os.path.join(sd, DB_NAME)
+    with _one_read(os.path.join(sd, DB_NAME)) as (conn, version):
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
+        metrics: dict[str, dict[str, float]] = {}
+        for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
+            metrics.setdefault(task, {})[name] = value
+        rows = conn.execute(_TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1).fetchall()
+    return meta, metrics, rows
+
+
+@contextlib.contextmanager
+def _one_read(path: str) -> Iterator[tuple[sqlite3.Connection, int]]:
+    """A read-only connection to ``path`` inside ONE read transaction (one snapshot for all that is
+    read in the block; ended, never held, right after) and the database's schema version; a
+    database error is the state's (:func:`unusable`)."""
     conn = connect_ro(path)
     try:
-        conn.execute("BEGIN")  # one snapshot for everything below; ended (not held) right after
+        conn.execute("BEGIN")
         try:
-            version = schema_version(conn, path)
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
-            metrics: dict[str, dict[str, float]] = {}
-            for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
-                metrics.setdefault(task, {})[name] = value
-            rows = conn.execute(_TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1).fetchall()
+            yield conn, schema_version(conn, path)
         finally:
             conn.execute("COMMIT")
     except sqlite3.DatabaseError as e:
         raise unusable(path, e) from None
     finally:
         conn.close()
-    return meta, metrics, rows
 
 
 def connect_ro(path: str) -> sqlite3.Connection:
@@ -389,30 +397,19 @@ def read_changed(state_dir: str | os.PathLike[str], since: float | None = None, 
     schema 3 is read whole (``full``). No index on ``updated_at``: a scan, milliseconds at 20,000."""
     sd = os.fspath(state_dir)
     ctl = controller(sd)
-    path = os.path.join(sd, DB_NAME)
-    conn = connect_ro(path)
-    try:
-        conn.execute("BEGIN")  # one snapshot for everything below; ended (not held) right after
-        try:
-            version = schema_version(conn, path)
-            since = since if version >= SCHEMA_VERSION else None
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
-            total = int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
-            if since is None:
-                query = _TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1
-                raw = conn.execute(query.replace("SELECT ", "SELECT rowid, updated_at, ", 1)).fetchall()
-                metric_rows = conn.execute("SELECT task, name, value FROM metrics").fetchall()
-            else:
-                raw = conn.execute(_CHANGED_QUERY, (since,)).fetchall()
-                metric_rows = conn.execute("SELECT task, name, value FROM metrics WHERE task IN (SELECT value FROM "
-                                           "json_each(?))", (json.dumps([r[2] for r in raw]),)).fetchall() if raw else []
-            fc = conn.execute(_FORECAST_QUERY).fetchall() if forecast and version >= 3 else None
-        finally:
-            conn.execute("COMMIT")
-    except sqlite3.DatabaseError as e:
-        raise unusable(path, e) from None
-    finally:
-        conn.close()
+    with _one_read(os.path.join(sd, DB_NAME)) as (conn, version):
+        since = since if version >= SCHEMA_VERSION else None
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
+        total = int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+        if since is None:
+            query = _TASKS_QUERY if version >= 3 else _TASKS_QUERY_V2 if version >= 2 else _TASKS_QUERY_V1
+            raw = conn.execute(query.replace("SELECT ", "SELECT rowid, updated_at, ", 1)).fetchall()
+            metric_rows = conn.execute("SELECT task, name, value FROM metrics").fetchall()
+        else:
+            raw = conn.execute(_CHANGED_QUERY, (since,)).fetchall()
+            metric_rows = conn.execute("SELECT task, name, value FROM metrics WHERE task IN (SELECT value FROM "
+                                       "json_each(?))", (json.dumps([r[2] for r in raw]),)).fetchall() if raw else []
+        fc = conn.execute(_FORECAST_QUERY).fetchall() if forecast and version >= 3 else None
     metrics: dict[str, dict[str, float]] = {}
     for task, name, value in metric_rows:
         metrics.setdefault(task, {})[name] = value
