@@ -40,7 +40,7 @@ def test_cancel_and_retry_a_live_run(backend, tmp_path):
     spec = write_spec(tmp_path, f"""
         tasks:
           - name: long
-            command: touch {started}; (sleep 4; touch {grandchild}) & sleep 4; touch {marker}
+            command: touch {started}; (sleep 10; touch {grandchild}) & sleep 10; touch {marker}
           - {{name: uses-long, command: "true", needs: long}}
           - {{name: flaky, command: "test -f {fixed}"}}
           - {{name: uses-flaky, command: "true", needs: flaky}}
@@ -56,7 +56,8 @@ def test_cancel_and_retry_a_live_run(backend, tmp_path):
         assert "stopping" in out, out
         wait_for(lambda: _state(sd, "long") == "cancelled", timeout=60)
         assert _state(sd, "uses-long") == "skipped"
-        wait_for(lambda: time.time() > seen_started + 5.5, timeout=10)  # past both markers' moment
+        # Past both markers' moment (10 s: a loaded machine may take seconds to see it run and cancel).
+        wait_for(lambda: time.time() > seen_started + 11.5, timeout=20)
         assert not marker.exists() and not grandchild.exists(), "the cancelled task (or its child) ran on"
         wait_for(lambda: _state(sd, "flaky") == "failed", timeout=120)
         fixed.touch()
