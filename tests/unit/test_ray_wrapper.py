@@ -97,3 +97,26 @@ def test_an_attempt_queued_when_its_run_halted_does_not_start(tmp_path: Path) ->
     out = rs.run_attempt(spec)
     assert out["lost"] is True and out["code"] is None and "not started" in out["error"], out
     assert not marker.exists()
+
+
+def test_a_cancel_that_lands_while_the_process_starts_still_stops_it(tmp_path: Path, monkeypatch) -> None:
+    """``ray.cancel`` arrives as the SIGINT handler's KeyboardInterrupt (``_thread.interrupt_main``).
+    One that landed inside ``Popen``, after the child had started, left it running to its end with
+    nothing to stop it (a CI rehearsal: a Ray task cancelled right after its start 'succeeded').
+    Here the interrupt is raised inside Popen itself, as a loaded machine lets it happen."""
+    import _thread
+    import subprocess
+
+    class InterruptedWhileStarting(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            _thread.interrupt_main()  # the cancel, delivered before Popen returns
+            for _ in range(1000):  # bytecodes: where a pending interrupt is raised
+                pass
+
+    marker = tmp_path / "ran-to-its-end"
+    monkeypatch.setattr(subprocess, "Popen", InterruptedWhileStarting)
+    out = rs.run_attempt(_spec(tmp_path, f"sleep 2; touch {marker}", grace_s=2.0))
+    assert out["error"] == "cancelled" and out["code"] == 143, out  # SIGTERM reached the group
+    time.sleep(2.5)
+    assert not marker.exists(), "the cancelled attempt ran on"

@@ -14,14 +14,16 @@ Imported by Ray workers (by reference), so rota must be installed on every node.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import select
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rota.errors import ExecutorError
@@ -168,6 +170,23 @@ def _open_log(log: str) -> Any:
         return open(log, "ab", buffering=0)
 
 
+@contextlib.contextmanager
+def _cancel_deferred() -> Iterator[list[bool]]:
+    """While the block runs, a ``ray.cancel`` (Ray raises it through the SIGINT handler,
+    ``_thread.interrupt_main``) is noted in the list it yields instead of raised. One raised inside
+    ``Popen`` left the child started and running to its end, with no ``proc`` to stop (a cancel
+    right after the start, on a loaded machine). Off the main thread: nothing deferred."""
+    seen: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield seen  # (a handler not set from Python could not be put back)
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: seen.append(True))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the Ray task: run one attempt, write ``<log>.rc``, return the outcome.
 
@@ -199,13 +218,15 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
             os.unlink(rc_path)  # a stale status must not pass for this attempt's
         except FileNotFoundError:
             pass
-        with _open_log(log) as out:
+        with _open_log(log) as out, _cancel_deferred() as cancelled:
             os.utime(out.fileno())  # the controller sees the start by this time (a rerun appends to a log that exists)
             proc = subprocess.Popen(
                 ["bash", "-c", spec["command"]], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, cwd=spec["workdir"], env=_task_env(spec),
                 start_new_session=True, close_fds=True,
             )
+        if cancelled:  # it came while the process started: now it can be stopped
+            raise KeyboardInterrupt
         code = _wait(proc, spec.get("timeout_s"))
     except _TimedOut:  # the engine leaves timeouts to the task (the time it waited in Ray's queue is not counted)
         assert proc is not None
