@@ -146,7 +146,13 @@ def test_a_closed_terminal_sighup_leaves_the_tasks_to_the_next_run(tmp_path: Pat
             command: 'while [ ! -e {gate} ]; do sleep 0.05; done; echo ROTA_METRIC acc=0.5'
     """)
     sd = tmp_path / ".rota"
-    run = start_rota("run", spec, "--gpus", "none", "--plain")
+    # A terminal's SIGHUP kills by default; under nohup (a CI started that way) it is ignored and
+    # the ignore is inherited: the controller here gets the default, as from a real terminal.
+    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        run = start_rota("run", spec, "--gpus", "none", "--plain")
+    finally:
+        signal.signal(signal.SIGHUP, old)
     try:
         wait_for(lambda: sd.joinpath("state.db").exists() and by_name(sd)["long"]["state"] == "running", timeout=60)
         os.kill(run.pid, signal.SIGHUP)
