@@ -65,6 +65,15 @@ def _grace(spec: Mapping[str, Any]) -> float:
         return DEFAULT_GRACE_S
 
 
+def _grace_through_interrupts(spec: Mapping[str, Any]) -> float:
+    """:func:`_grace`, asked again when a repeated cancellation interrupts the asking."""
+    while True:
+        try:
+            return _grace(spec)
+        except KeyboardInterrupt:
+            continue
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     if pgid > 1:
         try:
@@ -233,7 +242,11 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
         code = _stop_group(proc, float(spec.get("grace_s", DEFAULT_GRACE_S)), lambda: _grace(spec))
         error = "timeout"
     except KeyboardInterrupt:  # ray.cancel(force=False)
-        code = _stop_group(proc, _grace(spec), lambda: _grace(spec)) if proc is not None else None
+        if proc is not None:
+            # SIGTERM first: the grace is asked from the supervisor (a Ray call, slow on a loaded
+            # machine), and a cancel repeated meanwhile must not skip the stop.
+            _killpg(proc.pid, signal.SIGTERM)
+            code = _stop_group(proc, _grace_through_interrupts(spec), lambda: _grace(spec))
         error = "cancelled"
     except OSError as e:
         error = f"could not start: {e}"
