@@ -82,14 +82,15 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
             pass
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, grace_now: Any = None) -> int:
-    """SIGTERM the group, wait ``grace_s``, SIGKILL.
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, grace_now: Any = None, *, termed: bool = False) -> int:
+    """SIGTERM the group (unless ``termed``: the caller sent it), wait ``grace_s``, SIGKILL.
 
     A further interrupt cuts the grace short only if ``grace_now()`` (the supervisor's
     current grace) says 0, as ``kill_now`` sets it: Ray may deliver one cancellation
     more than once, which must not turn a SIGTERM into a SIGKILL.
     """
-    _killpg(proc.pid, signal.SIGTERM)
+    if not termed:
+        _killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         try:
@@ -246,7 +247,7 @@ def run_attempt(spec: Mapping[str, Any]) -> dict[str, Any]:
             # SIGTERM first: the grace is asked from the supervisor (a Ray call, slow on a loaded
             # machine), and a cancel repeated meanwhile must not skip the stop.
             _killpg(proc.pid, signal.SIGTERM)
-            code = _stop_group(proc, _grace_through_interrupts(spec), lambda: _grace(spec))
+            code = _stop_group(proc, _grace_through_interrupts(spec), lambda: _grace(spec), termed=True)
         error = "cancelled"
     except OSError as e:
         error = f"could not start: {e}"
