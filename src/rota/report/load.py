@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,15 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
         samples = [GpuSample(ts, gpu, util, used, total) for ts, gpu, util, used, total in store.gpu_samples()]
         starts = [t.start_s for t in rows if t.start_s is not None]
         ends = [t.end_s for t in rows if t.end_s is not None]
+        running = any(t.state in ("running", "launching") and t.start_s is not None for t in rows)
         gpus: Any = tuple(GpuInfo(g.index, g.name, g.memory_bytes) for g in machine.gpus) if machine else ()
         return ReportData(
             run_id=store.get_meta("run_id") or "?", spec_path=spec_path or "", gpus=gpus,
             cpus=machine.cpus if machine else 0, tasks=tuple(rows), gpu_samples=tuple(samples),
-            started_at=min(starts) if starts else None, ended_at=max(ends) if ends else None,
+            # A run with a task still running has not ended (report-json.md: null while it
+            # runs): its last end so far would cut every running bar and the wall time there.
+            started_at=min(starts) if starts else None,
+            ended_at=max(ends) if ends and not running else None, read_at=time.time() if running else None,
         )
     finally:
         store.close()

@@ -146,7 +146,9 @@ class ReportData:
     """Everything one report shows: the run, the machine, the tasks, the samples.
 
     ``started_at``/``ended_at`` are epoch seconds; ``ended_at`` is ``None`` while
-    the run is still going. ``gpus`` accepts ``(index, name, memory_bytes)``
+    the run is still going. ``read_at`` is when the state was read (set by
+    :func:`rota.report.load.load_report` while a task runs): a running task's bar,
+    booked memory and the wall time reach it. ``gpus`` accepts ``(index, name, memory_bytes)``
     tuples and stores :class:`GpuInfo`.
     """
 
@@ -158,6 +160,7 @@ class ReportData:
     gpu_samples: tuple[GpuSample, ...] = ()
     started_at: float | None = None
     ended_at: float | None = None
+    read_at: float | None = None
 
     def __post_init__(self) -> None:
         gpus = tuple(g if isinstance(g, GpuInfo) else GpuInfo(*g) for g in self.gpus)
@@ -179,11 +182,14 @@ class ReportData:
 
     @property
     def horizon_s(self) -> float | None:
-        """Epoch time the run ended, or the latest time any row or sample mentions."""
+        """Epoch time the run ended, or the latest time any row or sample mentions (or
+        ``read_at``, where set: a task still running has run until then)."""
         if self.ended_at is not None:
             return self.ended_at
         times = [t for row in self.tasks for t in (row.start_s, row.end_s) if t is not None]
         times += [s.t_s for s in self.gpu_samples]
+        if self.read_at is not None:
+            times.append(self.read_at)
         return max(times) if times else None
 
     def state_counts(self) -> dict[str, int]:
