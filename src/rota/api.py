@@ -425,7 +425,19 @@ def _control(kind: str, patterns: Sequence[str], target: str | os.PathLike[str] 
 
         raise UsageError(f"rota {kind}: name at least one task (a name or a glob, as --only)")
     sd = state_dir_of(target, state_dir)
-    return control.request(sd, kind, control.match(sd, patterns), data, wait_s=wait_s)
+    return control.request(sd, kind, control.match(sd, patterns), data, wait_s=wait_s,
+                           executor_for=lambda backend: _offline_executor(sd, backend))
+
+
+def _offline_executor(state_dir: str | os.PathLike[str], backend: str) -> Any:
+    """The executor that stops a killed controller's attempts for an offline ``rota cancel``
+    (:mod:`rota.engine.control_offline`): SLURM with the run's state folder, Ray at
+    ``$RAY_ADDRESS`` (else ``auto``: the address a run was given is not recorded)."""
+    if backend == "slurm":
+        return make_executor("slurm", state_dir=str(state_dir))
+    if backend == "ray":
+        return make_executor("ray", address=os.environ.get("RAY_ADDRESS") or "auto", waker=None)
+    return make_executor(backend)
 
 
 def cancel(patterns: Sequence[str], target: str | os.PathLike[str] | None = None, *,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rota.core.policy import sort_key
+from rota.engine import control_offline as CO
 from rota.engine import runstate as R
 from rota.engine import runstate_control as RC
 from rota.engine.lock import StateLock
@@ -78,12 +79,15 @@ def match(state_dir: str | os.PathLike[str], patterns: Sequence[str]) -> list[st
 
 
 def request(state_dir: str | os.PathLike[str], kind: str, targets: Sequence[str] = (),
-            data: dict[str, Any] | None = None, *, wait_s: float = 30.0) -> str:
+            data: dict[str, Any] | None = None, *, wait_s: float = 30.0,
+            executor_for: CO.ExecutorFor | None = None) -> str:
     """Commit a request, wake the live controller and return its answer (what it changed); with no
-    live controller, apply it here (:func:`take_offline`). Returns a line saying the request waits
-    when the controller has not answered within ``wait_s`` (it takes it in its next round)."""
+    live controller, apply it here (:func:`take_offline`; ``executor_for`` lets an offline cancel
+    stop the attempts that still run). Returns a line saying the request waits when the controller
+    has not answered within ``wait_s`` (it takes it in its next round)."""
     sd = Path(state_dir)
     store = _open(sd)
+    after: list[str] = []  # what an offline pass did beyond the store (attempts stopped)
     try:
         cid = store.add_control(kind, targets, data)
         deadline = time.monotonic() + wait_s
@@ -91,8 +95,9 @@ def request(state_dir: str | os.PathLike[str], kind: str, targets: Sequence[str]
         while True:
             got = store.control(cid)
             if got is not None and got.taken_at is not None:
-                return got.result or ""
+                return "\n".join(x for x in (got.result or "", *after) if x)
             lock = StateLock(sd)
+            host = controller(sd).get("host")  # the last controller's, read before taking the lock rewrites it
             try:
                 lock.acquire()
             except StateLockedError:
@@ -106,7 +111,7 @@ def request(state_dir: str | os.PathLike[str], kind: str, targets: Sequence[str]
                         signalled = pid
             else:
                 try:
-                    take_offline(store)
+                    after = take_offline(store, None if executor_for is None else CO.on_host(executor_for, host))
                 finally:
                     lock.release()
                 continue
@@ -136,16 +141,31 @@ def _catches_sigusr1(pid: int) -> bool:
     return False
 
 
-def take_offline(store: SqliteStore) -> None:
+def take_offline(store: SqliteStore, executor_for: CO.ExecutorFor | None = None) -> list[str]:
     """Apply every untaken request to the store, in id order (the caller holds the state lock: no
-    controller runs). Store changes only: the next ``rota run`` obeys them (a cancelled task stays
-    cancelled, a held one held; its dependents are skipped then)."""
+    controller runs): the next ``rota run`` obeys them (a cancelled task stays cancelled, a held
+    one held). A cancelled task's pending dependents are skipped (on the recorded spec's graph).
+    With ``executor_for``, once a cancel was taken, every attempt marked ``cancelling`` that still
+    runs (a killed controller's SLURM job, Ray task, process group) is stopped and recorded
+    cancelled (:func:`rota.engine.control_offline.stop_cancelling`); without it (or when its
+    backend cannot be reached) the mark stays and the next controller stops it. Returns the lines
+    that say what that stop did."""
+    graces: dict[str, float] = {}
+    cancels = False
     for c in store.controls(untaken=True):
         if c.kind in KINDS:
             state_of = _store_states(store)
             try:
-                trs, lines = _decide(c, state_of, _offline_retried(store, state_of) if c.kind == "retry" else None,
+                trs, lines = _decide(c, state_of, CO.offline_retried(store) if c.kind == "retry" else None,
                                      time.time())
+                if c.kind == "cancel":
+                    cancels = True
+                    grace = c.data.get("grace_s")
+                    graces.update((tr.task, float(grace)) for tr in trs if grace is not None)
+                    skips = CO.skipped_behind(store, [tr.task for tr in trs if tr.kind is Op.CANCELLED])
+                    if skips:
+                        lines.append(f"skipped (they need a cancelled task): {_names([tr.task for tr in skips])}")
+                    trs.extend(skips)
             except (KeyError, ValueError, TypeError) as e:  # a malformed request: answered, never retried
                 store.take_control(c.id, f"refused: {c.kind} could not be applied ({e!r}); nothing changed")
                 continue
@@ -158,34 +178,7 @@ def take_offline(store: SqliteStore) -> None:
             from rota.engine import respec
 
             store.take_control(c.id, respec.handle_offline(store, c))
-
-
-def _offline_retried(store: SqliteStore, state_of: StateOf) -> Callable[[list[str], bool], list[Transition]] | None:
-    """The live run's graph-aware retry (:func:`runstate_control.retried`) with no controller: the
-    graph is the spec's the run recorded (``meta.spec_path``), the states the store's. So an
-    offline ``rota retry`` resets and names the dependents skipped behind a task (``--force``: the
-    done ones that used it) as a live one does. None when that spec cannot be read (moved, now
-    invalid): the targets alone are reset, and the next ``rota run`` brings their dependents back."""
-    from rota.errors import RotaError
-    from rota.spec.load import load_spec
-
-    path = store.get_meta("spec_path")
-    if not path:
-        return None
-    try:
-        tasks = load_spec(path).tasks
-    except (RotaError, OSError):
-        return None
-    rs = R.RunState.of(tasks)
-    for name, lv in rs.tasks.items():
-        state = state_of(name)[0]
-        lv.state = state if state is not None else S.PENDING  # not yet in the store: never a retry's
-
-    def retried(names: list[str], force: bool) -> list[Transition]:
-        return [*RC.retried(rs, [n for n in names if n in rs.tasks], force=force),
-                *(RC.requeued(n, "retried (rota retry)") for n in names if n not in rs.tasks)]
-
-    return retried
+    return CO.stop_cancelling(store, executor_for, graces) if cancels and executor_for is not None else []
 
 
 def _store_states(store: SqliteStore) -> StateOf:

@@ -1,0 +1,124 @@
+"""``rota cancel`` of a running task with no controller (it was killed with ``kill -9``): the
+attempt is stopped by the request itself (scancel of the recorded SLURM job; the process group of
+a local attempt, which outlives its controller in its own session), recorded ``cancelled`` with
+its dependents ``skipped``; the next ``rota run`` neither waits for nor runs it. Before, the
+answer said "stopping" while the job ran on until the next ``rota run``.
+
+Real controllers, real SLURM (scripts/slurm-up.sh; skipped without it outside CI, see
+tests/integration/conftest_slurm.py), real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+
+
+def _handle(sd: Path, task: str) -> dict:
+    db = sqlite3.connect(sd / "state.db")
+    try:
+        row = db.execute("SELECT handle FROM tasks WHERE name=?", (task,)).fetchone()
+    finally:
+        db.close()
+    return json.loads(row[0]) if row and row[0] else {}
+
+
+def _kill_controller(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)  # the controller alone: its attempts live on, as after kill -9
+    proc.wait()
+
+
+def _spec(tmp_path: Path, marks: Path) -> Path:
+    return write_spec(tmp_path, f"""
+        tasks:
+          - name: long
+            command: echo $$ >> {marks}; sleep 300 & echo $! >> {marks}; wait
+          - {{name: after, command: "true", needs: long}}
+    """)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_offline_cancel_scancels_the_slurm_job_of_a_killed_controller(tmp_path):
+    marks = tmp_path / "marks"
+    spec = _spec(tmp_path, marks)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--backend", "slurm", "--plain")
+    try:
+        wait_for(lambda: marks.exists() and len(marks.read_text().split()) == 2, timeout=120)
+        wait_for(lambda: bool(_handle(sd, "long")), timeout=30)
+    finally:
+        _kill_controller(proc)
+    job = str(_handle(sd, "long")["external_id"])
+
+    def listed() -> bool:
+        p = subprocess.run(["squeue", "-h", "-o", "%i", "-j", job], capture_output=True, text=True)
+        return p.returncode == 0 and bool(p.stdout.strip())
+
+    assert listed()  # the job outlived its controller
+    try:
+        _cancel_and_check(sd, spec, marks, listed, job)
+    finally:  # a failure must not leave a job running for 5 minutes
+        subprocess.run(["scancel", job], capture_output=True)
+
+
+def _cancel_and_check(sd: Path, spec: Path, marks: Path, listed, job: str) -> None:
+    p = rota("cancel", "long", "--spec", spec, "--grace", "2", timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "stopped and cancelled: long" in p.stdout and "skipped (they need a cancelled task): after" in p.stdout, \
+        p.stdout
+    wait_for(lambda: not listed(), timeout=30)  # gone now, not at the next rota run
+    st = by_name(sd)
+    assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True)
+    if acct.returncode == 0 and acct.stdout.strip():  # with accounting storage: SLURM says so too
+        assert acct.stdout.split()[0].startswith("CANCELLED"), acct.stdout
+    p = rota("run", spec, "--backend", "slurm", "--plain", timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr  # ends at once: nothing to wait for, nothing adopted
+    assert len(marks.read_text().split()) == 2  # long did not run again
+    st = by_name(sd)
+    assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
+
+
+def test_offline_cancel_stops_the_local_attempt_a_killed_controller_left(tmp_path):
+    """Local attempts run in their own session: kill -9 of the controller leaves them running."""
+    marks = tmp_path / "marks"
+    spec = _spec(tmp_path, marks)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain")
+    try:
+        wait_for(lambda: marks.exists() and len(marks.read_text().split()) == 2, timeout=60)
+        wait_for(lambda: bool(_handle(sd, "long")), timeout=30)
+    finally:
+        _kill_controller(proc)
+    pids = [int(x) for x in marks.read_text().split()]
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    assert all(alive(pid) for pid in pids)
+    try:
+        p = rota("cancel", "long", "--spec", spec, "--grace", "2")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "stopped and cancelled: long" in p.stdout, p.stdout
+        assert not any(alive(pid) for pid in pids)  # the task and its grandchild
+    finally:  # a failure must not leave them running for 5 minutes
+        with contextlib.suppress(OSError):
+            os.killpg(pids[0], signal.SIGKILL)
+    st = by_name(sd)
+    assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert len(marks.read_text().split()) == 2
