@@ -11,6 +11,8 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from rota.lanes import stack_rows
+from rota.report.timeline import sub_row_name
 from rota.store.base import FINAL, QUEUED
 
 TIMELINE_MAX_TASKS = 400
@@ -74,8 +76,8 @@ def lanes_of(task: Mapping[str, Any]) -> list[str]:
 
 def timeline(tasks: Sequence[Mapping[str, Any]], now: float, limit: int = TIMELINE_MAX_TASKS) -> dict[str, Any]:
     """The started tasks' bars: ``{"origin_s", "now_s", "shown", "started", "items": [{name, group,
-    state, lane, start_s, end_s}]}``, times relative to the first start; a task still running
-    ends at ``now``. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
+    state, lane, row, start_s, end_s}], "rows": [...]}``, times relative to the first start; a task
+    still running ends at ``now``; ``row`` and ``rows``: :func:`stack_lanes`. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
     started = {str(t["name"]): float(t["started_at"]) for t in tasks if is_started(t)}
     return timeline_of(started, {str(t["name"]): t for t in tasks}, now, limit)
 
@@ -90,7 +92,7 @@ def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str,
     """:func:`timeline` from ``{task: started_at}`` of the started tasks (kept up to date by
     :class:`rota.serve.table.TaskTable`) and the tasks by name: no pass over every task."""
     if not started:
-        return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": []}
+        return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": [], "rows": []}
     origin = min(started.values())
     if limit < len(started):  # the limit started last, in start order (sorting floats in C: fast)
         cut = sorted(started.values())[-limit] if limit > 0 else math.inf
@@ -109,7 +111,30 @@ def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str,
             items.append({"name": t["name"], "group": t.get("group") or t["name"], "state": shown_state(t),
                           "lane": lane, "start_s": start, "end_s": max(end, start)})
     return {"origin_s": origin, "now_s": now - origin, "shown": len(recent), "started": len(started),
-            "items": items}
+            "items": items, "rows": stack_lanes(items)}
+
+
+def _lane_key(lane: str) -> tuple[int, int, str]:
+    """GPU lanes by index (``gpu 2`` before ``gpu 10``), then ``cpu``."""
+    index = lane[4:] if lane.startswith("gpu ") else ""
+    return (0, int(index), lane) if index.isdigit() else (1, 0, lane)
+
+
+def stack_lanes(items: list[dict[str, Any]]) -> list[str]:
+    """Give each item its ``row``: its lane, or ``gpu 0 · 2``, ``gpu 0 · 3``... for tasks that ran
+    on the GPU at the same time (packed by ``gpu_memory``), as the report's timeline draws them;
+    returns every row in drawing order (GPUs by index, then cpu). Bars in one row never overlap."""
+    per_lane: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        per_lane.setdefault(it["lane"], []).append(it)
+    order: list[str] = []
+    for lane in sorted(per_lane, key=_lane_key):
+        mine = per_lane[lane]
+        rows = stack_rows([(it["start_s"], it["end_s"]) for it in mine])
+        for it, r in zip(mine, rows, strict=True):
+            it["row"] = sub_row_name(lane, r)
+        order += [sub_row_name(lane, r) for r in range(max(rows) + 1)]
+    return order
 
 
 def gpu_series(samples: Sequence[Sequence[Any]], max_points: int = GPU_MAX_POINTS) -> list[dict[str, Any]]:
