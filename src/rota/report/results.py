@@ -39,11 +39,20 @@ def results_by_group(groups: Sequence[GroupRow], by: Sequence[str]) -> dict[str,
     return out
 
 
-def _sort_key(value: str) -> tuple[int, float, str]:
+def _is_number(value: str) -> bool:
     try:
-        return (0, float(value), value)
+        float(value)
     except ValueError:
-        return (1, 0.0, value)
+        return False
+    return True
+
+
+def axis_order(values: Sequence[str]) -> list[str]:
+    """The distinct ``values`` in x-axis order: by value when every one is a number (``8`` before
+    ``16``), else in order of first appearance, which is the spec's matrix order (``small, medium,
+    large``, as the table under the figure lists them; sorting names would reverse that one)."""
+    distinct = list(dict.fromkeys(values))
+    return sorted(distinct, key=float) if all(_is_number(v) for v in distinct) else distinct
 
 
 def results_figure(base: str, mine: Sequence[str], rows: Sequence[GroupRow], tasks: Sequence[TaskRow]) -> Any:
@@ -57,7 +66,7 @@ def results_figure(base: str, mine: Sequence[str], rows: Sequence[GroupRow], tas
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[esc(m) for m in metrics],
                         horizontal_spacing=0.08, vertical_spacing=0.22 / max(nrows, 1) + 0.08)  # fmt: skip
     xvar, series_vars = (mine[0], list(mine[1:])) if mine else (None, [])
-    xs = sorted({g.vars[xvar] for g in rows} if xvar else {"all"}, key=_sort_key)
+    xs = axis_order([g.vars[xvar] for g in rows]) if xvar else ["all"]
     value_of = {t.name: t.metrics for t in tasks}
     series = list(dict.fromkeys(", ".join(f"{v}={g.vars[v]}" for v in series_vars) for g in rows))
     offsets = {s: (k - (len(series) - 1) / 2) * 0.12 for k, s in enumerate(series)}
