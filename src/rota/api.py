@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,24 @@ def check_fits(spec: Spec, machine: Machine) -> None:
                 field = "gpu_memory"
             raise SpecError(f"can never run here: {why}; {how_to_fit(t.request, machine)}", file=_as_typed(spec.path),
                             task=t.name, field=field)
+
+
+def check_visible_gpus(spec: Spec, machine: Machine, gpus: str | None) -> None:
+    """GPUs listed by ``CUDA_VISIBLE_DEVICES`` that NVML cannot read (a SLURM allocation's GPUs on a
+    node without NVML; ``gpus``: the ``--gpus`` flag, None when not given) are never ignored in
+    silence: a spec with a task that needs GPUs is bad input (SpecError, exit 2, nothing started)
+    naming them and ``--gpus NxSIZE``, instead of 'the machine has none'; otherwise the same line
+    goes to stderr and the tasks run on CPUs."""
+    from rota.machine import visible_without_nvml
+
+    note = visible_without_nvml(machine, gpus)
+    if note is None:
+        return
+    t = next((t for t in spec.tasks if t.request.gpus), None)
+    if t is not None:
+        raise SpecError(f"can never run here: asks for {t.request.gpus} GPU{'s' if t.request.gpus > 1 else ''}; {note}",
+                        file=_as_typed(spec.path), task=t.name, field="gpus")
+    print(f"rota: {note}", file=sys.stderr)
 
 
 def _as_typed(path: str) -> str:
@@ -235,6 +254,7 @@ def run(
             machine = limited_capacity(executor, limits)
     if machine is None:
         machine = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+        check_visible_gpus(spec, machine, gpus)
     check_fits(spec, machine)
     sd = Path(state_dir) if state_dir is not None else Path(default_state_dir(spec))
     try:

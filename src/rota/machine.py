@@ -181,6 +181,37 @@ def detect_machine(
     return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source)
 
 
+_CUDA_ID = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")
+_ASSUMED_SIZE = "80GB"  # only the example in the message: the real size is the user's to say
+
+
+def visible_without_nvml(machine: Machine, gpus: str | None = None,
+                         environ: Mapping[str, str] | None = None) -> str | None:
+    """One line (no ``rota:`` prefix) when ``CUDA_VISIBLE_DEVICES`` lists GPUs that ``machine`` has
+    none of because NVML could not be read (no ``--gpus`` given, :func:`detect_machine` found no
+    NVML): e.g. inside a SLURM allocation (``--gres=gpu:2``) on a node without NVML, where rota
+    would otherwise book no GPU at all, silently. Says how many are visible, why their memory is
+    unknown and how to declare them. None otherwise (NVML read, ``--gpus`` given, nothing listed:
+    ``""``, ``-1`` or SLURM's ``NoDevFiles``)."""
+    if gpus is not None or machine.gpus or machine.source != "none":
+        return None
+    env = os.environ if environ is None else environ
+    cvd = env.get("CUDA_VISIBLE_DEVICES") or ""
+    ids = []
+    for tok in (t.strip() for t in cvd.split(",")):
+        if not _CUDA_ID.match(tok):
+            break  # CUDA stops at the first id it cannot use ("-1": none)
+        ids.append(tok)
+    if not ids:
+        return None
+    n = len(ids)
+    where = f" (SLURM job {env['SLURM_JOB_ID']})" if env.get("SLURM_JOB_ID") else ""
+    return (f"{n} GPU{'s are' if n > 1 else ' is'} visible through CUDA_VISIBLE_DEVICES={cvd}{where} but "
+            f"{'their' if n > 1 else 'its'} memory is unknown without NVML (pynvml missing or not "
+            f"initialised), so rota books no GPU; declare {'them' if n > 1 else 'it'} with "
+            f"--gpus {n}x{_ASSUMED_SIZE} (each GPU's memory)")
+
+
 def describe(machine: Machine) -> list[str]:
     lines = []
     if not machine.gpus:

@@ -298,9 +298,18 @@ def stop(target: str | None, state_dir: str | None, drain: bool, now: bool, wait
 @click.option("--json", "as_json", is_flag=True)
 def machine(gpus: str | None, cpus: int | None, memory: str | None, as_json: bool) -> None:
     """Print what rota sees: GPUs (NVML or declared), CPUs, RAM."""
-    from rota.machine import describe, describe_health, detect_machine, gpu_health
+    from rota.machine import (
+        describe,
+        describe_health,
+        detect_machine,
+        gpu_health,
+        visible_without_nvml,
+    )
 
     m = detect_machine(gpus=gpus, cpus=cpus, memory=memory)
+    unseen = visible_without_nvml(m, gpus)  # GPUs CUDA_VISIBLE_DEVICES lists that NVML cannot read
+    if unseen:
+        click.echo(f"rota: {unseen}", err=True)
     health = gpu_health(m)  # NVML GPUs only: health, and who holds memory on each
     if as_json:
         click.echo(json.dumps({

@@ -74,8 +74,9 @@ def plan_command(
         # Planned for this machine: the verdict of `rota run` on it (a task that can never
         # run here is bad input: exit 2, the same line). Machines named with --machine are
         # hypothetical; what cannot run on them is shown in the plan instead.
-        from rota.api import check_fits
+        from rota.api import check_fits, check_visible_gpus
 
+        check_visible_gpus(loaded, base, gpus)
         check_fits(loaded, base)
     options = machine_options(list(machines), loaded.file.machines, base)
     paths = _gantt_paths(gantt, [o.name for o in options]) if gantt else []
