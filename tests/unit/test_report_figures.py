@@ -327,3 +327,29 @@ def test_a_gpu_with_many_tasks_stacks_its_memory_per_group() -> None:
     stacked = [tr for tr in figure_dict(gpu_memory_figure(data))["data"] if tr.get("stackgroup")]
     assert [tr["name"] for tr in stacked] == ["g0", "g1"]  # 70 tasks > MAX_STACKED_TASKS: one layer a group
     assert all(max(tr["y"]) == 10.0 and tr["y"][-1] == 0.0 for tr in stacked)  # one task of each at a time
+
+
+def _lab(hex_color: str) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB ``#rrggbb``."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(int(hex_color[i:i + 2], 16) / 255) for i in (1, 3, 5))
+    x, y, z = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
+               (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_group_colours_are_told_apart_up_to_sixteen_groups() -> None:
+    """experiment-suite has 13 task groups: the 12th and 13th were near-copies of the 1st and 8th."""
+    import itertools
+
+    from rota.report.timeline import PALETTE
+
+    assert len(set(PALETTE)) == len(PALETTE) == 16
+    close = [(a, b) for a, b in itertools.combinations(PALETTE, 2) if math.dist(_lab(a), _lab(b)) < 19]
+    assert close == []

@@ -22,9 +22,11 @@ from rota.units import format_duration, format_size
 
 PALETTE: tuple[str, ...] = (
     "#4c78a8", "#f58518", "#54a24b", "#b279a2", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d",
-    "#79706e", "#e45756", "#bab0ac", "#1f77b4", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f",
+    "#79706e", "#e45756", "#bab0ac", "#000075", "#f032e6", "#4363d8", "#aaffc3", "#d62790",
 )  # fmt: skip
-"""Group colours, assigned in order of first appearance and reused cyclically."""
+"""Group colours, assigned in order of first appearance and reused cyclically. Tableau's ten and
+a grey, then five far from all of them (CIE76 distance >= 19 between any two: the next five of
+plotly's own palette were near-copies of the first, main-medium and ablation-large both blue)."""
 
 STATE_STYLE: dict[str, tuple[str, str, float]] = {
     "failed": ("x", "#d62728", 2.5),
