@@ -37,6 +37,13 @@ def _kill_controller(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _spec(tmp_path: Path, marks: Path) -> Path:
     return write_spec(tmp_path, f"""
         tasks:
@@ -102,12 +109,6 @@ def test_offline_cancel_stops_the_local_attempt_a_killed_controller_left(tmp_pat
         _kill_controller(proc)
     pids = [int(x) for x in marks.read_text().split()]
 
-    def alive(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
     assert all(alive(pid) for pid in pids)
     try:
         p = rota("cancel", "long", "--spec", spec, "--grace", "2")
@@ -120,5 +121,36 @@ def test_offline_cancel_stops_the_local_attempt_a_killed_controller_left(tmp_pat
     st = by_name(sd)
     assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
     p = rota("run", spec, "--plain")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert len(marks.read_text().split()) == 2
+
+
+@pytest.mark.ray
+def test_offline_cancel_stops_the_ray_task_of_a_killed_controller(tmp_path, ray_cluster):
+    """The dead controller's detached supervisor still owns the task: the request reaches it at
+    $RAY_ADDRESS (the address a run was given is not recorded) and cancels it there."""
+    marks = tmp_path / "marks"
+    spec = _spec(tmp_path, marks)
+    sd = tmp_path / "st"
+    ray = ("--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", sd)
+    proc = start_rota("run", spec, *ray)
+    try:
+        wait_for(lambda: marks.exists() and len(marks.read_text().split()) == 2, timeout=120)
+        wait_for(lambda: bool(_handle(sd, "long")), timeout=30)
+    finally:
+        _kill_controller(proc)
+    pids = [int(x) for x in marks.read_text().split()]
+    try:
+        p = rota("cancel", "long", "--state-dir", sd, "--grace", "2", env={"RAY_ADDRESS": ray_cluster}, timeout=180)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "stopped and cancelled: long" in p.stdout, p.stdout
+        wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30)  # on Ray's node: soon, not at once
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    st = by_name(sd)
+    assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
+    p = rota("run", spec, *ray, timeout=180)
     assert p.returncode == 1, p.stdout + p.stderr
     assert len(marks.read_text().split()) == 2
