@@ -154,3 +154,40 @@ def test_offline_cancel_stops_the_ray_task_of_a_killed_controller(tmp_path, ray_
     p = rota("run", spec, *ray, timeout=180)
     assert p.returncode == 1, p.stdout + p.stderr
     assert len(marks.read_text().split()) == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_offline_cancel_of_a_job_still_queued_in_slurm(tmp_path):
+    """A job SLURM holds PENDING when the controller is killed: cancelled before it ever starts."""
+    ran = tmp_path / "ran"
+    blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    sd = tmp_path / "st"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: waits, command: "touch {ran}"}}
+          - {{name: after, command: "true", needs: waits}}
+    """)
+    proc = start_rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", sd)
+    job = ""
+    try:
+        wait_for(lambda: (by_name(sd).get("waits", {}).get("queued") is True) if (sd / "state.db").exists()
+                 else False, timeout=60, interval=0.2)
+        _kill_controller(proc)
+        job = str(_handle(sd, "waits")["external_id"])
+        p = rota("cancel", "waits", "--state-dir", sd, "--grace", "2", timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "stopped and cancelled: waits" in p.stdout, p.stdout
+        q = subprocess.run(["squeue", "-h", "-o", "%i", "-j", job], capture_output=True, text=True)
+        assert not q.stdout.strip(), q.stdout  # gone from the queue now
+    finally:
+        if proc.poll() is None:
+            _kill_controller(proc)
+        subprocess.run(["scancel", blocker, *([job] if job else [])], capture_output=True)
+    st = by_name(sd)
+    assert st["waits"]["state"] == "cancelled" and st["after"]["state"] == "skipped", st
+    assert "never started" in Path(st["waits"]["log_path"]).read_text()  # rota logs says why it is empty
+    p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", sd, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert not ran.exists()
