@@ -42,6 +42,11 @@ tasks:
     command: "sleep 1"
     gpus: 1
     gpu_memory: 20GB
+  - name: then-{i}
+    matrix: {i: [1, 2]}
+    needs: [packed-1]
+    command: "true"
+    gpus: 1
 """
 
 
@@ -57,5 +62,15 @@ def test_the_page_draws_packed_tasks_in_rows_of_their_own(tmp_path: Path, browse
     wait_for(lambda: browser.execute_script(drawn) and browser.execute_script(drawn)[1], timeout=60)
     rows, ys = browser.execute_script(drawn)
     assert rows == ["gpu 0", "gpu 0 · 2", "gpu 0 · 3"]
-    assert sorted(ys) == rows  # the three ran at once: one bar in each row
+    assert sorted(ys[:3]) == rows and set(ys[3:]) == {"gpu 0"}  # the three ran at once: a row each
+
+    # One colour per group on the whole page: the timeline's and the report's memory figure's.
+    colors = ("const f = document.getElementById('fig-gpu-memory'), t = document.getElementById('timeline');"
+              "if (!f || !f.data || !t || !t.data) return null;"
+              "return [Object.fromEntries(t.data.map(x => [x.name, x.marker.color])),"
+              "        Object.fromEntries(f.data.filter(x => x.fillcolor).map(x => [x.name, x.fillcolor]))];")
+    wait_for(lambda: browser.execute_script(colors) is not None, timeout=60)
+    on_timeline, on_figure = browser.execute_script(colors)
+    assert set(on_timeline) == set(on_figure) == {"packed-{i}", "then-{i}"}
+    assert on_timeline == on_figure and len(set(on_timeline.values())) == 2
     browser.save_screenshot(str(tmp_path / "serve-timeline.png"))

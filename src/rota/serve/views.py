@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from rota.lanes import stack_rows
-from rota.report.timeline import sub_row_name
+from rota.report.timeline import group_colors, sub_row_name
 from rota.store.base import FINAL, QUEUED
 
 TIMELINE_MAX_TASKS = 400
@@ -77,7 +77,9 @@ def lanes_of(task: Mapping[str, Any]) -> list[str]:
 def timeline(tasks: Sequence[Mapping[str, Any]], now: float, limit: int = TIMELINE_MAX_TASKS) -> dict[str, Any]:
     """The started tasks' bars: ``{"origin_s", "now_s", "shown", "started", "items": [{name, group,
     state, lane, row, start_s, end_s}], "rows": [...]}``, times relative to the first start; a task
-    still running ends at ``now``; ``row`` and ``rows``: :func:`stack_lanes`. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
+    still running ends at ``now``; ``row`` and ``rows``: :func:`stack_lanes`; ``colors``: ``{group:
+    colour}`` as the report's figures give them (the palette, in order of first start), so a group
+    has one colour on the whole page. Only the ``limit`` tasks that started last are drawn (``shown`` of ``started``)."""
     started = {str(t["name"]): float(t["started_at"]) for t in tasks if is_started(t)}
     return timeline_of(started, {str(t["name"]): t for t in tasks}, now, limit)
 
@@ -92,7 +94,7 @@ def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str,
     """:func:`timeline` from ``{task: started_at}`` of the started tasks (kept up to date by
     :class:`rota.serve.table.TaskTable`) and the tasks by name: no pass over every task."""
     if not started:
-        return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": [], "rows": []}
+        return {"origin_s": None, "now_s": 0.0, "shown": 0, "started": 0, "items": [], "rows": [], "colors": {}}
     origin = min(started.values())
     if limit < len(started):  # the limit started last, in start order (sorting floats in C: fast)
         cut = sorted(started.values())[-limit] if limit > 0 else math.inf
@@ -111,7 +113,8 @@ def timeline_of(started: Mapping[str, float], by_name: Mapping[str, Mapping[str,
             items.append({"name": t["name"], "group": t.get("group") or t["name"], "state": shown_state(t),
                           "lane": lane, "start_s": start, "end_s": max(end, start)})
     return {"origin_s": origin, "now_s": now - origin, "shown": len(recent), "started": len(started),
-            "items": items, "rows": stack_lanes(items)}
+            "items": items, "rows": stack_lanes(items),
+            "colors": group_colors([it["group"] for it in sorted(items, key=lambda it: it["start_s"])])}
 
 
 def _lane_key(lane: str) -> tuple[int, int, str]:
