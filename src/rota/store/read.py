@@ -7,8 +7,8 @@ Imports only ``sqlite3``, ``json``, ``os``, ``time``, :mod:`rota.errors`, :mod:`
 read transaction on a read-only connection:
 
 - the picture is consistent (meta, tasks and metrics from the same commit);
-- the reader never blocks the writer (WAL) and holds its snapshot for
-  milliseconds, so the controller's checkpoints are not starved and the WAL
+- the reader never blocks the writer (WAL) and holds its snapshot briefly
+  (~0.1 s at 20,000 tasks), so the controller's checkpoints are not starved and the WAL
   does not grow while readers poll;
 - a database that is missing, empty, foreign, from a newer rota or corrupt
   raises :class:`rota.errors.StateError` with one-line messages.
@@ -168,7 +168,7 @@ TASK_FIELDS = tuple(field for field, _ in _TASK_JSON)
 # The loop over task rows, generated from _TASK_JSON (as collections.namedtuple generates its
 # class): one f-string per task, no call per field; half the CPU of decoding and json.dumps-ing.
 _TASK_LINES_SRC = '''
-def task_lines(rows, metrics, states, now, counts, s, n, dumps, listed, running, prefix, no_duration, waits):
+def task_lines(rows, metrics, states, now, counts, dumps, listed, running, prefix, no_duration, waits):
     lines = []
     e = _enc  # strings: ensure_ascii JSON text, None handled inline (no call per field)
     for name, state, attempts, exit_code, reason, gpus, cpus, started, ended, log, out, vars_, params, grp, p_start, p_end, attempt, code, held in rows:
@@ -209,11 +209,18 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
     the running tasks that their backend still holds in its queue.
     """
     sd = os.fspath(state_dir)
-    ctl, meta, metrics, rows = _snapshot(sd)
+    # The controller's liveness first, then the database snapshot: a controller seen dead has
+    # committed everything it will (its lock is released after its last commit).
+    ctl = controller(sd)
     counts = dict.fromkeys(_STATES, 0)
     now = time.time()
-    lines = _task_lines(rows, metrics, states, now, counts, _jstr, _jnum, json.dumps, listed, RUNNING,
-                        QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
+    with _one_read(os.path.join(sd, DB_NAME)) as (conn, version):
+        meta, metrics = _meta_metrics(conn)
+        # Each row is made into its line as it is read, not fetched whole first: the row is still in
+        # the CPU's cache and freed at once (20,000 tasks: -10 ms of ~0.17 CPU-s; the snapshot is
+        # held ~50 ms longer, a reader's snapshot never blocks the writer in WAL mode).
+        lines = _task_lines(conn.execute(_tasks_query(conn, version)), metrics, states, now, counts, json.dumps,
+                            listed, RUNNING, QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
     head = _head(sd, meta, counts, ctl)
     parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
     parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
@@ -229,14 +236,6 @@ def _jnum(value: float | None) -> str:
     if value is None:
         return "null"
     return json.dumps(value) if value != value or value in (_INF, -_INF) else repr(value)
-
-
-def _snapshot(sd: str) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, float]], list[tuple[Any, ...]]]:
-    """The controller's liveness, then the database snapshot: in that order, so a controller
-    seen dead has committed everything it will (its lock is released after its last commit)."""
-    ctl = controller(sd)
-    meta, metrics, rows = _read(sd)
-    return ctl, meta, metrics, rows
 
 
 def listed(state: str, queued: bool, states: Collection[str] | None, held: object = False) -> bool:
@@ -258,15 +257,13 @@ def _head(sd: str, meta: dict[str, str], counts: dict[str, int], ctl: dict[str, 
     }
 
 
-def _read(sd: str) -> tuple[dict[str, str], dict[str, dict[str, float]], list[tuple[Any, ...]]]:
-    """(meta, metrics by task, task rows) from ONE read transaction of ``sd``'s database."""
-    with _one_read(os.path.join(sd, DB_NAME)) as (conn, version):
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
-        metrics: dict[str, dict[str, float]] = {}
-        for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
-            metrics.setdefault(task, {})[name] = value
-        rows = conn.execute(_tasks_query(conn, version)).fetchall()
-    return meta, metrics, rows
+def _meta_metrics(conn: sqlite3.Connection) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """(meta's run id and spec path, metrics by task) read through ``conn`` (inside a read transaction)."""
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('run_id', 'spec_path')").fetchall())
+    metrics: dict[str, dict[str, float]] = {}
+    for task, name, value in conn.execute("SELECT task, name, value FROM metrics"):
+        metrics.setdefault(task, {})[name] = value
+    return meta, metrics
 
 
 def _tasks_query(conn: sqlite3.Connection, version: int) -> str:
@@ -425,8 +422,8 @@ def read_changed(state_dir: str | os.PathLike[str], since: float | None = None, 
     for task, name, value in metric_rows:
         metrics.setdefault(task, {})[name] = value
     # The builder of status_json: a row read here is exactly what a full read lists.
-    lines = _task_lines([r[2:] for r in raw], metrics, None, time.time(), {}, _jstr, _jnum, json.dumps, listed,
-                        RUNNING, QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
+    lines = _task_lines([r[2:] for r in raw], metrics, None, time.time(), {}, json.dumps, listed, RUNNING,
+                        QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
     rows = [(int(r[0]), float(r[1]), t) for r, t in zip(raw, json.loads("[" + ",".join(lines) + "]"), strict=True)]
     head = {k: v for k, v in _head(sd, meta, {}, ctl).items() if k != "counts"}
     return ChangedRows(head, total, since is None, rows, max((r[1] for r in rows), default=since), fc)
