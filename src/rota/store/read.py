@@ -221,10 +221,14 @@ def status_json(state_dir: str | os.PathLike[str], states: Collection[str] | Non
         # held ~50 ms longer, a reader's snapshot never blocks the writer in WAL mode).
         lines = _task_lines(conn.execute(_tasks_query(conn, version)), metrics, states, now, counts, json.dumps,
                             listed, RUNNING, QUEUED_PREFIX, _NO_DURATION, _PREDICTED)
-    head = _head(sd, meta, counts, ctl)
-    parts = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
-    parts.append('  "tasks": ' + ("[\n    " + ",\n    ".join(lines) + "\n  ]" if lines else "[]"))
-    return "{\n" + ",\n".join(parts) + "\n}\n"
+    head = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in _head(sd, meta, counts, ctl).items())
+    if not lines:
+        return "{\n" + head + ',\n  "tasks": []\n}\n'
+    # One join makes the whole text (10 MB at 20,000 tasks): each further `+` of it copied it again
+    # (five copies, 14 ms of ~0.17 CPU-s).
+    lines[0] = "{\n" + head + ',\n  "tasks": [\n    ' + lines[0]
+    lines[-1] += "\n  ]\n}\n"
+    return ",\n    ".join(lines)
 
 
 def _jstr(value: str | None) -> str:
