@@ -35,3 +35,22 @@ def test_a_tiny_ratio_keeps_its_digits(tmp_path):
     text = html.read_text()
     m = re.search(r"median actual / planned: ([0-9.e-]+)x", text)
     assert m is not None and "0.00x" not in text and 0 < float(m.group(1)) < 0.01
+
+
+def test_durations_far_from_their_plan_go_on_log_axes(tmp_path):
+    """A time-scaled example (a 4 h estimate run in seconds) drew every actual duration on 0 of a
+    linear axis in hours: both axes are logarithmic where durations span more than 30x."""
+    import json
+
+    spec = write_spec(tmp_path, """
+    tasks:
+      - {name: 'long-{i}', matrix: {i: [1, 2]}, command: 'sleep 0.2', estimate: 4h}
+      - {name: short, command: 'sleep 0.2', estimate: 1m}
+    """)
+    assert rota("run", spec, "--gpus", "none", "--cpus", "2", "--plain").returncode == 0
+    figs = tmp_path / "figs"
+    rota("report", spec, "--figures", figs, "--figure-format", "json", check=True)
+    fig = json.loads((figs / "planned-vs-actual.json").read_text())
+    assert fig["layout"]["xaxis"]["type"] == "log"
+    bars = {tr["name"]: tr["x"] for tr in fig["data"]}
+    assert min(bars["actual"]) > 0 and max(bars["planned"]) == 4.0  # hours

@@ -114,6 +114,10 @@ def downsample(
     return t, util, mem
 
 
+LOG_SPAN = 30.0
+"""Planned vs actual goes on log axes where the longest duration is over this many times the shortest."""
+
+
 def planned_tasks(data: ReportData) -> list[TaskRow]:
     """Tasks whose plan says something: an actual duration and a planned one that came from
     an estimate or history (a default duration is a guess, not a plan to compare against)."""
@@ -135,8 +139,14 @@ def plan_vs_actual_figure(data: ReportData) -> Any | None:
         return None
     unit, scale = time_unit(max(max(p or 0.0, a or 0.0) for _, p, a in rows))
     names = [esc(n) for n, _, _ in rows]
-    planned = [(p or 0.0) / scale for _, p, _ in rows]
-    actual = [(a or 0.0) / scale for _, _, a in rows]
+    # Durations spanning more than LOG_SPAN x (a 4 h estimate run in 15 s) go on log axes: on linear
+    # ones every short bar or point sat on 0. There a duration under 0.1 s is drawn as 0.1 s.
+    seconds = [v for _, p, a in rows for v in (p or 0.0, a or 0.0)]
+    log = max(seconds) > LOG_SPAN * max(min(seconds), 0.1)
+    floor = 0.1 if log else 0.0
+    planned = [max(p or 0.0, floor) / scale for _, p, _ in rows]
+    actual = [max(a or 0.0, floor) / scale for _, _, a in rows]
+    kind = "log" if log else "linear"
     fig = go.Figure()
     if len(rows) <= 60:
         fig.add_trace(
@@ -147,14 +157,14 @@ def plan_vs_actual_figure(data: ReportData) -> Any | None:
         )
         fig.update_layout(barmode="group", height=max(260, 80 + 30 * len(rows)))
         fig.update_yaxes(autorange="reversed")
-        fig.update_xaxes(title=f"duration ({unit})")
+        fig.update_xaxes(title=f"duration ({unit}{', log scale' if log else ''})", type=kind)
     else:
-        top = max(planned + actual)
+        top, bottom = max(planned + actual), min(planned + actual) if log else 0.0
         fig.add_trace(go.Scatter(x=planned, y=actual, mode="markers", text=names, name="tasks"))
-        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="actual = planned",
+        fig.add_trace(go.Scatter(x=[bottom, top], y=[bottom, top], mode="lines", name="actual = planned",
                                  line={"dash": "dash", "color": "#999"}))  # fmt: skip
         fig.update_layout(height=520)
-        fig.update_xaxes(title=f"planned ({unit})")
-        fig.update_yaxes(title=f"actual ({unit})")
+        fig.update_xaxes(title=f"planned ({unit}{', log scale' if log else ''})", type=kind)
+        fig.update_yaxes(title=f"actual ({unit}{', log scale' if log else ''})", type=kind)
     fig.update_layout(margin={"l": 200, "r": 20, "t": 20, "b": 40}, plot_bgcolor="white")
     return fig
