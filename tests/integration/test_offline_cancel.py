@@ -191,3 +191,31 @@ def test_offline_cancel_of_a_job_still_queued_in_slurm(tmp_path):
     p = rota("run", spec, "--backend", "slurm", "--plain", "--state-dir", sd, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
     assert not ran.exists()
+
+
+def test_an_attempt_that_ended_before_the_offline_cancel_is_not_signalled(tmp_path):
+    """Its process group id may be another's by now: nothing is signalled, the answer says it had
+    ended, and the next run records that end (a success stays a success, as on a live run)."""
+    gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - {{name: long, command: "echo $$ > {pid_file}; while [ ! -f {gate} ]; do sleep 0.05; done"}}
+          - {{name: after, command: "true", needs: long}}
+    """)
+    sd = tmp_path / ".rota"
+    proc = start_rota("run", spec, "--plain")
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", timeout=60)
+        wait_for(lambda: bool(_handle(sd, "long")), timeout=30)
+    finally:
+        _kill_controller(proc)
+    gate.touch()
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not alive(pid), timeout=30)
+    p = rota("cancel", "long", "--spec", spec)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "had ended before the cancel" in p.stdout and "stopped and cancelled" not in p.stdout, p.stdout
+    p = rota("run", spec, "--plain")
+    assert p.returncode == 0, p.stdout + p.stderr
+    st = by_name(sd)
+    assert st["long"]["state"] == "succeeded" and st["after"]["state"] == "succeeded", st

@@ -58,12 +58,16 @@ def stop_cancelling(store: SqliteStore, executor_for: ExecutorFor, grace_s: Mapp
     lines: list[str] = []
     for backend, recs in by_backend.items():
         try:
-            ended.update(_stop(store, executor_for, backend, recs, grace_s))
+            stopped, over = _stop(store, executor_for, backend, recs, grace_s)
         except (RotaError, OSError) as e:  # unreachable: the mark stays for the next controller
             lines.append(f"could not stop them now ({e}); the next 'rota run --backend {backend}' stops them: "
                          f"{_names(r.name for r in recs)}")
             continue
-        left = [r.name for r in recs if r.name not in ended]
+        ended.update(stopped)
+        if over:  # nothing to stop; their end (a success stays one) is the next controller's to record
+            lines.append(f"had ended before the cancel; the next 'rota run --backend {backend}' records how: "
+                         f"{_names(over)}")
+        left = [r.name for r in recs if r.name not in ended and r.name not in over]
         if left:
             lines.append(f"still running after the grace period; the next 'rota run --backend {backend}' stops "
                          f"them: {_names(left)}")
@@ -80,10 +84,13 @@ def stop_cancelling(store: SqliteStore, executor_for: ExecutorFor, grace_s: Mapp
 
 
 def _stop(store: SqliteStore, executor_for: ExecutorFor, backend: str, recs: list[TaskRecord],
-          grace_s: Mapping[str, float]) -> dict[str, Status | None]:
-    """Stop ``recs`` on ``backend``; the end of each one that is over (None: never recorded, killed)."""
+          grace_s: Mapping[str, float]) -> tuple[dict[str, Status | None], list[str]]:
+    """Stop ``recs`` on ``backend``: the end of each one stopped now (None: never recorded, killed),
+    and the names of those that had ended by themselves (a success or failure: never signalled,
+    as a process group id may be another's by now)."""
     ex = executor_for(backend)
     out: dict[str, Status | None] = {}
+    over: list[str] = []
     try:
         for r in recs:
             if not r.handle:  # submitted (or not) just before the controller died: find and kill it
@@ -91,6 +98,15 @@ def _stop(store: SqliteStore, executor_for: ExecutorFor, backend: str, recs: lis
                                    attempt_id=store.attempt_id(r.name, r.attempt))
                 out[r.name] = None
         handled = [(r, Handle.from_json(r.handle)) for r in recs if r.handle]
+        if handled:
+            before = ex.poll([h for _r, h in handled])
+            for r, h in handled:
+                s = before.get(h.key)
+                if s is not None and s.phase == "lost":  # vanished without a status: nothing to stop
+                    out[r.name] = s
+                elif s is not None and s.phase != "running":
+                    over.append(r.name)
+            handled = [(r, h) for r, h in handled if r.name not in out and r.name not in over]
         by_grace: dict[float, list[Handle]] = {}
         for r, h in handled:
             by_grace.setdefault(grace_s.get(r.name, DEFAULT_GRACE_S), []).append(h)
@@ -104,7 +120,7 @@ def _stop(store: SqliteStore, executor_for: ExecutorFor, backend: str, recs: lis
                     out[r.name] = s
     finally:
         ex.close()
-    return out
+    return out, over
 
 
 def _cancelled(r: TaskRecord, end: Status | None, now: float) -> Transition:
