@@ -6,7 +6,8 @@ table first (so it is never lost), then the live controller is woken (SIGUSR1 to
 ``controller.lock``, only once that process catches SIGUSR1: before the engine installs its
 handler the signal would kill it) and its answer (``controls.result``) is waited for. With no live
 controller, the requester takes the state lock itself and applies every untaken request in id
-order (:func:`take_offline`): the store changes, and the next ``rota run`` obeys them.
+order (:func:`take_offline`): the store changes, and the next ``rota run`` obeys them; a cancel of an
+attempt a killed controller left running is carried out there too (:mod:`rota.engine.control_offline`).
 
 Controller side: :func:`start` once after the store is synced (held tasks, live priorities, a
 cancel a dead controller had begun, dependents of cancelled tasks skipped, then the requests
