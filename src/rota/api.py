@@ -467,7 +467,8 @@ def cancel(patterns: Sequence[str], target: str | os.PathLike[str] | None = None
     (or SLURM job, Ray task) gets SIGTERM, then SIGKILL after ``grace_s`` (default: the run's
     ``--grace``); a pending one never starts. State ``cancelled``, not retried; its dependents are
     skipped. Works on a live run (its controller applies it at once) or without one (the state is
-    changed; the next ``rota run`` keeps it cancelled). Returns what changed, one line per kind of
+    changed; an attempt a killed controller left running is stopped here, through its backend; the
+    next ``rota run`` keeps it cancelled). Returns what changed, one line per kind of
     change. UsageError (exit 2) when a pattern matches no task. The same holds for the functions
     below."""
     if grace_s is not None and not grace_s >= 0:  # NaN too
