@@ -170,9 +170,12 @@ def gpu_memory_figure(data: ReportData) -> Any | None:
     if origin is None or horizon is None:
         return None
     size = {g.index: g.memory_bytes for g in data.gpus}
-    indices = [g.index for g in data.gpus]
-    indices += sorted({g for t in data.tasks for g in t.gpus} - set(indices))
-    indices += sorted({s.gpu for s in data.gpu_samples} - set(indices))
+    # A panel per GPU that a task held or NVML sampled: one nobody used would be an empty frame
+    # without axes (hpo-gbdt's pool [0, 1] on 4 GPUs drew two); the title names those left out.
+    used = {g for t in data.tasks if t.start_s is not None for g in t.gpus} | {s.gpu for s in data.gpu_samples}
+    indices = [g.index for g in data.gpus if g.index in used]
+    indices += sorted(used - set(indices))
+    unused = [g.index for g in data.gpus if g.index not in used]
     if not indices:
         return None
     unit, scale = time_unit(max(horizon - origin, 1.0))
@@ -208,8 +211,11 @@ def gpu_memory_figure(data: ReportData) -> Any | None:
         if g in size:
             fig.add_hline(y=size[g] / 2**30, line_dash="dash", line_color="#999", row=row, col=1)
         fig.update_yaxes(title="GB", rangemode="tozero", gridcolor="#eee", row=row, col=1)
-    fig.update_layout(height=120 + 170 * len(indices), margin={"l": 60, "r": 20, "t": 40, "b": 40},
+    fig.update_layout(height=120 + 170 * len(indices), margin={"l": 60, "r": 20, "t": 60 if unused else 40, "b": 40},
                       plot_bgcolor="white", hovermode="closest")  # fmt: skip
+    if unused:
+        fig.update_layout(title={"text": f"not used by any task: {', '.join(f'gpu{i}' for i in unused)}",
+                                 "font": {"size": 12, "color": "#616e7c"}, "x": 0.01})  # fmt: skip
     fig.update_xaxes(title=f"time since start ({unit})", row=len(indices), col=1)
     return fig
 
