@@ -58,9 +58,16 @@ def _supervisor(name: str, namespace: str) -> Any:
 
 
 def _grace(spec: Mapping[str, Any]) -> float:
+    """The grace the supervisor holds for this attempt (``DEFAULT_GRACE_S`` if it cannot say).
+
+    Never through ``ray.get``/``ray.wait``: a task blocked in either gives its CPUs back to
+    Ray until the call returns, and Ray starts a queued task on them beside this one, whose
+    process still runs (a cancelled ``cpus: 4`` task on a 4-CPU cluster ran beside the next
+    one). The reply's future is answered on Ray's I/O thread without telling the raylet
+    that this task blocks."""
     try:
         sup = _supervisor(spec["supervisor"], spec["namespace"])
-        return float(ray.get(sup.grace_for.remote(spec["id"]), timeout=5))
+        return float(sup.grace_for.remote(spec["id"]).future().result(timeout=5))
     except Exception:  # noqa: BLE001 - fall back to the default grace
         return DEFAULT_GRACE_S
 
