@@ -27,7 +27,7 @@ import pytest
 from rota.report.gantt import lanes_from_report
 from rota.report.html import render_gantt_file, render_html
 from rota.report.model import GpuInfo, GpuSample, Lane, ReportData, ReportError, TaskRow
-from rota.report.timeline import PALETTE, STATE_STYLE, run_group_colors
+from rota.report.timeline import PALETTE, STATE_STYLE, gantt_figure, run_group_colors
 from tests.helpers import wait_for
 
 GB = 2**30
@@ -299,7 +299,8 @@ def test_gantt_png_or_clear_error(tmp_path: Path) -> None:
     if have_mpl:
         out = render_gantt_file(lanes, tmp_path / "g.png")
         w, h, rows, bpp = read_png(out)
-        assert w > 500 and bar_rows(rows, bpp, _rgb(PALETTE[0]), 50) >= 5
+        train = next(tr.marker.color for tr in gantt_figure(lanes).data if tr.name == "train")  # as in the HTML
+        assert w > 500 and bar_rows(rows, bpp, _rgb(train), 50) >= 5
     with pytest.raises(ReportError, match=r"\.html or \.png"):
         render_gantt_file(lanes, tmp_path / "g.svgz")
     with pytest.raises(ReportError, match="cannot write"):

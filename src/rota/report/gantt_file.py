@@ -70,7 +70,10 @@ def render_gantt_file(
         raise ReportError(f"cannot write Gantt chart to {str(out)!r}: {exc}") from exc
 
 
-def _gantt_png_matplotlib(lanes: list[Lane], out: Path, title: str) -> None:
+def _gantt_png_matplotlib(lanes: list[Lane], out: Path, title: str) -> dict[str, str]:
+    """The PNG without kaleido: the same rows, colours (by group, in order of first start, as
+    :func:`gantt_figure`) and state styles, with the legend of groups beside it; returns the
+    legend, ``{group: colour}``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +90,10 @@ def _gantt_png_matplotlib(lanes: list[Lane], out: Path, title: str) -> None:
         for k, (label, a, b) in enumerate(lane.items):
             state = lane.states[k] if lane.states else ""
             bars.append((base + sub[k], a / scale, (b - a) / scale, label, state, lane.group(k)))
-    colors = group_colors([b[5] for b in bars])
-    fig, ax = plt.subplots(figsize=(14, max(2.5, 0.9 + 0.4 * len(rows))), dpi=100)
+    # Colours in order of first start (ties: lane order), as the HTML Gantt gives them: by lane
+    # order the PNG and the HTML of one plan coloured the same group differently.
+    colors = group_colors([b[5] for b in sorted(bars, key=lambda b: b[1])])
+    fig, ax = plt.subplots(figsize=(14, max(2.5, 0.9 + 0.4 * len(rows), 1.2 + 0.25 * len(colors))), dpi=100)
     try:
         for row, left, width, label, state, group in bars:
             pattern, outline, lw = STATE_STYLE.get(state, ("", "white", 1.0))
@@ -102,7 +107,13 @@ def _gantt_png_matplotlib(lanes: list[Lane], out: Path, title: str) -> None:
         ax.set_title(title)
         ax.set_axisbelow(True)
         ax.grid(axis="x", color="#eee")
+        # Which colour is which group: the HTML's legend (without it the PNG could not be read).
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor=c, label=g) for g, c in colors.items()], title="task group",
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=9, frameon=False)
         fig.tight_layout()
         fig.savefig(out)
     finally:
         plt.close(fig)
+    return colors
