@@ -171,6 +171,8 @@ def detect_machine(
     if cpus is not None and cpus < 1:
         raise MachineError(f"--cpus {cpus}: expected a positive number")
     n_cpus = cpus if cpus is not None else usable_cpus(env)
+    slurm_cpus = env.get("SLURM_CPUS_ON_NODE", "").isdigit()
+    cpus_from = "flag" if cpus is not None else "slurm-allocation" if slurm_cpus else "machine"
     if memory is not None:
         try:
             mem = parse_size(memory)
@@ -178,7 +180,7 @@ def detect_machine(
             raise MachineError(f"--memory {memory}: {e}") from None
     else:
         mem = usable_memory(env)
-    return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source)
+    return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source, cpus_from=cpus_from)
 
 
 _CUDA_ID = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")

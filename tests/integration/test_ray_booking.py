@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import by_name, read_records, rota, start_rota, wait_for, write_spec
+from tests.helpers import by_name, open_gate, read_records, rota, start_rota, wait_for, write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -95,3 +95,38 @@ def test_a_cancelled_task_keeps_its_cpus_until_its_process_ends_on_ray(tmp_path,
         f"second started {first_end - second['start']:.2f} s before the cancelled first task's process ended")
     st = by_name(state)
     assert st["first"]["state"] == "cancelled" and st["second"]["state"] == "succeeded", st
+
+
+def test_why_a_task_waits_for_cpus_names_the_ray_cluster_not_a_cpus_flag(tmp_path, ray_cluster):
+    """Three ``cpus: 4`` tasks on the 4-CPU cluster, run without ``--cpus``: one runs, one waits in
+    Ray's queue (booked ahead), and ``rota why`` of the third names the cluster's 4 CPUs and the 4
+    booked ahead. It said "0 of 8 free (the run's --cpus)", a flag the user never gave."""
+    gate = tmp_path / "gate"
+    spec = write_spec(tmp_path, f"""
+        tasks:
+          - name: whole-{{i}}
+            command: while [ ! -e {gate} ]; do sleep 0.1; done
+            matrix: {{i: [0, 1, 2]}}
+            cpus: 4
+    """)
+    state = tmp_path / "st"
+    run = start_rota("run", spec, "--backend", "ray", "--address", ray_cluster, "--plain", "--state-dir", state)
+    answer: dict[str, str] = {}
+    try:
+        def explained() -> bool:
+            if not (state / "state.db").exists():
+                return False
+            pending = [n for n, t in by_name(state).items() if t["state"] == "pending"]
+            if len(pending) != 1:
+                return False
+            p = rota("why", pending[0], "--state-dir", state)
+            answer["text"] = p.stdout + p.stderr
+            return "CPU slot" in p.stdout
+
+        wait_for(explained, timeout=120, interval=0.3)
+    finally:
+        out = open_gate(run, gate, timeout=180)
+    text = answer["text"]
+    assert "no 4 CPU slots free: 0 of 8 free (the Ray cluster's 4 CPUs + 4 booked ahead in Ray's queue)" in text, text
+    assert "--cpus" not in text, text
+    assert run.returncode == 0, out

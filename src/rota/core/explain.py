@@ -275,7 +275,7 @@ def _short(req: Request, ledger: Ledger, machine: Machine) -> tuple[str, str]:
     """What ``req`` lacks in ``ledger``: ``(kind, one line)``; kinds ``cpu``, ``memory``, ``gpu``."""
     if req.cpus > ledger.cpus:
         return "cpu", (f"no {req.cpus} CPU slot{'s' if req.cpus != 1 else ''} free: {max(ledger.cpus, 0)} of "
-                       f"{machine.cpus} free (the run's --cpus)")
+                       f"{machine.cpus} free ({cpu_origin(machine)})")
     if req.memory_bytes > ledger.memory_bytes:
         return "memory", (f"no {format_size(req.memory_bytes)} RAM free: {format_size(max(ledger.memory_bytes, 0))} of "
                           f"{format_size(machine.memory_bytes)} free (the run's --memory)")
@@ -292,3 +292,32 @@ def _short(req: Request, ledger: Ledger, machine: Machine) -> tuple[str, str]:
         have = sum(1 for i in pool if ledger.gpu_free[i] >= req.gpu_memory_bytes)
     count = f": {have} {'has' if have == 1 else 'have'} it" if req.gpus > 1 else ""
     return "gpu", f"no {need}{where}{count} ({free})"
+
+
+def cpu_origin(machine: Machine) -> str:
+    """Where ``machine``'s CPU slots come from, in words: ``the run's --cpus 8``, ``this machine's
+    8 CPUs``, ``the Ray cluster's 4 CPUs + 4 booked ahead in Ray's queue``. A machine that does
+    not say (``cpus_from`` empty: one stored by an older rota) is read from its ``source``."""
+    own = machine.cpus - machine.cpus_ahead
+    kind = machine.cpus_from or _cpus_from_source(machine.source)
+    text = {
+        "flag": f"the run's --cpus {own}",
+        "machine": f"this machine's {own} CPUs",
+        "slurm-allocation": f"the SLURM allocation's {own} CPUs",
+        "ray": f"the Ray cluster's {own} CPUs",
+        "slurm": f"{own} CPUs from SLURM",
+    }.get(kind, f"{own} CPUs")
+    if machine.cpus_ahead:
+        queue = "Ray's queue" if machine.source.startswith("ray") else "the backend's queue"
+        text += f" + {machine.cpus_ahead} booked ahead in {queue}"
+    return text
+
+
+def _cpus_from_source(source: str) -> str:
+    """:attr:`Machine.cpus_from` as a cluster backend's ``source`` implies it ("" for a local one:
+    its source says where the GPUs come from, not the CPUs)."""
+    if "--cpus" in source:  # rota.executors.cluster_limits: "ray, this run capped by --cpus 2"
+        return "flag"
+    if source.startswith("ray"):
+        return "ray"
+    return "slurm" if source.startswith("slurm:") else ""

@@ -39,12 +39,22 @@ class Node:
     memory_bytes: int
 
 
+CPUS_FROM = ("flag", "machine", "slurm-allocation", "ray", "slurm")
+"""What :attr:`Machine.cpus_from` may say: the run's ``--cpus``, this machine's usable CPUs, the
+SLURM allocation it runs in (``SLURM_CPUS_ON_NODE``), a Ray cluster's CPUs, a SLURM node's."""
+
+
 @dataclass(frozen=True)
 class Machine:
     """Everything rota may book: GPUs, CPU slots and RAM.
 
     ``nodes``: where the machine is a cluster summed up (Ray), its hosts; a task
     must fit on one of them. Empty: the machine is one host.
+
+    ``cpus_from``: where ``cpus`` comes from, one of :data:`CPUS_FROM` ("" when not
+    known: then ``source`` may say), so that a task waiting for CPU slots is told what
+    limits them. ``cpus_ahead``: how many of ``cpus`` are slots booked ahead of that
+    capacity, whose attempts wait in the backend's queue (:func:`with_cpu_headroom`).
     """
 
     gpus: tuple[Gpu, ...]
@@ -52,6 +62,8 @@ class Machine:
     memory_bytes: int
     source: str = "declared"
     nodes: tuple[Node, ...] = ()
+    cpus_from: str = ""
+    cpus_ahead: int = 0
 
     def gpu(self, index: int) -> Gpu:
         for g in self.gpus:
@@ -228,12 +240,13 @@ def with_cpu_headroom(machine: Machine, extra: float) -> Machine:
 
     For a backend with its own queue (Ray): the engine books attempts on these
     slots ahead of capacity, the backend holds them until a CPU frees and starts
-    the next at once, without a round trip through the controller. ``extra <= 0``
-    returns ``machine`` itself.
+    the next at once, without a round trip through the controller; ``cpus_ahead``
+    counts them. ``extra <= 0`` returns ``machine`` itself.
     """
     if extra <= 0:
         return machine
-    return replace(machine, cpus=machine.cpus + math.ceil(machine.cpus * extra),
+    ahead = math.ceil(machine.cpus * extra)
+    return replace(machine, cpus=machine.cpus + ahead, cpus_ahead=machine.cpus_ahead + ahead,
                    nodes=tuple(replace(n, cpus=n.cpus + math.ceil(n.cpus * extra)) for n in machine.nodes))
 
 

@@ -30,7 +30,7 @@ class Recovery(Launching):
         m = self.machine
         machine_json = json.dumps({
             "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
-            "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source,
+            "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source, "cpus_from": m.cpus_from,
             "executor": self.executor.name,
         })
         self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})

@@ -221,7 +221,7 @@ def limited_machine(base: Machine, current: Machine, *, gpus: str | None = None,
     if cpus is not None:
         if cpus < 1:
             raise MachineError(f"--cpus {cpus}: expected a positive number")
-        m = replace(m, cpus=cpus)
+        m = replace(m, cpus=cpus, cpus_from="flag")
     if memory is not None:
         try:
             m = replace(m, memory_bytes=parse_size(memory))

@@ -163,7 +163,8 @@ class RayExecutor(Executor):
                  int(n["Resources"].get("memory", 0)))
             for n in ray.nodes() if n.get("Alive")
         )
-        return Machine(gpus, int(res.get("CPU", 0)), int(res.get("memory", 0)), source="ray", nodes=nodes)
+        return Machine(gpus, int(res.get("CPU", 0)), int(res.get("memory", 0)), source="ray", nodes=nodes,
+                       cpus_from="ray")
 
     def submit(self, launch: Launch) -> Handle:
         return self.submit_many([launch])[0]
