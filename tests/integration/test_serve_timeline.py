@@ -37,16 +37,16 @@ def test_timeline_rows_are_in_gpu_order_and_packed_tasks_never_overlap() -> None
 
 PACKED = """
 tasks:
-  - name: packed-{i}
-    matrix: {i: [1, 2, 3]}
-    command: "sleep 1"
-    gpus: 1
-    gpu_memory: 20GB
   - name: then-{i}
     matrix: {i: [1, 2]}
     needs: [packed-1]
     command: "true"
     gpus: 1
+  - name: packed-{i}
+    matrix: {i: [1, 2, 3]}
+    command: "sleep 1"
+    gpus: 1
+    gpu_memory: 20GB
 """
 
 
@@ -62,6 +62,8 @@ def test_the_page_draws_packed_tasks_in_rows_of_their_own(tmp_path: Path, browse
     wait_for(lambda: browser.execute_script(drawn) and browser.execute_script(drawn)[1], timeout=60)
     rows, ys = browser.execute_script(drawn)
     assert rows == ["gpu 0", "gpu 0 · 2", "gpu 0 · 3"]
+    names = browser.execute_script("return document.getElementById('timeline').data.map(t => t.name)")
+    assert names == ["packed-{i}", "then-{i}"]  # the legend by first start, not by the table's order
     assert sorted(ys[:3]) == rows and set(ys[3:]) == {"gpu 0"}  # the three ran at once: a row each
 
     # One colour per group on the whole page: the timeline's and the report's memory figure's.
