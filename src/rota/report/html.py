@@ -23,7 +23,7 @@ from rota.report.gantt_file import render_gantt_file
 from rota.report.model import FAILED_STATES, LaneLike, ReportData, TaskRow
 from rota.report.page import PlotlyJs, esc, figure_div, page
 from rota.report.render import STATE_COLORS, fmt_ci, fmt_value, header_lines
-from rota.report.results import results_by_group, results_figure
+from rota.report.results import results_by_group, results_figure, untitled
 from rota.report.stats import (
     GroupRow,
     group_metrics,
@@ -239,7 +239,8 @@ def render_html(data: ReportData, by: Sequence[str], plan: Sequence[LaneLike] | 
                      "as a faint dot. Intervals are Student t, or a bootstrap where t leaves the metric's range; "
                      "sweep trials are never averaged (see Sweeps).</p>")
     for base, (mine, rows) in groups.items():
-        parts.append(f"<h3>{esc(base)}</h3>" + figure_div(figs[f"results-{slug(base)}"], f"fig-results-{slug(base)}"))
+        parts.append(f"<h3>{esc(base)}</h3>"
+                     + figure_div(untitled(figs[f"results-{slug(base)}"]), f"fig-results-{slug(base)}"))
         parts.append(_group_table(mine, rows))
         replicates = {n for g in rows for n in g.tasks}
         parts.append(_code_line([t for t in data.tasks if t.name in replicates])

@@ -110,7 +110,15 @@ def results_figure(base: str, mine: Sequence[str], rows: Sequence[GroupRow], tas
         fig.update_xaxes(tickmode="array", tickvals=list(range(len(xs))), ticktext=[esc(x) for x in xs],
                          range=[-0.6, len(xs) - 0.4], title=esc(xvar or ""), row=r, col=c)  # fmt: skip
         fig.update_yaxes(gridcolor="#eee", row=r, col=c)
-    fig.update_layout(height=70 + 270 * nrows, margin={"l": 60, "r": 20, "t": 40, "b": 50},
+    # The group's name as the title: a figure on its own (--figures files, rota serve's page)
+    # otherwise said only "accuracy", "loss", the same for every group.
+    fig.update_layout(height=100 + 270 * nrows, margin={"l": 60, "r": 20, "t": 70, "b": 50},
+                      title={"text": esc(base), "x": 0.01, "font": {"size": 14}},
                       plot_bgcolor="white", showlegend=bool(series_vars),
                       legend={"title": {"text": esc(", ".join(series_vars))}})  # fmt: skip
     return fig
+
+
+def untitled(fig: Any) -> Any:
+    """``fig`` without the title :func:`results_figure` gives it (the report's heading names it)."""
+    return fig.update_layout(title=None, height=fig.layout.height - 30, margin={"t": 40})
