@@ -189,13 +189,17 @@ def finite(x: float | None) -> float | None:
 
 def results(tasks: Sequence[Mapping[str, Any]], max_rows: int = 200) -> dict[str, Any]:
     """The report's results (:func:`rota.report.stats.group_metrics` over the tasks that
-    succeeded, grouped by the report's default variables, intervals over replicates):
+    succeeded but sweep trials, grouped by the report's default variables, intervals over replicates):
     ``{"by": [...], "rows": [{group, vars, metric, mean, low, high, n}]}``, at most ``max_rows``."""
     from rota.report.model import TaskRow
     from rota.report.stats import default_by, group_metrics
+    from rota.studies.names import TRIAL_KEY
 
+    # A sweep's trial is another configuration, never a replicate (as in the report, whose rows
+    # carry the store's trial): the status JSON says so by the trial number in its params.
     rows = [TaskRow(name=str(t["name"]), state=str(t["state"]), vars=t.get("vars") or {},
-                    metrics=t.get("metrics") or {}, base=t.get("group") or None)
+                    metrics=t.get("metrics") or {}, base=t.get("group") or None,
+                    trial=t.get("trial", (t.get("params") or {}).get(TRIAL_KEY)))
             for t in tasks if t["state"] in ("succeeded", "cached") and t.get("metrics")]
     by = default_by(rows)
     out = []
