@@ -36,3 +36,18 @@ def test_results_never_average_sweep_trials(tmp_path: Path, served: list[Served]
     rows = s.json("api/results")["rows"]
     assert [(r["group"], r["metric"], r["n"]) for r in rows] == [("train-s{seed}", "acc", 3)]
     assert [x["sweep"] for x in s.json("api/sweeps")["sweeps"]] == ["hpo"]  # the trials: in Sweeps
+
+
+def test_figures_on_the_page_name_their_group_and_study(tmp_path: Path, served: list[Served]) -> None:  # noqa: F811
+    """The page draws the report's figures one under another: each says whose it is. Before, a
+    results figure said only 'acc' and a sweep's 'Optimisation history', the same for every
+    group and study (hpo-gbdt: three studies' figures, nothing told them apart)."""
+    spec = write_spec(tmp_path, SPEC)
+    rota("run", spec, "--gpus", "none", "--cpus", "2", "--plain", check=True)
+    s = Served(spec)
+    served.append(s)
+    wait_for(lambda: s.json("api/figures").get("figures"), timeout=60)
+    titles = {f["name"]: f["figure"]["layout"]["title"]["text"] for f in s.json("api/figures")["figures"]}
+    assert titles["results-train-s-seed"] == "train-s{seed}"
+    assert titles["sweep-hpo-history"] == "hpo: Optimisation history"
+    assert titles["sweep-hpo-parallel"] == "hpo: Parallel coordinates"

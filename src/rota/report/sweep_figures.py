@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from rota.report.figures import esc
+
 FIGURE_TITLES = {
     "history": "Optimisation history",
     "parallel": "Parallel coordinates",
@@ -43,8 +45,9 @@ def study_figures(study: Any) -> dict[str, Any]:
                 fig = draw(study, target_name=metric)
             except (ValueError, RuntimeError, ZeroDivisionError, ImportError):
                 continue  # e.g. importances of one trial, or without a parameter that varies
-            # three side by side: the tool bar stands upright at the right, clear of the title
-            fig.update_layout(title=FIGURE_TITLES[key], height=380, margin={"l": 60, "r": 56, "t": 50, "b": 40},
+            # three side by side: the tool bar stands upright at the right, clear of the title,
+            # which names the study (figures on their own: --figures files, rota serve's page)
+            fig.update_layout(title=f"{esc(study.study_name)}: {FIGURE_TITLES[key]}", height=380, margin={"l": 60, "r": 56, "t": 50, "b": 40},
                               modebar={"orientation": "v"})  # fmt: skip
             out[key] = fig
     return out
