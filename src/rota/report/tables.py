@@ -186,6 +186,18 @@ def group_tables(groups: Sequence[GroupRow], by: Sequence[str]) -> list[Table]:
         # only the variables this spec task has: a task without one groups under "-"
         mine = [v for v in by if any(g.vars.get(v, "-") != "-" for g in rows)]
         what = f"Metrics of {base}" if base else "Metrics"
+        if all(g.summary.n <= 1 for g in rows):
+            # No replicates (a grid without seeds): no spread or interval to show, only values;
+            # the columns of mean ± std, n and CI said "± -", "1" and "-" on every row.
+            table = _table(Text(f"{what} by {', '.join(mine) or 'task'} (one run each)"))
+            for v in mine:
+                table.add_column(Text(v), overflow="fold")
+            table.add_column("metric", overflow="fold", no_wrap=True)
+            table.add_column("value", justify="right", overflow="fold", no_wrap=True)
+            for g in rows:
+                table.add_row(*(Text(g.vars[v]) for v in mine), Text(g.metric), fmt_value(g.summary.mean))
+            out.append(table)
+            continue
         table = _table(Text(f"{what} by {', '.join(mine) or 'task'} (95% CI)"))
         for v in mine:
             table.add_column(Text(v), overflow="fold")
