@@ -18,7 +18,8 @@ def lanes_from_report(data: ReportData) -> list[Lane]:
     and a ``cpu`` lane for tasks without GPUs; times relative to ``data.origin_s``.
 
     A task on several GPUs appears in each of their lanes. Tasks that never
-    started are left out; running ones end at ``data.horizon_s``. Items carry
+    started are left out; running ones end at ``data.horizon_s``; the attempts the run retried
+    (``data.earlier``) are items of their own, ``task (attempt N)``. Items carry
     their task state and group (``base``, else the task's name).
     """
     origin, horizon = data.origin_s, data.horizon_s
@@ -35,6 +36,14 @@ def lanes_from_report(data: ReportData) -> list[Lane]:
             for g in t.gpus:
                 gpu_items[g].append(item)
             if not t.gpus:
+                cpu_items.append(item)
+        base = {t.name: t.base or t.name for t in data.tasks}
+        for e in data.earlier:  # retried attempts, where they ran (see ReportData.earlier)
+            item = ((f"{e.task} (attempt {e.attempt})", e.start_s - origin, e.end_s - origin), e.state,
+                    base.get(e.task, e.task))
+            for g in e.gpus:
+                gpu_items.setdefault(g, []).append(item)
+            if not e.gpus:
                 cpu_items.append(item)
     lanes = [_lane(f"gpu{i}", v) for i, v in gpu_items.items()]
     if cpu_items or not lanes:

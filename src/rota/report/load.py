@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from rota.core.resources import Gpu, Machine
 from rota.logtail import tail
 from rota.report.code import latest_codes
-from rota.report.model import FAILED_STATES, GpuInfo, GpuSample, ReportData, TaskRow
+from rota.report.model import FAILED_STATES, EarlierAttempt, GpuInfo, GpuSample, ReportData, TaskRow
 from rota.store.sqlite import SqliteStore
 
 
@@ -109,7 +110,8 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
                 trial=r.trial, duration_source=p[2] if p else None, code=codes.get(r.name),
             ))
         samples = [GpuSample(ts, gpu, util, used, total) for ts, gpu, util, used, total in store.gpu_samples()]
-        starts = [t.start_s for t in rows if t.start_s is not None]
+        earlier = retried_attempts(store, attempts, {r.name: r.attempts for r in stored})
+        starts = [t.start_s for t in rows if t.start_s is not None] + [e.start_s for e in earlier]
         ends = [t.end_s for t in rows if t.end_s is not None]
         running = any(t.state in ("running", "launching") and t.start_s is not None for t in rows)
         gpus: Any = tuple(GpuInfo(g.index, g.name, g.memory_bytes) for g in machine.gpus) if machine else ()
@@ -120,9 +122,33 @@ def load_report(state_dir: str | os.PathLike[str]) -> ReportData:
             # runs): its last end so far would cut every running bar and the wall time there.
             started_at=min(starts) if starts else None,
             ended_at=max(ends) if ends and not running else None, read_at=time.time() if running else None,
+            earlier=tuple(earlier),
         )
     finally:
         store.close()
+
+
+def retried_attempts(store: SqliteStore, attempts: list[dict[str, Any]], latest: dict[str, int]) -> list[EarlierAttempt]:
+    """The attempts before each task's latest that the run retried (a ``retry`` event when it
+    ended): before, the timeline drew only the latest attempt, so a GPU that ran a failed attempt
+    looked idle then. An attempt of an earlier ``rota run`` (a rerun, a fixed command run again)
+    has no retry event and stays out: the timeline does not stretch back to it."""
+    try:
+        retries = store.conn.execute("SELECT task, ts FROM events WHERE kind = 'retry'").fetchall()
+    except sqlite3.Error:  # a state folder from before events
+        return []
+    at: dict[str, list[float]] = {}
+    for task, ts in retries:
+        at.setdefault(task, []).append(float(ts))
+    out = []
+    for a in attempts:
+        start, end, task = a.get("started_at"), a.get("ended_at"), a["task"]
+        if task not in at or start is None or end is None or a["attempt"] >= latest.get(task, 0):
+            continue
+        if any(start <= ts <= end + 5.0 for ts in at[task]):  # the event is written as it ends
+            out.append(EarlierAttempt(task, int(a["attempt"]), str(a["state"]), tuple(a.get("gpus") or ()),
+                                      float(start), max(float(end), float(start))))
+    return out
 
 
 def _last_lines(text: str, n: int) -> str:

@@ -142,6 +142,19 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class EarlierAttempt:
+    """An attempt of ``task`` that failed and that the run retried (the :class:`TaskRow` is the
+    task's latest attempt): the timeline and the memory chart draw it where and when it ran."""
+
+    task: str
+    attempt: int
+    state: str
+    gpus: tuple[int, ...]
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything one report shows: the run, the machine, the tasks, the samples.
 
@@ -161,12 +174,14 @@ class ReportData:
     started_at: float | None = None
     ended_at: float | None = None
     read_at: float | None = None
+    earlier: tuple[EarlierAttempt, ...] = ()
 
     def __post_init__(self) -> None:
         gpus = tuple(g if isinstance(g, GpuInfo) else GpuInfo(*g) for g in self.gpus)
         object.__setattr__(self, "gpus", gpus)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "gpu_samples", tuple(self.gpu_samples))
+        object.__setattr__(self, "earlier", tuple(self.earlier))
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})

@@ -17,7 +17,7 @@ from typing import Any
 
 from rota.lanes import Lane, LaneLike, as_lanes, stack_rows
 from rota.report.figures import downsample, esc, plotly_go, time_unit
-from rota.report.model import TASK_STATES, ReportData, TaskRow
+from rota.report.model import TASK_STATES, EarlierAttempt, ReportData, TaskRow
 from rota.units import format_duration, format_size
 
 PALETTE: tuple[str, ...] = (
@@ -185,12 +185,15 @@ def gpu_memory_figure(data: ReportData) -> Any | None:
                                         for i in indices])  # fmt: skip
     shown: set[str] = set()
     for row, g in enumerate(indices, 1):
-        held = [t for t in data.tasks if g in t.gpus and t.start_s is not None]
+        retried = [e for e in data.earlier if g in e.gpus]
+        names = {e.task for e in retried}
+        held = [t for t in data.tasks if (g in t.gpus or t.name in names) and t.start_s is not None]
         times = sorted({origin, horizon, *(t.start_s for t in held if t.start_s is not None),
-                        *(t.end_s for t in held if t.end_s is not None)})  # fmt: skip
+                        *(t.end_s for t in held if t.end_s is not None and g in t.gpus),
+                        *(e.start_s for e in retried), *(e.end_s for e in retried)})  # fmt: skip
         x = [(v - origin) / scale for v in times]
         index = {v: k for k, v in enumerate(times)}
-        for name, group, spans in _layers(held, size.get(g), origin, horizon):
+        for name, group, spans in _layers(held, g, size.get(g), origin, horizon, retried):
             y = _stacked_step(index, spans)
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines", line={"shape": "hv", "width": 0.5, "color": colors[group]},
@@ -224,13 +227,18 @@ MAX_STACKED_TASKS = 60
 """Tasks on one GPU beyond which its memory chart stacks per task group, not per task."""
 
 
-def _layers(held: Sequence[TaskRow], gpu_bytes: int | None, origin: float,
-            horizon: float) -> list[tuple[str, str, list[tuple[float, float, float]]]]:
-    """``(name, group, [(start, end, booked GB)])`` per stacked layer: a task each, or a group
+def _layers(held: Sequence[TaskRow], gpu: int, gpu_bytes: int | None, origin: float, horizon: float,
+            retried: Sequence[EarlierAttempt] = ()) -> list[tuple[str, str, list[tuple[float, float, float]]]]:
+    """``(name, group, [(start, end, booked GB)])`` per stacked layer on GPU ``gpu``: a task each, or a group
     each when more than :data:`MAX_STACKED_TASKS` tasks shared the GPU (the chart stays small).
-    A task that booked a whole GPU counts as ``gpu_bytes``; without it the task is left out."""
+    A task that booked a whole GPU counts as ``gpu_bytes``; without it the task is left out.
+    ``retried`` attempts on this GPU add their spans to their task's layer, at the task's
+    booking (a retry after an out-of-memory error may have booked more than the attempt did)."""
     per_task = len(held) <= MAX_STACKED_TASKS
     out: dict[str, tuple[str, str, list[tuple[float, float, float]]]] = {}
+    earlier: dict[str, list[EarlierAttempt]] = {}
+    for e in retried:
+        earlier.setdefault(e.task, []).append(e)
     for t in sorted(held, key=lambda t: t.start_s or 0.0):
         booked = t.gpu_memory_bytes if t.gpu_memory_bytes is not None else gpu_bytes
         if booked is None:
@@ -238,7 +246,9 @@ def _layers(held: Sequence[TaskRow], gpu_bytes: int | None, origin: float,
         group = t.base or t.name
         key = t.name if per_task else group
         layer = out.setdefault(key, (t.name if per_task else f"{group} (tasks of the group)", group, []))
-        layer[2].append((t.start_s or origin, t.end_s if t.end_s is not None else horizon, booked / 2**30))
+        if gpu in t.gpus:  # its latest attempt ran here (else only a retried one did)
+            layer[2].append((t.start_s or origin, t.end_s if t.end_s is not None else horizon, booked / 2**30))
+        layer[2].extend((e.start_s, e.end_s, booked / 2**30) for e in earlier.get(t.name, ()))
     return list(out.values())
 
 
