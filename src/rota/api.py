@@ -446,10 +446,10 @@ def _control(kind: str, patterns: Sequence[str], target: str | os.PathLike[str] 
         raise UsageError(f"rota {kind}: name at least one task (a name or a glob, as --only)")
     sd = state_dir_of(target, state_dir)
     return control.request(sd, kind, control.match(sd, patterns), data, wait_s=wait_s,
-                           executor_for=lambda backend: _offline_executor(sd, backend))
+                           executor_for=lambda backend: offline_executor(sd, backend))
 
 
-def _offline_executor(state_dir: str | os.PathLike[str], backend: str) -> Any:
+def offline_executor(state_dir: str | os.PathLike[str], backend: str) -> Any:
     """The executor that stops a killed controller's attempts for an offline ``rota cancel``
     (:mod:`rota.engine.control_offline`): SLURM with the run's state folder, Ray at
     ``$RAY_ADDRESS`` (else ``auto``: the address a run was given is not recorded)."""

@@ -11,7 +11,7 @@ whose handle was never committed), then records it ``cancelled`` (never retried)
 tasks that need it ``skipped``; the next ``rota run`` neither waits for nor adopts it.
 
 The executor is built by the caller's ``executor_for(backend)`` (the engine never imports a
-concrete executor: :func:`rota.api._offline_executor`). Crash safety is unchanged: the mark is
+concrete executor: :func:`rota.api.offline_executor`). Crash safety is unchanged: the mark is
 committed (with the request taken) before anything is stopped, so an attempt this cannot stop
 (SLURM or Ray unreachable, still running after the grace) keeps it, and the next controller finishes
 the cancel (:func:`rota.engine.control.start`).

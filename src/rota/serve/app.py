@@ -6,6 +6,9 @@ Routes (all GET and read-only, but one):
   package (offline; a 404 without plotly, and the page draws no charts);
 - ``/api/status?state=a,b&q=TEXT&offset=N&limit=N``: the run's head (run id, spec, controller,
   counts), a page of the task table filtered and searched, and ``error`` while there is no state;
+- ``/api/events?state=a,b&q=TEXT&offset=N&limit=N``: a server-sent-events stream of what the routes
+  below and ``/api/status`` answer, each sent when it changed (:mod:`rota.serve.events`): what the
+  page follows the run with;
 - ``/api/log?task=NAME&bytes=N``: the end of a task's latest log;
 - ``/api/timeline``, ``/api/gpus``, ``/api/results``, ``/api/sweeps``, ``/api/eta``, ``/api/figures``
   (the report's figures of results, sweeps and booked GPU memory, as plotly JSON);
@@ -34,13 +37,20 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rota.errors import RotaError
 from rota.serve.bodies import Bodies
-from rota.serve.cache import StateCache
+from rota.serve.cache import Snapshot, StateCache
+from rota.serve.events import Hub, Question
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 """The addresses ``rota serve`` binds without a token (the default is 127.0.0.1)."""
@@ -115,6 +125,13 @@ def _json(body: tuple[bytes, bool]) -> Response:
     return Response(data, media_type="application/json", headers=headers)
 
 
+def _question(request: Request) -> Question:
+    """The table page a request asks for: ``state=a,b``, ``q``, ``offset``, ``limit``."""
+    raw = request.query_params.get("state", "")
+    states = frozenset(s for s in raw.split(",") if s) or None
+    return states, request.query_params.get("q", ""), _int(request, "offset", 0), _int(request, "limit", 100)
+
+
 def _gzip_ok(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "")
 
@@ -125,6 +142,7 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
     many browsers ask (:mod:`rota.serve.bodies`)."""
     state = cache or StateCache(state_dir)
     bodies = Bodies()
+    hub = Hub(state, bodies)
     controls = _controls()
     page = resources.files("rota.serve").joinpath("static", "index.html")
 
@@ -139,12 +157,7 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         path = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
         return FileResponse(path, media_type="application/javascript", headers={"Cache-Control": "max-age=3600"})
 
-    async def status(request: Request) -> Response:
-        raw = request.query_params.get("state", "")
-        states = frozenset(s for s in raw.split(",") if s) or None
-        question = (states, request.query_params.get("q", ""), _int(request, "offset", 0), _int(request, "limit", 100))
-        snap, page_ = await run_in_threadpool(state.page, *question)
-
+    def status_body(snap: Snapshot, page_: Any, question: Question, gzip: bool = False) -> tuple[bytes, bool]:
         def make() -> dict[str, Any]:
             out: dict[str, Any] = {"seq": snap.seq, "read_at": snap.at_s, "error": snap.error,
                                    "controls": list(CONTROL_KINDS) if controls is not None else []}
@@ -159,7 +172,18 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
             return out
 
         # "now" (the server's clock) is the one field that changes per request: put in front.
-        return _json(bodies.get(("status", question), (snap, page_), make, gzip=_gzip_ok(request), now=time.time()))
+        return bodies.get(("status", question), (snap, page_), make, gzip=gzip, now=time.time())
+
+    async def status(request: Request) -> Response:
+        question = _question(request)
+        snap, page_ = await run_in_threadpool(state.page, *question)
+        return _json(status_body(snap, page_, question, _gzip_ok(request)))
+
+    async def events(request: Request) -> Response:
+        stream = hub.stream(_question(request), lambda snap, page_, q: status_body(snap, page_, q)[0],
+                            lambda snap, q: state.page_of(snap, *q))
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={**_NO_STORE, "X-Accel-Buffering": "no"})
 
     async def log(request: Request) -> Response:
         task = request.query_params.get("task", "")
@@ -190,13 +214,18 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         if task not in (await run_in_threadpool(state.status)).by_name:
             return JSONResponse({"error": f"no task {task!r}"}, 404)
         try:
-            answer = await run_in_threadpool(lambda: controls.request(state.state_dir, kind, [task], {},
-                                                                      wait_s=CONTROL_WAIT_S))
+            # An offline cancel stops the attempt through its backend, as `rota cancel` does.
+            from rota.api import offline_executor
+
+            answer = await run_in_threadpool(lambda: controls.request(
+                state.state_dir, kind, [task], {}, wait_s=CONTROL_WAIT_S,
+                executor_for=lambda backend: offline_executor(state.state_dir, backend)))
         except RotaError as e:
             return JSONResponse({"error": str(e)}, 409)
         return JSONResponse({"answer": answer}, headers=_NO_STORE)
 
     routes = [Route("/", index), Route("/plotly.min.js", plotly_js), Route("/api/status", status),
+              Route("/api/events", events),
               Route("/api/log", log), slow("timeline"), slow("gpus"), slow("results"), slow("sweeps"),
               slow("eta"), slow("figures")]
     if controls is not None:

@@ -157,6 +157,10 @@ class StateCache:
         """The snapshot and its table page (:func:`views.task_page`), computed once per snapshot and
         question: twenty browsers showing the same page cost one filter."""
         snap = self.status()
+        return snap, self.page_of(snap, states, query, offset, limit)
+
+    def page_of(self, snap: Snapshot, states: frozenset[str] | None, query: str, offset: int, limit: int) -> Any:
+        """The table page of a snapshot already read (no read here: the event streams' path)."""
         key = (snap.seq, states, query, offset, limit)
         with self._lock:
             hit = self._pages.get(key)
@@ -168,10 +172,12 @@ class StateCache:
             else:
                 hit = views.task_page(snap.data["tasks"], states, query, offset, limit)
             with self._lock:
-                if len(self._pages) > 64 or any(k[0] != snap.seq for k in self._pages):
+                if len(self._pages) > 64:
                     self._pages.clear()
+                elif any(k[0] < snap.seq for k in self._pages):  # an older snapshot's pages: never asked again
+                    self._pages = {k: v for k, v in self._pages.items() if k[0] >= snap.seq}
                 self._pages[key] = hit
-        return snap, hit
+        return hit
 
     def timeline(self) -> Any:
         """The timeline (:func:`views.timeline`) of the latest snapshot, computed once per snapshot."""
