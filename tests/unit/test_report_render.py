@@ -223,3 +223,13 @@ def test_header_names_each_gpu_kind_and_its_size_once() -> None:
     data = ReportData("run-1", "spec.yaml", declared, 64, (), (), T0, T0 + 1)
     assert dict(header_lines(data))["machine"] == "4x declared 80GB, 64 CPU"
     assert dict(header_lines(_data()))["machine"] == "3x T4 16GB, 32 CPU"
+
+
+def test_a_large_spread_is_written_without_an_exponent() -> None:
+    """experiment-suite's throughput over 16 configurations read '1079 ± 7e+02' in the terminal."""
+    from rota.report.tables import fmt_mean_std
+
+    assert fmt_mean_std(1079.0, 740.3) == "1079 ± 740"
+    assert fmt_mean_std(38.46, 51.2) == "38.46 ± 51"
+    assert fmt_mean_std(0.9123, 0.0123) == "0.9123 ± 0.012"
+    assert fmt_mean_std(0.5, None) == "0.5 ± -"

@@ -49,8 +49,15 @@ def fmt_value(x: float | None) -> str:
 
 
 def fmt_mean_std(mean: float, std: float | None) -> str:
-    """``0.9123 ± 0.012`` (``± -`` when the spread is unknown)."""
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g} ± -"
+    """``0.9123 ± 0.012``, ``1079 ± 740`` (``± -`` when the spread is unknown): the spread with two
+    significant digits, never in exponent notation where the mean is written without one
+    (``.2g`` wrote a standard deviation of 740 as ``7e+02``)."""
+    if std is None:
+        return f"{mean:.4g} ± -"
+    spread = f"{std:.2g}"
+    if "e" in spread and 1 <= abs(std) < 1e15:
+        spread = f"{float(spread):.0f}"  # 7.4e+02 -> 740: the two digits, as a whole number
+    return f"{mean:.4g} ± {spread}"
 
 
 def fmt_ci(low: float | None, high: float | None) -> str:
