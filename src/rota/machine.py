@@ -180,7 +180,10 @@ def detect_machine(
             raise MachineError(f"--memory {memory}: {e}") from None
     else:
         mem = usable_memory(env)
-    return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source, cpus_from=cpus_from)
+    slurm_mem = env.get("SLURM_MEM_PER_NODE", "").isdigit()  # as usable_memory reads it
+    memory_from = "flag" if memory is not None else "slurm-allocation" if slurm_mem else "machine"
+    return Machine(gpus=tuple(chosen), cpus=n_cpus, memory_bytes=mem, source=source, cpus_from=cpus_from,
+                   memory_from=memory_from)
 
 
 _CUDA_ID = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")

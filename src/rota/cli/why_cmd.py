@@ -126,7 +126,7 @@ def _machine(meta_machine: str | None) -> Any:
     m = json.loads(meta_machine)
     gpus = tuple(Gpu(g["index"], g["memory_bytes"], g.get("name") or "GPU", g.get("uuid")) for g in m["gpus"])
     return Machine(gpus, int(m["cpus"]), int(m["memory_bytes"]), m.get("source") or "declared",
-                   cpus_from=str(m.get("cpus_from") or ""))
+                   cpus_from=str(m.get("cpus_from") or ""), memory_from=str(m.get("memory_from") or ""))
 
 
 def _gpu_loads(meta_machine: str | None, recs: Any, live_sd: str | None, spec: Any) -> tuple[GpuLoad, ...]:

@@ -277,8 +277,9 @@ def _short(req: Request, ledger: Ledger, machine: Machine) -> tuple[str, str]:
         return "cpu", (f"no {req.cpus} CPU slot{'s' if req.cpus != 1 else ''} free: {max(ledger.cpus, 0)} of "
                        f"{machine.cpus} free ({cpu_origin(machine)})")
     if req.memory_bytes > ledger.memory_bytes:
+        origin = memory_origin(machine)
         return "memory", (f"no {format_size(req.memory_bytes)} RAM free: {format_size(max(ledger.memory_bytes, 0))} of "
-                          f"{format_size(machine.memory_bytes)} free (the run's --memory)")
+                          f"{format_size(machine.memory_bytes)} free" + (f" ({origin})" if origin else ""))
     pool = [i for i in ledger.gpu_total if req.devices is None or i in req.devices]
     per = [f"GPU {i} {format_size(max(ledger.gpu_free[i], 0))}" for i in pool]
     free = "free: " + ", ".join(per) if per else "no GPUs"
@@ -299,7 +300,7 @@ def cpu_origin(machine: Machine) -> str:
     8 CPUs``, ``the Ray cluster's 4 CPUs + 4 booked ahead in Ray's queue``. A machine that does
     not say (``cpus_from`` empty: one stored by an older rota) is read from its ``source``."""
     own = machine.cpus - machine.cpus_ahead
-    kind = machine.cpus_from or _cpus_from_source(machine.source)
+    kind = machine.cpus_from or _from_source(machine.source, "--cpus")
     text = {
         "flag": f"the run's --cpus {own}",
         "machine": f"this machine's {own} CPUs",
@@ -313,10 +314,28 @@ def cpu_origin(machine: Machine) -> str:
     return text
 
 
-def _cpus_from_source(source: str) -> str:
-    """:attr:`Machine.cpus_from` as a cluster backend's ``source`` implies it ("" for a local one:
-    its source says where the GPUs come from, not the CPUs)."""
-    if "--cpus" in source:  # rota.executors.cluster_limits: "ray, this run capped by --cpus 2"
+def memory_origin(machine: Machine) -> str:
+    """Where ``machine``'s RAM figure comes from, in words: ``the run's --memory 16GB``, ``this
+    machine's 16GB RAM``, ``the SLURM allocation's 16GB``, ``the Ray cluster's 16GB memory
+    resource``, ``16GB RAM from SLURM``; "" when not known (``memory_from`` empty and a
+    ``source`` that does not say: a local machine stored by an older rota), so that no flag the
+    user did not give is named."""
+    size = format_size(machine.memory_bytes)
+    return {
+        "flag": f"the run's --memory {size}",
+        "machine": f"this machine's {size} RAM",
+        "slurm-allocation": f"the SLURM allocation's {size}",
+        "ray": f"the Ray cluster's {size} memory resource",
+        "slurm": f"{size} RAM from SLURM",
+    }.get(machine.memory_from or _from_source(machine.source, "--memory"), "")
+
+
+def _from_source(source: str, flag: str) -> str:
+    """:attr:`Machine.cpus_from` (``flag`` ``--cpus``) or :attr:`Machine.memory_from` (``--memory``)
+    as a cluster backend's ``source`` implies it, for a machine stored by an older rota ("" for a
+    local one: its source says where the GPUs come from, not the CPUs or RAM). A flag in the source
+    is taken for the limit, as that rota named it (it did not record whether the cap bound)."""
+    if flag in source:  # rota.executors.cluster_limits: "ray, this run capped by --cpus 2"
         return "flag"
     if source.startswith("ray"):
         return "ray"

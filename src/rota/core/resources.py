@@ -41,7 +41,9 @@ class Node:
 
 CPUS_FROM = ("flag", "machine", "slurm-allocation", "ray", "slurm")
 """What :attr:`Machine.cpus_from` may say: the run's ``--cpus``, this machine's usable CPUs, the
-SLURM allocation it runs in (``SLURM_CPUS_ON_NODE``), a Ray cluster's CPUs, a SLURM node's."""
+SLURM allocation it runs in (``SLURM_CPUS_ON_NODE``), a Ray cluster's CPUs, a SLURM node's.
+:attr:`Machine.memory_from` says the same of RAM (``--memory``, this machine's RAM,
+``SLURM_MEM_PER_NODE``, Ray's ``memory`` resource, a SLURM node's memory)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Machine:
     known: then ``source`` may say), so that a task waiting for CPU slots is told what
     limits them. ``cpus_ahead``: how many of ``cpus`` are slots booked ahead of that
     capacity, whose attempts wait in the backend's queue (:func:`with_cpu_headroom`).
+    ``memory_from``: where ``memory_bytes`` comes from, in the same words ("" when not known).
     """
 
     gpus: tuple[Gpu, ...]
@@ -64,6 +67,7 @@ class Machine:
     nodes: tuple[Node, ...] = ()
     cpus_from: str = ""
     cpus_ahead: int = 0
+    memory_from: str = ""
 
     def gpu(self, index: int) -> Gpu:
         for g in self.gpus:

@@ -224,7 +224,7 @@ def limited_machine(base: Machine, current: Machine, *, gpus: str | None = None,
         m = replace(m, cpus=cpus, cpus_from="flag")
     if memory is not None:
         try:
-            m = replace(m, memory_bytes=parse_size(memory))
+            m = replace(m, memory_bytes=parse_size(memory), memory_from="flag")
         except ValueError as e:
             raise MachineError(f"--memory {memory}: {e}") from None
     return m

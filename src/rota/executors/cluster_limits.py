@@ -82,8 +82,10 @@ def apply_limits(cluster: Machine, limits: ClusterLimits) -> Machine:
                      for g, size in zip(cluster.gpus, limits.gpu_memory_bytes, strict=False))
     cpus = cluster.cpus if limits.cpus is None else min(cluster.cpus, limits.cpus)
     memory = cluster.memory_bytes if limits.memory_bytes is None else min(cluster.memory_bytes, limits.memory_bytes)
-    cpus_from = "flag" if cpus < cluster.cpus else cluster.cpus_from  # what a task waiting for CPUs is told
-    return replace(cluster, gpus=gpus, cpus=cpus, memory_bytes=memory, cpus_from=cpus_from,
+    # What a task waiting for CPUs or RAM is told: the flag only where its cap binds.
+    cpus_from = "flag" if cpus < cluster.cpus else cluster.cpus_from
+    memory_from = "flag" if memory < cluster.memory_bytes else cluster.memory_from
+    return replace(cluster, gpus=gpus, cpus=cpus, memory_bytes=memory, cpus_from=cpus_from, memory_from=memory_from,
                    source=f"{cluster.source}, this run capped by {limits.flags}")
 
 

@@ -164,7 +164,7 @@ class RayExecutor(Executor):
             for n in ray.nodes() if n.get("Alive")
         )
         return Machine(gpus, int(res.get("CPU", 0)), int(res.get("memory", 0)), source="ray", nodes=nodes,
-                       cpus_from="ray")
+                       cpus_from="ray", memory_from="ray")
 
     def submit(self, launch: Launch) -> Handle:
         return self.submit_many([launch])[0]

@@ -460,7 +460,8 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"SLURM lists no nodes{f' in partition {part!r}' if part else ''}")
         best = max(nodes, key=lambda n: (n.gpus, n.cpus, n.memory_mb))
         gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="SLURM gres/gpu") for i in range(best.gpus))
-        return Machine(gpus=gpus, cpus=best.cpus, memory_bytes=best.memory_mb * 2**20, source=f"slurm:{best.name}")
+        return Machine(gpus=gpus, cpus=best.cpus, memory_bytes=best.memory_mb * 2**20, source=f"slurm:{best.name}",
+                       cpus_from="slurm", memory_from="slurm")
 
     def total_capacity(self) -> Machine:
         """All nodes of the partition summed (GPUs numbered across nodes).
@@ -479,4 +480,4 @@ class SlurmExecutor(Executor):
         gpus = tuple(Gpu(i, self.gpu_memory_bytes, name="SLURM gres/gpu") for i in range(n_gpus))
         return Machine(gpus=gpus, cpus=sum(n.cpus for n in nodes),
                        memory_bytes=sum(n.memory_mb for n in nodes) * 2**20,
-                       source=f"slurm:{len(nodes)} nodes")
+                       source=f"slurm:{len(nodes)} nodes", cpus_from="slurm", memory_from="slurm")
