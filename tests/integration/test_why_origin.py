@@ -2,7 +2,9 @@
 not give: real runs of the CLI, with and without a live controller.
 
 Before: a task waiting for RAM read "(the run's --memory)" with no ``--memory`` given, locally and
-on Ray; on SLURM a ``--cpus`` cap above the node's CPUs was named as the limit.
+on Ray; without a controller on Ray, a task waiting for CPU slots read "0 of 4 free" where the run
+books 8 (the cluster's 4 CPUs + 4 booked ahead in Ray's queue: the stored machine had no slots
+booked ahead); on SLURM a ``--cpus`` cap above the node's CPUs was named as the limit.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rota.core.resources import Placement, Request
 from rota.executors.cluster_limits import apply_limits, parse_limits
 from rota.store.sqlite import SqliteStore
 from rota.units import format_size
-from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+from tests.helpers import by_name, open_gate, rota, start_rota, wait_for, write_spec
 
 
 def _kill_controller(run) -> None:
@@ -73,6 +75,67 @@ def test_why_a_task_waits_for_ram_names_this_machines_ram_not_a_memory_flag(tmp_
     again = rota("run", spec, "--state-dir", sd, "--gpus", "none", "--plain")  # adopts it, runs the second
     assert again.returncode == 0, again.stdout + again.stderr
     assert {t["state"] for t in by_name(sd).values()} == {"succeeded"}
+
+
+@pytest.mark.ray
+def test_why_on_ray_names_rays_memory_and_counts_the_slots_booked_ahead_without_a_controller(
+        tmp_path: Path, ray_cluster: str) -> None:
+    """Three ``cpus: 4`` tasks on the 4-CPU cluster, no ``--cpus``/``--memory``: one runs, one waits
+    in Ray's queue (booked ahead), the third waits. A task handed to the live run that needs no CPU
+    slot but more RAM than the two running leave is told Ray's memory resource. With the controller
+    killed, ``rota why`` counts the 8 slots the run books (it said 0 of 4) and still names Ray's."""
+    gate = tmp_path / "gate"
+    body = f"""
+        tasks:
+          - name: whole-{{i}}
+            command: while [ ! -e {gate} ]; do sleep 0.1; done
+            matrix: {{i: [0, 1, 2]}}
+            cpus: 4
+            memory: 1MB
+    """
+    spec = write_spec(tmp_path, body)
+    sd = tmp_path / "state"
+    backend = ("--backend", "ray", "--address", ray_cluster)
+    run = start_rota("run", spec, *backend, "--plain", "--state-dir", sd)
+    try:
+        def one_waits() -> bool:
+            if not (sd / "state.db").exists():
+                return False
+            states = [t["state"] for n, t in by_name(sd).items() if n.startswith("whole-")]
+            return states.count("pending") == 1 and states.count("running") == 2
+
+        wait_for(one_waits, timeout=120, interval=0.3)
+        pending = next(n for n, t in by_name(sd).items() if t["state"] == "pending")
+        memory = _stored_machine(sd)["memory_bytes"]
+        size = format_size(memory)
+        write_spec(tmp_path, body + f"""
+          - name: ram
+            command: 'true'
+            cpus: 0
+            memory: {memory - 2**20}B
+        """)
+        rota("run", spec, *backend, "--plain", "--state-dir", sd, check=True)  # handed to the live run
+        wait_for(lambda: "RAM" in by_name(sd).get("ram", {}).get("reason", ""), timeout=60, interval=0.3)
+        live = rota("why", "ram", "--state-dir", sd, check=True).stdout
+        assert f"of {size} free (the Ray cluster's {size} memory resource)" in live, live
+        assert "--memory" not in live, live
+
+        _kill_controller(run)
+        why = rota("why", pending, "--state-dir", sd, check=True).stdout
+        assert "(no controller runs: computed" in why, why
+        assert "no 4 CPU slots free: 0 of 8 free (the Ray cluster's 4 CPUs + 4 booked ahead in Ray's queue)" in why, why
+        assert "--cpus" not in why, why
+        ram = rota("why", "ram", "--state-dir", sd, check=True).stdout
+        assert "(no controller runs: computed" in ram, ram
+        assert f"of {size} free (the Ray cluster's {size} memory resource)" in ram and "--memory" not in ram, ram
+    finally:
+        if run.poll() is None:
+            _kill_controller(run)
+        write_spec(tmp_path, body)  # the resumed run leaves 'ram' out: it would ask Ray for all its memory
+        gate.touch()
+    again = start_rota("run", spec, *backend, "--plain", "--state-dir", sd)  # adopts the two Ray tasks
+    out = open_gate(again, gate, timeout=180)
+    assert again.returncode == 0, out
 
 
 @pytest.mark.slurm

@@ -7,8 +7,9 @@ With a live controller, the reason and the prediction are the controller's (``ta
 ``predicted_start``/``predicted_end``, refreshed by :mod:`rota.engine.predict` as tasks end).
 Without one, they are computed here from the stored state and the spec, by the same functions
 (:func:`rota.core.explain.explain`, :func:`rota.plan.eta.forecast`): what the next ``rota run``
-would decide first. Either way it prints the reason in full, the task's needs and their states,
-the per-GPU table (size, booked, by which tasks, free) and the prediction. With a live controller
+would decide first, on the CPU slots the run books (with those booked ahead in Ray's queue, as
+the state's machine records them). Either way it prints the reason in full, the task's needs and
+their states, the per-GPU table (size, booked, by which tasks, free) and the prediction. With a live controller
 the table also shows what it books for what rota did not start (processes holding GPU memory, with
 their margin; unhealthy GPUs), read from the GPU notes it writes for ``rota status``.
 """
@@ -118,15 +119,20 @@ def _needs_of(task: str, spec_path: str | None, target: str | None, recs: Mappin
                  for n in dict.fromkeys(t.needs))
 
 
-def _machine(meta_machine: str | None) -> Any:
+def _machine(meta_machine: str | None, *, booked_ahead: bool = False) -> Any:
+    """The machine the state records (:mod:`rota.engine.recovery` writes it). ``booked_ahead``: with
+    the CPU slots the run books ahead of it in the backend's queue (Ray), as the policy books against
+    them (the engine's ``launch_machine``); a state written before they were recorded has none."""
     from rota.core.resources import Gpu, Machine
 
     if not meta_machine:
         raise StateError("the state records no machine; run 'rota run SPEC' first")
     m = json.loads(meta_machine)
     gpus = tuple(Gpu(g["index"], g["memory_bytes"], g.get("name") or "GPU", g.get("uuid")) for g in m["gpus"])
-    return Machine(gpus, int(m["cpus"]), int(m["memory_bytes"]), m.get("source") or "declared",
-                   cpus_from=str(m.get("cpus_from") or ""), memory_from=str(m.get("memory_from") or ""))
+    ahead = int(m.get("cpus_ahead") or 0) if booked_ahead else 0
+    return Machine(gpus, int(m["cpus"]) + ahead, int(m["memory_bytes"]), m.get("source") or "declared",
+                   cpus_from=str(m.get("cpus_from") or ""), cpus_ahead=ahead,
+                   memory_from=str(m.get("memory_from") or ""))
 
 
 def _gpu_loads(meta_machine: str | None, recs: Any, live_sd: str | None, spec: Any) -> tuple[GpuLoad, ...]:
@@ -198,6 +204,9 @@ def _computed(task: str, spec: Any, recs: Mapping[str, Any], meta_machine: str |
     from rota.spec.graph import critical_path_ranks
 
     machine = _machine(meta_machine)
+    # The policy books against the slots booked ahead too (Ray), the forecast against the machine's
+    # own capacity, as the controller's rota.engine.predict does.
+    launch = _machine(meta_machine, booked_ahead=True)
     history: dict[str, float] = {cmd: max(statistics.median(v), 0.001)
                                  for cmd, v in store.durations_by_command().items() if v}
     state = {t.name: recs[t.name].state if t.name in recs else "pending" for t in spec.tasks}
@@ -224,7 +233,7 @@ def _computed(task: str, spec: Any, recs: Mapping[str, Any], meta_machine: str |
         cands.append(Candidate(t.name, req, prio, ranks[t.name], est, i))
         if r is not None and r.not_before is not None and r.not_before > now:
             backoff[t.name] = r.not_before
-    reasons = explain(cands, machine, running, now=now, waiting=waiting, held=held, backoff=backoff)
+    reasons = explain(cands, launch, running, now=now, waiting=waiting, held=held, backoff=backoff)
     progress = {n: Progress(s, recs[n].started_at if n in recs else None, recs[n].ended_at if n in recs else None)
                 for n, s in state.items()}
     fc = forecast(list(spec.tasks), machine, progress, now, history, held=held, not_before=backoff)

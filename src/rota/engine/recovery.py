@@ -31,7 +31,8 @@ class Recovery(Launching):
         machine_json = json.dumps({
             "gpus": [{"index": g.index, "memory_bytes": g.memory_bytes, "name": g.name, "uuid": g.uuid} for g in m.gpus],
             "cpus": m.cpus, "memory_bytes": m.memory_bytes, "source": m.source, "cpus_from": m.cpus_from,
-            "memory_from": m.memory_from,
+            # rota why without a controller explains on what the run books: + slots booked ahead (Ray)
+            "memory_from": m.memory_from, "cpus_ahead": self.launch_machine.cpus_ahead,
             "executor": self.executor.name,
         })
         self.store.set_meta({"run_id": self.run_id, "spec_path": self.spec.path, "app": "rota", "machine": machine_json})
