@@ -1,16 +1,20 @@
-"""``rota serve`` never slows a run: browsers polling a big run's page, against none.
+"""``rota serve`` never slows a run: browsers watching a big run's page, against none.
 
-    python bench/bench_serve.py [--tasks 20000] [--clients 20] [--reps 3] [--cpus 8] [--json]
+    python bench/bench_serve.py [--tasks 20000] [--clients 20] [--reps 3] [--cpus 8] [--mode stream|poll] [--json]
 
 Runs ``rota run`` on TASKS ``true`` tasks (``--gpus none --cpus CPUS``) REPS times without and
 REPS times with ``rota serve`` on its state folder and CLIENTS simulated browsers, alternating the
-two conditions to spread machine noise. Each client asks what the page asks, as often, on one
-kept-alive connection: the status and a table page every second, the timeline every 2 s, GPUs,
-results and the ETA every 5 s, sweeps and the report's figures every 10 s. The clients stand in for browsers on other
-machines: they run in their own process at ``nice 19``, so their own CPU is not what is measured
-(``rota serve`` itself runs at ``nice 10``, as always). Prints the median wall times and their ratio (with / without; the issue asks under
-1.05), the requests served and any failed request (exit 1 on any), and, what machine noise moves
-less than a wall time, the CPU seconds: the run's (controller and tasks) and the server's own.
+two conditions to spread machine noise. Each client asks what the page asks: ``--mode stream``
+(the page's way): one ``/api/events`` stream, read event by event as a browser's EventSource
+does; ``--mode poll`` (a page without EventSource, or a script): the polling routes as often as the
+page would poll them, on one kept-alive connection: the status and a table page every second, the
+timeline every 2 s, GPUs, results and the ETA every 5 s, sweeps and the report's figures every
+10 s. The clients stand in for browsers on other machines: they run in their own process at
+``nice 19``, so their own CPU is not what is measured (``rota serve`` itself runs at ``nice 10``,
+as always). Prints the median wall times and their ratio (with / without; the issue asks under
+1.05), the requests (or events) served and any failed request (exit 1 on any), and, what machine
+noise moves less than a wall time, the CPU seconds: the run's (controller and tasks) and the
+server's own.
 """
 
 from __future__ import annotations
@@ -61,7 +65,36 @@ def client():
                     conn = http.client.HTTPConnection(host, port, timeout=60)
         stop.wait(max(0.0, min(due.values()) - time.monotonic()))
 
-threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+def streamer():
+    # The page's way: one EventSource on /api/events, read as the events come.
+    while not stop.is_set():
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            conn.request("GET", "/api/events?limit=100")
+            r = conn.getresponse()
+            if r.status != 200:
+                counts[1] += 1
+                r.read()
+                continue
+            conn.sock.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    line = r.fp.readline()
+                except TimeoutError:
+                    continue
+                if not line:
+                    raise OSError("stream closed")
+                if line.startswith(b"event: "):
+                    counts[0] += 1
+        except OSError as e:
+            if not stop.is_set():
+                counts[1] += 1
+                print(f"/api/events: {e}", file=sys.stderr, flush=True)
+                stop.wait(2.0)  # the EventSource's retry
+        finally:
+            conn.close()
+
+threads = [threading.Thread(target=streamer if every.get("stream") else client, daemon=True) for _ in range(n)]
 for t in threads:
     t.start()
 sys.stdin.read()  # until the bench closes it
@@ -78,7 +111,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int, float, float]:
+def one(tasks: int, clients: int, cpus: int, mode: str = "stream") -> tuple[float, int, int, float, float]:
     """Wall seconds of one run, the requests served, failed requests, the run's CPU seconds
     (controller and tasks) and the server's (clients=0: no server, 0.0)."""
     root = Path(tempfile.mkdtemp(prefix="rota-benchserve-"))
@@ -97,7 +130,7 @@ def one(tasks: int, clients: int, cpus: int) -> tuple[float, int, int, float, fl
                 raise SystemExit(f"rota serve did not start: {line!r}")
             host, port = line.split(" at http://", 1)[1].split("/")[0].rsplit(":", 1)
             clients_proc = subprocess.Popen([sys.executable, "-c", CLIENTS, host, port, str(clients),
-                                             json.dumps(EVERY_S)],
+                                             json.dumps({"stream": 1} if mode == "stream" else EVERY_S)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         cpu0 = server_cpu = _cpu_s(server.pid) if server is not None else 0.0
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -127,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=8)
+    ap.add_argument("--mode", choices=("stream", "poll"), default="stream",
+                    help="how the clients follow the run: the page's event stream, or polling")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     base: list[float] = []
@@ -140,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         wall, _n, _f, run_cpu, _s = one(args.tasks, 0, args.cpus)
         base.append(wall)
         cpu_base.append(run_cpu)
-        wall, n, failed, run_cpu, server_cpu = one(args.tasks, args.clients, args.cpus)
+        wall, n, failed, run_cpu, server_cpu = one(args.tasks, args.clients, args.cpus, args.mode)
         loaded.append(wall)
         cpu_loaded.append(run_cpu)
         cpu_server.append(server_cpu)
         requests += n
         errors += failed
     mb, ml = statistics.median(base), statistics.median(loaded)
-    res = {"tasks": args.tasks, "clients": args.clients, "reps": args.reps, "cpus": args.cpus,
+    res = {"tasks": args.tasks, "clients": args.clients, "mode": args.mode, "reps": args.reps, "cpus": args.cpus,
            "median_wall_s_without": round(mb, 2), "median_wall_s_with": round(ml, 2), "ratio": round(ml / mb, 3),
            "requests": requests, "failed_requests": errors,
            "walls_without": [round(x, 2) for x in base], "walls_with": [round(x, 2) for x in loaded],
@@ -157,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.tasks} tasks, {args.clients} clients polling rota serve, {args.reps} runs each: "
+        print(f"{args.tasks} tasks, {args.clients} clients ({args.mode}) on rota serve, {args.reps} runs each: "
               f"median {mb:.2f}s without, {ml:.2f}s with: ratio {ml / mb:.3f} (under 1.05 asked); "
-              f"{requests} requests, {errors} failed; CPU: the run {res['median_run_cpu_s_without']}s without, "
+              f"{requests} {'events' if args.mode == 'stream' else 'requests'}, {errors} failed; CPU: the run {res['median_run_cpu_s_without']}s without, "
               f"{res['median_run_cpu_s_with']}s with, the server {res['median_server_cpu_s']}s")
     return 1 if errors else 0
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import rota, start_rota, write_spec
-from tests.integration.test_serve import Served
-from tests.integration.test_serve import served as served  # the fixture
+from tests.helpers import rota, start_rota, wait_for, write_spec
+from tests.integration.test_serve import Served, _row_state
+from tests.integration.test_serve import browser as browser  # the fixtures
+from tests.integration.test_serve import served as served
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -158,3 +159,19 @@ def test_the_stream_needs_the_token_on_other_addresses(tmp_path: Path, served: l
         assert any(name == "status" for name, _ in stream.events(10.0))
     finally:
         stream.close()
+
+
+def test_the_page_follows_by_streams_and_polls_where_a_browser_has_none(tmp_path: Path, browser: Any,
+                                                                        served: list[Served]) -> None:
+    spec = write_spec(tmp_path, "tasks:\n  - name: t-{i}\n    matrix: {i: [1, 2]}\n    command: 'true'\n")
+    assert rota("run", spec, "--plain", "--gpus", "none").returncode == 0
+    s = Served(spec)
+    served.append(s)
+    browser.get(s.url)
+    wait_for(lambda: _row_state(browser, "t-2") == "succeeded", timeout=30)
+    assert browser.execute_script("return [streamed, polling]") == [True, False]
+    # A browser without EventSource (or a proxy that refuses streams): the same page by polling.
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": "delete window.EventSource;"})
+    browser.get(s.url)
+    wait_for(lambda: _row_state(browser, "t-2") == "succeeded", timeout=30)
+    assert browser.execute_script("return [typeof EventSource, streamed, polling]") == ["undefined", False, True]

@@ -6,7 +6,7 @@ Routes (all GET and read-only, but one):
   package (offline; a 404 without plotly, and the page draws no charts);
 - ``/api/status?state=a,b&q=TEXT&offset=N&limit=N``: the run's head (run id, spec, controller,
   counts), a page of the task table filtered and searched, and ``error`` while there is no state;
-- ``/api/events?state=a,b&q=TEXT&offset=N&limit=N``: a server-sent-events stream of what the routes
+- ``/api/events?pieces=a,b&state=a,b&q=TEXT&offset=N&limit=N``: a server-sent-events stream of what the routes
   below and ``/api/status`` answer, each sent when it changed (:mod:`rota.serve.events`): what the
   page follows the run with;
 - ``/api/log?task=NAME&bytes=N``: the end of a task's latest log;
@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rota.errors import RotaError
 from rota.serve.bodies import Bodies
 from rota.serve.cache import Snapshot, StateCache
-from rota.serve.events import Hub, Question
+from rota.serve.events import NAMES, Hub, Question
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 """The addresses ``rota serve`` binds without a token (the default is 127.0.0.1)."""
@@ -180,8 +180,12 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
         return _json(status_body(snap, page_, question, _gzip_ok(request)))
 
     async def events(request: Request) -> Response:
+        asked = frozenset(p for p in request.query_params.get("pieces", "").split(",") if p)
+        if asked - NAMES:
+            return JSONResponse({"error": f"pieces: unknown {', '.join(sorted(asked - NAMES))}; "
+                                          f"expected some of {', '.join(sorted(NAMES))}"}, 400)
         stream = hub.stream(_question(request), lambda snap, page_, q: status_body(snap, page_, q)[0],
-                            lambda snap, q: state.page_of(snap, *q))
+                            lambda snap, q: state.page_of(snap, *q), asked or NAMES)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={**_NO_STORE, "X-Accel-Buffering": "no"})
 

@@ -16,8 +16,10 @@ then sends only the pieces whose bytes differ from what it sent last, and its ow
 streams share it.
 
 The stream's events are named after the polling routes and carry the same JSON (``status``,
-``timeline``, ``gpus``, ``results``, ``sweeps``, ``eta``, ``figures``); a comment line keeps an
-idle connection open every :data:`KEEPALIVE_S`. The polling routes stay (scripts, and pages in
+``timeline``, ``gpus``, ``results``, ``sweeps``, ``eta``, ``figures``; ``?pieces=status,eta``
+chooses); a comment line keeps an idle connection open every :data:`KEEPALIVE_S`. The page keeps
+two streams: the table's (status only: reopened when its filter, search or page changes, which
+costs one status, not the figures again) and the rest's. The polling routes stay (scripts, and pages in
 browsers without ``EventSource``).
 """
 
@@ -43,6 +45,8 @@ RETRY_MS = 2000
 PIECES: tuple[tuple[str, float], ...] = (("timeline", 2.0), ("gpus", 5.0), ("results", 5.0), ("eta", 5.0),
                                          ("sweeps", 10.0), ("figures", 10.0))
 """The slower pieces and how often each is asked for (as the polling page asked)."""
+NAMES = frozenset(("status", *(name for name, _ in PIECES)))
+"""Every event a stream can carry (``?pieces=`` chooses; all by default)."""
 
 Question = tuple[frozenset[str] | None, str, int, int]
 """A table page: states shown (None: all), search text, offset, limit."""
@@ -114,14 +118,15 @@ class Hub:
         except TimeoutError:
             pass
 
-    async def stream(self, question: Question, status_body: StatusBody,
-                     page_of: Callable[[Snapshot, Question], Any]) -> AsyncIterator[bytes]:
-        """The events of one page: everything at once, then what changed, until the client goes
-        (the server notices at the next write: a change or a keep-alive)."""
+    async def stream(self, question: Question, status_body: StatusBody, page_of: Callable[[Snapshot, Question], Any],
+                     pieces: frozenset[str] = NAMES) -> AsyncIterator[bytes]:
+        """The events of one page (``pieces``: which; a page reopens a status-only stream when its
+        table's question changes, and keeps one for the rest): all at once, then what changed,
+        until the client goes (the server notices at the next write: a change or a keep-alive)."""
         self._start()
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
-            seen = -1
+            seen = 0  # the hub's version before its first read: wait for that read
             sent_seq: int | None = None
             sent: dict[str, bytes] = {}
             while True:
@@ -130,11 +135,11 @@ class Hub:
                 snap = self.snap
                 if self.version != seen and snap is not None:
                     seen = self.version
-                    if snap.seq != sent_seq:
+                    if snap.seq != sent_seq and "status" in pieces:
                         sent_seq = snap.seq
                         out.append(event("status", status_body(snap, page_of(snap, question), question)))
                     for name, data in list(self.encoded.items()):
-                        if sent.get(name) is not data:
+                        if name in pieces and sent.get(name) is not data:
                             sent[name] = data
                             out.append(event(name, data))
                 yield b"".join(out) if out else b": keep-alive\n\n"
