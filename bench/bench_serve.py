@@ -5,8 +5,8 @@
 Runs ``rota run`` on TASKS ``true`` tasks (``--gpus none --cpus CPUS``) REPS times without and
 REPS times with ``rota serve`` on its state folder and CLIENTS simulated browsers, alternating the
 two conditions to spread machine noise. Each client asks what the page asks: ``--mode stream``
-(the page's way): one ``/api/events`` stream, read event by event as a browser's EventSource
-does; ``--mode poll`` (a page without EventSource, or a script): the polling routes as often as the
+(the page's way): the page's two ``/api/events`` streams, read event by event as a browser's
+EventSource does; ``--mode poll`` (a page without EventSource, or a script): the polling routes as often as the
 page would poll them, on one kept-alive connection: the status and a table page every second, the
 timeline every 2 s, GPUs, results and the ETA every 5 s, sweeps and the report's figures every
 10 s. The clients stand in for browsers on other machines: they run in their own process at
@@ -65,25 +65,27 @@ def client():
                     conn = http.client.HTTPConnection(host, port, timeout=60)
         stop.wait(max(0.0, min(due.values()) - time.monotonic()))
 
-def streamer():
-    # The page's way: one EventSource on /api/events, read as the events come.
+conns = []
+
+def streamer(path):
+    # The page's way: an EventSource on /api/events, read as the events come (blocking reads: the
+    # bench's end shuts the sockets down).
     while not stop.is_set():
         conn = http.client.HTTPConnection(host, port, timeout=60)
         try:
-            conn.request("GET", "/api/events?limit=100")
+            conn.request("GET", path)
             r = conn.getresponse()
+            conns.append(conn)
             if r.status != 200:
                 counts[1] += 1
                 r.read()
                 continue
-            conn.sock.settimeout(0.5)
             while not stop.is_set():
-                try:
-                    line = r.fp.readline()
-                except TimeoutError:
-                    continue
+                line = r.fp.readline()
                 if not line:
-                    raise OSError("stream closed")
+                    if not stop.is_set():
+                        raise OSError("stream closed")
+                    break
                 if line.startswith(b"event: "):
                     counts[0] += 1
         except OSError as e:
@@ -94,11 +96,21 @@ def streamer():
         finally:
             conn.close()
 
-threads = [threading.Thread(target=streamer if every.get("stream") else client, daemon=True) for _ in range(n)]
+if every.get("stream"):  # the page's two streams: its table's, and the rest's
+    paths = ["/api/events?pieces=status&offset=0&limit=100",
+             "/api/events?pieces=timeline,gpus,results,sweeps,eta,figures"]
+    threads = [threading.Thread(target=streamer, args=(p,), daemon=True) for _ in range(n) for p in paths]
+else:
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
 for t in threads:
     t.start()
 sys.stdin.read()  # until the bench closes it
 stop.set()
+for c in conns:
+    try:
+        c.sock.shutdown(2)
+    except (OSError, AttributeError):
+        pass
 for t in threads:
     t.join(60)
 print(counts[0], counts[1], flush=True)
