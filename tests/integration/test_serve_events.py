@@ -4,8 +4,14 @@ again, a stream asks its own table page, and the token guards it as every route.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import queue
+import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,11 +41,12 @@ tasks:
 
 
 class Stream:
-    """One ``/api/events`` connection, read event by event."""
+    """One ``/api/events`` connection, read event by event (a thread reads it with blocking reads,
+    as a browser does; the test takes the events with a deadline)."""
 
     def __init__(self, s: Served, query: str = "") -> None:
         host, port = s.base.split("//", 1)[1].rstrip("/").rsplit(":", 1)
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
         path = "/api/events" + (f"?{query}" if query else "")
         if s.token:
             path += ("&" if query else "?") + f"token={s.token}"
@@ -47,29 +54,46 @@ class Stream:
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.read()
         assert self.resp.getheader("content-type", "").startswith("text/event-stream")
+        self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        name, data = "", ""
+        try:
+            while True:
+                line = self.resp.readline().decode()  # the chunked body decoded
+                if line == "":
+                    break
+                line = line.rstrip("\n")
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data += line[6:]
+                elif line == "" and name:
+                    self.queue.put((name, json.loads(data)))
+                    name, data = "", ""
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):  # closed by the test
+            pass
+        finally:
+            self.ended.set()
+            self.queue.put(None)
 
     def events(self, timeout_s: float) -> Iterator[tuple[str, Any]]:
-        """``(name, json)`` of each event until ``timeout_s`` passes with none (comments skipped)."""
-        assert self.resp.fp is not None
-        name, data = "", ""
+        """``(name, json)`` of each event until ``timeout_s`` passes with none, or the stream ends."""
         while True:
-            self.conn.sock.settimeout(timeout_s)  # type: ignore[union-attr]
             try:
-                line = self.resp.fp.readline().decode()
-            except TimeoutError:
+                got = self.queue.get(timeout=timeout_s)
+            except queue.Empty:
                 return
-            if line == "":
+            if got is None:
+                self.queue.put(None)
                 return
-            line = line.rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data += line[6:]
-            elif line == "" and name:
-                yield name, json.loads(data)
-                name, data = "", ""
+            yield got
 
     def close(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
         self.conn.close()
 
 
@@ -175,3 +199,22 @@ def test_the_page_follows_by_streams_and_polls_where_a_browser_has_none(tmp_path
     browser.get(s.url)
     wait_for(lambda: _row_state(browser, "t-2") == "succeeded", timeout=30)
     assert browser.execute_script("return [typeof EventSource, streamed, polling]") == ["undefined", False, True]
+
+
+def test_ctrl_c_ends_open_streams_cleanly(tmp_path: Path, served: list[Served]) -> None:
+    spec = write_spec(tmp_path, "tasks:\n  - name: a\n    command: 'true'\n")
+    s = Served(spec)
+    served.append(s)
+    streams = [Stream(s), Stream(s, "pieces=status")]
+    try:
+        for st in streams:
+            assert any(name == "status" for name, _ in st.events(10.0))
+        os.killpg(s.proc.pid, signal.SIGINT)
+        assert s.proc.wait(10) == 0
+        out = s.proc.stdout.read() if s.proc.stdout else ""
+        assert "Traceback" not in out and "ERROR" not in out, out
+        for st in streams:  # each stream was ended by the server (its reader saw the end)
+            assert st.ended.wait(5)
+    finally:
+        for st in streams:
+            st.close()

@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import sys
+from typing import Any
 
 import click
 
@@ -82,7 +83,13 @@ def serve(target: str | None, port: int, host: str, state_dir: str | None, token
     # The page waits, the run does not: below the controller and its tasks for the CPU.
     with contextlib.suppress(OSError):
         os.nice(NICE)
-    config = uvicorn.Config(create_app(sd, token), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=1)
+    app = create_app(sd, token)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.close_streams()  # the pages' streams end: uvicorn need not cancel them mid-write
+            super().handle_exit(sig, frame)
+
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has stopped
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])

@@ -69,12 +69,20 @@ def needs_token(host: str) -> bool:
     return host.strip("[]") not in LOOPBACK_HOSTS
 
 
-class _Guard:
-    """ASGI middleware: the token check (when there is a token), else a loopback ``Host:`` check."""
+class RotaApp:
+    """The application: ASGI middleware with the token check (when there is a token), else a
+    loopback ``Host:`` check, around the routes; :meth:`close_streams` ends the event streams (the
+    server calls it when it stops: open streams would otherwise be cancelled mid-write)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, hub: Hub | None = None) -> None:
         self.app = app
         self.token = token
+        self.hub = hub
+
+    def close_streams(self) -> None:
+        """End every open event stream (callable from a signal handler in the loop's thread)."""
+        if self.hub is not None:
+            self.hub.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,7 +144,7 @@ def _gzip_ok(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "")
 
 
-def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cache: StateCache | None = None) -> ASGIApp:
+def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cache: StateCache | None = None) -> RotaApp:
     """The application serving ``state_dir`` (read-only); ``token``: required on every request.
     Each answer is encoded once per value it shows (the cache's snapshot and question), however
     many browsers ask (:mod:`rota.serve.bodies`)."""
@@ -234,4 +242,4 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
               slow("eta"), slow("figures")]
     if controls is not None:
         routes.append(Route("/api/control", control, methods=["POST"]))
-    return _Guard(Starlette(routes=routes), token)
+    return RotaApp(Starlette(routes=routes), token, hub)

@@ -77,6 +77,8 @@ class Hub:
         self._changed = asyncio.Event()
         self._streams = 0
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
 
     def _read(self, due: list[str]) -> tuple[Snapshot, dict[str, Any]]:
         snap = self.state.status()
@@ -84,7 +86,7 @@ class Hub:
 
     async def _run(self) -> None:
         due_at: dict[str, float] = {}
-        while self._streams:
+        while self._streams and not self.closing:
             now = time.monotonic()
             due = [name for name, _every in PIECES if now >= due_at.get(name, 0.0)]
             snap, values = await run_in_threadpool(self._read, due)
@@ -100,11 +102,21 @@ class Hub:
                     changed = True
             if changed:
                 self.version += 1
-                self._changed.set()
-                self._changed = asyncio.Event()
+                self._wake()
             await asyncio.sleep(self.tick_s)
 
+    def close(self) -> None:
+        """End every stream at its next wake-up (now): the server is stopping. Thread-safe."""
+        self.closing = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._streams += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -131,6 +143,8 @@ class Hub:
             sent: dict[str, bytes] = {}
             while True:
                 await self._wait(seen, KEEPALIVE_S)
+                if self.closing:
+                    return
                 out: list[bytes] = []
                 snap = self.snap
                 if self.version != seen and snap is not None:
