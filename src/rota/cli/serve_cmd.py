@@ -41,8 +41,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(host: str, port: int, token: str | None) -> str:
-    """The page's address as printed: IPv6 hosts in brackets, the token in the query."""
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+"""Addresses that mean every interface: not an address to open from another machine."""
+
+
+def url_of(host: str, port: int, token: str | None, hostname: str | None = None) -> str:
+    """The page's address as printed: IPv6 hosts in brackets, the token in the query; a wildcard
+    bind (``0.0.0.0``, ``::``) is shown as this machine's name (``hostname``, default
+    :func:`socket.gethostname`), the address others open."""
+    if host in WILDCARD_HOSTS:
+        host = hostname or socket.gethostname()
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
@@ -78,7 +86,8 @@ def serve(target: str | None, port: int, host: str, state_dir: str | None, token
         token = secrets.token_urlsafe(24)
     sock = _listen(host, port)
     bound_port = sock.getsockname()[1]
-    click.echo(f"rota serve: {sd} at {url_of(host, bound_port, token)}  (Ctrl-C stops)")
+    where = "  (every address of this machine; Ctrl-C stops)" if host in WILDCARD_HOSTS else "  (Ctrl-C stops)"
+    click.echo(f"rota serve: {sd} at {url_of(host, bound_port, token)}{where}")
     sys.stdout.flush()
     # The page waits, the run does not: below the controller and its tasks for the CPU.
     with contextlib.suppress(OSError):

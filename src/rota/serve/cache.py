@@ -27,6 +27,7 @@ from rota.errors import RotaError
 from rota.logtail import tail
 from rota.serve import views
 from rota.serve.table import TaskTable
+from rota.store.read import controller
 from rota.store.schema import DB_NAME
 
 STATUS_INTERVAL_S = 1.0
@@ -38,8 +39,8 @@ STATUS_COST_FACTOR = 5.0
 """Reads of the status are at least this many times their own (wall) cost apart: the server backs
 off when the machine is busy, and the controller keeps the CPU."""
 UNCHANGED_MAX_AGE_S = 10.0
-"""While the database files are unchanged, a snapshot is reused up to this age (the controller's
-liveness is part of it)."""
+"""While the database files are unchanged and the controller's lock says what the snapshot says
+(a killed controller changes no file), a snapshot is reused up to this age."""
 SLOW_INTERVAL_S = 5.0
 """GPU samples and results are read again at most this often."""
 FIGURES_SHOWN = ("results-", "sweep-", "gpu-memory")
@@ -137,7 +138,9 @@ class StateCache:
             if age < min(max(self._interval_s, STATUS_COST_FACTOR * self._cost_s), STATUS_INTERVAL_MAX_S):
                 return self._snap
             files = self._db_files()
-            if files == self._files and age < UNCHANGED_MAX_AGE_S and self._snap.data is not None:
+            # A controller killed (kill -9) changes no file: its lock's flock is what tells.
+            if files == self._files and age < UNCHANGED_MAX_AGE_S and self._snap.data is not None \
+                    and controller(self.state_dir) == self._snap.data.get("controller"):
                 return self._snap
             seq = self._snap.seq + 1
             t0 = time.monotonic()
