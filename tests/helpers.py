@@ -100,6 +100,14 @@ def forget_handles(state_dir: Path) -> None:
     db.close()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it has ended, not yet been waited for)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def processes_with_env(key: str, value: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["pid"]):

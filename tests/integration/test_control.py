@@ -10,13 +10,12 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rota import api
 from rota.errors import StateError, UsageError
 from rota.store.sqlite import SqliteStore
-from tests.helpers import ROTA, rota, start_rota, wait_for, write_spec
+from tests.helpers import ROTA, alive, rota, start_rota, wait_for, write_spec
 
 
 def states(sd: Path) -> dict[str, dict]:
@@ -45,13 +44,6 @@ def untaken(sd: Path) -> int:
         return int(db.execute("SELECT count(*) FROM controls WHERE taken_at IS NULL").fetchone()[0])
     finally:
         db.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:

@@ -17,10 +17,9 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import by_name, rota, start_rota, wait_for, write_spec
+from tests.helpers import alive, by_name, rota, start_rota, wait_for, write_spec
 
 
 def _handle(sd: Path, task: str) -> dict:
@@ -35,13 +34,6 @@ def _handle(sd: Path, task: str) -> dict:
 def _kill_controller(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)  # the controller alone: its attempts live on, as after kill -9
     proc.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _spec(tmp_path: Path, marks: Path) -> Path:
