@@ -79,10 +79,20 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
+        self._pieces: dict[str, Callable[[], Any]] = {
+            "timeline": state.timeline, "gpus": state.gpus, "results": state.results, "eta": state.eta,
+            "sweeps": state.sweeps, "figures": state.figures}
 
     def _read(self, due: list[str]) -> tuple[Snapshot, dict[str, Any]]:
         snap = self.state.status()
-        return snap, {name: getattr(self.state, name)() for name in due}
+        values: dict[str, Any] = {}
+        for name in due:
+            try:
+                values[name] = self._pieces[name]()
+            except Exception as e:  # noqa: BLE001 - one piece's defect must not stop every stream
+                # (polling, it was that route's 500 alone); the page shows the error in its place.
+                values[name] = {"error": f"{name}: {type(e).__name__}: {e}"}
+        return snap, values
 
     async def _run(self) -> None:
         due_at: dict[str, float] = {}
