@@ -26,6 +26,7 @@ browsers without ``EventSource``).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -99,7 +100,12 @@ class Hub:
         while self._streams and not self.closing:
             now = time.monotonic()
             due = [name for name, _every in PIECES if now >= due_at.get(name, 0.0)]
-            snap, values = await run_in_threadpool(self._read, due)
+            try:
+                snap, values = await run_in_threadpool(self._read, due)
+            except Exception as e:  # noqa: BLE001 - the streams live on: the next tick reads again
+                print(f"rota serve: reading the state failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                await asyncio.sleep(max(self.tick_s, 1.0))
+                continue
             for name, every in PIECES:
                 if name in values:
                     due_at[name] = now + every
@@ -131,14 +137,15 @@ class Hub:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def _wait(self, seen: int, timeout_s: float) -> None:
-        """Until the version moves past ``seen`` or ``timeout_s`` passes."""
+    async def _wait(self, seen: int, timeout_s: float) -> bool:
+        """Until the version moves past ``seen`` (True) or ``timeout_s`` passes (False)."""
         if self.version != seen:
-            return
+            return True
         try:
             await asyncio.wait_for(self._changed.wait(), timeout_s)
         except TimeoutError:
-            pass
+            return False
+        return True
 
     async def stream(self, question: Question, status_body: StatusBody, page_of: Callable[[Snapshot, Question], Any],
                      pieces: frozenset[str] = NAMES) -> AsyncIterator[bytes]:
@@ -152,7 +159,7 @@ class Hub:
             sent_seq: int | None = None
             sent: dict[str, bytes] = {}
             while True:
-                await self._wait(seen, KEEPALIVE_S)
+                woke = await self._wait(seen, KEEPALIVE_S)
                 if self.closing:
                     return
                 out: list[bytes] = []
@@ -166,6 +173,9 @@ class Hub:
                         if name in pieces and sent.get(name) is not data:
                             sent[name] = data
                             out.append(event(name, data))
-                yield b"".join(out) if out else b": keep-alive\n\n"
+                if out:
+                    yield b"".join(out)
+                elif not woke:  # quiet for KEEPALIVE_S: a comment keeps tunnels and proxies open
+                    yield b": keep-alive\n\n"
         finally:
             self._streams -= 1
