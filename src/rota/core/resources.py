@@ -292,13 +292,25 @@ def fits_machine(req: Request, machine: Machine) -> str | None:
     return _fits_a_node(req, machine.nodes)
 
 
+_CLUSTER_FROM = {"ray": "add nodes to the Ray cluster (or start it with more: ray start --num-cpus, --memory)",
+                 "slurm": "run where SLURM has larger nodes (another --partition)",
+                 "slurm-allocation": "ask SLURM for more (salloc/sbatch --cpus-per-task, --mem)"}
+"""A cluster's own figures (``cpus_from``/``memory_from``): ``--cpus``/``--memory`` only lower them,
+so the fix is on the cluster's side."""
+
+
 def how_to_fit(req: Request, machine: Machine) -> str:
     """The fix for a request that :func:`fits_machine` refuses on the machine of this run
     (declared with ``rota run``/``rota plan`` flags): raise the flag, or lower the task's key."""
 
     if req.cpus > machine.cpus:
+        if machine.cpus_from in _CLUSTER_FROM:  # --cpus only lowers a cluster's figure: no fix to offer
+            return f"lower the task's 'cpus:' to {machine.cpus}, or {_CLUSTER_FROM[machine.cpus_from]}"
         return f"run with --cpus {req.cpus} if this machine has them, or lower the task's 'cpus:' to {machine.cpus}"
     if req.memory_bytes > machine.memory_bytes:
+        if machine.memory_from in _CLUSTER_FROM:
+            return (f"lower the task's 'memory:' to {format_size(machine.memory_bytes)}, or "
+                    f"{_CLUSTER_FROM[machine.memory_from]}")
         return (f"run with --memory {format_size(req.memory_bytes)} if this machine has it, or lower the task's "
                 f"'memory:' to {format_size(machine.memory_bytes)}")
     if req.devices is not None and any(d not in machine.gpu_indices for d in req.devices):
