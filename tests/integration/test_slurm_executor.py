@@ -258,7 +258,11 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
 
     from tests.helpers import rota, start_rota, status, wait_for, write_spec
 
-    blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap", "sleep 8"],
+    # The node's 8 CPUs are held until the test has seen the task queued (a gate, not a sleep: on a
+    # loaded machine an 8 s blocker ended before the first status and the task was running already).
+    gate = tmp_path / "gate"
+    blocker = subprocess.run(["sbatch", "--parsable", "-c", "8", "-o", "/dev/null", "--wrap",
+                              f"while [ ! -e {gate} ]; do sleep 0.1; done"],
                              capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     state = tmp_path / "st"
     spec = write_spec(tmp_path, "tasks:\n  - {name: waits, command: sleep 1}\n")
@@ -279,6 +283,7 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
         assert any(line.split()[:2] == ["waits", "queued"] for line in table.splitlines()), table
         only = rota("status", "--json", "--state", "queued", "--state-dir", state)
         assert [t["name"] for t in json.loads(only.stdout)["tasks"]] == ["waits"], only.stdout + only.stderr
+        gate.touch()
         out, _ = run.communicate(timeout=120)
     finally:
         run.kill()
