@@ -271,7 +271,9 @@ def test_status_shows_a_job_waiting_in_slurms_queue_as_queued(tmp_path):
 
     def running() -> bool:
         p = rota("status", "--json", "--state-dir", state)
-        task = json.loads(p.stdout)["tasks"][0] if p.returncode == 0 else {}
+        # A state folder just made has no task rows yet (a loaded machine shows that moment).
+        tasks = json.loads(p.stdout)["tasks"] if p.returncode == 0 else []
+        task = tasks[0] if tasks else {}
         seen[:] = [task] if task.get("state") == "running" else []
         return bool(seen)
 
