@@ -227,7 +227,7 @@ def create_app(state_dir: str | os.PathLike[str], token: str | None = None, cach
             return JSONResponse({"error": f"no task {task!r}"}, 404)
         try:
             # An offline cancel stops the attempt through its backend, as `rota cancel` does.
-            from rota.api import offline_executor
+            from rota.steer import offline_executor
 
             answer = await run_in_threadpool(lambda: controls.request(
                 state.state_dir, kind, [task], {}, wait_s=CONTROL_WAIT_S,
